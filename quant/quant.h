@@ -1,0 +1,57 @@
+// defkv weight formats and matrix products. Bit-compatible with ggml's
+// layouts: F32, F16 (IEEE half), BF16, Q8_0 (blocks of 32 int8 + one fp16
+// scale d; value = d * q). Knows nothing about models.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace defkv::quant {
+
+// Values are ggml's type ids (as stored in GGUF).
+enum class DType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
+
+constexpr size_t kQ8_0Block = 32;
+struct BlockQ8_0 {
+  uint16_t d;              // fp16 scale
+  int8_t qs[kQ8_0Block];   // quants
+};
+static_assert(sizeof(BlockQ8_0) == 34);
+
+const char* dtype_name(DType t);
+// Parses "f32" | "f16" | "bf16" | "q8_0"; returns false if unknown.
+bool parse_dtype(std::string_view s, DType* out);
+// Elements per block (1 for float types, 32 for q8_0).
+size_t block_elems(DType t);
+// Bytes per block.
+size_t block_bytes(DType t);
+// Bytes for one row of n elements (n must be a multiple of block_elems).
+size_t row_bytes(DType t, size_t n);
+
+// Row conversion: quantize/convert n floats into a row of type t, and back.
+void from_f32(DType t, const float* x, void* row, size_t n);
+void to_f32(DType t, const void* row, float* y, size_t n);
+
+// A row-major weight matrix as stored in GGUF: `rows` rows of `cols`
+// elements (ggml ne0 = cols, ne1 = rows), row stride row_bytes(type, cols).
+struct Matrix {
+  DType type = DType::f32;
+  const void* data = nullptr;  // [rows, cols] in `type`
+  size_t rows = 0;
+  size_t cols = 0;
+};
+
+// y[t, r] = sum_c W[r, c] * x[t, c]  for t < n_tokens, r < W.rows
+//   x: [n_tokens, W.cols] f32, y: [n_tokens, W.rows] f32 (row stride ldy)
+// Threads with OpenMP over output rows (and tokens for large batches); call
+// from outside a parallel region. Chooses the fastest available path
+// (SIMD, int8 dot products, oneDNN for large batches when built with it).
+void matmul(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy);
+// Reference implementation (scalar, dequantise-and-dot in double) for tests.
+void matmul_ref(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy);
+
+// Row r of W converted to f32 (embedding lookup). out: [W.cols]
+void get_row(const Matrix& w, size_t r, float* out);
+
+}  // namespace defkv::quant

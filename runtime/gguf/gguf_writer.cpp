@@ -1,0 +1,1 @@
+#include "runtime/gguf/gguf.h"

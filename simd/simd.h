@@ -1,0 +1,79 @@
+// defkv SIMD kernels: element-wise and reduction ops on contiguous float
+// buffers. Kernels know nothing about models. Every op has a scalar reference
+// (namespace defkv::simd::scalar) that is both the fallback and the test oracle.
+//
+// Dispatch: the table of kernels is chosen once, on first use, after checking
+// CPUID *and* OS register support (XCR0). DEFKV_FORCE_SCALAR=1 forces the
+// scalar table. Hot loops call through `simd::k()` (one indirect call per op
+// invocation, never per element).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace defkv::simd {
+
+enum class Isa { scalar, avx2, avx512, neon };
+const char* isa_name(Isa isa);
+
+struct Kernels {
+  Isa isa;
+  // sum_i a[i]*b[i]
+  float (*dot)(const float* a, const float* b, size_t n);
+  // sum_i a[i]*float(b[i]) where b is IEEE fp16 bits
+  float (*dot_f16)(const float* a, const uint16_t* b, size_t n);
+  // y[i] += alpha * x[i]
+  void (*axpy)(float alpha, const float* x, float* y, size_t n);
+  // y[i] += alpha * float(x[i]) (x fp16 bits)
+  void (*axpy_f16)(float alpha, const uint16_t* x, float* y, size_t n);
+  // x[i] *= alpha
+  void (*scale)(float* x, float alpha, size_t n);
+  // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x
+  void (*rmsnorm)(float* out, const float* x, const float* w, size_t n, float eps);
+  // in-place numerically stable softmax; returns the sum of exp before normalising
+  float (*softmax)(float* x, size_t n);
+  // gate[i] = silu(gate[i]) * up[i]
+  void (*silu_mul)(float* gate, const float* up, size_t n);
+  // acc[i] = max(acc[i], x[i])
+  void (*max_inplace)(float* acc, const float* x, size_t n);
+  // acc[i] += x[i]
+  void (*add_inplace)(float* acc, const float* x, size_t n);
+  // max_i x[i] (-inf for n == 0)
+  float (*reduce_max)(const float* x, size_t n);
+  // sum_i x[i]
+  float (*reduce_sum)(const float* x, size_t n);
+  // sum_i |x[i]|
+  float (*reduce_abs_sum)(const float* x, size_t n);
+  // fp16 / bf16 <-> fp32 conversions (round to nearest even)
+  void (*f16_to_f32)(const uint16_t* x, float* y, size_t n);
+  void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);
+  void (*bf16_to_f32)(const uint16_t* x, float* y, size_t n);
+  void (*f32_to_bf16)(const float* x, uint16_t* y, size_t n);
+};
+
+// The active kernel table (selected once, thread-safe).
+const Kernels& k();
+// The scalar table (reference / oracle).
+const Kernels& scalar_kernels();
+// Every table this machine can run (scalar first), for tests and benchmarks.
+// Returns the count written into out (at most max).
+size_t available_kernels(const Kernels** out, size_t max);
+
+// Rotary embedding on one head vector x[head_dim], rotating the first n_rot
+// dims. cos/sin hold n_rot/2 values for this position.
+//   neox == false: GGUF "normal" mode, adjacent pairs (x[2i], x[2i+1])
+//   neox == true : split halves (x[i], x[i + n_rot/2])
+void rope(float* x, size_t n_rot, const float* cos, const float* sin, bool neox);
+
+// 1-D average pooling along x[n] with kernel k (odd), zero padding k/2 and
+// division by k everywhere (PyTorch avg_pool1d, count_include_pad=True).
+// out must not alias x.
+void avg_pool1d(const float* x, float* out, size_t n, size_t k);
+
+// Scalar scalar conversions, exact IEEE round-to-nearest-even.
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+}  // namespace defkv::simd

@@ -1,0 +1,16 @@
+// Subcommand registration for the defkv CLI. Each cmd_*.cpp adds one
+// subcommand to the app and returns the handler to run when it is chosen.
+#pragma once
+
+#include <functional>
+
+namespace CLI { class App; }
+
+namespace defkv::cli {
+
+using Handler = std::function<int()>;
+
+Handler register_run(CLI::App& app);
+Handler register_quantize(CLI::App& app);
+
+}  // namespace defkv::cli
