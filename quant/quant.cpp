@@ -1,1 +1,118 @@
+// Weight formats: dtype helpers and row conversion (ggml-compatible).
 #include "quant/quant.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "simd/simd.h"
+
+namespace defkv::quant {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::q8_0: return "q8_0";
+    case DType::bf16: return "bf16";
+  }
+  return "unknown";
+}
+
+bool parse_dtype(std::string_view s, DType* out) {
+  for (DType t : {DType::f32, DType::f16, DType::bf16, DType::q8_0}) {
+    if (s == dtype_name(t)) {
+      *out = t;
+      return true;
+    }
+  }
+  return false;
+}
+
+static std::runtime_error bad_dtype(const char* where, DType t) {
+  return std::runtime_error(std::string(where) + ": unsupported dtype id " +
+                            std::to_string(uint32_t(t)));
+}
+
+size_t block_elems(DType t) {
+  switch (t) {
+    case DType::f32:
+    case DType::f16:
+    case DType::bf16: return 1;
+    case DType::q8_0: return kQ8_0Block;
+  }
+  throw bad_dtype("block_elems", t);
+}
+
+size_t block_bytes(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f16:
+    case DType::bf16: return 2;
+    case DType::q8_0: return sizeof(BlockQ8_0);
+  }
+  throw bad_dtype("block_bytes", t);
+}
+
+size_t row_bytes(DType t, size_t n) {
+  const size_t be = block_elems(t);
+  if (n % be != 0)
+    throw std::runtime_error(std::string("row_bytes: ") + std::to_string(n) +
+                             " elements is not a multiple of the " + dtype_name(t) +
+                             " block size " + std::to_string(be));
+  return n / be * block_bytes(t);
+}
+
+// Same as ggml quantize_row_q8_0_ref: d = amax/127 stored as fp16, q = roundf(x/d)
+// (scaled by the fp32 1/d, not the rounded fp16 one).
+static void quantize_q8_0(const float* x, BlockQ8_0* y, size_t n) {
+  for (size_t b = 0; b < n / kQ8_0Block; ++b) {
+    const float* xb = x + b * kQ8_0Block;
+    float amax = 0.0f;
+    for (size_t j = 0; j < kQ8_0Block; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = simd::f32_to_f16(d);
+    for (size_t j = 0; j < kQ8_0Block; ++j) y[b].qs[j] = int8_t(std::roundf(xb[j] * id));
+  }
+}
+
+static void dequantize_q8_0(const BlockQ8_0* x, float* y, size_t n) {
+  for (size_t b = 0; b < n / kQ8_0Block; ++b) {
+    const float d = simd::f16_to_f32(x[b].d);
+    for (size_t j = 0; j < kQ8_0Block; ++j) y[b * kQ8_0Block + j] = d * float(x[b].qs[j]);
+  }
+}
+
+void from_f32(DType t, const float* x, void* row, size_t n) {
+  (void)row_bytes(t, n);  // validates n
+  switch (t) {
+    case DType::f32: std::memcpy(row, x, n * sizeof(float)); return;
+    case DType::f16: simd::k().f32_to_f16(x, static_cast<uint16_t*>(row), n); return;
+    case DType::bf16: simd::k().f32_to_bf16(x, static_cast<uint16_t*>(row), n); return;
+    case DType::q8_0: quantize_q8_0(x, static_cast<BlockQ8_0*>(row), n); return;
+  }
+  throw bad_dtype("from_f32", t);
+}
+
+void to_f32(DType t, const void* row, float* y, size_t n) {
+  (void)row_bytes(t, n);
+  switch (t) {
+    case DType::f32: std::memcpy(y, row, n * sizeof(float)); return;
+    case DType::f16: simd::k().f16_to_f32(static_cast<const uint16_t*>(row), y, n); return;
+    case DType::bf16: simd::k().bf16_to_f32(static_cast<const uint16_t*>(row), y, n); return;
+    case DType::q8_0: dequantize_q8_0(static_cast<const BlockQ8_0*>(row), y, n); return;
+  }
+  throw bad_dtype("to_f32", t);
+}
+
+void get_row(const Matrix& w, size_t r, float* out) {
+  if (r >= w.rows)
+    throw std::out_of_range("get_row: row " + std::to_string(r) + " out of range (rows " +
+                            std::to_string(w.rows) + ")");
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  to_f32(w.type, base + r * row_bytes(w.type, w.cols), out, w.cols);
+}
+
+}  // namespace defkv::quant

@@ -48,6 +48,12 @@ struct Matrix {
 // from outside a parallel region. Chooses the fastest available path
 // (SIMD, int8 dot products, oneDNN for large batches when built with it).
 void matmul(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy);
+// A column slice of W: y[t, r] = sum_{c < n_cols} W[r, col0 + c] * x[t, c]
+//   x: [n_tokens, n_cols] f32, y: [n_tokens, W.rows] f32 (row stride ldy)
+// Any col0 / n_cols with col0 + n_cols <= W.cols (need not be block aligned,
+// e.g. one head's slice of W_o for a per-head value-projection norm).
+void matmul_cols(const Matrix& w, size_t col0, size_t n_cols, const float* x, float* y,
+                 size_t n_tokens, size_t ldy);
 // Reference implementation (scalar, dequantise-and-dot in double) for tests.
 void matmul_ref(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy);
 

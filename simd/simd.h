@@ -30,7 +30,9 @@ struct Kernels {
   void (*scale)(float* x, float alpha, size_t n);
   // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x
   void (*rmsnorm)(float* out, const float* x, const float* w, size_t n, float eps);
-  // in-place numerically stable softmax; returns the sum of exp before normalising
+  // in-place numerically stable softmax; returns sum_i exp(x[i] - max x), the
+  // normaliser before dividing (log-sum-exp = max x + log(return value));
+  // an all -inf input becomes all zeros and returns 0
   float (*softmax)(float* x, size_t n);
   // gate[i] = silu(gate[i]) * up[i]
   void (*silu_mul)(float* gate, const float* up, size_t n);

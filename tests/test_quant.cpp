@@ -1,1 +1,336 @@
+// Weight formats and matrix products: dtype helpers, ggml-compatible Q8_0
+// quantisation, row conversions, and every matmul path against matmul_ref
+// (double accumulation) with tolerances derived from the formats.
+#include <bit>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
 #include <catch2/catch.hpp>
+
+#include "quant/quant.h"
+#include "simd/simd.h"
+
+using namespace defkv;
+using quant::DType;
+
+namespace {
+
+constexpr DType kAllTypes[] = {DType::f32, DType::f16, DType::bf16, DType::q8_0};
+
+// ---- tolerances ---------------------------------------------------------------
+constexpr double kF32Eps = FLT_EPSILON;
+// fp16 has an 11-bit significand: a stored scale is within 2^-11 relative.
+constexpr double kF16RelErr = 0x1p-11;
+// Float accumulation re-associated over lanes/accumulators/blocks (see test_simd).
+double reduction_tol(size_t n, double sum_abs) {
+  return (double(n) / 4.0 + 32.0) * kF32Eps * sum_abs + 1e-30;
+}
+// Q8_0 element error: |x - d16*round(x/d)| <= d/2 + 127*|d - d16| with d = amax/127.
+constexpr double kQ8ErrPerScale = 0.5 + 127.0 * kF16RelErr;
+
+std::vector<float> randv(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// A weight matrix owning its bytes.
+struct OwnedMatrix {
+  std::vector<uint8_t> bytes;
+  quant::Matrix m;
+};
+OwnedMatrix make_matrix(DType t, size_t rows, size_t cols, std::mt19937& rng) {
+  OwnedMatrix o;
+  const size_t rb = quant::row_bytes(t, cols);
+  o.bytes.resize(rows * rb + 1);
+  const auto src = randv(rows * cols, rng, 0.5f);
+  for (size_t r = 0; r < rows; ++r) quant::from_f32(t, src.data() + r * cols, o.bytes.data() + r * rb, cols);
+  o.m = {t, o.bytes.data(), rows, cols};
+  return o;
+}
+
+// Independent dequantised copy of W (row-major doubles) from the stored bytes.
+std::vector<double> dequant_all(const quant::Matrix& w) {
+  std::vector<double> out(w.rows * w.cols);
+  const size_t rb = quant::row_bytes(w.type, w.cols);
+  for (size_t r = 0; r < w.rows; ++r) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * rb;
+    for (size_t c = 0; c < w.cols; ++c) {
+      double v = 0;
+      switch (w.type) {
+        case DType::f32: { float f; std::memcpy(&f, row + 4 * c, 4); v = f; break; }
+        case DType::f16: { uint16_t h; std::memcpy(&h, row + 2 * c, 2); v = simd::f16_to_f32(h); break; }
+        case DType::bf16: { uint16_t h; std::memcpy(&h, row + 2 * c, 2); v = std::bit_cast<float>(uint32_t(h) << 16); break; }
+        case DType::q8_0: {
+          const uint8_t* blk = row + (c / 32) * 34;
+          uint16_t d; std::memcpy(&d, blk, 2);
+          v = double(simd::f16_to_f32(d)) * double(int8_t(blk[2 + c % 32]));
+          break;
+        }
+      }
+      out[r * w.cols + c] = v;
+    }
+  }
+  return out;
+}
+
+// Tolerance for one output y[t, r] of the fast matmul relative to the exact
+// product: float accumulation, plus (q8_0 only) per-block activation quantisation
+// error sum_j |w_j| * amax_x(block)/127 * kQ8ErrPerScale.
+double matmul_tol(DType t, const double* w_row, const float* x, size_t n) {
+  double sum_abs = 0, quant_err = 0;
+  for (size_t c = 0; c < n; ++c) sum_abs += std::fabs(w_row[c] * x[c]);
+  if (t == DType::q8_0) {
+    for (size_t b = 0; b < n / 32; ++b) {
+      double amax = 0, wabs = 0;
+      for (size_t j = 0; j < 32; ++j) {
+        amax = std::max(amax, std::fabs(double(x[b * 32 + j])));
+        wabs += std::fabs(w_row[b * 32 + j]);
+      }
+      quant_err += wabs * amax / 127.0 * kQ8ErrPerScale;
+    }
+    // the int8 products are exact; block sums and scales round in float
+    sum_abs *= 1.0 + 4 * kF16RelErr;
+  }
+  return reduction_tol(n, sum_abs) + quant_err * 1.0001;
+}
+
+}  // namespace
+
+// ---- dtype helpers --------------------------------------------------------------
+
+TEST_CASE("dtype helpers follow ggml's ids and layouts", "[quant][dtype]") {
+  CHECK(uint32_t(DType::f32) == 0);
+  CHECK(uint32_t(DType::f16) == 1);
+  CHECK(uint32_t(DType::q8_0) == 8);
+  CHECK(uint32_t(DType::bf16) == 30);
+  for (DType t : kAllTypes) {
+    DType back{};
+    REQUIRE(quant::parse_dtype(quant::dtype_name(t), &back));
+    CHECK(back == t);
+  }
+  DType dummy = DType::f16;
+  CHECK_FALSE(quant::parse_dtype("q4_0", &dummy));
+  CHECK_FALSE(quant::parse_dtype("", &dummy));
+  CHECK(dummy == DType::f16);
+  CHECK(quant::block_elems(DType::q8_0) == 32);
+  CHECK(quant::block_bytes(DType::q8_0) == 34);
+  CHECK(quant::block_elems(DType::bf16) == 1);
+  CHECK(quant::block_bytes(DType::bf16) == 2);
+  CHECK(quant::row_bytes(DType::f32, 10) == 40);
+  CHECK(quant::row_bytes(DType::f16, 10) == 20);
+  CHECK(quant::row_bytes(DType::q8_0, 4096) == 4096 / 32 * 34);
+  CHECK_THROWS(quant::row_bytes(DType::q8_0, 33));
+  CHECK_THROWS(quant::block_bytes(DType(2)));
+}
+
+// ---- row conversions ---------------------------------------------------------------
+
+TEST_CASE("q8_0 quantisation matches ggml quantize_row_q8_0_ref", "[quant][q8_0]") {
+  // A hand-checked block: x = j - 16 -> amax 16, d = 16/127, q = round((j-16)*127/16)
+  std::vector<float> x(32);
+  for (size_t j = 0; j < 32; ++j) x[j] = float(int(j) - 16);
+  quant::BlockQ8_0 b{};
+  quant::from_f32(DType::q8_0, x.data(), &b, 32);
+  CHECK(b.d == simd::f32_to_f16(16.0f / 127.0f));
+  CHECK(b.qs[0] == -127);
+  CHECK(b.qs[16] == 0);
+  CHECK(b.qs[31] == int8_t(std::lround(15.0 * 127.0 / 16.0)));  // 119.06 -> 119
+  CHECK(b.qs[24] == 64);                                         // 8*127/16 = 63.5 -> away from zero
+  CHECK(b.qs[8] == -64);
+
+  // all-zero block: d = 0, q = 0
+  std::vector<float> z(32, 0.0f);
+  quant::from_f32(DType::q8_0, z.data(), &b, 32);
+  CHECK(b.d == 0);
+  for (int8_t q : b.qs) CHECK(q == 0);
+
+  // random rows: the ggml algorithm restated, and the round-trip bound
+  std::mt19937 rng(42);
+  for (size_t n : {size_t(32), size_t(64), size_t(4096)}) {
+    const auto v = randv(n, rng, 3.0f);
+    std::vector<quant::BlockQ8_0> blocks(n / 32);
+    quant::from_f32(DType::q8_0, v.data(), blocks.data(), n);
+    std::vector<float> back(n);
+    quant::to_f32(DType::q8_0, blocks.data(), back.data(), n);
+    size_t bad_bits = 0, bad_err = 0;
+    for (size_t blk = 0; blk < n / 32; ++blk) {
+      float amax = 0;
+      for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(v[blk * 32 + j]));
+      const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+      bad_bits += blocks[blk].d != simd::f32_to_f16(d);
+      for (size_t j = 0; j < 32; ++j) {
+        bad_bits += blocks[blk].qs[j] != int8_t(std::roundf(v[blk * 32 + j] * id));
+        const double deq = double(simd::f16_to_f32(blocks[blk].d)) * blocks[blk].qs[j];
+        bad_err += back[blk * 32 + j] != float(deq);
+        bad_err += std::fabs(deq - v[blk * 32 + j]) > kQ8ErrPerScale * d;
+      }
+    }
+    CHECK(bad_bits == 0);
+    CHECK(bad_err == 0);
+  }
+}
+
+TEST_CASE("f32/f16/bf16 rows convert element-wise", "[quant][convert]") {
+  std::mt19937 rng(9);
+  for (size_t n : {size_t(0), size_t(1), size_t(17), size_t(1000)}) {
+    const auto v = randv(n, rng, 100.0f);
+    std::vector<float> back(n);
+    std::vector<uint8_t> row(quant::row_bytes(DType::f32, n) + 1);
+
+    quant::from_f32(DType::f32, v.data(), row.data(), n);
+    quant::to_f32(DType::f32, row.data(), back.data(), n);
+    CHECK(back == v);
+
+    quant::from_f32(DType::f16, v.data(), row.data(), n);
+    quant::to_f32(DType::f16, row.data(), back.data(), n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h; std::memcpy(&h, row.data() + 2 * i, 2);
+      bad += h != simd::f32_to_f16(v[i]);
+      bad += back[i] != simd::f16_to_f32(h);
+    }
+    CHECK(bad == 0);
+
+    quant::from_f32(DType::bf16, v.data(), row.data(), n);
+    quant::to_f32(DType::bf16, row.data(), back.data(), n);
+    bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h; std::memcpy(&h, row.data() + 2 * i, 2);
+      bad += h != simd::f32_to_bf16(v[i]);
+      bad += std::bit_cast<uint32_t>(back[i]) != uint32_t(h) << 16;
+    }
+    CHECK(bad == 0);
+  }
+  std::vector<float> x(33);
+  std::vector<uint8_t> row(64);
+  CHECK_THROWS(quant::from_f32(DType::q8_0, x.data(), row.data(), 33));
+}
+
+TEST_CASE("get_row dequantises one row", "[quant][get_row]") {
+  std::mt19937 rng(10);
+  for (DType t : kAllTypes) {
+    INFO(quant::dtype_name(t));
+    auto w = make_matrix(t, 7, 96, rng);
+    const auto ref = dequant_all(w.m);
+    std::vector<float> out(96);
+    for (size_t r = 0; r < 7; ++r) {
+      quant::get_row(w.m, r, out.data());
+      size_t bad = 0;
+      for (size_t c = 0; c < 96; ++c) bad += double(out[c]) != ref[r * 96 + c];
+      CHECK(bad == 0);
+    }
+    CHECK_THROWS(quant::get_row(w.m, 7, out.data()));
+  }
+}
+
+// ---- matrix products -----------------------------------------------------------------
+
+TEST_CASE("matmul_ref is the exact product of the stored weights", "[quant][matmul]") {
+  std::mt19937 rng(20);
+  for (DType t : kAllTypes) {
+    INFO(quant::dtype_name(t));
+    auto w = make_matrix(t, 5, 64, rng);
+    const auto W = dequant_all(w.m);
+    const auto x = randv(3 * 64, rng);
+    std::vector<float> y(3 * 6, -7.0f);
+    quant::matmul_ref(w.m, x.data(), y.data(), 3, 6);
+    for (size_t tk = 0; tk < 3; ++tk) {
+      for (size_t r = 0; r < 5; ++r) {
+        double acc = 0;
+        for (size_t c = 0; c < 64; ++c) acc += W[r * 64 + c] * x[tk * 64 + c];
+        CHECK(y[tk * 6 + r] == float(acc));
+      }
+      CHECK(y[tk * 6 + 5] == -7.0f);  // padding column untouched
+    }
+  }
+}
+
+TEST_CASE("matmul matches matmul_ref for every dtype, shape and batch", "[quant][matmul]") {
+  std::mt19937 rng(21);
+  struct Shape { size_t rows, cols; };
+  const Shape shapes[] = {{1, 32}, {3, 64}, {17, 96}, {33, 256}, {67, 512}, {5, 5632}};
+  for (DType t : kAllTypes) {
+    for (const Shape s : shapes) {
+      auto w = make_matrix(t, s.rows, s.cols, rng);
+      const auto W = dequant_all(w.m);
+      for (size_t n_tokens : {size_t(1), size_t(2), size_t(7), size_t(40), size_t(70)}) {
+        if (s.cols >= 5632 && n_tokens > 7) continue;
+        INFO(quant::dtype_name(t) << " rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens);
+        const size_t ldy = s.rows + (n_tokens % 2);  // exercise ldy > rows
+        const auto x = randv(n_tokens * s.cols, rng);
+        std::vector<float> y(n_tokens * ldy, NAN), yr(n_tokens * ldy, NAN);
+        quant::matmul(w.m, x.data(), y.data(), n_tokens, ldy);
+        quant::matmul_ref(w.m, x.data(), yr.data(), n_tokens, ldy);
+        size_t bad = 0;
+        double worst = 0;
+        for (size_t tk = 0; tk < n_tokens; ++tk) {
+          for (size_t r = 0; r < s.rows; ++r) {
+            const double tol = matmul_tol(t, &W[r * s.cols], &x[tk * s.cols], s.cols);
+            const double err = std::fabs(double(y[tk * ldy + r]) - yr[tk * ldy + r]);
+            bad += !(err <= tol);
+            worst = std::max(worst, err / tol);
+          }
+          if (ldy > s.rows) CHECK(std::isnan(y[tk * ldy + s.rows]));  // padding untouched
+        }
+        INFO("worst err/tol " << worst);
+        CHECK(bad == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("matmul_cols multiplies a column slice (any alignment)", "[quant][matmul]") {
+  std::mt19937 rng(22);
+  for (DType t : kAllTypes) {
+    auto w = make_matrix(t, 19, 128, rng);
+    const auto W = dequant_all(w.m);
+    struct Slice { size_t col0, n; };
+    for (const Slice sl : {Slice{0, 8}, Slice{8, 8}, Slice{24, 16}, Slice{120, 8}, Slice{3, 61},
+                           Slice{0, 128}, Slice{64, 64}, Slice{5, 0}}) {
+      for (size_t n_tokens : {size_t(1), size_t(9)}) {
+        INFO(quant::dtype_name(t) << " col0 " << sl.col0 << " n " << sl.n << " tokens " << n_tokens);
+        const size_t ldy = 21;
+        const auto x = randv(n_tokens * sl.n, rng);
+        std::vector<float> y(n_tokens * ldy, NAN);
+        quant::matmul_cols(w.m, sl.col0, sl.n, x.data(), y.data(), n_tokens, ldy);
+        size_t bad = 0;
+        for (size_t tk = 0; tk < n_tokens; ++tk) {
+          for (size_t r = 0; r < 19; ++r) {
+            double acc = 0, sabs = 0;
+            for (size_t c = 0; c < sl.n; ++c) {
+              const double p = W[r * 128 + sl.col0 + c] * x[tk * sl.n + c];
+              acc += p;
+              sabs += std::fabs(p);
+            }
+            bad += !(std::fabs(y[tk * ldy + r] - acc) <= reduction_tol(sl.n, sabs));
+          }
+          CHECK(std::isnan(y[tk * ldy + 19]));
+        }
+        CHECK(bad == 0);
+      }
+    }
+    std::vector<float> x(16), y(19);
+    CHECK_THROWS(quant::matmul_cols(w.m, 120, 16, x.data(), y.data(), 1, 19));
+  }
+}
+
+TEST_CASE("matmul rejects bad arguments", "[quant][matmul]") {
+  std::mt19937 rng(23);
+  auto w = make_matrix(DType::f32, 4, 32, rng);
+  std::vector<float> x(64), y(8);
+  CHECK_THROWS(quant::matmul(w.m, x.data(), y.data(), 2, 3));  // ldy < rows
+  quant::Matrix bad = w.m;
+  bad.type = DType::q8_0;
+  bad.cols = 33;
+  CHECK_THROWS(quant::matmul(bad, x.data(), y.data(), 1, 4));
+  bad = w.m;
+  bad.data = nullptr;
+  CHECK_THROWS(quant::matmul(bad, x.data(), y.data(), 1, 4));
+  quant::matmul(w.m, x.data(), y.data(), 0, 4);  // no tokens: no-op
+}
