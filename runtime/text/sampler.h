@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace defkv::text {
@@ -15,7 +16,7 @@ struct SamplerParams {
   float top_p = 0.95f;        // >= 1: disabled
   float min_p = 0.05f;        // <= 0: disabled
   float repeat_penalty = 1.1f;// 1: disabled (llama.cpp semantics)
-  int32_t repeat_last_n = 64; // window of recent tokens the penalty sees
+  int32_t repeat_last_n = 64; // window of recent tokens the penalty sees (0: none; < 0 rejected)
   uint64_t seed = 0xdefc0de;
 };
 
@@ -29,14 +30,33 @@ class Sampler {
   void accept(int32_t token);
   void reset();
   const SamplerParams& params() const { return p_; }
+
+  // Applies the repetition penalty of the current history to logits in place
+  // (each distinct token of the last repeat_last_n once: logit > 0 ->
+  // logit / penalty, else logit * penalty). Used by sample(); exposed for tests.
+  void apply_repetition_penalty(std::span<float> logits) const;
+  // The distribution the last sample() drew from, as (probability, token),
+  // sorted by descending probability, truncated and renormalised (sums to 1).
+  // Greedy leaves the single chosen token with probability 1.
+  std::span<const std::pair<float, int32_t>> last_candidates() const {
+    return {cand_.data(), cand_.size()};
+  }
+  // The recent tokens the penalty sees, oldest first (at most repeat_last_n).
+  std::span<const int32_t> history() const { return {history_.data(), history_.size()}; }
+
  private:
   SamplerParams p_;
   std::mt19937_64 rng_;
-  std::vector<int32_t> history_;
-  std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<int32_t> history_;                 // [<= repeat_last_n] oldest first
+  std::vector<std::pair<float, int32_t>> cand_;  // [<= n_vocab] (logit, then prob; id)
+  std::vector<float> work_;                      // [n_vocab] penalised logits
 };
 
 // argmax with lowest index on ties
 int32_t argmax(std::span<const float> logits);
+
+// Uniform double in [0, 1) from the top 53 bits of one engine draw; unlike
+// std::uniform_real_distribution it is identical on every standard library.
+inline double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
 
 }  // namespace defkv::text
