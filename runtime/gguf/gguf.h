@@ -28,9 +28,10 @@ enum class ValueType : uint32_t {
 };
 const char* value_type_name(ValueType t);
 
-// ggml tensor type ids. Only f32, f16, bf16 and q8_0 are supported; others
-// are recognised by name for error messages.
-enum class TensorType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
+// ggml tensor type ids. Only f32, f16, bf16 and q8_0 (weights) and i32 (test
+// vectors, e.g. eviction keep masks) are supported; others are recognised by
+// name for error messages.
+enum class TensorType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, i32 = 26, bf16 = 30 };
 const char* tensor_type_name(uint32_t ggml_type);  // "q4_K", "type 99", ...
 
 struct Value;
