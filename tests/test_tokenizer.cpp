@@ -252,25 +252,41 @@ TEST_CASE("stories260K: golden greedy ids decode to the golden text", "[tokenize
 TEST_CASE("needle prompts encode to llama.cpp's token counts", "[tokenizer]") {
   Loaded l = load("needle/needle-llama-0.9M-f32.gguf");
   const Tokenizer& tok = *l.tok;
-  std::ifstream in(shared_dir() + "/models/needle/example_tasks.jsonl");
-  REQUIRE(in);
-  std::string line;
-  int n_tasks = 0, n_match = 0;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    auto j = nlohmann::json::parse(line);
-    std::string prompt = j.at("prompt").get<std::string>();
-    size_t want = j.at("n_ctx_tokens").get<size_t>();
-    std::vector<Token> ids = tok.encode(prompt, true);
-    INFO("seed " << j.at("seed").get<int>());
-    CHECK(ids.size() == want);
-    CHECK(ids.front() == tok.bos());
-    CHECK(tok.decode(ids) == prompt);
-    ++n_tasks;
-    if (ids.size() == want) ++n_match;
+  // n_ctx_tokens is the prompt length llama.cpp saw (BOS included).
+  for (auto [file, n_expected] : {std::pair<const char*, int>{"example_tasks.jsonl", 60},
+                                  std::pair<const char*, int>{"eval_tasks.jsonl", 160}}) {
+    std::ifstream in(shared_dir() + "/models/needle/" + file);
+    REQUIRE(in);
+    std::string line;
+    int n_tasks = 0, n_match = 0;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      auto j = nlohmann::json::parse(line);
+      std::string prompt = j.at("prompt").get<std::string>();
+      size_t want = j.at("n_ctx_tokens").get<size_t>();
+      std::vector<Token> ids = tok.encode(prompt, true);
+      INFO(file << " seed " << j.at("seed").get<int>());
+      CHECK(ids.size() == want);
+      CHECK(ids.front() == tok.bos());
+      CHECK(tok.decode(ids) == prompt);
+      // Every needle starts at its recorded token position.
+      for (const auto& nd : j.at("needles")) {
+        size_t pos = nd.at("token_pos").get<size_t>();
+        REQUIRE(pos < ids.size());
+        std::string from_pos;
+        for (size_t k = pos; k < ids.size() && from_pos.size() < 64; ++k) from_pos += tok.piece(ids[k]);
+        std::string needle = "The secret number of the " + nd.at("key").get<std::string>() +
+                             " is " + nd.at("digits").get<std::string>() + ".";
+        INFO("needle '" << needle << "' at token " << pos << ": '" << from_pos << "'");
+        CHECK((from_pos.rfind(needle, 0) == 0 || from_pos.rfind(" " + needle, 0) == 0));
+      }
+      ++n_tasks;
+      if (ids.size() == want) ++n_match;
+    }
+    CHECK(n_tasks == n_expected);
+    WARN("needle " << file << ": prompts with llama.cpp's token count: " << n_match << "/"
+                   << n_tasks);
   }
-  CHECK(n_tasks == 60);
-  WARN("needle prompts with llama.cpp's token count: " << n_match << "/" << n_tasks);
 }
 
 TEST_CASE("StreamDecoder holds back partial UTF-8 and matches decode()", "[tokenizer]") {
