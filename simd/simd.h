@@ -53,6 +53,19 @@ struct Kernels {
   void (*f32_to_bf16)(const float* x, uint16_t* y, size_t n);
 };
 
+// CPU features that kernel selection depends on, detected once. x86 entries
+// are already AND-ed with OS support for the registers (XCR0 via xgetbv).
+struct CpuFeatures {
+  bool avx2 = false;         // AVX2 + FMA + F16C, OS saves YMM state
+  bool avx512 = false;       // AVX-512 F/BW/DQ/VL, OS saves ZMM + opmask state
+  bool avx512_vnni = false;  // avx512 + VNNI (vpdpbusd)
+  bool avx512_bf16 = false;  // avx512 + BF16 (vdpbf16ps)
+  bool avx_vnni = false;     // avx2 + VEX-encoded VNNI
+  bool neon = false;         // AArch64 Advanced SIMD (always on AArch64)
+  bool neon_dotprod = false; // AArch64 SDOT/UDOT
+};
+const CpuFeatures& cpu_features();
+
 // The active kernel table (selected once, thread-safe).
 const Kernels& k();
 // The scalar table (reference / oracle).
