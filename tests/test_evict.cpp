@@ -1,1 +1,463 @@
+// Eviction policy tests: every layer of every test-vector file (numpy port of
+// the reference scorers, ../shared/testdata/eviction) against score_layer /
+// select_keep, plus properties on synthetic layers with variable-length heads.
 #include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/evict/evict.h"
+#include "runtime/gguf/gguf.h"
+
+namespace ev = defkv::evict;
+namespace gg = defkv::gguf;
+
+namespace {
+
+std::string vectors_dir() {
+  if (const char* d = std::getenv("DEFKV_EVICTION_VECTORS")) return d;
+  const char* shared = std::getenv("DEFKV_SHARED");
+  return std::string(shared ? shared : "../shared") + "/testdata/eviction";
+}
+
+std::vector<std::string> vector_files() {
+  std::vector<std::string> out;
+  namespace fs = std::filesystem;
+  const fs::path dir = vectors_dir();
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".gguf") out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Tensor with its shape checked; dims outermost first (as the README writes them).
+template <class T>
+const T* tensor(const gg::File& f, const std::string& name, std::vector<uint64_t> dims) {
+  const gg::TensorInfo& t = f.tensor(name);
+  const uint32_t want_type = std::is_same_v<T, float> ? 0u : 26u;  // f32 / i32
+  INFO(name);
+  REQUIRE(t.type == want_type);
+  REQUIRE(t.n_dims == dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) REQUIRE(t.ne[i] == dims[dims.size() - 1 - i]);
+  return reinterpret_cast<const T*>(t.data);
+}
+
+// |a - b| <= rel * max(|b|, tiny). A softmax weight's relative error equals
+// the absolute error of its logit, and the reference's f32 logits (|x| up to
+// ~50) carry a few ulp, i.e. up to ~1.5e-5 relative on weights ~1e-9 (seen
+// against an exact-dot scalar path). Weights below tiny = 1e-6 are therefore
+// held to an absolute 1e-11 instead; every weight that can matter to a score
+// stays within 1e-5 relative.
+struct Closeness {
+  double rel = 1e-5, tiny = 1e-6;
+  size_t n = 0, bad = 0;
+  double worst = 0;  // max |a-b| / max(|b|, tiny) / rel
+  double worst_ref = 0, worst_got = 0;
+  void add(double a, double b) {
+    ++n;
+    const double r = std::fabs(a - b) / (rel * std::max(std::fabs(b), tiny));
+    if (r > worst) { worst = r; worst_ref = b; worst_got = a; }
+    if (!(r <= 1.0)) ++bad;
+  }
+};
+
+struct MaskDiff {
+  size_t n = 0, diff = 0;
+  void add(int a, int b) { ++n; diff += (a != b); }
+};
+
+}  // namespace
+
+TEST_CASE("policy names round-trip", "[evict]") {
+  for (ev::Policy p : {ev::Policy::full, ev::Policy::streaming, ev::Policy::snapkv,
+                       ev::Policy::adakv, ev::Policy::criticalkv, ev::Policy::defensivekv,
+                       ev::Policy::layer_defensivekv}) {
+    ev::Policy q = ev::Policy::full;
+    REQUIRE(ev::parse_policy(ev::policy_name(p), &q));
+    CHECK(q == p);
+  }
+  ev::Policy q;
+  CHECK(ev::parse_policy("layer_defensivekv", &q));
+  CHECK(q == ev::Policy::layer_defensivekv);
+  CHECK_FALSE(ev::parse_policy("h2o", &q));
+}
+
+TEST_CASE("eviction test vectors", "[evict][vectors]") {
+  const std::vector<std::string> files = vector_files();
+  INFO("vector folder " << vectors_dir());
+  REQUIRE(!files.empty());
+  for (const std::string& path : files) {
+    INFO("file " << path);
+    auto f = gg::File::open(path);
+    const uint32_t L = uint32_t(f->get_uint("eviction.n_layer"));
+    const uint32_t H = uint32_t(f->get_uint("eviction.n_head"));
+    const uint32_t Hkv = uint32_t(f->get_uint("eviction.n_head_kv"));
+    const uint32_t d = uint32_t(f->get_uint("eviction.head_dim"));
+    const uint32_t E = uint32_t(f->get_uint("eviction.n_embd"));
+    const uint32_t T = uint32_t(f->get_uint("eviction.n_tokens"));
+    const uint32_t W = uint32_t(f->get_uint("eviction.window"));
+    const double r = f->get_float("eviction.compression_ratio");
+    REQUIRE(f->get_array("eviction.token_ids").size() == T);
+    const uint32_t N = T - W;
+
+    ev::Params params;
+    params.window = W;
+    params.kernel = uint32_t(f->get_uint("eviction.kernel"));
+    params.critical_mass = float(f->get_float("eviction.critical_mass"));
+    params.ada_floor = float(f->get_float("eviction.ada_floor_alpha"));
+    const ev::Budget budget = ev::oneshot_budget(T, r, Hkv, L);
+    CHECK(budget.per_head == f->get_uint("eviction.budget_per_head"));
+    CHECK(budget.per_layer == f->get_uint("eviction.budget_per_layer"));
+
+    std::vector<int32_t> pos(T), q_pos(W);
+    for (uint32_t j = 0; j < T; ++j) pos[j] = int32_t(j);
+    for (uint32_t i = 0; i < W; ++i) q_pos[i] = int32_t(N + i);
+
+    Closeness c_attn, c_bias, c_snap, c_def, c_final;
+    MaskDiff m_snap, m_ada, m_crit, m_def, m_layer;
+    ev::Scratch scratch;
+    std::vector<std::vector<std::vector<float>>> layer_scores(L);
+    for (uint32_t l = 0; l < L; ++l) {
+      const std::string p = "layer" + std::to_string(l) + ".";
+      INFO("layer " << l);
+      const float* q = tensor<float>(*f, p + "q_window", {H, W, d});
+      const float* k = tensor<float>(*f, p + "k", {Hkv, T, d});
+      const float* v = tensor<float>(*f, p + "v", {Hkv, T, d});
+      const float* wo = tensor<float>(*f, p + "wo", {E, uint64_t(H) * d});
+      const float* attn = tensor<float>(*f, p + "window_attn", {H, W, N});
+      const float* snap = tensor<float>(*f, p + "snapkv.scores", {Hkv, N});
+      const float* agg = tensor<float>(*f, p + "defensive.aggregated", {Hkv, N});
+      const float* fin = tensor<float>(*f, p + "defensivekv.final", {Hkv, T});
+
+      std::vector<std::vector<float>> vnorm(Hkv, std::vector<float>(T));
+      ev::LayerView view;
+      view.n_head = H;
+      view.n_head_kv = Hkv;
+      view.head_dim = d;
+      view.n_window = W;
+      view.q_window = q;
+      view.q_pos = q_pos.data();
+      for (uint32_t hk = 0; hk < Hkv; ++hk) {
+        ev::value_norms(v + size_t(hk) * T * d, T, wo, E, H, Hkv, d, hk, vnorm[hk].data());
+        view.heads.push_back({T, k + size_t(hk) * T * d, pos.data(), vnorm[hk].data(), nullptr});
+      }
+
+      // Intermediates (defensivekv scorer with introspection).
+      params.policy = ev::Policy::defensivekv;
+      ev::Introspection dbg;
+      std::vector<std::vector<float>> scores;
+      ev::score_layer(view, params, budget, scratch, scores, &dbg);
+      c_bias.add(dbg.window_bias, f->get_float("eviction." + p + "window_bias"));
+      for (uint32_t h = 0; h < H; ++h)
+        for (size_t x = 0; x < size_t(W) * N; ++x)
+          c_attn.add(dbg.window_attn[h][x], attn[size_t(h) * W * N + x]);
+      for (uint32_t hk = 0; hk < Hkv; ++hk) {
+        for (uint32_t j = 0; j < N; ++j) {
+          c_snap.add(dbg.snapkv[hk][j], snap[size_t(hk) * N + j]);
+          c_def.add(dbg.defensive[hk][j], agg[size_t(hk) * N + j]);
+        }
+        for (uint32_t j = 0; j < T; ++j) c_final.add(scores[hk][j], fin[size_t(hk) * T + j]);
+      }
+
+      // Keep masks of the per-layer policies.
+      struct { ev::Policy pol; const char* name; MaskDiff* diff; } cases[] = {
+          {ev::Policy::snapkv, "snapkv", &m_snap},
+          {ev::Policy::adakv, "adakv", &m_ada},
+          {ev::Policy::criticalkv, "criticalkv", &m_crit},
+          {ev::Policy::defensivekv, "defensivekv", &m_def},
+      };
+      for (auto& c : cases) {
+        params.policy = c.pol;
+        std::vector<std::vector<float>> s;
+        std::vector<std::vector<uint8_t>> keep;
+        ev::score_layer(view, params, budget, scratch, s, nullptr);
+        ev::select_keep(params, budget, W, s, scratch, keep);
+        const int32_t* ref = tensor<int32_t>(*f, p + c.name + ".keep", {Hkv, T});
+        for (uint32_t hk = 0; hk < Hkv; ++hk)
+          for (uint32_t j = 0; j < T; ++j) c.diff->add(keep[hk][j], ref[size_t(hk) * T + j]);
+      }
+      params.policy = ev::Policy::layer_defensivekv;
+      ev::score_layer(view, params, budget, scratch, layer_scores[l]);
+    }
+    params.policy = ev::Policy::layer_defensivekv;
+    std::vector<std::vector<std::vector<uint8_t>>> keep;
+    ev::select_keep_layers(params, budget, W, layer_scores, scratch, keep);
+    const int32_t* ref = tensor<int32_t>(*f, "layer_defensivekv.keep", {L, Hkv, T});
+    for (uint32_t l = 0; l < L; ++l)
+      for (uint32_t hk = 0; hk < Hkv; ++hk)
+        for (uint32_t j = 0; j < T; ++j)
+          m_layer.add(keep[l][hk][j], ref[(size_t(l) * Hkv + hk) * T + j]);
+
+    auto report = [](const char* what, const Closeness& c) {
+      INFO(what << ": " << c.bad << " of " << c.n << " outside 1e-5 rel (worst "
+                << c.worst << " x tolerance at reference " << c.worst_ref << ", got "
+                << c.worst_got << ")");
+      CHECK(c.n > 0);
+      CHECK(c.bad == 0);
+    };
+    report("window_attn", c_attn);
+    report("window_bias", c_bias);
+    report("snapkv.scores", c_snap);
+    report("defensive.aggregated", c_def);
+    report("defensivekv.final", c_final);
+    for (auto [name, m] : {std::pair{"snapkv.keep", &m_snap}, {"adakv.keep", &m_ada},
+                           {"criticalkv.keep", &m_crit}, {"defensivekv.keep", &m_def},
+                           {"layer_defensivekv.keep", &m_layer}}) {
+      INFO(name << ": " << m->diff << " of " << m->n << " differ");
+      CHECK(m->n > 0);
+      CHECK(m->diff == 0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Synthetic layers for property tests.
+
+namespace {
+
+struct Synth {
+  uint32_t H = 4, Hkv = 2, d = 8, W = 6;
+  std::vector<float> q;                             // [H, W, d]
+  std::vector<int32_t> q_pos;                       // [W]
+  std::vector<std::vector<float>> k, vn, prev;      // [Hkv][n_h * d], [Hkv][n_h]
+  std::vector<std::vector<int32_t>> pos;            // [Hkv][n_h]
+  ev::LayerView view() const {
+    ev::LayerView v;
+    v.n_head = H;
+    v.n_head_kv = Hkv;
+    v.head_dim = d;
+    v.n_window = W;
+    v.q_window = q.data();
+    v.q_pos = q_pos.data();
+    for (uint32_t hk = 0; hk < Hkv; ++hk)
+      v.heads.push_back({uint32_t(pos[hk].size()), k[hk].data(), pos[hk].data(), vn[hk].data(),
+                         prev.empty() ? nullptr : prev[hk].data()});
+    return v;
+  }
+};
+
+// T positions per head; then, if drop > 0, remove about that fraction of the
+// non-window entries of every other head (variable lengths, gaps in positions).
+Synth make_synth(std::mt19937& rng, uint32_t T, double drop, uint32_t Hkv = 2, uint32_t G = 2) {
+  Synth s;
+  s.Hkv = Hkv;
+  s.H = Hkv * G;
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  std::uniform_real_distribution<float> ud(0.1f, 2.0f), u01(0.0f, 1.0f);
+  s.q.resize(size_t(s.H) * s.W * s.d);
+  for (float& x : s.q) x = nd(rng);
+  s.q_pos.assign(s.W, 0);
+  for (uint32_t i = 0; i < s.W; ++i) s.q_pos[i] = int32_t(T - s.W + i);
+  s.k.resize(Hkv);
+  s.vn.resize(Hkv);
+  s.pos.resize(Hkv);
+  for (uint32_t hk = 0; hk < Hkv; ++hk) {
+    for (uint32_t j = 0; j < T; ++j) {
+      const bool window = j >= T - s.W;
+      if (!window && hk % 2 == 1 && u01(rng) < drop) continue;
+      s.pos[hk].push_back(int32_t(j));
+      for (uint32_t c = 0; c < s.d; ++c) s.k[hk].push_back(nd(rng));
+      s.vn[hk].push_back(ud(rng));
+    }
+  }
+  return s;
+}
+
+const ev::Policy kScored[] = {ev::Policy::snapkv, ev::Policy::adakv, ev::Policy::criticalkv,
+                              ev::Policy::defensivekv, ev::Policy::layer_defensivekv};
+const ev::Policy kAll[] = {ev::Policy::full,        ev::Policy::streaming,
+                           ev::Policy::snapkv,      ev::Policy::adakv,
+                           ev::Policy::criticalkv,  ev::Policy::defensivekv,
+                           ev::Policy::layer_defensivekv};
+
+size_t count(const std::vector<uint8_t>& m) { return size_t(std::count(m.begin(), m.end(), 1)); }
+
+}  // namespace
+
+TEST_CASE("budget >= entries keeps everything, all policies", "[evict]") {
+  std::mt19937 rng(1);
+  for (double drop : {0.0, 0.4}) {
+    const Synth s = make_synth(rng, 60, drop);
+    const ev::LayerView view = s.view();
+    const ev::Budget b = ev::entries_budget(60, s.Hkv, 1);
+    ev::Scratch scratch;
+    for (ev::Policy pol : kAll) {
+      INFO(ev::policy_name(pol) << " drop " << drop);
+      ev::Params p;
+      p.policy = pol;
+      p.window = s.W;
+      std::vector<std::vector<float>> scores;
+      std::vector<std::vector<uint8_t>> keep;
+      ev::score_layer(view, p, b, scratch, scores);
+      ev::select_keep(p, b, s.W, scores, scratch, keep);
+      REQUIRE(keep.size() == s.Hkv);
+      for (uint32_t hk = 0; hk < s.Hkv; ++hk) CHECK(count(keep[hk]) == s.pos[hk].size());
+    }
+  }
+}
+
+TEST_CASE("streaming keeps exactly the sinks and the most recent entries", "[evict]") {
+  std::mt19937 rng(2);
+  const Synth s = make_synth(rng, 80, 0.3);
+  const ev::LayerView view = s.view();
+  ev::Params p;
+  p.policy = ev::Policy::streaming;
+  p.n_sink = 4;
+  ev::Scratch scratch;
+  for (uint32_t budget : {2u, 4u, 10u, 30u, 79u}) {
+    INFO("budget " << budget);
+    const ev::Budget b = ev::entries_budget(budget, s.Hkv, 1);
+    std::vector<std::vector<float>> scores;
+    std::vector<std::vector<uint8_t>> keep;
+    ev::score_layer(view, p, b, scratch, scores);
+    ev::select_keep(p, b, s.W, scores, scratch, keep);
+    for (uint32_t hk = 0; hk < s.Hkv; ++hk) {
+      const size_t n = s.pos[hk].size();
+      const size_t sinks = std::min<size_t>(p.n_sink, budget);
+      for (size_t j = 0; j < n; ++j) {
+        const bool expect = n <= budget || j < sinks || j >= n - (budget - sinks);
+        CHECK(keep[hk][j] == (expect ? 1 : 0));
+      }
+      CHECK(count(keep[hk]) == std::min<size_t>(n, budget));
+    }
+  }
+}
+
+TEST_CASE("variable-length heads: budgets respected, window kept", "[evict]") {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 6; ++trial) {
+    const uint32_t L = 3;
+    std::vector<Synth> layers;
+    for (uint32_t l = 0; l < L; ++l)
+      layers.push_back(make_synth(rng, 70 + 10 * trial, 0.2 + 0.1 * l, trial % 2 ? 4 : 2,
+                                  trial % 3 ? 2 : 1));
+    const uint32_t Hkv = layers[0].Hkv, W = layers[0].W;
+    for (uint32_t budget : {3u, 6u, 12u, 25u, 40u}) {
+      const ev::Budget b = ev::entries_budget(budget, Hkv, L);
+      ev::Scratch scratch;
+      for (ev::Policy pol : kScored) {
+        INFO("trial " << trial << " budget " << budget << " " << ev::policy_name(pol));
+        ev::Params p;
+        p.policy = pol;
+        p.window = W;
+        std::vector<std::vector<std::vector<float>>> scores(L);
+        for (uint32_t l = 0; l < L; ++l)
+          ev::score_layer(layers[l].view(), p, b, scratch, scores[l]);
+        std::vector<std::vector<std::vector<uint8_t>>> keep;
+        ev::select_keep_layers(p, b, W, scores, scratch, keep);
+        size_t total = 0, total_n = 0;
+        for (uint32_t l = 0; l < L; ++l) {
+          size_t layer = 0, layer_n = 0;
+          for (uint32_t hk = 0; hk < Hkv; ++hk) {
+            const auto& m = keep[l][hk];
+            const size_t n = m.size();
+            REQUIRE(n == layers[l].pos[hk].size());
+            for (size_t j = n - W; j < n; ++j) CHECK(m[j] == 1);  // window
+            const size_t kept = count(m);
+            if (pol == ev::Policy::snapkv)
+              CHECK(kept == std::min<size_t>(n, std::max(budget, W)));
+            layer += kept;
+            layer_n += n;
+          }
+          const size_t cap = std::max<size_t>(b.per_layer, size_t(Hkv) * W);
+          if (pol == ev::Policy::criticalkv || pol == ev::Policy::defensivekv)
+            CHECK(layer == std::min(layer_n, cap));
+          if (pol == ev::Policy::adakv) {
+            // Safeguard entries can only raise the count above per_layer when
+            // they alone exceed it.
+            const size_t safe = size_t(Hkv) * size_t(double(budget) * 0.2f);
+            CHECK(layer == std::min(layer_n, std::max(cap, size_t(Hkv) * W + safe)));
+          }
+          total += layer;
+          total_n += layer_n;
+        }
+        if (pol == ev::Policy::layer_defensivekv)
+          CHECK(total == std::min(total_n, std::max<size_t>(b.total, size_t(L) * Hkv * W)));
+      }
+    }
+  }
+}
+
+TEST_CASE("value-norm weights are normalised over the heads holding a position", "[evict]") {
+  std::mt19937 rng(4);
+  const Synth s = make_synth(rng, 90, 0.5, 4, 2);
+  ev::Params p;
+  p.window = s.W;
+  ev::Scratch scratch;
+  ev::Introspection dbg;
+  std::vector<std::vector<float>> scores;
+  ev::score_layer(s.view(), p, ev::entries_budget(20, s.Hkv, 1), scratch, scores, &dbg);
+  // Sum of weights per position over the heads holding it must be 1.
+  std::vector<double> sum(90, 0.0);
+  std::vector<int> holders(90, 0);
+  for (uint32_t hk = 0; hk < s.Hkv; ++hk)
+    for (size_t j = 0; j + s.W < s.pos[hk].size(); ++j) {
+      sum[size_t(s.pos[hk][j])] += dbg.vnorm_weight[hk][j];
+      ++holders[size_t(s.pos[hk][j])];
+    }
+  size_t checked = 0;
+  for (size_t p_ = 0; p_ + s.W < 90; ++p_) {
+    REQUIRE(holders[p_] >= 2);  // heads 0 and 2 hold every position
+    CHECK(sum[p_] == Approx(1.0).epsilon(1e-5));
+    ++checked;
+  }
+  CHECK(checked == 90 - s.W);
+  // The window entries of every head score the layer maximum.
+  float mx = -1;
+  for (const auto& h : scores) mx = std::max(mx, *std::max_element(h.begin(), h.end()));
+  for (const auto& h : scores)
+    for (size_t j = h.size() - s.W; j < h.size(); ++j) CHECK(h[j] == mx);
+}
+
+TEST_CASE("running max: earlier rounds' maxima raise the defensive score", "[evict]") {
+  std::mt19937 rng(5);
+  Synth s = make_synth(rng, 50, 0.0);
+  ev::Params p;
+  p.window = s.W;
+  ev::Scratch scratch;
+  ev::Introspection base, withprev;
+  std::vector<std::vector<float>> scores, new_max;
+  const ev::Budget b = ev::entries_budget(20, s.Hkv, 1);
+  ev::score_layer(s.view(), p, b, scratch, scores, &base, &new_max);
+  REQUIRE(new_max.size() == s.Hkv);
+  // prev_max: NaN for most, a large value for entry 3 of head 0, smaller than
+  // the current max for entry 5 (no effect).
+  s.prev.assign(s.Hkv, std::vector<float>(50, std::nanf("")));
+  s.prev[0][3] = 0.75f;
+  s.prev[0][5] = new_max[0][5] * 0.5f;
+  p.running_max = true;
+  std::vector<std::vector<float>> new_max2;
+  ev::score_layer(s.view(), p, b, scratch, scores, &withprev, &new_max2);
+  CHECK(new_max2[0][3] == 0.75f);
+  CHECK(new_max2[0][5] == new_max[0][5]);
+  CHECK(withprev.defensive[0][3] == 0.75f);
+  for (uint32_t hk = 0; hk < s.Hkv; ++hk)
+    for (size_t j = 50 - s.W; j < 50; ++j) CHECK(std::isnan(new_max2[hk][j]));
+  // Without running_max the prev values are ignored.
+  p.running_max = false;
+  ev::Introspection off;
+  ev::score_layer(s.view(), p, b, scratch, scores, &off);
+  CHECK(off.defensive == base.defensive);
+}
+
+TEST_CASE("inconsistent views are rejected", "[evict]") {
+  std::mt19937 rng(6);
+  Synth s = make_synth(rng, 30, 0.0);
+  ev::Params p;
+  ev::Scratch scratch;
+  std::vector<std::vector<float>> scores;
+  const ev::Budget b = ev::entries_budget(10, s.Hkv, 1);
+  s.q_pos[2] += 1;  // window query position not held by the heads
+  CHECK_THROWS_AS(ev::score_layer(s.view(), p, b, scratch, scores), std::invalid_argument);
+  s.q_pos[2] -= 1;
+  ev::LayerView v = s.view();
+  v.heads[1].vnorm = nullptr;
+  CHECK_THROWS_AS(ev::score_layer(v, p, b, scratch, scores), std::invalid_argument);
+  CHECK_THROWS_AS(ev::oneshot_budget(100, 1.0, 2, 1), std::invalid_argument);
+}

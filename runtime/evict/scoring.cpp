@@ -1,1 +1,298 @@
+// Eviction scoring (eviction.md steps 1-4): observation-window attention,
+// SnapKV / defensive aggregation, CriticalKV value-norm weighting and stage 1,
+// window padding. One layer per call; buffers live in Scratch.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
 #include "runtime/evict/evict.h"
+#include "simd/simd.h"
+
+namespace defkv::evict {
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+bool uses_snap(Policy p) {
+  return p == Policy::snapkv || p == Policy::adakv || p == Policy::criticalkv;
+}
+bool uses_defensive(Policy p) {
+  return p == Policy::defensivekv || p == Policy::layer_defensivekv;
+}
+bool uses_vnorm(Policy p) { return p == Policy::criticalkv || uses_defensive(p); }
+
+[[noreturn]] void bad(const std::string& what) {
+  throw std::invalid_argument("evict::score_layer: " + what);
+}
+
+void validate(const LayerView& v, const Params& p) {
+  if (v.n_head_kv == 0 || v.n_head == 0 || v.head_dim == 0) bad("empty layer shape");
+  if (v.n_head % v.n_head_kv != 0)
+    bad("n_head " + std::to_string(v.n_head) + " is not a multiple of n_head_kv " +
+        std::to_string(v.n_head_kv));
+  if (v.heads.size() != v.n_head_kv)
+    bad("heads.size() " + std::to_string(v.heads.size()) + " != n_head_kv " +
+        std::to_string(v.n_head_kv));
+  for (uint32_t hk = 0; hk < v.n_head_kv; ++hk) {
+    const HeadView& h = v.heads[hk];
+    if (h.n < v.n_window)
+      bad("head " + std::to_string(hk) + " holds " + std::to_string(h.n) +
+          " entries, fewer than the window " + std::to_string(v.n_window));
+    if (h.n > 0 && (h.k == nullptr || h.pos == nullptr))
+      bad("head " + std::to_string(hk) + " has no keys or positions");
+  }
+  if (p.policy == Policy::full || p.policy == Policy::streaming) return;
+  if (v.n_window == 0 || v.q_window == nullptr || v.q_pos == nullptr)
+    bad("scored policies need at least one window query");
+  if (p.kernel == 0 || p.kernel % 2 == 0)
+    bad("pooling kernel must be odd, got " + std::to_string(p.kernel));
+  for (uint32_t hk = 0; hk < v.n_head_kv; ++hk) {
+    const HeadView& h = v.heads[hk];
+    for (uint32_t i = 0; i < v.n_window; ++i)
+      if (h.pos[h.n - v.n_window + i] != v.q_pos[i])
+        bad("head " + std::to_string(hk) + ": window entry " + std::to_string(i) +
+            " has position " + std::to_string(h.pos[h.n - v.n_window + i]) +
+            ", the window query has " + std::to_string(v.q_pos[i]));
+    if (uses_vnorm(p.policy) && h.vnorm == nullptr && h.n > v.n_window)
+      bad("head " + std::to_string(hk) + " has no vnorm (needed by " +
+          policy_name(p.policy) + ")");
+  }
+}
+
+void resize_zero(std::vector<std::vector<float>>& vv, const LayerView& v, uint32_t drop,
+                 float fill) {
+  vv.resize(v.n_head_kv);
+  for (uint32_t hk = 0; hk < v.n_head_kv; ++hk) vv[hk].assign(v.heads[hk].n - drop, fill);
+}
+
+// Value-norm weights w[hk, j] = vnorm[hk, j] / sum over the heads holding the
+// same position. Positions ascend in every head, so a k-way merge matches them.
+// Writes the denominators into s.denom[hk][j] (non-window entries only).
+void vnorm_denominators(const LayerView& v, Scratch& s) {
+  const uint32_t Hkv = v.n_head_kv, W = v.n_window;
+  s.ptr.assign(Hkv, 0);
+  for (;;) {
+    int32_t p = std::numeric_limits<int32_t>::max();
+    bool any = false;
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const HeadView& h = v.heads[hk];
+      if (s.ptr[hk] < h.n - W) { p = std::min(p, h.pos[s.ptr[hk]]); any = true; }
+    }
+    if (!any) break;
+    float sum = 0.0f;
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const HeadView& h = v.heads[hk];
+      if (s.ptr[hk] < h.n - W && h.pos[s.ptr[hk]] == p) sum += h.vnorm[s.ptr[hk]];
+    }
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const HeadView& h = v.heads[hk];
+      if (s.ptr[hk] < h.n - W && h.pos[s.ptr[hk]] == p) s.denom[hk][s.ptr[hk]++] = sum;
+    }
+  }
+}
+
+// CriticalKV stage 1 for one head: how many of the top entries by mean
+// attention (ave, N entries) reach `threshold` of the normalised mass, capped.
+// Leaves the chosen entries' indices in s.idx[0, count).
+uint32_t critical_count(const float* ave, uint32_t N, float threshold, uint32_t cap,
+                        Scratch& s) {
+  cap = std::min(cap, N);
+  if (cap == 0) return 0;
+  const float total = simd::k().reduce_sum(ave, N);
+  if (!(total > 0.0f)) return 0;
+  s.idx.resize(N);
+  for (uint32_t j = 0; j < N; ++j) s.idx[j] = j;
+  auto desc = [ave](uint32_t a, uint32_t b) {
+    return ave[a] > ave[b] || (ave[a] == ave[b] && a < b);
+  };
+  if (cap < N) std::nth_element(s.idx.begin(), s.idx.begin() + (cap - 1), s.idx.end(), desc);
+  std::sort(s.idx.begin(), s.idx.begin() + cap, desc);
+  float cum = 0.0f;
+  for (uint32_t r = 0; r < cap; ++r) {
+    cum += ave[s.idx[r]] / total;
+    if (cum >= threshold) return r;  // the reference marks the r entries before the crossing
+  }
+  // First crossing lies at or beyond the cap (clamped to it) unless the whole
+  // mass never reaches the threshold (then the reference's argmax gives 0).
+  return threshold <= 1.0f ? cap : 0;
+}
+
+}  // namespace
+
+void score_layer(const LayerView& view, const Params& params, const Budget& budget,
+                 Scratch& s, std::vector<std::vector<float>>& scores, Introspection* dbg,
+                 std::vector<std::vector<float>>* new_max) {
+  validate(view, params);
+  const Policy pol = params.policy;
+  const uint32_t Hkv = view.n_head_kv, H = view.n_head, d = view.head_dim, W = view.n_window;
+  const uint32_t G = H / Hkv;
+  resize_zero(scores, view, 0, 0.0f);
+  if (pol == Policy::full || pol == Policy::streaming) return;
+
+  const simd::Kernels& K = simd::k();
+  const bool need_snap = uses_snap(pol) || dbg != nullptr;
+  const bool need_def = uses_defensive(pol) || dbg != nullptr;
+  const bool need_vn = uses_vnorm(pol);
+  bool have_vnorm = true;
+  for (const HeadView& h : view.heads) have_vnorm = have_vnorm && (h.vnorm || h.n == W);
+  const bool need_ave = need_vn || (dbg != nullptr && have_vnorm);
+
+  uint32_t n_max = 0;
+  for (const HeadView& h : view.heads) n_max = std::max(n_max, h.n);
+  s.row.resize(n_max);
+  s.pooled.resize(n_max);
+  s.acc.resize(n_max);
+  if (need_snap) resize_zero(s.mean, view, W, 0.0f);
+  if (need_def) resize_zero(s.maxv, view, W, kNegInf);
+  if (need_ave) resize_zero(s.ave, view, W, 0.0f);
+  if (dbg) {
+    dbg->window_attn.resize(H);
+    for (uint32_t h = 0; h < H; ++h) dbg->window_attn[h].resize(size_t(W) * (view.heads[h / G].n - W));
+  }
+
+  // Step 1 (and the per-row parts of step 2).
+  const float sqrt_d = std::sqrt(float(d));
+  double window_mass = 0.0;
+  for (uint32_t h = 0; h < H; ++h) {
+    const uint32_t hk = h / G;
+    const HeadView& hv = view.heads[hk];
+    const uint32_t n = hv.n, N = n - W;
+    float* row = s.row.data();
+    if (need_snap) std::fill_n(s.acc.data(), N, 0.0f);
+    for (uint32_t i = 0; i < W; ++i) {
+      const float* q = view.q_window + (size_t(h) * W + i) * d;  // [d]
+      const uint32_t c = uint32_t(std::upper_bound(hv.pos, hv.pos + n, view.q_pos[i]) - hv.pos);
+      for (uint32_t j = 0; j < c; ++j) row[j] = K.dot(q, hv.k + size_t(j) * d, d) / sqrt_d;
+      if (c > 0) K.softmax(row, c);
+      std::fill(row + c, row + n, 0.0f);
+      window_mass += K.reduce_sum(row + N, W);
+      if (dbg) std::copy_n(row, N, dbg->window_attn[h].data() + size_t(i) * N);
+      if (N == 0) continue;
+      if (need_snap) K.add_inplace(s.acc.data(), row, N);
+      if (need_ave) K.add_inplace(s.ave[hk].data(), row, N);
+      if (need_def) {
+        // Pool the row, rescale it to the unpooled row's mass, max over (g, i).
+        simd::avg_pool1d(row, s.pooled.data(), N, params.kernel);
+        const float mass = K.reduce_sum(row, N), pooled_mass = K.reduce_sum(s.pooled.data(), N);
+        if (pooled_mass > 0.0f)
+          for (uint32_t j = 0; j < N; ++j) s.pooled[j] = s.pooled[j] / pooled_mass * mass;
+        K.max_inplace(s.maxv[hk].data(), s.pooled.data(), N);
+      }
+    }
+    if (need_snap && N > 0) {
+      // SnapKV: mean over the window, pool, mean over the group.
+      K.scale(s.acc.data(), 1.0f / float(W), N);
+      simd::avg_pool1d(s.acc.data(), s.pooled.data(), N, params.kernel);
+      K.axpy(1.0f / float(G), s.pooled.data(), s.mean[hk].data(), N);
+    }
+  }
+  const float window_bias = float(window_mass / (double(H) * W));
+
+  // Step 2, defensive: running max (optional), then the mean floor.
+  if (need_def) {
+    if (new_max) new_max->resize(Hkv);
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const HeadView& hv = view.heads[hk];
+      const uint32_t N = hv.n - W;
+      float* m = s.maxv[hk].data();
+      if (params.running_max && hv.prev_max)
+        for (uint32_t j = 0; j < N; ++j)
+          if (hv.prev_max[j] >= 0.0f) m[j] = std::max(m[j], hv.prev_max[j]);
+      if (new_max) {
+        (*new_max)[hk].assign(hv.n, kNaN);
+        std::copy_n(m, N, (*new_max)[hk].data());
+      }
+      if (N == 0) continue;
+      const float floor = K.reduce_sum(m, N) / float(N);
+      for (uint32_t j = 0; j < N; ++j) m[j] = std::max(m[j], floor);
+    }
+  }
+
+  // Base scores of the policy.
+  for (uint32_t hk = 0; hk < Hkv; ++hk) {
+    const uint32_t N = view.heads[hk].n - W;
+    const float* base = uses_defensive(pol) ? s.maxv[hk].data() : s.mean[hk].data();
+    std::copy_n(base, N, scores[hk].data());
+  }
+
+  // Step 3: CriticalKV value-norm weighting and stage 1.
+  if (dbg) dbg->critical_count.assign(Hkv, 0);
+  if (need_vn || (dbg && have_vnorm)) {
+    resize_zero(s.denom, view, W, 0.0f);
+    vnorm_denominators(view, s);
+    if (dbg) resize_zero(dbg->vnorm_weight, view, W, 0.0f);
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const HeadView& hv = view.heads[hk];
+      for (uint32_t j = 0; j + W < hv.n; ++j) {
+        const float den = s.denom[hk][j];
+        const float w = den > 0.0f ? hv.vnorm[j] / den : 0.0f;
+        if (need_vn) scores[hk][j] *= w;
+        if (dbg) dbg->vnorm_weight[hk][j] = w;
+      }
+    }
+  }
+  float layer_max = kNegInf;
+  for (uint32_t hk = 0; hk < Hkv; ++hk)
+    layer_max = std::max(layer_max, K.reduce_max(scores[hk].data(), view.heads[hk].n - W));
+  if (!std::isfinite(layer_max)) layer_max = 1.0f;  // no scored entry: any value
+  if (need_vn) {
+    const float threshold = params.critical_mass - window_bias;
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const HeadView& hv = view.heads[hk];
+      const uint32_t N = hv.n - W;
+      const double keep_ratio =
+          budget.keep_ratio >= 0.0 ? budget.keep_ratio
+                                   : std::min(1.0, double(budget.per_head) / double(hv.n));
+      const double cap_f = double(N) * keep_ratio - double(W);
+      const uint32_t cap = cap_f > 0.0 ? uint32_t(cap_f) : 0u;
+      const float inv = 1.0f / float(G * W);
+      for (uint32_t j = 0; j < N; ++j) s.ave[hk][j] *= inv;
+      const uint32_t count = critical_count(s.ave[hk].data(), N, threshold, cap, s);
+      for (uint32_t r = 0; r < count; ++r) scores[hk][s.idx[r]] = layer_max;
+      if (dbg) dbg->critical_count[hk] = count;
+    }
+  }
+
+  // Step 4: the window gets the layer maximum.
+  for (uint32_t hk = 0; hk < Hkv; ++hk)
+    std::fill(scores[hk].begin() + (view.heads[hk].n - W), scores[hk].end(), layer_max);
+
+  if (dbg) {
+    dbg->window_bias = window_bias;
+    dbg->snapkv = s.mean;
+    dbg->defensive = s.maxv;
+    dbg->final_scores = scores;
+  }
+}
+
+void score_layer(const LayerView& view, const Params& params, uint32_t budget_per_head,
+                 Scratch& scratch, std::vector<std::vector<float>>& scores) {
+  score_layer(view, params, entries_budget(budget_per_head, view.n_head_kv, 1), scratch, scores);
+}
+
+void value_norms(const float* v, uint32_t n, const float* wo, uint32_t n_embd, uint32_t n_head,
+                 uint32_t n_head_kv, uint32_t head_dim, uint32_t hk, float* out) {
+  if (n_head_kv == 0 || n_head % n_head_kv != 0 || hk >= n_head_kv)
+    throw std::invalid_argument("evict::value_norms: bad head counts");
+  const simd::Kernels& K = simd::k();
+  const uint32_t G = n_head / n_head_kv;
+  const size_t row = size_t(n_head) * head_dim;  // W_o row length
+  for (uint32_t j = 0; j < n; ++j) {
+    const float* vj = v + size_t(j) * head_dim;  // [head_dim]
+    double acc = 0.0;
+    for (uint32_t g = 0; g < G; ++g) {
+      const size_t col = size_t(hk * G + g) * head_dim;
+      double l1 = 0.0;
+      for (uint32_t e = 0; e < n_embd; ++e) l1 += std::fabs(K.dot(wo + e * row + col, vj, head_dim));
+      acc += l1;
+    }
+    out[j] = float(acc / G);
+  }
+}
+
+}  // namespace defkv::evict
