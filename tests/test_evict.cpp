@@ -461,3 +461,112 @@ TEST_CASE("inconsistent views are rejected", "[evict]") {
   CHECK_THROWS_AS(ev::score_layer(v, p, b, scratch, scores), std::invalid_argument);
   CHECK_THROWS_AS(ev::oneshot_budget(100, 1.0, 2, 1), std::invalid_argument);
 }
+
+namespace {
+
+// Full-sort reference of "keep the k best of these candidates" (no ties in the
+// random scores used below).
+struct Cand {
+  float s;
+  size_t l, h, j;
+};
+void sort_keep(std::vector<Cand> c, size_t k, std::vector<std::vector<std::vector<uint8_t>>>& m) {
+  std::sort(c.begin(), c.end(), [](const Cand& a, const Cand& b) { return a.s > b.s; });
+  for (size_t i = 0; i < std::min(k, c.size()); ++i) m[c[i].l][c[i].h][c[i].j] = 1;
+}
+
+}  // namespace
+
+TEST_CASE("selection equals a full-sort reference on variable-length heads", "[evict]") {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::uniform_int_distribution<uint32_t> len(8, 120);
+  const uint32_t L = 3, Hkv = 4, W = 8;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<std::vector<std::vector<float>>> scores(L, std::vector<std::vector<float>>(Hkv));
+    for (auto& layer : scores)
+      for (auto& head : layer) {
+        head.resize(len(rng));
+        for (float& x : head) x = u(rng);
+        std::fill(head.end() - W, head.end(), 2.0f);  // window: layer max
+      }
+    const uint32_t budget = 8 + uint32_t(trial) * 3;
+    const ev::Budget b = ev::entries_budget(budget, Hkv, L);
+    ev::Scratch scratch;
+    for (ev::Policy pol : {ev::Policy::snapkv, ev::Policy::adakv, ev::Policy::defensivekv,
+                           ev::Policy::layer_defensivekv}) {
+      INFO("trial " << trial << " " << ev::policy_name(pol));
+      ev::Params p;
+      p.policy = pol;
+      std::vector<std::vector<std::vector<uint8_t>>> got, want(L);
+      ev::select_keep_layers(p, b, W, scores, scratch, got);
+      for (size_t l = 0; l < L; ++l) {
+        want[l].resize(Hkv);
+        for (size_t h = 0; h < Hkv; ++h) {
+          want[l][h].assign(scores[l][h].size(), 0);
+          std::fill(want[l][h].end() - W, want[l][h].end(), uint8_t(1));
+        }
+      }
+      std::vector<Cand> all;
+      for (size_t l = 0; l < L; ++l) {
+        std::vector<Cand> layer;
+        size_t forced = size_t(Hkv) * W;
+        for (size_t h = 0; h < Hkv; ++h) {
+          std::vector<Cand> head;
+          for (size_t j = 0; j + W < scores[l][h].size(); ++j) head.push_back({scores[l][h][j], l, h, j});
+          if (pol == ev::Policy::snapkv) sort_keep(head, budget - W, want);
+          if (pol == ev::Policy::adakv) {
+            const size_t safe = std::min(head.size(), size_t(budget * 0.2));
+            sort_keep(head, safe, want);
+            forced += safe;
+          }
+          for (const Cand& c : head)
+            if (!want[l][h][c.j]) layer.push_back(c);
+        }
+        if (pol == ev::Policy::adakv || pol == ev::Policy::defensivekv)
+          sort_keep(layer, b.per_layer > forced ? b.per_layer - forced : 0, want);
+        all.insert(all.end(), layer.begin(), layer.end());
+      }
+      if (pol == ev::Policy::layer_defensivekv)
+        sort_keep(all, b.total - size_t(L) * Hkv * W, want);
+      CHECK(got == want);
+    }
+  }
+}
+
+TEST_CASE("scores do not depend on absolute positions or on the order of KV heads", "[evict]") {
+  std::mt19937 rng(8);
+  Synth s = make_synth(rng, 64, 0.3, 2, 2);
+  ev::Params p;
+  p.window = s.W;
+  ev::Scratch scratch;
+  const ev::Budget b = ev::entries_budget(24, s.Hkv, 1);
+  for (ev::Policy pol : kScored) {
+    INFO(ev::policy_name(pol));
+    p.policy = pol;
+    std::vector<std::vector<float>> base, shifted, swapped, nm;
+    ev::score_layer(s.view(), p, b, scratch, base, nullptr, &nm);
+    for (size_t hk = 0; hk < s.Hkv; ++hk)  // new_max is NaN unless defensive
+      for (float x : nm[hk])
+        if (pol != ev::Policy::defensivekv && pol != ev::Policy::layer_defensivekv)
+          CHECK(std::isnan(x));
+    // Shift every position by 1000 (keys are inputs: RoPE is the caller's).
+    Synth t = s;
+    for (auto& hp : t.pos)
+      for (int32_t& x : hp) x += 1000;
+    for (int32_t& x : t.q_pos) x += 1000;
+    ev::score_layer(t.view(), p, b, scratch, shifted);
+    CHECK(shifted == base);
+    // Swap the two KV heads together with their query groups.
+    Synth w = s;
+    std::swap(w.k[0], w.k[1]);
+    std::swap(w.vn[0], w.vn[1]);
+    std::swap(w.pos[0], w.pos[1]);
+    const size_t group = size_t(s.H / s.Hkv) * s.W * s.d;
+    std::swap_ranges(w.q.begin(), w.q.begin() + group, w.q.begin() + group);
+    ev::score_layer(w.view(), p, b, scratch, swapped);
+    REQUIRE(swapped.size() == 2);
+    CHECK(swapped[0] == base[1]);
+    CHECK(swapped[1] == base[0]);
+  }
+}

@@ -166,8 +166,11 @@ struct Introspection {
 // resized to [n_head_kv][n_h] (capacity reused). Throws std::invalid_argument
 // on inconsistent views (window larger than a head, mismatched window
 // positions, group size not integral, missing vnorm for criticalkv /
-// defensivekv). If new_max is non-null it receives [n_head_kv][n_h] defensive
-// max values (NaN for window entries; only for the defensive policies).
+// defensivekv). If new_max is non-null it is always resized to
+// [n_head_kv][n_h] and receives the defensive max m per entry (already
+// combined with prev_max when running_max is on) for the defensive policies;
+// NaN marks entries not scored this round (window entries, every entry of the
+// other policies).
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
                  Scratch& scratch, std::vector<std::vector<float>>& scores,
                  Introspection* debug = nullptr,

@@ -132,6 +132,7 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   const uint32_t Hkv = view.n_head_kv, H = view.n_head, d = view.head_dim, W = view.n_window;
   const uint32_t G = H / Hkv;
   resize_zero(scores, view, 0, 0.0f);
+  if (new_max) resize_zero(*new_max, view, 0, kNaN);  // NaN: not scored this round
   if (pol == Policy::full || pol == Policy::streaming) return;
 
   const simd::Kernels& K = simd::k();
@@ -195,7 +196,6 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
 
   // Step 2, defensive: running max (optional), then the mean floor.
   if (need_def) {
-    if (new_max) new_max->resize(Hkv);
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
       const HeadView& hv = view.heads[hk];
       const uint32_t N = hv.n - W;
@@ -203,10 +203,7 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
       if (params.running_max && hv.prev_max)
         for (uint32_t j = 0; j < N; ++j)
           if (hv.prev_max[j] >= 0.0f) m[j] = std::max(m[j], hv.prev_max[j]);
-      if (new_max) {
-        (*new_max)[hk].assign(hv.n, kNaN);
-        std::copy_n(m, N, (*new_max)[hk].data());
-      }
+      if (new_max && uses_defensive(pol)) std::copy_n(m, N, (*new_max)[hk].data());
       if (N == 0) continue;
       const float floor = K.reduce_sum(m, N) / float(N);
       for (uint32_t j = 0; j < N; ++j) m[j] = std::max(m[j], floor);
