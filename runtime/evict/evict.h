@@ -74,7 +74,9 @@
 // per entry (NaN for window entries, which were not scored this round) so the
 // caller can store it with the entry (e.g. in a KV-cache aux slot).
 //
-// Numerics: logits and softmax in f32 through the simd kernel table; the
+// Numerics: logits as one f32 GEMM per KV group (quant::matmul: [G*W, d] x
+// [n, d]^T, OpenMP inside: call from outside a parallel region), softmax and
+// pooling through the simd kernel table; the
 // window_attn intermediates agree with the numpy reference within 1e-5
 // relative. Selection is linear: std::nth_element on a copy of the scores to
 // find the cut value, then one pass (ties at the cut are broken towards the
@@ -141,7 +143,7 @@ Budget entries_budget(uint32_t budget_per_head, uint32_t n_head_kv, uint32_t n_l
 // Reusable buffers. Contents are private to this layer; keep one per thread
 // and pass it to every call so buffers only grow during warm-up.
 struct Scratch {
-  std::vector<float> row;      // [n_max] logits / attention of one query
+  std::vector<float> logits;   // [G * W, n_max] logits / attention of one KV group
   std::vector<float> pooled;   // [n_max]
   std::vector<float> acc;      // [n_max] per-query-head window sum
   std::vector<std::vector<float>> mean, maxv, ave, denom;  // [Hkv][n_h]

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "quant/quant.h"
 #include "runtime/evict/evict.h"
 #include "simd/simd.h"
 
@@ -145,7 +146,6 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
 
   uint32_t n_max = 0;
   for (const HeadView& h : view.heads) n_max = std::max(n_max, h.n);
-  s.row.resize(n_max);
   s.pooled.resize(n_max);
   s.acc.resize(n_max);
   if (need_snap) resize_zero(s.mean, view, W, 0.0f);
@@ -156,19 +156,24 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
     for (uint32_t h = 0; h < H; ++h) dbg->window_attn[h].resize(size_t(W) * (view.heads[h / G].n - W));
   }
 
-  // Step 1 (and the per-row parts of step 2).
-  const float sqrt_d = std::sqrt(float(d));
+  // Step 1 (and the per-row parts of step 2). The logits of one KV head's
+  // group are one small GEMM: [G*W, d] queries x [n, d] keys -> [G*W, n].
+  const float inv_sqrt_d = 1.0f / std::sqrt(float(d));
+  s.logits.resize(size_t(G) * W * n_max);
   double window_mass = 0.0;
   for (uint32_t h = 0; h < H; ++h) {
-    const uint32_t hk = h / G;
+    const uint32_t hk = h / G, g = h % G;
     const HeadView& hv = view.heads[hk];
     const uint32_t n = hv.n, N = n - W;
-    float* row = s.row.data();
+    if (g == 0 && n > 0) {
+      const quant::Matrix keys{quant::DType::f32, hv.k, n, d};  // [n, d]
+      quant::matmul(keys, view.q_window + size_t(h) * W * d, s.logits.data(), size_t(G) * W, n);
+    }
     if (need_snap) std::fill_n(s.acc.data(), N, 0.0f);
     for (uint32_t i = 0; i < W; ++i) {
-      const float* q = view.q_window + (size_t(h) * W + i) * d;  // [d]
+      float* row = s.logits.data() + (size_t(g) * W + i) * n;  // [n]
       const uint32_t c = uint32_t(std::upper_bound(hv.pos, hv.pos + n, view.q_pos[i]) - hv.pos);
-      for (uint32_t j = 0; j < c; ++j) row[j] = K.dot(q, hv.k + size_t(j) * d, d) / sqrt_d;
+      K.scale(row, inv_sqrt_d, c);
       if (c > 0) K.softmax(row, c);
       std::fill(row + c, row + n, 0.0f);
       window_mass += K.reduce_sum(row + N, W);
