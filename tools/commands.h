@@ -12,5 +12,7 @@ using Handler = std::function<int()>;
 
 Handler register_run(CLI::App& app);
 Handler register_quantize(CLI::App& app);
+Handler register_synth(CLI::App&);
+Handler register_bench(CLI::App&);
 
 }  // namespace defkv::cli

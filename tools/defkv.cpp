@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   };
   add(defkv::cli::register_run);
   add(defkv::cli::register_quantize);
+  add(defkv::cli::register_synth);
+  add(defkv::cli::register_bench);
 
   try {
     app.parse(argc, argv);

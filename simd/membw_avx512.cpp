@@ -1,0 +1,35 @@
+// AVX-512F streaming read for the memory-bandwidth probe. Compiled with
+// -mavx512f into its own static library (simd/meson.build); called only
+// after a run-time CPU check (tools/membw.cpp).
+#include "simd/membw.h"
+
+#include <immintrin.h>
+
+namespace defkv::simd {
+
+uint64_t stream_read_avx512(const void* p, size_t n_bytes) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  const size_t n_vec = n_bytes / 64;
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  __m512i a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  size_t i = 0;
+  for (; i + 8 <= n_vec; i += 8) {
+    const unsigned char* q = b + i * 64;
+    a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(q + 0 * 64));
+    a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(q + 1 * 64));
+    a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(q + 2 * 64));
+    a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(q + 3 * 64));
+    a4 = _mm512_add_epi64(a4, _mm512_loadu_si512(q + 4 * 64));
+    a5 = _mm512_add_epi64(a5, _mm512_loadu_si512(q + 5 * 64));
+    a6 = _mm512_add_epi64(a6, _mm512_loadu_si512(q + 6 * 64));
+    a7 = _mm512_add_epi64(a7, _mm512_loadu_si512(q + 7 * 64));
+  }
+  for (; i < n_vec; ++i) a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(b + i * 64));
+  a0 = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
+  a4 = _mm512_add_epi64(_mm512_add_epi64(a4, a5), _mm512_add_epi64(a6, a7));
+  uint64_t s = uint64_t(_mm512_reduce_add_epi64(_mm512_add_epi64(a0, a4)));
+  // The last (n_bytes % 64) bytes: the scalar reference's word sum.
+  return s + stream_read_scalar(b + n_vec * 64, n_bytes - n_vec * 64);
+}
+
+}  // namespace defkv::simd
