@@ -1,12 +1,17 @@
-// Matrix products y = x · Wᵀ over the weight formats, plus the scalar reference.
+// Matrix products y = x . W^T: the driver (threading, scratch, activation
+// quantisation, implementation choice), the portable scalar path, and the
+// double-precision reference.
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "quant/matmul_dnnl.h"
+#include "quant/matmul_isa.h"
 #include "quant/quant.h"
 #include "simd/simd.h"
 
@@ -32,8 +37,9 @@ void check_matmul(const char* where, const Matrix& w, size_t n_in, const float* 
 }
 
 // Per-thread scratch that only ever grows (no allocation once warm).
-float* scratch(size_t n) {
-  thread_local std::vector<float> buf;
+template <class T>
+T* scratch(size_t n) {
+  thread_local std::vector<T> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }
@@ -61,9 +67,12 @@ void dequant_range(DType t, const uint8_t* row, size_t c0, size_t n, float* out)
   }
 }
 
-// Simple portable row · x for one weight row (used until per-ISA paths exist).
-float row_dot(DType t, const uint8_t* row, const float* x, size_t n, float* tmp) {
-  const simd::Kernels& kk = simd::k();
+// ---- scalar implementation ------------------------------------------------------------
+
+// One weight row . x (scalar kernels; q8_0 against f32 activations, no
+// activation quantisation).
+float row_dot_scalar(DType t, const uint8_t* row, const float* x, size_t n, float* tmp) {
+  const simd::Kernels& kk = simd::scalar_kernels();
   switch (t) {
     case DType::f32: return kk.dot(reinterpret_cast<const float*>(row), x, n);
     case DType::f16: return kk.dot_f16(x, reinterpret_cast<const uint16_t*>(row), n);
@@ -85,19 +94,166 @@ float row_dot(DType t, const uint8_t* row, const float* x, size_t n, float* tmp)
   return 0.0f;
 }
 
+void matmul_scalar(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy) {
+  const size_t n = w.cols;
+  const auto rows = static_cast<long long>(w.rows);
+#pragma omp parallel for schedule(static) if (w.rows * n * n_tokens >= (1u << 16))
+  for (long long r = 0; r < rows; ++r) {
+    float* tmp = w.type == DType::bf16 ? scratch<float>(n) : nullptr;
+    const uint8_t* wr = row_ptr(w, size_t(r));
+    for (size_t t = 0; t < n_tokens; ++t)
+      y[t * ldy + size_t(r)] = row_dot_scalar(w.type, wr, x + t * n, n, tmp);
+  }
+}
+
+// ---- SIMD tiles driver ---------------------------------------------------------------------
+
+const detail::MatmulTiles* tiles_for(MatmulImpl impl) {
+  switch (impl) {
+#if DEFKV_SIMD_X86
+    case MatmulImpl::avx2: return simd::cpu_features().avx2 ? &detail::avx2_tiles() : nullptr;
+    case MatmulImpl::avx512: return simd::cpu_features().avx512 ? &detail::avx512_tiles() : nullptr;
+#endif
+#if DEFKV_SIMD_NEON
+    case MatmulImpl::neon: return simd::cpu_features().neon ? &detail::neon_tiles() : nullptr;
+#endif
+    default: return nullptr;
+  }
+}
+
+MatmulImpl best_simd_impl() {
+  switch (simd::k().isa) {  // follows the kernel table, so DEFKV_FORCE_SCALAR applies
+    case simd::Isa::avx2: return MatmulImpl::avx2;
+    case simd::Isa::avx512: return MatmulImpl::avx512;
+    case simd::Isa::neon: return MatmulImpl::neon;
+    case simd::Isa::scalar: break;
+  }
+  return MatmulImpl::scalar;
+}
+
+// Work below this many multiply-adds runs on the calling thread.
+constexpr size_t kParallelMinMacs = size_t(1) << 17;
+// Batches: output tiles of kRowBlock rows x kTokenBlock tokens (the rows'
+// weights stay in L2 while the token block streams past them).
+constexpr size_t kRowBlock = 64;
+constexpr size_t kTokenBlock = 32;
+// Decode (few tokens): rows split into chunks of this many (a multiple of every
+// micro-kernel's row count).
+constexpr size_t kRowChunk = 16;
+constexpr size_t kFewTokens = 4;
+
+void matmul_tiles(const detail::MatmulTiles& mt, const Matrix& w, const float* x, float* y,
+                  size_t n_tokens, size_t ldy) {
+  const size_t n = w.cols;
+  const bool q8 = w.type == DType::q8_0;
+  const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
+  const detail::BlockQ8x* xq = nullptr;
+  if (q8) {
+    const size_t nb = n / kQ8_0Block;
+    detail::BlockQ8x* buf = scratch<detail::BlockQ8x>(n_tokens * nb);
+    const auto nt = static_cast<long long>(n_tokens);
+#pragma omp parallel for schedule(static) if (parallel && n_tokens >= 8)
+    for (long long t = 0; t < nt; ++t)
+      detail::quantize_activations(x + size_t(t) * n, buf + size_t(t) * nb, n);
+    xq = buf;
+  }
+  auto run = [&](size_t r0, size_t r1, size_t t0, size_t t1) {
+    if (q8) mt.q8_tile(w, xq, y, ldy, r0, r1, t0, t1);
+    else mt.float_tile(w, x, y, ldy, r0, r1, t0, t1);
+  };
+  if (n_tokens <= kFewTokens) {
+    const auto n_chunks = static_cast<long long>((w.rows + kRowChunk - 1) / kRowChunk);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long long c = 0; c < n_chunks; ++c) {
+      const size_t r0 = size_t(c) * kRowChunk;
+      run(r0, std::min(w.rows, r0 + kRowChunk), 0, n_tokens);
+    }
+  } else {
+    const auto n_rb = static_cast<long long>((w.rows + kRowBlock - 1) / kRowBlock);
+    const auto n_tb = static_cast<long long>((n_tokens + kTokenBlock - 1) / kTokenBlock);
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+    for (long long rb = 0; rb < n_rb; ++rb) {
+      for (long long tb = 0; tb < n_tb; ++tb) {
+        const size_t r0 = size_t(rb) * kRowBlock, t0 = size_t(tb) * kTokenBlock;
+        run(r0, std::min(w.rows, r0 + kRowBlock), t0, std::min(n_tokens, t0 + kTokenBlock));
+      }
+    }
+  }
+}
+
+void run_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t n_tokens,
+              size_t ldy) {
+  if (impl == MatmulImpl::onednn) {
+    if (detail::dnnl_matmul(w, x, y, n_tokens, ldy)) return;
+    impl = best_simd_impl();
+  }
+  if (impl == MatmulImpl::scalar) return matmul_scalar(w, x, y, n_tokens, ldy);
+  const detail::MatmulTiles* mt = tiles_for(impl);
+  if (mt == nullptr)
+    throw std::runtime_error(std::string("matmul: implementation ") + matmul_impl_name(impl) +
+                             " is not available on this machine/build");
+  matmul_tiles(*mt, w, x, y, n_tokens, ldy);
+}
+
 }  // namespace
+
+namespace detail {
+
+void quantize_activations(const float* x, BlockQ8x* xq, size_t n) {
+  for (size_t b = 0; b < n / kQ8_0Block; ++b) {
+    const float* xb = x + b * kQ8_0Block;
+    float amax = 0.0f;
+    for (size_t j = 0; j < kQ8_0Block; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    xq[b].d = d;
+    for (size_t j = 0; j < kQ8_0Block; ++j) {
+      // nearest-even via the 1.5*2^23 trick (|v| <= 127, vectorises; no libm call)
+      const float v = xb[j] * id;
+      const float r = (v + 12582912.0f) - 12582912.0f;
+      xq[b].qs[j] = int8_t(int(r));
+    }
+  }
+}
+
+}  // namespace detail
+
+const char* matmul_impl_name(MatmulImpl impl) {
+  switch (impl) {
+    case MatmulImpl::scalar: return "scalar";
+    case MatmulImpl::avx2: return "avx2";
+    case MatmulImpl::avx512: return "avx512";
+    case MatmulImpl::neon: return "neon";
+    case MatmulImpl::onednn: return "onednn";
+  }
+  return "unknown";
+}
+
+size_t available_matmul_impls(MatmulImpl* out, size_t max) {
+  size_t n = 0;
+  for (MatmulImpl impl : {MatmulImpl::scalar, MatmulImpl::avx2, MatmulImpl::avx512, MatmulImpl::neon,
+                          MatmulImpl::onednn}) {
+    const bool ok = impl == MatmulImpl::scalar || tiles_for(impl) != nullptr ||
+                    (impl == MatmulImpl::onednn && detail::dnnl_available());
+    if (ok && n < max) out[n++] = impl;
+  }
+  return n;
+}
+
+void matmul_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t n_tokens,
+                 size_t ldy) {
+  check_matmul("matmul", w, w.cols, x, y, n_tokens, ldy);
+  if (n_tokens == 0 || w.rows == 0) return;
+  run_impl(impl, w, x, y, n_tokens, ldy);
+}
 
 void matmul(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy) {
   check_matmul("matmul", w, w.cols, x, y, n_tokens, ldy);
   if (n_tokens == 0 || w.rows == 0) return;
-  const size_t n = w.cols;
-  const auto rows = static_cast<long long>(w.rows);
-#pragma omp parallel for schedule(static)
-  for (long long r = 0; r < rows; ++r) {
-    float* tmp = w.type == DType::bf16 ? scratch(n) : nullptr;
-    const uint8_t* wr = row_ptr(w, size_t(r));
-    for (size_t t = 0; t < n_tokens; ++t) y[t * ldy + size_t(r)] = row_dot(w.type, wr, x + t * n, n, tmp);
-  }
+  const MatmulImpl simd_impl = best_simd_impl();
+  if (simd_impl != MatmulImpl::scalar && detail::dnnl_preferred(w, n_tokens))
+    return run_impl(MatmulImpl::onednn, w, x, y, n_tokens, ldy);
+  run_impl(simd_impl, w, x, y, n_tokens, ldy);
 }
 
 void matmul_cols(const Matrix& w, size_t col0, size_t n_cols, const float* x, float* y,
@@ -109,10 +265,9 @@ void matmul_cols(const Matrix& w, size_t col0, size_t n_cols, const float* x, fl
                             std::to_string(w.cols) + ")");
   if (n_tokens == 0 || w.rows == 0) return;
   const auto rows = static_cast<long long>(w.rows);
-  const bool parallel = w.rows * n_cols * n_tokens >= (1u << 16);
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (w.rows * n_cols * n_tokens >= kParallelMinMacs)
   for (long long r = 0; r < rows; ++r) {
-    float* wc = scratch(n_cols);
+    float* wc = scratch<float>(n_cols);
     dequant_range(w.type, row_ptr(w, size_t(r)), col0, n_cols, wc);
     for (size_t t = 0; t < n_tokens; ++t)
       y[t * ldy + size_t(r)] = simd::k().dot(wc, x + t * n_cols, n_cols);

@@ -57,6 +57,19 @@ void matmul_cols(const Matrix& w, size_t col0, size_t n_cols, const float* x, fl
 // Reference implementation (scalar, dequantise-and-dot in double) for tests.
 void matmul_ref(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy);
 
+// The implementations matmul() chooses between, for tests and benchmarks.
+enum class MatmulImpl { scalar, avx2, avx512, neon, onednn };
+const char* matmul_impl_name(MatmulImpl impl);
+// Implementations this build and machine can run: scalar first, then the SIMD
+// tiles (best last), then onednn when built with it. Returns the count written.
+size_t available_matmul_impls(MatmulImpl* out, size_t max);
+// matmul() forced onto one implementation (throws std::runtime_error if it is
+// not available). onednn takes f32/f16/bf16 weights and uses the best SIMD
+// tiles for q8_0. The SIMD q8_0 tiles quantise activations per 32-block to
+// int8 (scale amax/127), like ggml; scalar does not.
+void matmul_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t n_tokens,
+                 size_t ldy);
+
 // Row r of W converted to f32 (embedding lookup). out: [W.cols]
 void get_row(const Matrix& w, size_t r, float* out);
 

@@ -5,34 +5,9 @@
 #define DEFKV_XSIMD_TU 1
 #include "simd/kernels_isa.h"
 #include "simd/kernels_xsimd.h"
+#include "simd/half_avx512.h"
 
 namespace defkv::simd::detail {
-
-using Avx512 = xsimd::avx512bw;
-
-template <>
-struct Half<Avx512> {
-  using B = xsimd::batch<float, Avx512>;
-  static B load_f16(const uint16_t* p) {
-    return B(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
-  }
-  static void store_f16(uint16_t* p, B v) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(__m512(v), _MM_FROUND_TO_NEAREST_INT));
-  }
-  static B load_bf16(const uint16_t* p) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return B(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-  }
-  static void store_bf16(uint16_t* p, B v) {
-    const __m512 f = __m512(v);
-    const __m512i x = _mm512_castps_si512(f);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
-    const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), r, nan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
-  }
-};
 
 const Kernels& avx512_table() {
   static const Kernels t = XKernels<Avx512>::table(Isa::avx512);

@@ -1,6 +1,7 @@
 // Weight formats and matrix products: dtype helpers, ggml-compatible Q8_0
 // quantisation, row conversions, and every matmul path against matmul_ref
 // (double accumulation) with tolerances derived from the formats.
+#include <algorithm>
 #include <bit>
 #include <cfloat>
 #include <cmath>
@@ -251,22 +252,55 @@ TEST_CASE("matmul_ref is the exact product of the stored weights", "[quant][matm
   }
 }
 
-TEST_CASE("matmul matches matmul_ref for every dtype, shape and batch", "[quant][matmul]") {
+std::vector<quant::MatmulImpl> impls() {
+  quant::MatmulImpl out[8];
+  const size_t n = quant::available_matmul_impls(out, 8);
+  return std::vector<quant::MatmulImpl>(out, out + n);
+}
+
+TEST_CASE("available matmul implementations", "[quant][matmul]") {
+  const auto all = impls();
+  REQUIRE(!all.empty());
+  CHECK(all.front() == quant::MatmulImpl::scalar);
+  for (auto impl : all) CHECK(std::string(quant::matmul_impl_name(impl)) != "unknown");
+  // every SIMD kernel table has matching matmul tiles
+  const simd::Kernels* tabs[8];
+  const size_t nt = simd::available_kernels(tabs, 8);
+  for (size_t i = 1; i < nt; ++i) {
+    const std::string isa = simd::isa_name(tabs[i]->isa);
+    bool found = false;
+    for (auto impl : all) found |= isa == quant::matmul_impl_name(impl);
+    CHECK(found);
+  }
+  // an implementation this machine lacks is refused, not silently replaced
+  float v = 1.0f;
+  const quant::Matrix one{DType::f32, &v, 1, 1};
+  for (auto impl : {quant::MatmulImpl::avx2, quant::MatmulImpl::avx512, quant::MatmulImpl::neon})
+    if (std::find(all.begin(), all.end(), impl) == all.end())
+      CHECK_THROWS(quant::matmul_impl(impl, one, &v, &v, 1, 1));
+}
+
+TEST_CASE("matmul matches matmul_ref for every implementation, dtype, shape and batch", "[quant][matmul]") {
   std::mt19937 rng(21);
   struct Shape { size_t rows, cols; };
   const Shape shapes[] = {{1, 32}, {3, 64}, {17, 96}, {33, 256}, {67, 512}, {5, 5632}};
+  const auto all = impls();
   for (DType t : kAllTypes) {
     for (const Shape s : shapes) {
       auto w = make_matrix(t, s.rows, s.cols, rng);
       const auto W = dequant_all(w.m);
-      for (size_t n_tokens : {size_t(1), size_t(2), size_t(7), size_t(40), size_t(70)}) {
+      for (size_t n_tokens : {size_t(1), size_t(2), size_t(5), size_t(7), size_t(40), size_t(70)}) {
         if (s.cols >= 5632 && n_tokens > 7) continue;
-        INFO(quant::dtype_name(t) << " rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens);
         const size_t ldy = s.rows + (n_tokens % 2);  // exercise ldy > rows
         const auto x = randv(n_tokens * s.cols, rng);
-        std::vector<float> y(n_tokens * ldy, NAN), yr(n_tokens * ldy, NAN);
-        quant::matmul(w.m, x.data(), y.data(), n_tokens, ldy);
+        std::vector<float> yr(n_tokens * ldy, NAN);
         quant::matmul_ref(w.m, x.data(), yr.data(), n_tokens, ldy);
+        for (int which = -1; which < int(all.size()); ++which) {
+        INFO(quant::dtype_name(t) << " rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens
+             << " impl " << (which < 0 ? "auto" : quant::matmul_impl_name(all[size_t(which)])));
+        std::vector<float> y(n_tokens * ldy, NAN);
+        if (which < 0) quant::matmul(w.m, x.data(), y.data(), n_tokens, ldy);
+        else quant::matmul_impl(all[size_t(which)], w.m, x.data(), y.data(), n_tokens, ldy);
         size_t bad = 0;
         double worst = 0;
         for (size_t tk = 0; tk < n_tokens; ++tk) {
@@ -280,6 +314,7 @@ TEST_CASE("matmul matches matmul_ref for every dtype, shape and batch", "[quant]
         }
         INFO("worst err/tol " << worst);
         CHECK(bad == 0);
+        }
       }
     }
   }

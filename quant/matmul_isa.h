@@ -1,0 +1,47 @@
+// Per-ISA matmul tiles (internal to quant/). The driver in matmul.cpp owns
+// threading, scratch and activation quantisation; an ISA file only computes a
+// tile of outputs. Each table is defined in its own translation unit compiled
+// with that ISA's flags; use it only after simd::cpu_features() allows it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/quant.h"
+
+namespace defkv::quant::detail {
+
+// One block of quantised activations for the int8 paths: x[j] ~= d * qs[j].
+// (Like ggml's block_q8_0 but with an fp32 scale: activations are quantised
+// on the fly, never stored.)
+struct BlockQ8x {
+  float d;
+  int8_t qs[kQ8_0Block];
+};
+static_assert(sizeof(BlockQ8x) == 36);
+
+// Quantise n floats (n % 32 == 0) into n/32 activation blocks: d = amax/127,
+// qs = nearest integer of x/d. Portable; defined in matmul.cpp.
+void quantize_activations(const float* x, BlockQ8x* xq, size_t n);
+
+struct MatmulTiles {
+  const char* name;
+  // y[t*ldy + r] = W[r, :] . x[t, :] for r in [r0, r1), t in [t0, t1);
+  // W is f32 / f16 / bf16; x rows are W.cols floats apart.
+  void (*float_tile)(const Matrix& w, const float* x, float* y, size_t ldy, size_t r0,
+                     size_t r1, size_t t0, size_t t1);
+  // The same for q8_0 weights against quantised activations (W.cols/32 blocks
+  // per token).
+  void (*q8_tile)(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
+                  size_t r1, size_t t0, size_t t1);
+};
+
+#if DEFKV_SIMD_X86
+const MatmulTiles& avx2_tiles();    // matmul_avx2.cpp   (AVX2 maddubs int8, F16C)
+const MatmulTiles& avx512_tiles();  // matmul_avx512.cpp (VNNI vpdpbusd if present, else maddubs)
+#endif
+#if DEFKV_SIMD_NEON
+const MatmulTiles& neon_tiles();    // matmul_neon.cpp
+#endif
+
+}  // namespace defkv::quant::detail
