@@ -1,6 +1,8 @@
 // Scalar reference kernels: fallback table and test oracle.
 #include "simd/kernels_scalar.h"
 
+#include "simd/convert_inline.h"
+
 #include <cmath>
 #include <limits>
 
@@ -14,7 +16,7 @@ float dot(const float* a, const float* b, size_t n) {
 
 float dot_f16(const float* a, const uint16_t* b, size_t n) {
   double acc = 0.0;
-  for (size_t i = 0; i < n; ++i) acc += double(a[i]) * double(simd::f16_to_f32(b[i]));
+  for (size_t i = 0; i < n; ++i) acc += double(a[i]) * double(detail::f16_to_f32_inline(b[i]));
   return float(acc);
 }
 
@@ -23,7 +25,7 @@ void axpy(float alpha, const float* x, float* y, size_t n) {
 }
 
 void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] += alpha * simd::f16_to_f32(x[i]);
+  for (size_t i = 0; i < n; ++i) y[i] += alpha * detail::f16_to_f32_inline(x[i]);
 }
 
 void scale(float* x, float alpha, size_t n) {
@@ -89,16 +91,16 @@ float reduce_abs_sum(const float* x, size_t n) {
 }
 
 void f16_to_f32(const uint16_t* x, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] = simd::f16_to_f32(x[i]);
+  for (size_t i = 0; i < n; ++i) y[i] = detail::f16_to_f32_inline(x[i]);
 }
 void f32_to_f16(const float* x, uint16_t* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] = simd::f32_to_f16(x[i]);
+  for (size_t i = 0; i < n; ++i) y[i] = detail::f32_to_f16_inline(x[i]);
 }
 void bf16_to_f32(const uint16_t* x, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] = simd::bf16_to_f32(x[i]);
+  for (size_t i = 0; i < n; ++i) y[i] = detail::bf16_to_f32_inline(x[i]);
 }
 void f32_to_bf16(const float* x, uint16_t* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] = simd::f32_to_bf16(x[i]);
+  for (size_t i = 0; i < n; ++i) y[i] = detail::f32_to_bf16_inline(x[i]);
 }
 
 const Kernels& table() {
