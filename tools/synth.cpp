@@ -165,9 +165,9 @@ void synth_values(uint64_t seed, std::string_view tensor_name, uint64_t first, s
 // ---- vocabulary --------------------------------------------------------------
 
 SyntheticVocab synthetic_spm_vocab(uint32_t n_vocab) {
-  if (n_vocab < 259)
-    throw std::invalid_argument("a synthetic SPM vocabulary needs at least 259 tokens "
-                                "(<unk>, <s>, </s> and 256 byte tokens), got " +
+  if (n_vocab < 260)
+    throw std::invalid_argument("a synthetic SPM vocabulary needs at least 260 tokens "
+                                "(<unk>, <s>, </s>, 256 byte tokens and \"\xE2\x96\x81\"), got " +
                                 std::to_string(n_vocab));
   SyntheticVocab v;
   v.tokens.reserve(n_vocab);
@@ -184,8 +184,11 @@ SyntheticVocab synthetic_spm_vocab(uint32_t n_vocab) {
   static const char* hex = "0123456789ABCDEF";
   for (int b = 0; b < 256; ++b)
     push(std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">", 0.0f, 6);
+  // The word-boundary piece itself, so a lone space never needs byte fallback
+  // (byte tokens decode to raw bytes, which would leave a literal U+2581).
+  push("\xE2\x96\x81", -0.0f, 1);
   std::string s;
-  uint32_t filler = 0;
+  uint32_t filler = 1;
   for (size_t len = 1; v.tokens.size() < n_vocab; ++len) {
     s.assign(len, 'a');
     while (v.tokens.size() < n_vocab) {

@@ -58,9 +58,9 @@ struct VocabSpec {
   std::string from_path;
 };
 
-// Synthetic SentencePiece ("llama") vocabulary of n_vocab >= 259 tokens:
-// <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then filler pieces:
-// every lowercase-letter string of length 1, 2, 3, ... each with and without
+// Synthetic SentencePiece ("llama") vocabulary of n_vocab >= 260 tokens:
+// <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, "▁", then filler
+// pieces: every lowercase-letter string of length 1, 2, 3, ... each with and without
 // the "▁" word prefix, in that order, scores decreasing so that shorter pieces
 // merge first. Self-consistent (encode/decode round-trip through byte
 // fallback), but not a trained vocabulary.
