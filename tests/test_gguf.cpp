@@ -421,6 +421,19 @@ TEST_CASE("eviction vectors: I32 keep masks and array metadata", "[gguf]") {
   }
 }
 
+TEST_CASE("vocabulary-only files: 0 tensors, token counts from models/README.md", "[gguf]") {
+  auto spm = File::open(shared_dir() + "/models/tokenizers/ggml-vocab-llama-spm.gguf");
+  CHECK(spm->tensors().empty());
+  CHECK(spm->get_string("tokenizer.ggml.model") == "llama");
+  CHECK(spm->get_array("tokenizer.ggml.tokens").size() == 32000);
+  CHECK(spm->get_bool("tokenizer.ggml.add_bos_token"));
+  auto gpt2 = File::open(shared_dir() + "/models/tokenizers/ggml-vocab-gpt-2.gguf");
+  CHECK(gpt2->tensors().empty());
+  CHECK(gpt2->get_array("tokenizer.ggml.tokens").size() == 50257);
+  CHECK(gpt2->get_array("tokenizer.ggml.merges").size() == 50000);
+  CHECK(gpt2->get_array("tokenizer.ggml.merges").elem_type == ValueType::string);
+}
+
 // ---------------------------------------------------------------------------
 // Writer and round trips
 // ---------------------------------------------------------------------------
@@ -444,6 +457,27 @@ TEST_CASE("round trip: stories260K read -> write -> read is identical", "[gguf]"
   CHECK(std::memcmp(a->bytes().data(), b->bytes().data(), a->bytes().size()) == 0);
   // No temporary file left behind.
   CHECK(std::distance(fs::directory_iterator(tmp.dir), fs::directory_iterator()) == 1);
+}
+
+TEST_CASE("round trip: every shared GGUF file is rewritten byte for byte", "[gguf]") {
+  // Written by gguf-py / ggml (vocab-only files have no data padding).
+  const std::string d = shared_dir();
+  for (const std::string& path :
+       {d + "/models/stories260K/stories260K-f16.gguf", d + "/models/tokenizers/ggml-vocab-gpt-2.gguf",
+        d + "/models/tokenizers/ggml-vocab-llama-spm.gguf",
+        d + "/models/needle/needle-llama-0.9M-f32.gguf",
+        d + "/testdata/eviction/stories260K-T384-w32-r0.80.gguf"}) {
+    INFO(path);
+    auto a = File::open(path);
+    Writer w;
+    w.copy_metadata(*a);
+    for (const TensorInfo& t : a->tensors())
+      w.add_tensor(t.name, t.type, std::vector<uint64_t>(t.ne, t.ne + t.n_dims), t.data,
+                   t.size_bytes);
+    std::vector<uint8_t> b = w.to_bytes();
+    REQUIRE(b.size() == a->bytes().size());
+    CHECK(std::memcmp(b.data(), a->bytes().data(), b.size()) == 0);
+  }
 }
 
 TEST_CASE("round trip: every value type, nested arrays and all tensor types", "[gguf]") {

@@ -268,7 +268,9 @@ static void serialize(const std::vector<std::pair<std::string, Value>>& kv,
     put<uint64_t>(counted, offset);
     offset += pad_to(t.size_bytes, align);
   }
-  put_zeros(counted, pad_to(written, align) - written);
+  // A file without tensors has no data section and no padding (as ggml
+  // writes vocabulary-only files).
+  if (!tensors.empty()) put_zeros(counted, pad_to(written, align) - written);
   for (const auto& t : tensors) {
     counted(t.data, static_cast<size_t>(t.size_bytes));
     put_zeros(counted, pad_to(t.size_bytes, align) - t.size_bytes);
