@@ -27,6 +27,14 @@ namespace {
 
 inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 
+// Transpose-reduce: lane k of the result = sum of the lanes of rows[k], for
+// B::size rows. xsimd::haddp by default; an ISA file may specialise this
+// before instantiating the tiles (xsimd 8.1's AVX-512 haddp mixes lanes up).
+template <class A>
+struct HaddP {
+  static xsimd::batch<float, A> run(const xsimd::batch<float, A>* rows) { return xsimd::haddp(rows); }
+};
+
 // ---- float weights (f32 / f16 / bf16) ------------------------------------------------
 
 template <class A, DType kType>
@@ -37,11 +45,6 @@ struct WeightLoad<A, DType::f32> {
   static xsimd::batch<float, A> load(const uint8_t* row, size_t i) {
     return xsimd::batch<float, A>::load_unaligned(reinterpret_cast<const float*>(row) + i);
   }
-  static float scalar(const uint8_t* row, size_t i) {
-    float f;
-    std::memcpy(&f, row + 4 * i, 4);
-    return f;
-  }
 };
 template <class A>
 struct WeightLoad<A, DType::f16> {
@@ -49,22 +52,12 @@ struct WeightLoad<A, DType::f16> {
   static xsimd::batch<float, A> load(const uint8_t* row, size_t i) {
     return simd::detail::Half<A>::load_f16(reinterpret_cast<const uint16_t*>(row) + i);
   }
-  static float scalar(const uint8_t* row, size_t i) {
-    uint16_t h;
-    std::memcpy(&h, row + 2 * i, 2);
-    return simd::f16_to_f32(h);
-  }
 };
 template <class A>
 struct WeightLoad<A, DType::bf16> {
   static constexpr size_t kElemBytes = 2;
   static xsimd::batch<float, A> load(const uint8_t* row, size_t i) {
     return simd::detail::Half<A>::load_bf16(reinterpret_cast<const uint16_t*>(row) + i);
-  }
-  static float scalar(const uint8_t* row, size_t i) {
-    uint16_t h;
-    std::memcpy(&h, row + 2 * i, 2);
-    return simd::bf16_to_f32(h);
   }
 };
 
@@ -89,12 +82,37 @@ struct FloatTile {
         for (int t = 0; t < T; ++t) acc[r][t] = xsimd::fma(wv, xv[t], acc[r][t]);
       }
     }
-    for (int r = 0; r < R; ++r) {
-      for (int t = 0; t < T; ++t) {
-        float s = xsimd::hadd(acc[r][t]);
-        for (size_t j = i; j < n; ++j) s += W::scalar(w + size_t(r) * ws, j) * x[size_t(t) * n + j];
-        y[size_t(t) * ldy + size_t(r)] = s;
+    if (i < n) {
+      // tail: one more vector step on zero-padded copies
+      const size_t m = n - i;
+      alignas(64) uint8_t wt[R][L * W::kElemBytes];
+      alignas(64) float xt[T][L];
+      std::memset(wt, 0, sizeof(wt));
+      std::memset(xt, 0, sizeof(xt));
+      for (int t = 0; t < T; ++t) std::memcpy(xt[t], x + size_t(t) * n + i, m * sizeof(float));
+      for (int r = 0; r < R; ++r) std::memcpy(wt[r], w + size_t(r) * ws + i * W::kElemBytes, m * W::kElemBytes);
+      for (int r = 0; r < R; ++r) {
+        const B wv = W::load(wt[r], 0);
+        for (int t = 0; t < T; ++t) acc[r][t] = xsimd::fma(wv, B::load_aligned(xt[t]), acc[r][t]);
       }
+    }
+    if constexpr (R * T <= 2) {
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) y[size_t(t) * ldy + size_t(r)] = xsimd::hadd(acc[r][t]);
+    } else {
+      // transpose-reduce L accumulators at a time: lane k = sum of accumulator k
+      constexpr size_t kAcc = size_t(R * T), kChunks = (kAcc + L - 1) / L;
+      alignas(64) float sums[kChunks * L];
+      for (size_t c = 0; c < kChunks; ++c) {
+        B chunk[L];
+        for (size_t k = 0; k < L; ++k) {
+          const size_t a = c * L + k;
+          chunk[k] = a < kAcc ? acc[a / T][a % T] : B(0.0f);
+        }
+        HaddP<A>::run(chunk).store_aligned(sums + c * L);
+      }
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) y[size_t(t) * ldy + size_t(r)] = sums[r * T + t];
     }
   }
 

@@ -64,9 +64,12 @@ const char* matmul_impl_name(MatmulImpl impl);
 // tiles (best last), then onednn when built with it. Returns the count written.
 size_t available_matmul_impls(MatmulImpl* out, size_t max);
 // matmul() forced onto one implementation (throws std::runtime_error if it is
-// not available). onednn takes f32/f16/bf16 weights and uses the best SIMD
-// tiles for q8_0. The SIMD q8_0 tiles quantise activations per 32-block to
-// int8 (scale amax/127), like ggml; scalar does not.
+// not available). The SIMD q8_0 tiles quantise activations per 32-block to
+// int8 (scale amax/127), like ggml; scalar does not. onednn: f32 weights in
+// f32; bf16 weights as a bf16 x bf16 product (activations rounded to bf16);
+// f16 weights widened exactly to f32 in 256-row blocks; q8_0 goes to the best
+// SIMD tiles. matmul() itself uses onednn only for batches where it measured
+// faster (>= 32 tokens, or >= 16 tokens with >= 256 rows).
 void matmul_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t n_tokens,
                  size_t ldy);
 
