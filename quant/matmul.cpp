@@ -36,8 +36,9 @@ void check_matmul(const char* where, const Matrix& w, size_t n_in, const float* 
                                 " smaller than the number of rows " + std::to_string(w.rows));
 }
 
-// Per-thread scratch that only ever grows (no allocation once warm).
-template <class T>
+// Per-thread scratch that only ever grows (no allocation once warm); Slot
+// tells apart buffers that are live at the same time.
+template <class T, int Slot = 0>
 T* scratch(size_t n) {
   thread_local std::vector<T> buf;
   if (buf.size() < n) buf.resize(n);
@@ -264,13 +265,23 @@ void matmul_cols(const Matrix& w, size_t col0, size_t n_cols, const float* x, fl
                             std::to_string(col0 + n_cols) + ") outside the matrix (cols " +
                             std::to_string(w.cols) + ")");
   if (n_tokens == 0 || w.rows == 0) return;
-  const auto rows = static_cast<long long>(w.rows);
-#pragma omp parallel for schedule(static) if (w.rows * n_cols * n_tokens >= kParallelMinMacs)
-  for (long long r = 0; r < rows; ++r) {
-    float* wc = scratch<float>(n_cols);
-    dequant_range(w.type, row_ptr(w, size_t(r)), col0, n_cols, wc);
-    for (size_t t = 0; t < n_tokens; ++t)
-      y[t * ldy + size_t(r)] = simd::k().dot(wc, x + t * n_cols, n_cols);
+  const size_t rows = w.rows;
+  // The slice transposed, ws_t[c, r] = W[r, col0 + c]: [n_cols, rows], so each
+  // token is n_cols axpys along contiguous rows (n_cols may be as small as 8).
+  float* ws_t = scratch<float, 1>(n_cols * rows);
+  float* tmp = scratch<float, 2>(n_cols);
+  for (size_t r = 0; r < rows; ++r) {
+    dequant_range(w.type, row_ptr(w, r), col0, n_cols, tmp);
+    for (size_t c = 0; c < n_cols; ++c) ws_t[c * rows + r] = tmp[c];
+  }
+  const simd::Kernels& kk = simd::k();
+  const auto nt = static_cast<long long>(n_tokens);
+#pragma omp parallel for schedule(static) if (rows * n_cols * n_tokens >= kParallelMinMacs)
+  for (long long t = 0; t < nt; ++t) {
+    float* yt = y + size_t(t) * ldy;
+    const float* xt = x + size_t(t) * n_cols;
+    std::fill(yt, yt + rows, 0.0f);
+    for (size_t c = 0; c < n_cols; ++c) kk.axpy(xt[c], ws_t + c * rows, yt, rows);
   }
 }
 
