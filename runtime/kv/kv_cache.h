@@ -103,6 +103,13 @@ class KvCache {
   const uint8_t* pool_data() const { return pool_.get(); }
   // Positions of (layer, head) in storage order.  [size(layer, head)]
   std::vector<int32_t> positions(uint32_t layer, uint32_t head) const;
+
+  // ---- state import (kv_state.cpp) ----
+  // Appends one entry to (layer, head) from rows as stored (row_bytes() bytes
+  // each, e.g. copied from runs()), its position and aux [n_aux] (null: 0).
+  // Positions of a head must ascend. Throws CacheFull when no page is free.
+  void append_raw(uint32_t layer, uint32_t head, int32_t pos, const uint8_t* k_row,
+                  const uint8_t* v_row, const float* aux);
   // Checks internal invariants (page ownership, free list, run layout, counts);
   // throws std::logic_error describing the first violation found.
   void validate() const;

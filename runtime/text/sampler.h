@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -29,6 +30,10 @@ class Sampler {
   // Adds prompt tokens to the repetition history.
   void accept(int32_t token);
   void reset();
+  // Save/restore of the RNG and the repetition history (sampler_state.cpp):
+  // a text form; set_state() throws std::runtime_error when it is malformed.
+  std::string state() const;
+  void set_state(const std::string& s);
   const SamplerParams& params() const { return p_; }
 
   // Applies the repetition penalty of the current history to logits in place

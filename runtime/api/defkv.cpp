@@ -1,0 +1,904 @@
+// The C API (defkv.h) over the engine: handle registry, error strings,
+// exception-to-status mapping, pending-token bookkeeping, streaming UTF-8,
+// cancellation and the versioned, checksummed state format.
+#include "runtime/api/defkv.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/engine/context.h"
+#include "runtime/gguf/gguf.h"
+#include "runtime/model/model.h"
+#include "runtime/text/sampler.h"
+#include "runtime/text/tokenizer.h"
+
+#ifndef DEFKV_VERSION
+#define DEFKV_VERSION DEFKV_VERSION_STRING
+#endif
+
+namespace {
+
+using namespace defkv;
+
+constexpr uint32_t kModelMagic = 0x4d4b5644;    // "DVKM"
+constexpr uint32_t kContextMagic = 0x434b5644;  // "DVKC"
+constexpr char kStateMagic[8] = {'D', 'E', 'F', 'K', 'V', 'S', 'T', '\n'};
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+thread_local std::string tl_error;
+
+struct ApiError {
+  defkv_status status;
+  std::string msg;
+};
+
+// ---------------------------------------------------------------------------
+// Models.
+
+struct AlignedFree {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+struct ModelImpl {
+  std::unique_ptr<uint8_t, AlignedFree> owned;  // copy of a caller buffer
+  std::unique_ptr<model::Model> model;
+  std::unique_ptr<text::Tokenizer> tok;
+  uint64_t fingerprint = 0;
+};
+
+uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+// Identifies a model without reading all its weights: configuration, every
+// tensor's name/type/shape and up to 3 x 256 bytes of its data, the vocabulary.
+uint64_t model_fingerprint(const model::Model& m, const text::Tokenizer& tok) {
+  const model::Config& c = m.config();
+  uint64_t h = fnv1a(&c.n_vocab, sizeof(uint32_t));
+  for (uint32_t v : {c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_rot}) h = fnv1a(&v, sizeof v, h);
+  for (const gguf::TensorInfo& t : m.file().tensors()) {
+    h = fnv1a(t.name.data(), t.name.size(), h);
+    h = fnv1a(&t.type, sizeof t.type, h);
+    h = fnv1a(t.ne, sizeof t.ne, h);
+    const size_t n = size_t(t.size_bytes), k = std::min<size_t>(256, n);
+    if (t.data && n) {
+      h = fnv1a(t.data, k, h);
+      h = fnv1a(t.data + (n - k) / 2, k, h);
+      h = fnv1a(t.data + (n - k), k, h);
+    }
+  }
+  for (size_t i = 0; i < tok.n_vocab(); ++i) {
+    const std::string& s = tok.token_text(text::Token(i));
+    h = fnv1a(s.data(), s.size(), h);
+  }
+  return h;
+}
+
+}  // namespace
+
+struct defkv_model {
+  uint32_t magic = kModelMagic;
+  std::shared_ptr<ModelImpl> impl;
+};
+
+struct defkv_context {
+  uint32_t magic = kContextMagic;
+  std::shared_ptr<ModelImpl> model;
+  std::unique_ptr<engine::Context> ctx;
+  std::unique_ptr<text::Sampler> sampler;
+  std::atomic<bool> cancel{false};
+  std::atomic<bool> busy{false};
+  std::string last_error;
+  int32_t pending = -1;      // sampled, not yet evaluated
+  bool have_logits = false;  // ctx->logits() belong to position n_past - 1 and were not sampled yet
+};
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Handle registry: a handle is only dereferenced after it was found here.
+
+enum class Kind { model, context };
+std::mutex g_reg_mutex;
+std::unordered_map<const void*, Kind>& registry() {
+  static auto* r = new std::unordered_map<const void*, Kind>();  // never destroyed (safe at exit)
+  return *r;
+}
+void reg_add(const void* p, Kind k) {
+  std::lock_guard<std::mutex> lk(g_reg_mutex);
+  registry()[p] = k;
+}
+bool reg_has(const void* p, Kind k) {
+  if (p == nullptr) return false;
+  std::lock_guard<std::mutex> lk(g_reg_mutex);
+  auto it = registry().find(p);
+  return it != registry().end() && it->second == k;
+}
+bool reg_remove(const void* p, Kind k) {
+  std::lock_guard<std::mutex> lk(g_reg_mutex);
+  auto it = registry().find(p);
+  if (it == registry().end() || it->second != k) return false;
+  registry().erase(it);
+  return true;
+}
+
+defkv_status fail(defkv_context* c, defkv_status s, std::string msg) {
+  tl_error = msg;
+  if (c) c->last_error = std::move(msg);
+  return s;
+}
+
+// Runs f, mapping every exception to a status and a message.
+template <class F>
+defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_status, F&& f) {
+  const std::string where = std::string(fn) + ": ";
+  try {
+    return f();
+  } catch (const ApiError& e) {
+    return fail(c, e.status, where + e.msg);
+  } catch (const model::Cancelled& e) {
+    return fail(c, DEFKV_ERR_CANCELLED, where + e.what());
+  } catch (const engine::StateMismatch& e) {
+    return fail(c, DEFKV_ERR_MISMATCH, where + e.what());
+  } catch (const gguf::Error& e) {
+    return fail(c, DEFKV_ERR_FORMAT, where + e.what());
+  } catch (const kv::CacheFull& e) {
+    return fail(c, DEFKV_ERR_CONTEXT_FULL, where + e.what());
+  } catch (const std::length_error& e) {
+    return fail(c, DEFKV_ERR_CONTEXT_FULL, where + e.what());
+  } catch (const std::invalid_argument& e) {
+    return fail(c, DEFKV_ERR_INVALID_ARGUMENT, where + e.what());
+  } catch (const std::out_of_range& e) {
+    return fail(c, DEFKV_ERR_INVALID_ARGUMENT, where + e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(c, DEFKV_ERR_OUT_OF_MEMORY, where + "out of memory");
+  } catch (const std::logic_error& e) {
+    return fail(c, DEFKV_ERR_INTERNAL, where + "internal error: " + e.what());
+  } catch (const std::exception& e) {
+    return fail(c, runtime_status, where + e.what());
+  } catch (...) {
+    return fail(c, DEFKV_ERR_INTERNAL, where + "unknown exception");
+  }
+}
+
+[[noreturn]] void raise(defkv_status s, std::string msg) { throw ApiError{s, std::move(msg)}; }
+
+// Holds the context's busy flag for one call.
+struct BusyGuard {
+  defkv_context* c;
+  explicit BusyGuard(defkv_context* ctx) : c(ctx) {
+    if (c->busy.exchange(true, std::memory_order_acquire))
+      raise(DEFKV_ERR_BUSY, "another call on this context is running");
+  }
+  ~BusyGuard() { c->busy.store(false, std::memory_order_release); }
+};
+
+defkv_context* ctx_or_null(const defkv_context* c) {
+  return reg_has(c, Kind::context) ? const_cast<defkv_context*>(c) : nullptr;
+}
+
+#define DEFKV_CHECK_CTX(c)                                                               \
+  do {                                                                                   \
+    if (!reg_has((c), Kind::context))                                                    \
+      return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                                     \
+                  std::string(__func__) + ": " + ((c) ? "not a live context handle" : "context is NULL")); \
+  } while (0)
+#define DEFKV_CHECK_MODEL(m)                                                             \
+  do {                                                                                   \
+    if (!reg_has((m), Kind::model))                                                      \
+      return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                                     \
+                  std::string(__func__) + ": " + ((m) ? "not a live model handle" : "model is NULL")); \
+  } while (0)
+
+// Writes s plus a NUL into buf, or reports the size needed.
+defkv_status put_string(const std::string& s, char* buf, size_t capacity, size_t* out_len) {
+  if (!out_len) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_len is NULL");
+  *out_len = s.size();
+  if (capacity < s.size() + 1) {
+    raise(DEFKV_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(capacity) + " bytes, " +
+                                          std::to_string(s.size() + 1) + " needed (NUL included)");
+  }
+  if (!buf) raise(DEFKV_ERR_INVALID_ARGUMENT, "buf is NULL");
+  std::memcpy(buf, s.data(), s.size());
+  buf[s.size()] = '\0';
+  return DEFKV_OK;
+}
+
+template <class T>
+defkv_status put_array(const std::vector<T>& v, T* buf, size_t capacity, size_t* n_out) {
+  if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
+  *n_out = v.size();
+  if (capacity < v.size())
+    raise(DEFKV_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(capacity) + " elements, " +
+                                          std::to_string(v.size()) + " needed");
+  if (!buf && !v.empty()) raise(DEFKV_ERR_INVALID_ARGUMENT, "buffer is NULL");
+  if (!v.empty()) std::memcpy(buf, v.data(), v.size() * sizeof(T));
+  return DEFKV_OK;
+}
+
+void check_tokens(const ModelImpl& m, const int32_t* tokens, size_t n) {
+  if (n && !tokens) raise(DEFKV_ERR_INVALID_ARGUMENT, "tokens is NULL");
+  const uint32_t V = m.model->config().n_vocab;
+  for (size_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || uint32_t(tokens[i]) >= V)
+      raise(DEFKV_ERR_INVALID_ARGUMENT, "token " + std::to_string(i) + " = " + std::to_string(tokens[i]) +
+                                            " is outside the vocabulary [0, " + std::to_string(V) + ")");
+}
+
+void check_cancel(const defkv_context* c) {
+  if (c->cancel.load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
+}
+
+defkv_status load_model(std::unique_ptr<ModelImpl> impl, std::unique_ptr<gguf::File> file, defkv_model** out) {
+  impl->model = model::Model::from_file(std::move(file));
+  impl->tok = text::Tokenizer::from_gguf(impl->model->file());
+  if (impl->tok->n_vocab() != impl->model->config().n_vocab)
+    raise(DEFKV_ERR_FORMAT, "the tokenizer has " + std::to_string(impl->tok->n_vocab()) + " tokens, the model " +
+                                std::to_string(impl->model->config().n_vocab));
+  impl->fingerprint = model_fingerprint(*impl->model, *impl->tok);
+  auto* m = new defkv_model();
+  m->impl = std::shared_ptr<ModelImpl>(impl.release());
+  reg_add(m, Kind::model);
+  *out = m;
+  return DEFKV_OK;
+}
+
+// ---- state blob ----
+struct StateHeader {
+  char magic[8];
+  uint32_t format_version;
+  uint32_t abi_version;
+  uint64_t model_fingerprint;
+  uint64_t payload_bytes;
+  uint64_t checksum;  // FNV-1a 64 of the payload
+};
+static_assert(sizeof(StateHeader) == 40, "packed header");
+
+std::vector<uint8_t> build_state(const defkv_context* c) {
+  std::vector<uint8_t> payload;
+  auto put = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    payload.insert(payload.end(), b, b + n);
+  };
+  const int32_t pending = c->pending;
+  const uint8_t have_logits = c->have_logits;
+  const std::string ss = c->sampler->state();
+  const uint32_t ss_len = uint32_t(ss.size());
+  put(&pending, sizeof pending);
+  put(&have_logits, sizeof have_logits);
+  put(&ss_len, sizeof ss_len);
+  put(ss.data(), ss.size());
+  c->ctx->save_state(payload);
+
+  StateHeader h{};
+  std::memcpy(h.magic, kStateMagic, sizeof h.magic);
+  h.format_version = DEFKV_STATE_FORMAT_VERSION;
+  h.abi_version = DEFKV_ABI_VERSION;
+  h.model_fingerprint = c->model->fingerprint;
+  h.payload_bytes = payload.size();
+  h.checksum = fnv1a(payload.data(), payload.size());
+  std::vector<uint8_t> out(sizeof h + payload.size());
+  std::memcpy(out.data(), &h, sizeof h);
+  std::memcpy(out.data() + sizeof h, payload.data(), payload.size());
+  return out;
+}
+
+void restore_state(defkv_context* c, const uint8_t* data, size_t size) {
+  if (size < sizeof(StateHeader))
+    raise(DEFKV_ERR_FORMAT, "state of " + std::to_string(size) + " bytes is shorter than its header (" +
+                                std::to_string(sizeof(StateHeader)) + " bytes)");
+  StateHeader h;
+  std::memcpy(&h, data, sizeof h);
+  if (std::memcmp(h.magic, kStateMagic, sizeof h.magic) != 0)
+    raise(DEFKV_ERR_FORMAT, "not a defkv state (bad magic)");
+  if (h.format_version != DEFKV_STATE_FORMAT_VERSION)
+    raise(DEFKV_ERR_FORMAT, "state format version " + std::to_string(h.format_version) +
+                                " is not supported (this library reads version " +
+                                std::to_string(DEFKV_STATE_FORMAT_VERSION) + ")");
+  if (h.payload_bytes != size - sizeof h)
+    raise(DEFKV_ERR_FORMAT, "state is truncated or has trailing bytes: header says " +
+                                std::to_string(h.payload_bytes) + " payload bytes, " +
+                                std::to_string(size - sizeof h) + " present");
+  const uint8_t* p = data + sizeof h;
+  const size_t n = size - sizeof h;
+  if (fnv1a(p, n) != h.checksum) raise(DEFKV_ERR_FORMAT, "state checksum mismatch: the data is corrupt");
+  if (h.model_fingerprint != c->model->fingerprint)
+    raise(DEFKV_ERR_MISMATCH, "the state was saved with a different model (fingerprint " +
+                                  std::to_string(h.model_fingerprint) + ", this model " +
+                                  std::to_string(c->model->fingerprint) + ")");
+  size_t off = 0;
+  auto take = [&](void* dst, size_t k) {
+    if (k > n - off) raise(DEFKV_ERR_FORMAT, "state payload truncated");
+    std::memcpy(dst, p + off, k);
+    off += k;
+  };
+  int32_t pending;
+  uint8_t have_logits;
+  uint32_t ss_len;
+  take(&pending, sizeof pending);
+  take(&have_logits, sizeof have_logits);
+  take(&ss_len, sizeof ss_len);
+  if (ss_len > n - off) raise(DEFKV_ERR_FORMAT, "state payload truncated (sampler)");
+  std::string ss(reinterpret_cast<const char*>(p + off), ss_len);
+  off += ss_len;
+  if (pending < -1 || pending >= int32_t(c->model->model->config().n_vocab) || have_logits > 1)
+    raise(DEFKV_ERR_FORMAT, "corrupt state (pending token " + std::to_string(pending) + ")");
+  text::Sampler tmp = *c->sampler;
+  try {
+    tmp.set_state(ss);
+  } catch (const std::exception& e) {
+    raise(DEFKV_ERR_FORMAT, e.what());
+  }
+  try {
+    c->ctx->load_state(std::span<const uint8_t>(p + off, n - off));  // validates before changing anything
+  } catch (const engine::StateMismatch&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    raise(DEFKV_ERR_FORMAT, e.what());
+  }
+  *c->sampler = std::move(tmp);
+  c->pending = pending;
+  c->have_logits = have_logits != 0;
+}
+
+}  // namespace
+
+// ===========================================================================
+
+extern "C" {
+
+const char* defkv_version(int* major, int* minor, int* patch) {
+  if (major) *major = DEFKV_VERSION_MAJOR;
+  if (minor) *minor = DEFKV_VERSION_MINOR;
+  if (patch) *patch = DEFKV_VERSION_PATCH;
+  return DEFKV_VERSION;
+}
+
+int defkv_abi_version(void) { return DEFKV_ABI_VERSION; }
+
+const char* defkv_status_name(defkv_status s) {
+  switch (s) {
+    case DEFKV_OK: return "DEFKV_OK";
+    case DEFKV_ERR_INVALID_ARGUMENT: return "DEFKV_ERR_INVALID_ARGUMENT";
+    case DEFKV_ERR_INVALID_HANDLE: return "DEFKV_ERR_INVALID_HANDLE";
+    case DEFKV_ERR_BAD_STATE: return "DEFKV_ERR_BAD_STATE";
+    case DEFKV_ERR_BUFFER_TOO_SMALL: return "DEFKV_ERR_BUFFER_TOO_SMALL";
+    case DEFKV_ERR_IO: return "DEFKV_ERR_IO";
+    case DEFKV_ERR_FORMAT: return "DEFKV_ERR_FORMAT";
+    case DEFKV_ERR_MISMATCH: return "DEFKV_ERR_MISMATCH";
+    case DEFKV_ERR_CONTEXT_FULL: return "DEFKV_ERR_CONTEXT_FULL";
+    case DEFKV_ERR_CANCELLED: return "DEFKV_ERR_CANCELLED";
+    case DEFKV_ERR_OUT_OF_MEMORY: return "DEFKV_ERR_OUT_OF_MEMORY";
+    case DEFKV_ERR_BUSY: return "DEFKV_ERR_BUSY";
+    case DEFKV_ERR_INTERNAL: return "DEFKV_ERR_INTERNAL";
+  }
+  return "unknown status";
+}
+
+const char* defkv_last_error(const defkv_context* ctx) {
+  if (ctx == nullptr) return tl_error.c_str();
+  defkv_context* c = ctx_or_null(ctx);
+  if (!c) {
+    tl_error = "defkv_last_error: not a live context handle";
+    return tl_error.c_str();
+  }
+  return c->last_error.c_str();
+}
+
+// ---- models ----
+
+defkv_status defkv_model_load_file(const char* path, defkv_model** out) {
+  return guarded(nullptr, __func__, DEFKV_ERR_FORMAT, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!path) raise(DEFKV_ERR_INVALID_ARGUMENT, "path is NULL");
+    if (FILE* f = std::fopen(path, "rb")) {
+      std::fclose(f);
+    } else {
+      raise(DEFKV_ERR_IO, std::string("cannot open ") + path + ": " + std::strerror(errno));
+    }
+    return load_model(std::make_unique<ModelImpl>(), gguf::File::open(path), out);
+  });
+}
+
+defkv_status defkv_model_load_buffer(const void* data, size_t size, int copy, defkv_model** out) {
+  return guarded(nullptr, __func__, DEFKV_ERR_FORMAT, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!data || size == 0) raise(DEFKV_ERR_INVALID_ARGUMENT, "empty buffer");
+    auto impl = std::make_unique<ModelImpl>();
+    const void* base = data;
+    if (copy) {
+      // 64-byte aligned like a mapping, so tensor alignment is preserved.
+      const size_t cap = (size + 63) / 64 * 64;
+      auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, cap));
+      if (!p) throw std::bad_alloc();
+      impl->owned.reset(p);
+      std::memcpy(p, data, size);
+      base = p;
+    }
+    return load_model(std::move(impl), gguf::File::from_buffer(base, size), out);
+  });
+}
+
+defkv_status defkv_model_free(defkv_model* model) {
+  if (!reg_remove(model, Kind::model))
+    return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
+                std::string(__func__) + ": " + (model ? "not a live model handle (freed twice?)" : "model is NULL"));
+  delete model;  // contexts keep ModelImpl alive through their shared_ptr
+  return DEFKV_OK;
+}
+
+defkv_status defkv_model_get_info(const defkv_model* model, defkv_model_info* out) {
+  DEFKV_CHECK_MODEL(model);
+  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    const ModelImpl& m = *model->impl;
+    const model::Config& c = m.model->config();
+    defkv_model_info i{};
+    i.n_vocab = c.n_vocab;
+    i.n_embd = c.n_embd;
+    i.n_layer = c.n_layer;
+    i.n_head = c.n_head;
+    i.n_head_kv = c.n_head_kv;
+    i.head_dim = c.head_dim;
+    i.n_ff = c.n_ff;
+    i.n_ctx_train = c.n_ctx_train;
+    i.bos = m.tok->bos();
+    i.eos = m.tok->eos();
+    i.weight_bytes = m.model->weight_bytes();
+    *out = i;
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_model_meta_string(const defkv_model* model, const char* key, char* buf, size_t capacity,
+                                     size_t* out_len) {
+  DEFKV_CHECK_MODEL(model);
+  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!key) raise(DEFKV_ERR_INVALID_ARGUMENT, "key is NULL");
+    const gguf::File& f = model->impl->model->file();
+    const gguf::Value* v = f.find(key);
+    if (!v) raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("no metadata key ") + key);
+    const std::string* s = std::get_if<std::string>(&v->v);
+    if (!s) raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("metadata key ") + key + " is not a string");
+    return put_string(*s, buf, capacity, out_len);
+  });
+}
+
+// ---- tokenizer ----
+
+defkv_status defkv_tokenize(const defkv_model* model, const char* text, int64_t len, int add_bos, int parse_special,
+                            int32_t* tokens, size_t capacity, size_t* n_out) {
+  DEFKV_CHECK_MODEL(model);
+  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!text && len != 0) raise(DEFKV_ERR_INVALID_ARGUMENT, "text is NULL");
+    const std::string_view sv = !text ? std::string_view() : len < 0 ? std::string_view(text) : std::string_view(text, size_t(len));
+    const std::vector<int32_t> t = model->impl->tok->encode(sv, add_bos != 0, parse_special != 0);
+    if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
+    if (tokens == nullptr && capacity == 0) {
+      *n_out = t.size();
+      return DEFKV_OK;  // size query
+    }
+    return put_array(t, tokens, capacity, n_out);
+  });
+}
+
+defkv_status defkv_detokenize(const defkv_model* model, const int32_t* tokens, size_t n_tokens, char* buf,
+                              size_t capacity, size_t* out_len) {
+  DEFKV_CHECK_MODEL(model);
+  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+    check_tokens(*model->impl, tokens, n_tokens);
+    text::StreamDecoder dec(*model->impl->tok);
+    std::string s;
+    for (size_t i = 0; i < n_tokens; ++i) s += dec.push(tokens[i]);
+    s += dec.flush();
+    return put_string(s, buf, capacity, out_len);
+  });
+}
+
+defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* buf, size_t capacity,
+                               size_t* out_len) {
+  DEFKV_CHECK_MODEL(model);
+  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+    check_tokens(*model->impl, &token, 1);
+    return put_string(model->impl->tok->piece(token), buf, capacity, out_len);
+  });
+}
+
+// ---- contexts ----
+
+void defkv_context_params_init(defkv_context_params* p) {
+  if (!p) return;
+  std::memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+  p->kv_policy = DEFKV_POLICY_DEFENSIVEKV;
+  p->kv_schedule = DEFKV_SCHEDULE_DEFAULT;
+  p->kv_type = DEFKV_KV_F16;
+  const text::SamplerParams sp;
+  p->temperature = sp.temperature;
+  p->top_k = sp.top_k;
+  p->top_p = sp.top_p;
+  p->min_p = sp.min_p;
+  p->repeat_penalty = sp.repeat_penalty;
+  p->repeat_last_n = sp.repeat_last_n;
+  p->seed = sp.seed;
+}
+
+defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params, defkv_context** out) {
+  DEFKV_CHECK_MODEL(model);
+  return guarded(nullptr, __func__, DEFKV_ERR_INVALID_ARGUMENT, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    defkv_context_params p;
+    if (params) {
+      if (params->struct_size < sizeof(defkv_context_params))
+        raise(DEFKV_ERR_INVALID_ARGUMENT, "params->struct_size = " + std::to_string(params->struct_size) +
+                                              " (initialise params with defkv_context_params_init)");
+      p = *params;
+    } else {
+      defkv_context_params_init(&p);
+    }
+    engine::ContextParams cp;
+    cp.n_threads = p.n_threads;
+    cp.n_ctx = p.n_ctx;
+    if (p.kv_budget_tokens != 0) cp.budget_tokens = p.kv_budget_tokens;
+    if (p.kv_ratio != 0) cp.kv_ratio = p.kv_ratio;
+    if (p.kv_mem_bytes != 0) cp.kv_mem_bytes = p.kv_mem_bytes;
+    switch (p.kv_policy) {
+      case DEFKV_POLICY_DEFENSIVEKV: cp.evict.policy = evict::Policy::defensivekv; break;
+      case DEFKV_POLICY_LAYER_DEFENSIVEKV: cp.evict.policy = evict::Policy::layer_defensivekv; break;
+      case DEFKV_POLICY_CRITICALKV: cp.evict.policy = evict::Policy::criticalkv; break;
+      case DEFKV_POLICY_ADAKV: cp.evict.policy = evict::Policy::adakv; break;
+      case DEFKV_POLICY_SNAPKV: cp.evict.policy = evict::Policy::snapkv; break;
+      case DEFKV_POLICY_STREAMING: cp.evict.policy = evict::Policy::streaming; break;
+      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_policy " + std::to_string(int(p.kv_policy)));
+    }
+    switch (p.kv_schedule) {
+      case DEFKV_SCHEDULE_DEFAULT: break;
+      case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
+      case DEFKV_SCHEDULE_ONESHOT: cp.schedule = engine::Schedule::oneshot; break;
+      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_schedule " + std::to_string(int(p.kv_schedule)));
+    }
+    switch (p.kv_type) {
+      case DEFKV_KV_F16: cp.kv_type = quant::DType::f16; break;
+      case DEFKV_KV_F32: cp.kv_type = quant::DType::f32; break;
+      case DEFKV_KV_Q8_0: cp.kv_type = quant::DType::q8_0; break;
+      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_type " + std::to_string(int(p.kv_type)));
+    }
+    if (p.kv_window) cp.evict.window = p.kv_window;
+    if (p.kv_sinks) cp.evict.n_sink = p.kv_sinks;
+    text::SamplerParams sp;
+    sp.temperature = p.temperature;
+    sp.top_k = p.top_k;
+    sp.top_p = p.top_p;
+    sp.min_p = p.min_p;
+    sp.repeat_penalty = p.repeat_penalty;
+    sp.repeat_last_n = p.repeat_last_n;
+    sp.seed = p.seed;
+
+    auto c = std::make_unique<defkv_context>();
+    c->model = model->impl;
+    c->sampler = std::make_unique<text::Sampler>(sp);
+    c->ctx = std::make_unique<engine::Context>(*c->model->model, cp);
+    c->ctx->set_cancel_flag(&c->cancel);
+    defkv_context* raw = c.release();
+    reg_add(raw, Kind::context);
+    *out = raw;
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_context_free(defkv_context* ctx) {
+  DEFKV_CHECK_CTX(ctx);
+  if (ctx->busy.load())
+    return fail(ctx, DEFKV_ERR_BUSY, "defkv_context_free: a call on this context is running");
+  if (!reg_remove(ctx, Kind::context))
+    return fail(nullptr, DEFKV_ERR_INVALID_HANDLE, "defkv_context_free: not a live context handle (freed twice?)");
+  delete ctx;
+  return DEFKV_OK;
+}
+
+defkv_status defkv_reset(defkv_context* ctx) {
+  DEFKV_CHECK_CTX(ctx);
+  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
+    BusyGuard busy(ctx);
+    ctx->ctx->reset();
+    ctx->sampler->reset();
+    ctx->pending = -1;
+    ctx->have_logits = false;
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_n_past(const defkv_context* ctx, uint32_t* out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    BusyGuard busy(c);
+    *out = c->ctx->n_past();
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_n_ctx(const defkv_context* ctx, uint32_t* out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  if (!out) return fail(c, DEFKV_ERR_INVALID_ARGUMENT, "defkv_n_ctx: out is NULL");
+  *out = c->ctx->n_ctx();
+  return DEFKV_OK;
+}
+
+// ---- evaluation and generation ----
+
+defkv_status defkv_eval(defkv_context* ctx, const int32_t* tokens, size_t n_tokens, defkv_progress_fn progress,
+                        void* user) {
+  DEFKV_CHECK_CTX(ctx);
+  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
+    BusyGuard busy(ctx);
+    ctx->cancel.store(false);
+    check_tokens(*ctx->model, tokens, n_tokens);
+    std::vector<int32_t> all;
+    all.reserve(n_tokens + 1);
+    const bool had_pending = ctx->pending >= 0;
+    if (had_pending) all.push_back(ctx->pending);
+    all.insert(all.end(), tokens, tokens + n_tokens);
+    if (all.empty()) raise(DEFKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
+    engine::Context& e = *ctx->ctx;
+    if (uint64_t(e.n_past()) + all.size() > e.n_ctx())
+      raise(DEFKV_ERR_CONTEXT_FULL, std::to_string(all.size()) + " tokens at position " + std::to_string(e.n_past()) +
+                                        " exceed n_ctx = " + std::to_string(e.n_ctx()));
+    const uint32_t past0 = e.n_past();
+    const size_t skip = had_pending ? 1 : 0;  // the pending token is already in the sampler history
+    auto account = [&](size_t done) {
+      for (size_t i = skip; i < done; ++i) ctx->sampler->accept(all[i]);
+      if (done > 0) ctx->pending = -1;
+      ctx->have_logits = done == all.size();
+    };
+    e.set_progress([&](uint64_t done, uint64_t total) {
+      if (progress && progress(done - std::min<uint64_t>(done, skip), total - skip, user))
+        throw model::Cancelled("cancelled by the progress callback");
+    });
+    try {
+      e.eval(all);
+    } catch (...) {
+      e.set_progress({});
+      account(e.n_past() - past0);
+      throw;
+    }
+    e.set_progress({});
+    account(all.size());
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_fn on_token, void* user,
+                            uint32_t* n_generated) {
+  DEFKV_CHECK_CTX(ctx);
+  if (n_generated) *n_generated = 0;
+  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
+    BusyGuard busy(ctx);
+    ctx->cancel.store(false);
+    if (!ctx->have_logits && ctx->pending < 0)
+      raise(DEFKV_ERR_BAD_STATE, "nothing to continue from: evaluate a prompt with defkv_eval first");
+    engine::Context& e = *ctx->ctx;
+    const int32_t eos = ctx->model->tok->eos();
+    text::StreamDecoder dec(*ctx->model->tok, false);
+    uint32_t count = 0;
+    defkv_status status = DEFKV_OK;
+    auto flush = [&] {
+      const std::string rest = dec.flush();
+      if (!rest.empty() && on_token) on_token(-1, rest.c_str(), rest.size(), user);
+    };
+    try {
+      for (; count < n_predict;) {
+        if (ctx->pending >= 0) {
+          if (e.n_past() >= e.n_ctx()) {
+            status = fail(ctx, DEFKV_ERR_CONTEXT_FULL,
+                          "defkv_generate: the context is full (n_ctx = " + std::to_string(e.n_ctx()) + ")");
+            break;
+          }
+          check_cancel(ctx);
+          const uint32_t past0 = e.n_past();
+          try {
+            e.step(ctx->pending);
+          } catch (...) {
+            if (e.n_past() > past0) {  // fed; cancelled in the eviction after it
+              ctx->pending = -1;
+              ctx->have_logits = true;
+            }
+            throw;
+          }
+          ctx->pending = -1;
+          ctx->have_logits = true;
+        }
+        check_cancel(ctx);
+        const int32_t tok = ctx->sampler->sample(e.logits());
+        ctx->pending = tok;
+        ctx->have_logits = false;
+        ++count;
+        if (n_generated) *n_generated = count;
+        const std::string piece = dec.push(tok);
+        const int stop = on_token ? on_token(tok, piece.c_str(), piece.size(), user) : 0;
+        if (tok == eos || stop) break;
+      }
+    } catch (...) {
+      flush();
+      throw;
+    }
+    flush();
+    return status;
+  });
+}
+
+defkv_status defkv_cancel(defkv_context* ctx) {
+  DEFKV_CHECK_CTX(ctx);
+  ctx->cancel.store(true);
+  return DEFKV_OK;
+}
+
+// ---- introspection ----
+
+defkv_status defkv_get_kv_stats(const defkv_context* ctx, defkv_kv_stats* out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    BusyGuard busy(c);
+    const engine::Context& e = *c->ctx;
+    const engine::Stats& st = e.stats();
+    defkv_kv_stats s{};
+    s.bytes_in_use = e.cache().bytes_in_use();
+    s.bytes_reserved = e.cache().bytes_reserved();
+    s.bytes_peak = st.kv_bytes_peak;
+    s.entries = e.cache().entries();
+    s.n_layer = e.model().config().n_layer;
+    s.n_head_kv = e.model().config().n_head_kv;
+    s.n_past = e.n_past();
+    s.budget_tokens = e.budget_tokens();
+    s.evict_rounds = st.evict_rounds;
+    s.pending_token = c->pending >= 0;
+    s.prompt_tokens = st.prompt_tokens;
+    s.decode_tokens = st.decode_tokens;
+    s.prompt_seconds = st.prompt_seconds;
+    s.decode_seconds = st.decode_seconds;
+    s.evict_seconds = st.evict_seconds;
+    *out = s;
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_kv_entries(const defkv_context* ctx, uint32_t* counts, size_t capacity, size_t* n_out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    BusyGuard busy(c);
+    const model::Config& mc = c->ctx->model().config();
+    std::vector<uint32_t> v(size_t(mc.n_layer) * mc.n_head_kv);
+    for (uint32_t l = 0; l < mc.n_layer; ++l)
+      for (uint32_t h = 0; h < mc.n_head_kv; ++h) v[size_t(l) * mc.n_head_kv + h] = c->ctx->cache().size(l, h);
+    return put_array(v, counts, capacity, n_out);
+  });
+}
+
+defkv_status defkv_kv_positions(const defkv_context* ctx, uint32_t layer, uint32_t head, int32_t* positions,
+                                size_t capacity, size_t* n_out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    BusyGuard busy(c);
+    const model::Config& mc = c->ctx->model().config();
+    if (layer >= mc.n_layer || head >= mc.n_head_kv)
+      raise(DEFKV_ERR_INVALID_ARGUMENT, "layer " + std::to_string(layer) + " head " + std::to_string(head) +
+                                            " outside the model's " + std::to_string(mc.n_layer) + " layers x " +
+                                            std::to_string(mc.n_head_kv) + " KV heads");
+    return put_array(c->ctx->cache().positions(layer, head), positions, capacity, n_out);
+  });
+}
+
+// ---- state ----
+
+defkv_status defkv_state_size(const defkv_context* ctx, size_t* out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    BusyGuard busy(c);
+    *out = build_state(c).size();
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_state_save(const defkv_context* ctx, void* buf, size_t capacity, size_t* out_len) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out_len) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_len is NULL");
+    BusyGuard busy(c);
+    const std::vector<uint8_t> s = build_state(c);
+    *out_len = s.size();
+    if (capacity < s.size())
+      raise(DEFKV_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(capacity) + " bytes, the state needs " +
+                                            std::to_string(s.size()));
+    if (!buf) raise(DEFKV_ERR_INVALID_ARGUMENT, "buf is NULL");
+    std::memcpy(buf, s.data(), s.size());
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_state_load(defkv_context* ctx, const void* buf, size_t size) {
+  DEFKV_CHECK_CTX(ctx);
+  return guarded(ctx, __func__, DEFKV_ERR_FORMAT, [&] {
+    if (!buf) raise(DEFKV_ERR_INVALID_ARGUMENT, "buf is NULL");
+    BusyGuard busy(ctx);
+    restore_state(ctx, static_cast<const uint8_t*>(buf), size);
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_state_save_file(const defkv_context* ctx, const char* path) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_IO, [&] {
+    if (!path) raise(DEFKV_ERR_INVALID_ARGUMENT, "path is NULL");
+    BusyGuard busy(c);
+    const std::vector<uint8_t> s = build_state(c);
+    const std::string tmp = std::string(path) + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) raise(DEFKV_ERR_IO, "cannot create " + tmp + ": " + std::strerror(errno));
+    const bool ok = std::fwrite(s.data(), 1, s.size(), f) == s.size();
+    const bool closed = std::fclose(f) == 0;
+    if (!ok || !closed) {
+      std::remove(tmp.c_str());
+      raise(DEFKV_ERR_IO, "cannot write " + tmp);
+    }
+    if (std::rename(tmp.c_str(), path) != 0) {
+      const int err = errno;
+      std::remove(tmp.c_str());
+      raise(DEFKV_ERR_IO, "cannot rename " + tmp + " to " + path + ": " + std::strerror(err));
+    }
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_state_load_file(defkv_context* ctx, const char* path) {
+  DEFKV_CHECK_CTX(ctx);
+  return guarded(ctx, __func__, DEFKV_ERR_FORMAT, [&] {
+    if (!path) raise(DEFKV_ERR_INVALID_ARGUMENT, "path is NULL");
+    BusyGuard busy(ctx);
+    FILE* f = std::fopen(path, "rb");
+    if (!f) raise(DEFKV_ERR_IO, std::string("cannot open ") + path + ": " + std::strerror(errno));
+    std::vector<uint8_t> data;
+    uint8_t chunk[1 << 16];
+    size_t n;
+    while ((n = std::fread(chunk, 1, sizeof chunk, f)) > 0) data.insert(data.end(), chunk, chunk + n);
+    const bool err = std::ferror(f);
+    std::fclose(f);
+    if (err) raise(DEFKV_ERR_IO, std::string("cannot read ") + path);
+    restore_state(ctx, data.data(), data.size());
+    return DEFKV_OK;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,829 @@
+// C API (runtime/api/defkv.h) tests: misuse returns errors (run under ASan +
+// UBSan by scripts/test.d/api-sanitizers.sh), greedy decoding against the
+// independent numpy golden file, streaming UTF-8, save -> restore -> continue
+// equals continuing (with and without eviction), corrupt / foreign states,
+// cancellation in prefill, eviction and decoding, concurrent contexts.
+//
+// Uses only the C API (like an application would).
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "defkv.h"
+
+namespace {
+
+std::string shared_path(const std::string& rel) {
+  const char* s = std::getenv("DEFKV_SHARED");
+  return std::string(s ? s : "../shared") + "/" + rel;
+}
+std::string model_path() { return shared_path("models/stories260K/stories260K.gguf"); }
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A model shared by the tests (loaded once).
+defkv_model* model() {
+  static defkv_model* m = [] {
+    defkv_model* p = nullptr;
+    const defkv_status s = defkv_model_load_file(model_path().c_str(), &p);
+    if (s != DEFKV_OK) FAIL("cannot load " << model_path() << ": " << defkv_last_error(nullptr));
+    return p;
+  }();
+  return m;
+}
+
+std::vector<int32_t> tokenize(defkv_model* m, const std::string& text, bool bos = true) {
+  size_t n = 0;
+  REQUIRE(defkv_tokenize(m, text.c_str(), int64_t(text.size()), bos, 0, nullptr, 0, &n) == DEFKV_OK);
+  std::vector<int32_t> t(n);
+  REQUIRE(defkv_tokenize(m, text.c_str(), int64_t(text.size()), bos, 0, t.data(), t.size(), &n) == DEFKV_OK);
+  REQUIRE(n == t.size());
+  return t;
+}
+
+std::string story_text() { return read_text(shared_path("models/data/tinystories_sample.txt")); }
+
+defkv_context_params greedy_params() {
+  defkv_context_params p;
+  defkv_context_params_init(&p);
+  p.temperature = 0;
+  p.repeat_penalty = 1;
+  p.n_threads = 1;
+  return p;
+}
+
+defkv_context_params sampling_params(uint64_t seed) {
+  defkv_context_params p;
+  defkv_context_params_init(&p);
+  p.temperature = 0.9f;
+  p.seed = seed;
+  p.n_threads = 1;
+  return p;
+}
+
+defkv_context_params evicting_params(uint64_t seed) {
+  defkv_context_params p = sampling_params(seed);
+  p.kv_budget_tokens = 48;
+  p.kv_window = 16;
+  return p;
+}
+
+struct Ctx {
+  defkv_context* c = nullptr;
+  explicit Ctx(const defkv_context_params& p, defkv_model* m = model()) {
+    const defkv_status s = defkv_context_create(m, &p, &c);
+    INFO(defkv_last_error(nullptr));
+    REQUIRE(s == DEFKV_OK);
+  }
+  ~Ctx() {
+    if (c) defkv_context_free(c);
+  }
+  Ctx(const Ctx&) = delete;
+  Ctx& operator=(const Ctx&) = delete;
+  operator defkv_context*() const { return c; }
+};
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  std::vector<std::string> pieces;
+  std::string text;
+  int stop_after = -1;                 // return non-zero after this many tokens
+  defkv_context* cancel_ctx = nullptr; // call defkv_cancel on it instead of returning non-zero
+};
+
+int collect(int32_t token, const char* text, size_t len, void* user) {
+  auto* c = static_cast<Collected*>(user);
+  if (token >= 0) c->tokens.push_back(token);
+  c->pieces.emplace_back(text, len);
+  c->text.append(text, len);
+  if (c->stop_after >= 0 && int(c->tokens.size()) >= c->stop_after && token >= 0) {
+    if (c->cancel_ctx) {
+      defkv_cancel(c->cancel_ctx);
+      return 0;
+    }
+    return 1;
+  }
+  return 0;
+}
+
+std::vector<int32_t> gen(defkv_context* c, uint32_t n, defkv_status expect = DEFKV_OK) {
+  Collected col;
+  uint32_t ng = 0;
+  const defkv_status s = defkv_generate(c, n, collect, &col, &ng);
+  INFO(defkv_last_error(c));
+  REQUIRE(s == expect);
+  REQUIRE(ng == col.tokens.size());
+  return col.tokens;
+}
+
+void eval(defkv_context* c, const std::vector<int32_t>& t) {
+  const defkv_status s = defkv_eval(c, t.data(), t.size(), nullptr, nullptr);
+  INFO(defkv_last_error(c));
+  REQUIRE(s == DEFKV_OK);
+}
+
+std::vector<uint8_t> save(defkv_context* c) {
+  size_t n = 0;
+  REQUIRE(defkv_state_size(c, &n) == DEFKV_OK);
+  std::vector<uint8_t> buf(n);
+  size_t w = 0;
+  REQUIRE(defkv_state_save(c, buf.data(), buf.size(), &w) == DEFKV_OK);
+  REQUIRE(w == n);
+  return buf;
+}
+
+std::vector<uint32_t> entries(defkv_context* c) {
+  size_t n = 0;
+  REQUIRE(defkv_kv_entries(c, nullptr, 0, &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+  std::vector<uint32_t> v(n);
+  REQUIRE(defkv_kv_entries(c, v.data(), v.size(), &n) == DEFKV_OK);
+  return v;
+}
+
+std::vector<int32_t> positions(defkv_context* c, uint32_t l, uint32_t h) {
+  size_t n = 0;
+  defkv_status s = defkv_kv_positions(c, l, h, nullptr, 0, &n);
+  REQUIRE((s == DEFKV_OK || s == DEFKV_ERR_BUFFER_TOO_SMALL));
+  std::vector<int32_t> v(n);
+  REQUIRE(defkv_kv_positions(c, l, h, v.data(), v.size(), &n) == DEFKV_OK);
+  return v;
+}
+
+defkv_kv_stats kv_stats(defkv_context* c) {
+  defkv_kv_stats s;
+  REQUIRE(defkv_get_kv_stats(c, &s) == DEFKV_OK);
+  return s;
+}
+
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
+    for (size_t k = 1; k < n; ++k) {
+      const unsigned char d = s[i + k];
+      if ((d >> 6) != 2) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+    i += n;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("api: version macros and runtime version agree", "[api]") {
+  int ma = -1, mi = -1, pa = -1;
+  const char* v = defkv_version(&ma, &mi, &pa);
+  CHECK(ma == DEFKV_VERSION_MAJOR);
+  CHECK(mi == DEFKV_VERSION_MINOR);
+  CHECK(pa == DEFKV_VERSION_PATCH);
+  CHECK(std::string(v) == DEFKV_VERSION_STRING);
+  CHECK(defkv_abi_version() == DEFKV_ABI_VERSION);
+  CHECK(std::string(defkv_status_name(DEFKV_ERR_BUSY)) == "DEFKV_ERR_BUSY");
+  CHECK(std::string(defkv_status_name(defkv_status(999))) == "unknown status");
+}
+
+TEST_CASE("api: greedy decoding reproduces the independent numpy golden run", "[api]") {
+  const nlohmann::json g = nlohmann::json::parse(read_text(shared_path("models/stories260K/golden_greedy.json")));
+  const std::vector<int32_t> golden = g["greedy_ids_after_bos"].get<std::vector<int32_t>>();
+  defkv_model_info info;
+  REQUIRE(defkv_model_get_info(model(), &info) == DEFKV_OK);
+  CHECK(info.n_vocab == 512);
+  CHECK(info.n_layer == 5);
+  CHECK(info.n_head_kv == 4);
+  CHECK(info.bos == 1);
+  CHECK(info.eos == 2);
+  defkv_context_params p = greedy_params();
+  p.kv_type = DEFKV_KV_F32;
+  Ctx c(p);
+  eval(c, {info.bos});
+  Collected col;
+  uint32_t ng = 0;
+  REQUIRE(defkv_generate(c, uint32_t(golden.size()), collect, &col, &ng) == DEFKV_OK);
+  CHECK(ng == golden.size());
+  CHECK(col.tokens == golden);
+  // Streamed text: the golden text, except that streaming keeps the first
+  // piece's leading space (the continuation of BOS).
+  std::string text = col.text;
+  if (!text.empty() && text[0] == ' ') text.erase(0, 1);
+  CHECK(text == g["greedy_text"].get<std::string>());
+  // detokenize([BOS] + ids) strips that space like SentencePiece.
+  std::vector<int32_t> all{info.bos};
+  all.insert(all.end(), golden.begin(), golden.end());
+  size_t len = 0;
+  REQUIRE(defkv_detokenize(model(), all.data(), all.size(), nullptr, 0, &len) == DEFKV_ERR_BUFFER_TOO_SMALL);
+  std::string d(len + 1, '\0');
+  REQUIRE(defkv_detokenize(model(), all.data(), all.size(), d.data(), d.size(), &len) == DEFKV_OK);
+  d.resize(len);
+  CHECK(d == g["greedy_text"].get<std::string>());
+}
+
+TEST_CASE("api: misuse returns errors and never crashes", "[api]") {
+  SECTION("null and foreign handles") {
+    uint32_t u = 0;
+    size_t n = 0;
+    int32_t t = 1;
+    CHECK(defkv_eval(nullptr, &t, 1, nullptr, nullptr) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(std::string(defkv_last_error(nullptr)).find("defkv_eval") != std::string::npos);
+    CHECK(defkv_generate(nullptr, 1, nullptr, nullptr, &u) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_cancel(nullptr) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_reset(nullptr) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_n_past(nullptr, &u) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_context_free(nullptr) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_model_free(nullptr) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_tokenize(nullptr, "a", -1, 1, 0, nullptr, 0, &n) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_state_save_file(nullptr, "/tmp/x") == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_state_load(nullptr, "x", 1) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(defkv_kv_entries(nullptr, nullptr, 0, &n) == DEFKV_ERR_INVALID_HANDLE);
+    defkv_model_info info;
+    CHECK(defkv_model_get_info(nullptr, &info) == DEFKV_ERR_INVALID_HANDLE);
+    // A model handle where a context is expected (and vice versa), a stack address.
+    CHECK(defkv_eval(reinterpret_cast<defkv_context*>(model()), &t, 1, nullptr, nullptr) == DEFKV_ERR_INVALID_HANDLE);
+    Ctx c(greedy_params());
+    CHECK(defkv_tokenize(reinterpret_cast<defkv_model*>(c.c), "a", -1, 1, 0, nullptr, 0, &n) ==
+          DEFKV_ERR_INVALID_HANDLE);
+    int local = 0;
+    CHECK(defkv_context_free(reinterpret_cast<defkv_context*>(&local)) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(std::string(defkv_last_error(nullptr)).size() > 0);
+  }
+  SECTION("double free is reported") {
+    defkv_context* c = nullptr;
+    defkv_context_params p = greedy_params();
+    REQUIRE(defkv_context_create(model(), &p, &c) == DEFKV_OK);
+    REQUIRE(defkv_context_free(c) == DEFKV_OK);
+    CHECK(defkv_context_free(c) == DEFKV_ERR_INVALID_HANDLE);
+    CHECK(std::string(defkv_last_error(nullptr)).find("not a live context handle") != std::string::npos);
+    uint32_t u;
+    CHECK(defkv_n_past(c, &u) == DEFKV_ERR_INVALID_HANDLE);  // use after free: registry check, no dereference
+    defkv_model* m = nullptr;
+    REQUIRE(defkv_model_load_file(model_path().c_str(), &m) == DEFKV_OK);
+    REQUIRE(defkv_model_free(m) == DEFKV_OK);
+    CHECK(defkv_model_free(m) == DEFKV_ERR_INVALID_HANDLE);
+  }
+  SECTION("a context outlives the freed model handle") {
+    defkv_model* m = nullptr;
+    REQUIRE(defkv_model_load_file(model_path().c_str(), &m) == DEFKV_OK);
+    defkv_context* c = nullptr;
+    defkv_context_params p = greedy_params();
+    REQUIRE(defkv_context_create(m, &p, &c) == DEFKV_OK);
+    REQUIRE(defkv_model_free(m) == DEFKV_OK);
+    size_t n;
+    CHECK(defkv_tokenize(m, "a", -1, 1, 0, nullptr, 0, &n) == DEFKV_ERR_INVALID_HANDLE);
+    const int32_t bos = 1;
+    REQUIRE(defkv_eval(c, &bos, 1, nullptr, nullptr) == DEFKV_OK);
+    CHECK(gen(c, 8).size() == 8);
+    REQUIRE(defkv_context_free(c) == DEFKV_OK);
+  }
+  SECTION("null out-pointers and bad arguments") {
+    CHECK(defkv_model_load_file(model_path().c_str(), nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+    defkv_model* m = reinterpret_cast<defkv_model*>(0x1);
+    CHECK(defkv_model_load_file(nullptr, &m) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(m == nullptr);
+    CHECK(defkv_model_load_file("/nonexistent/model.gguf", &m) == DEFKV_ERR_IO);
+    CHECK(std::string(defkv_last_error(nullptr)).find("/nonexistent/model.gguf") != std::string::npos);
+    const char junk[64] = "GGUF this is not a model";
+    CHECK(defkv_model_load_buffer(junk, sizeof junk, 1, &m) == DEFKV_ERR_FORMAT);
+    CHECK(defkv_model_load_buffer(nullptr, 10, 1, &m) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(defkv_context_create(model(), nullptr, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+    Ctx c(greedy_params());
+    CHECK(defkv_n_past(c, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(defkv_last_error(c)).find("out is NULL") != std::string::npos);
+    CHECK(defkv_eval(c, nullptr, 3, nullptr, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(defkv_eval(c, nullptr, 0, nullptr, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);  // nothing to evaluate
+    const int32_t bad[2] = {1, 512};
+    CHECK(defkv_eval(c, bad, 2, nullptr, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(defkv_last_error(c)).find("512") != std::string::npos);
+    uint32_t np = 99;
+    REQUIRE(defkv_n_past(c, &np) == DEFKV_OK);
+    CHECK(np == 0);  // nothing was evaluated
+    CHECK(defkv_kv_positions(c, 5, 0, nullptr, 0, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(defkv_state_load(c, nullptr, 10) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(defkv_state_load_file(c, "/nonexistent/state") == DEFKV_ERR_IO);
+  }
+  SECTION("bad context parameters are rejected with a message") {
+    defkv_context* c = nullptr;
+    defkv_context_params p;
+    std::memset(&p, 0, sizeof p);  // not initialised
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(defkv_last_error(nullptr)).find("defkv_context_params_init") != std::string::npos);
+    defkv_context_params_init(&p);
+    p.kv_budget_tokens = 64;
+    p.kv_ratio = 0.5;
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(defkv_last_error(nullptr)).find("at most one") != std::string::npos);
+    defkv_context_params_init(&p);
+    p.kv_budget_tokens = 8;  // below window + sinks
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    defkv_context_params_init(&p);
+    p.kv_policy = defkv_kv_policy(42);
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    defkv_context_params_init(&p);
+    p.repeat_last_n = -1;
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(c == nullptr);
+  }
+  SECTION("calls in the wrong order") {
+    Ctx c(greedy_params());
+    uint32_t ng = 7;
+    CHECK(defkv_generate(c, 4, nullptr, nullptr, &ng) == DEFKV_ERR_BAD_STATE);
+    CHECK(ng == 0);
+    CHECK(std::string(defkv_last_error(c)).find("defkv_eval") != std::string::npos);
+    eval(c, {1});
+    CHECK(gen(c, 3).size() == 3);
+    REQUIRE(defkv_reset(c) == DEFKV_OK);
+    CHECK(defkv_generate(c, 4, nullptr, nullptr, &ng) == DEFKV_ERR_BAD_STATE);
+  }
+  SECTION("a call on a busy context returns DEFKV_ERR_BUSY") {
+    Ctx c(greedy_params());
+    eval(c, {1});
+    struct U {
+      defkv_context* c;
+      defkv_status inner = DEFKV_OK;
+    } u{c};
+    auto cb = [](int32_t, const char*, size_t, void* p) -> int {
+      auto* uu = static_cast<U*>(p);
+      const int32_t t = 5;
+      uu->inner = defkv_eval(uu->c, &t, 1, nullptr, nullptr);
+      return 1;
+    };
+    REQUIRE(defkv_generate(c, 4, cb, &u, nullptr) == DEFKV_OK);
+    CHECK(u.inner == DEFKV_ERR_BUSY);
+    CHECK(defkv_context_free(c) == DEFKV_OK);  // not busy any more
+    c.c = nullptr;
+  }
+  SECTION("buffers too small report the size needed") {
+    size_t n = 0;
+    int32_t one[1];
+    CHECK(defkv_tokenize(model(), "Once upon a time", -1, 1, 0, one, 1, &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(n == tokenize(model(), "Once upon a time").size());
+    char small[3];
+    const int32_t toks[3] = {403, 407, 261};
+    CHECK(defkv_detokenize(model(), toks, 3, small, sizeof small, &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+    std::string big(n + 1, '\0');
+    CHECK(defkv_detokenize(model(), toks, 3, big.data(), big.size(), &n) == DEFKV_OK);
+    CHECK(std::strlen(big.c_str()) == n);
+    char key[4];
+    CHECK(defkv_model_meta_string(model(), "general.architecture", key, sizeof key, &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(n == 5);  // "llama"
+    char arch[6];
+    CHECK(defkv_model_meta_string(model(), "general.architecture", arch, sizeof arch, &n) == DEFKV_OK);
+    CHECK(std::string(arch) == "llama");
+    CHECK(defkv_model_meta_string(model(), "no.such.key", arch, sizeof arch, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+    Ctx c(greedy_params());
+    eval(c, tokenize(model(), "Once upon a time"));
+    size_t need = 0;
+    REQUIRE(defkv_state_size(c, &need) == DEFKV_OK);
+    std::vector<uint8_t> buf(need - 1);
+    size_t w = 0;
+    CHECK(defkv_state_save(c, buf.data(), buf.size(), &w) == DEFKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(w == need);
+    CHECK(defkv_kv_positions(c, 0, 0, nullptr, 0, &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(n == tokenize(model(), "Once upon a time").size());
+  }
+  SECTION("the context is bounded by n_ctx") {
+    defkv_context_params p = greedy_params();
+    p.n_ctx = 16;
+    Ctx c(p);
+    std::vector<int32_t> t(17, 300);
+    CHECK(defkv_eval(c, t.data(), t.size(), nullptr, nullptr) == DEFKV_ERR_CONTEXT_FULL);
+    t.resize(12);
+    eval(c, t);
+    uint32_t ng = 0;
+    CHECK(defkv_generate(c, 100, nullptr, nullptr, &ng) == DEFKV_ERR_CONTEXT_FULL);
+    CHECK(ng == 5);  // positions 12..15 fed, the 5th sampled token is pending
+    uint32_t np = 0;
+    REQUIRE(defkv_n_past(c, &np) == DEFKV_OK);
+    CHECK(np == 16);
+  }
+}
+
+TEST_CASE("api: model from a memory buffer equals the mapped file", "[api]") {
+  const std::string bytes = read_text(model_path());
+  REQUIRE(bytes.size() > 1000);
+  for (int copy : {1, 0}) {
+    defkv_model* m = nullptr;
+    REQUIRE(defkv_model_load_buffer(bytes.data(), bytes.size(), copy, &m) == DEFKV_OK);
+    Ctx a(sampling_params(7), m);
+    Ctx b(sampling_params(7));
+    const std::vector<int32_t> prompt = tokenize(m, "Once upon a time");
+    CHECK(prompt == tokenize(model(), "Once upon a time"));
+    eval(a, prompt);
+    eval(b, prompt);
+    CHECK(gen(a, 40) == gen(b, 40));
+    // A state from one model image restores into a context of the other.
+    const std::vector<uint8_t> st = save(a);
+    { const defkv_status ls = defkv_state_load(b, st.data(), st.size()); INFO(defkv_last_error(b)); REQUIRE(ls == DEFKV_OK); }
+    REQUIRE(defkv_model_free(m) == DEFKV_OK);
+  }
+}
+
+TEST_CASE("api: streamed pieces are valid UTF-8 and add up to the tokens' bytes", "[api]") {
+  // Hot sampling over the whole vocabulary draws byte tokens (<0x80>..<0xFF>)
+  // that split or break multi-byte characters.
+  defkv_context_params p = sampling_params(1234);
+  p.temperature = 6.0f;
+  p.top_k = 0;
+  p.top_p = 1.0f;
+  p.min_p = 0;
+  Ctx c(p);
+  eval(c, {1});
+  Collected col;
+  REQUIRE(defkv_generate(c, 1500, collect, &col, nullptr) == DEFKV_OK);
+  size_t byte_tokens = 0;
+  std::string raw;
+  for (int32_t t : col.tokens) {
+    byte_tokens += (t >= 3 + 0x80 && t <= 3 + 0xff);
+    char buf[64];
+    size_t n = 0;
+    REQUIRE(defkv_token_piece(model(), t, buf, sizeof buf, &n) == DEFKV_OK);
+    raw.append(buf, n);
+  }
+  CHECK(byte_tokens > 0);
+  for (const std::string& s : col.pieces) CHECK(valid_utf8(s));
+  CHECK(valid_utf8(col.text));
+  if (valid_utf8(raw)) CHECK(col.text == raw);
+  // Split a 2-byte and a 3-byte character over byte tokens: detokenize joins them.
+  const int32_t split[] = {1, 3 + 0xC3, 3 + 0xA9, 3 + 0xE2, 3 + 0x82, 3 + 0xAC, 3 + 0xFF};
+  char out[32];
+  size_t n = 0;
+  REQUIRE(defkv_detokenize(model(), split, 7, out, sizeof out, &n) == DEFKV_OK);
+  CHECK(std::string(out, n) == "\xC3\xA9\xE2\x82\xAC\xEF\xBF\xBD");  // e-acute, euro, U+FFFD for the lone 0xFF
+}
+
+TEST_CASE("api: introspection reports entries, positions and bytes", "[api]") {
+  Ctx full(greedy_params());
+  const std::vector<int32_t> prompt = tokenize(model(), story_text());
+  REQUIRE(prompt.size() > 300);
+  const std::vector<int32_t> head(prompt.begin(), prompt.begin() + 300);
+  eval(full, head);
+  defkv_kv_stats s = kv_stats(full);
+  CHECK(s.n_past == 300);
+  CHECK(s.entries == 300ull * s.n_layer * s.n_head_kv);
+  CHECK(s.bytes_in_use > 0);
+  CHECK(s.bytes_in_use <= s.bytes_reserved);
+  CHECK(s.evict_rounds == 0);
+  std::vector<int32_t> all(300);
+  for (int i = 0; i < 300; ++i) all[i] = i;
+  CHECK(positions(full, 4, 3) == all);
+
+  Ctx ev(evicting_params(1));
+  eval(ev, head);
+  s = kv_stats(ev);
+  CHECK(s.n_past == 300);
+  CHECK(s.evict_rounds > 0);
+  CHECK(s.budget_tokens == 48);
+  const std::vector<uint32_t> e = entries(ev);
+  REQUIRE(e.size() == size_t(s.n_layer) * s.n_head_kv);
+  uint64_t total = 0;
+  bool differ = false;
+  for (uint32_t x : e) {
+    total += x;
+    differ |= x != e[0];
+  }
+  CHECK(total == s.entries);
+  CHECK(total <= (48ull + 64) * e.size());  // budget + one chunk per head
+  CHECK(differ);                             // DefensiveKV is head-adaptive
+  const std::vector<int32_t> pos = positions(ev, 2, 1);
+  REQUIRE(pos.size() == e[2 * s.n_head_kv + 1]);
+  for (size_t i = 1; i < pos.size(); ++i) CHECK(pos[i] > pos[i - 1]);
+  CHECK(pos.back() == 299);  // the window is always kept
+  CHECK(pos.size() < 300);
+  CHECK(s.bytes_in_use < kv_stats(full).bytes_in_use);
+}
+
+namespace {
+
+// Runs prompt -> generate(n1) -> [save] -> generate(n2) and checks that a
+// fresh context restored from the save continues with the same n2 tokens,
+// the same cache (per-head lengths, original positions) and the same stats.
+void check_round_trip(const defkv_context_params& p, const std::vector<int32_t>& prompt, uint32_t n1, uint32_t n2,
+                      bool via_file) {
+  Ctx a(p);
+  eval(a, prompt);
+  const std::vector<int32_t> first = gen(a, n1);
+  REQUIRE(first.size() == n1);
+  const std::vector<uint8_t> st = save(a);
+  const std::string file = "/tmp/defkv_test_api_state_" + std::to_string(::getpid()) + ".bin";
+  if (via_file) REQUIRE(defkv_state_save_file(a, file.c_str()) == DEFKV_OK);
+  const std::vector<uint32_t> e_saved = entries(a);
+  const defkv_kv_stats s_saved = kv_stats(a);
+  const std::vector<int32_t> pos_saved = positions(a, 3, 2);
+  const std::vector<int32_t> cont = gen(a, n2);
+
+  Ctx b(p);
+  if (via_file) {
+    REQUIRE(defkv_state_load_file(b, file.c_str()) == DEFKV_OK);
+    std::remove(file.c_str());
+  } else {
+    { const defkv_status ls = defkv_state_load(b, st.data(), st.size()); INFO(defkv_last_error(b)); REQUIRE(ls == DEFKV_OK); }
+  }
+  CHECK(entries(b) == e_saved);
+  CHECK(positions(b, 3, 2) == pos_saved);
+  const defkv_kv_stats sb = kv_stats(b);
+  CHECK(sb.n_past == s_saved.n_past);
+  CHECK(sb.entries == s_saved.entries);
+  CHECK(sb.evict_rounds == s_saved.evict_rounds);
+  CHECK(sb.pending_token == 1);
+  CHECK(gen(b, n2) == cont);
+  // Rewinding the original context to the save gives the same continuation too.
+  REQUIRE(defkv_state_load(a, st.data(), st.size()) == DEFKV_OK);
+  CHECK(gen(a, n2) == cont);
+  // And more conversation after the continuation stays identical.
+  const std::vector<int32_t> more = tokenize(model(), " The end. Then", false);
+  eval(a, more);
+  eval(b, more);
+  CHECK(gen(a, 30) == gen(b, 30));
+}
+
+}  // namespace
+
+TEST_CASE("api: save -> restore -> continue equals continuing, without eviction", "[api][state]") {
+  const std::vector<int32_t> prompt = tokenize(model(), "Once upon a time, there was a little dog");
+  check_round_trip(sampling_params(11), prompt, 20, 60, false);
+  defkv_context_params q = sampling_params(12);
+  q.kv_type = DEFKV_KV_Q8_0;
+  check_round_trip(q, prompt, 10, 40, true);
+}
+
+TEST_CASE("api: save -> restore -> continue equals continuing, with eviction", "[api][state]") {
+  std::vector<int32_t> prompt = tokenize(model(), story_text());
+  prompt.resize(250);
+  SECTION("defensivekv, bounded, f16") {
+    check_round_trip(evicting_params(21), prompt, 70, 90, false);
+  }
+  SECTION("layer-defensivekv, q8_0, via a file") {
+    defkv_context_params p = evicting_params(22);
+    p.kv_policy = DEFKV_POLICY_LAYER_DEFENSIVEKV;
+    p.kv_type = DEFKV_KV_Q8_0;
+    check_round_trip(p, prompt, 40, 70, true);
+  }
+  SECTION("oneshot with kv_ratio") {
+    defkv_context_params p = sampling_params(23);
+    p.kv_ratio = 0.3;
+    p.kv_window = 16;
+    p.kv_schedule = DEFKV_SCHEDULE_ONESHOT;
+    check_round_trip(p, prompt, 30, 50, false);
+  }
+}
+
+TEST_CASE("api: corrupt or foreign states are rejected and leave the context unchanged", "[api][state]") {
+  Ctx a(evicting_params(31));
+  std::vector<int32_t> prompt = tokenize(model(), story_text());
+  prompt.resize(200);
+  eval(a, prompt);
+  gen(a, 10);
+  const std::vector<uint8_t> st = save(a);
+  const std::vector<uint8_t> st_before = save(a);
+  REQUIRE(st == st_before);
+
+  auto expect = [&](const std::vector<uint8_t>& bad, defkv_status want, const char* needle) {
+    const defkv_status s = defkv_state_load(a, bad.data(), bad.size());
+    INFO(defkv_last_error(a));
+    CHECK(s == want);
+    CHECK(std::string(defkv_last_error(a)).find(needle) != std::string::npos);
+    CHECK(save(a) == st_before);  // unchanged
+  };
+  std::vector<uint8_t> bad = st;
+  bad[bad.size() / 2] ^= 0x40;
+  expect(bad, DEFKV_ERR_FORMAT, "checksum");
+  bad = st;
+  bad.resize(bad.size() - 100);
+  expect(bad, DEFKV_ERR_FORMAT, "truncated");
+  bad = st;
+  bad[0] = 'X';
+  expect(bad, DEFKV_ERR_FORMAT, "magic");
+  bad = st;
+  bad[8] = 99;  // format version
+  expect(bad, DEFKV_ERR_FORMAT, "version");
+  expect(std::vector<uint8_t>(10, 0), DEFKV_ERR_FORMAT, "header");
+
+  // Another model (same architecture, F16 weights) and another geometry.
+  for (const char* other : {"models/stories260K/stories260K-f16.gguf", "models/needle/needle-llama-0.9M-f32.gguf"}) {
+    defkv_model* m = nullptr;
+    REQUIRE(defkv_model_load_file(shared_path(other).c_str(), &m) == DEFKV_OK);
+    Ctx o(evicting_params(31), m);
+    const defkv_status s = defkv_state_load(o, st.data(), st.size());
+    CHECK(s == DEFKV_ERR_MISMATCH);
+    CHECK(std::string(defkv_last_error(o)).find("different model") != std::string::npos);
+    defkv_model_free(m);
+  }
+  // Same model, incompatible KV parameters.
+  defkv_context_params p = evicting_params(31);
+  p.kv_budget_tokens = 64;
+  Ctx other_budget(p);
+  CHECK(defkv_state_load(other_budget, st.data(), st.size()) == DEFKV_ERR_MISMATCH);
+  CHECK(std::string(defkv_last_error(other_budget)).find("budget") != std::string::npos);
+  p = evicting_params(31);
+  p.kv_type = DEFKV_KV_F32;
+  Ctx other_type(p);
+  CHECK(defkv_state_load(other_type, st.data(), st.size()) == DEFKV_ERR_MISMATCH);
+  CHECK(std::string(defkv_last_error(other_type)).find("KV type") != std::string::npos);
+  Ctx no_budget(sampling_params(31));
+  CHECK(defkv_state_load(no_budget, st.data(), st.size()) == DEFKV_ERR_MISMATCH);
+
+  // The original still continues like a fresh restore.
+  Ctx b(evicting_params(31));
+  { const defkv_status ls = defkv_state_load(b, st.data(), st.size()); INFO(defkv_last_error(b)); REQUIRE(ls == DEFKV_OK); }
+  CHECK(gen(a, 30) == gen(b, 30));
+}
+
+TEST_CASE("api: cancellation in each phase leaves the context usable", "[api][cancel]") {
+  std::vector<int32_t> prompt = tokenize(model(), story_text());
+  prompt.resize(600);
+
+  SECTION("decode: from the token callback, then continue exactly") {
+    Ctx ref(greedy_params());
+    eval(ref, prompt);
+    const std::vector<int32_t> want = gen(ref, 60);
+    Ctx c(greedy_params());
+    eval(c, prompt);
+    Collected col;
+    col.stop_after = 25;
+    col.cancel_ctx = c;
+    uint32_t ng = 0;
+    CHECK(defkv_generate(c, 60, collect, &col, &ng) == DEFKV_ERR_CANCELLED);
+    CHECK(ng == 25);
+    CHECK(std::string(defkv_last_error(c)).find("cancel") != std::string::npos);
+    std::vector<int32_t> got = col.tokens;
+    const std::vector<int32_t> rest = gen(c, 35);
+    got.insert(got.end(), rest.begin(), rest.end());
+    CHECK(got == want);
+  }
+  SECTION("prefill: from the progress callback") {
+    defkv_context_params p = greedy_params();
+    Ctx c(p);
+    struct P {
+      defkv_context* c;
+      int calls = 0;
+      uint64_t last_done = 0, total = 0;
+    } u{c};
+    auto progress = [](uint64_t done, uint64_t total, void* user) -> int {
+      auto* pp = static_cast<P*>(user);
+      ++pp->calls;
+      pp->last_done = done;
+      pp->total = total;
+      if (pp->calls == 1) defkv_cancel(pp->c);
+      return 0;
+    };
+    CHECK(defkv_eval(c, prompt.data(), prompt.size(), progress, &u) == DEFKV_ERR_CANCELLED);
+    CHECK(u.calls == 1);
+    CHECK(u.total == prompt.size());
+    uint32_t np = 0;
+    REQUIRE(defkv_n_past(c, &np) == DEFKV_OK);
+    CHECK(np == u.last_done);
+    CHECK(np < prompt.size());
+    uint32_t ng;
+    CHECK(defkv_generate(c, 4, nullptr, nullptr, &ng) == DEFKV_ERR_BAD_STATE);  // prompt incomplete
+    // Feed the rest: same result as evaluating the prompt in one go.
+    eval(c, std::vector<int32_t>(prompt.begin() + np, prompt.end()));
+    Ctx ref(greedy_params());
+    eval(ref, prompt);
+    CHECK(gen(c, 30) == gen(ref, 30));
+    // A progress callback returning non-zero cancels too.
+    Ctx d(greedy_params());
+    auto stop = [](uint64_t, uint64_t, void*) -> int { return 1; };
+    CHECK(defkv_eval(d, prompt.data(), prompt.size(), stop, nullptr) == DEFKV_ERR_CANCELLED);
+  }
+  SECTION("eviction: cancel requested right after a chunk, before its eviction round") {
+    Ctx c(evicting_params(41));
+    struct P {
+      defkv_context* c;
+      int calls = 0;
+      uint32_t rounds_at_cancel = 0;
+    } u{c};
+    auto progress = [](uint64_t done, uint64_t, void* user) -> int {
+      auto* pp = static_cast<P*>(user);
+      if (++pp->calls == 3) defkv_cancel(pp->c);
+      (void)done;
+      return 0;
+    };
+    CHECK(defkv_eval(c, prompt.data(), prompt.size(), progress, &u) == DEFKV_ERR_CANCELLED);
+    const defkv_kv_stats s = kv_stats(c);
+    CHECK(s.n_past == 3 * 64);                              // three chunks in
+    CHECK(s.entries > 48ull * s.n_layer * s.n_head_kv);     // the round after chunk 3 did not run
+    // Usable: the rest of the prompt evicts back to the budget and generation runs.
+    eval(c, std::vector<int32_t>(prompt.begin() + s.n_past, prompt.end()));
+    const defkv_kv_stats s2 = kv_stats(c);
+    CHECK(s2.n_past == prompt.size());
+    CHECK(s2.entries <= (48ull + 64) * s2.n_layer * s2.n_head_kv);
+    CHECK(gen(c, 40).size() == 40);
+  }
+  SECTION("from another thread, during a long generation, returns promptly") {
+    for (bool budget : {false, true}) {
+      defkv_context_params p = budget ? evicting_params(51) : sampling_params(51);
+      p.n_ctx = 8192;
+      Ctx c(p);
+      eval(c, prompt);
+      std::atomic<bool> started{false};
+      std::chrono::steady_clock::time_point t_cancel;
+      std::thread th([&] {
+        while (!started.load()) std::this_thread::yield();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        t_cancel = std::chrono::steady_clock::now();
+        defkv_cancel(c);
+      });
+      auto cb = [](int32_t, const char*, size_t, void* u) -> int {
+        static_cast<std::atomic<bool>*>(u)->store(true);
+        return 0;
+      };
+      uint32_t ng = 0;
+      const defkv_status s = defkv_generate(c, 7000, cb, &started, &ng);
+      const auto t_ret = std::chrono::steady_clock::now();
+      th.join();
+      CHECK(s == DEFKV_ERR_CANCELLED);
+      CHECK(ng < 7000);
+      CHECK(std::chrono::duration<double>(t_ret - t_cancel).count() < 2.0);
+      // Usable afterwards.
+      CHECK(gen(c, 10).size() == 10);
+    }
+  }
+  SECTION("from another thread at arbitrary times: greedy output is unchanged") {
+    Ctx ref(greedy_params());
+    eval(ref, prompt);
+    const std::vector<int32_t> want = gen(ref, 300);
+    Ctx c(greedy_params());
+    eval(c, prompt);
+    std::vector<int32_t> got;
+    int cancels = 0;
+    for (int round = 0; got.size() < want.size() && round < 1000; ++round) {
+      std::thread th([&] {
+        std::this_thread::sleep_for(std::chrono::microseconds(200 + 300 * (round % 7)));
+        defkv_cancel(c);
+      });
+      Collected col;
+      const defkv_status s = defkv_generate(c, uint32_t(want.size() - got.size()), collect, &col, nullptr);
+      th.join();
+      REQUIRE((s == DEFKV_OK || s == DEFKV_ERR_CANCELLED));
+      cancels += s == DEFKV_ERR_CANCELLED;
+      got.insert(got.end(), col.tokens.begin(), col.tokens.end());
+    }
+    CHECK(cancels > 0);
+    CHECK(got == want);
+  }
+}
+
+TEST_CASE("api: concurrent contexts on one model match their single-threaded outputs", "[api][threads]") {
+  constexpr int kThreads = 4;
+  std::vector<int32_t> story = tokenize(model(), story_text());
+  struct Job {
+    defkv_context_params p;
+    std::vector<int32_t> prompt;
+    std::vector<int32_t> want, got;
+  };
+  std::vector<Job> jobs(kThreads);
+  for (int i = 0; i < kThreads; ++i) {
+    jobs[i].p = (i % 2) ? evicting_params(100 + i) : sampling_params(100 + i);
+    jobs[i].p.n_threads = 1 + (i % 2);
+    jobs[i].prompt.assign(story.begin(), story.begin() + 100 + 60 * i);
+  }
+  auto run = [](Job& j, std::vector<int32_t>& out) {
+    defkv_context* c = nullptr;
+    if (defkv_context_create(model(), &j.p, &c) != DEFKV_OK) return;
+    if (defkv_eval(c, j.prompt.data(), j.prompt.size(), nullptr, nullptr) == DEFKV_OK) {
+      Collected col;
+      if (defkv_generate(c, 150, collect, &col, nullptr) == DEFKV_OK) out = col.tokens;
+      const int32_t more[3] = {261, 300, 400};
+      if (defkv_eval(c, more, 3, nullptr, nullptr) == DEFKV_OK) {
+        Collected col2;
+        if (defkv_generate(c, 50, collect, &col2, nullptr) == DEFKV_OK)
+          out.insert(out.end(), col2.tokens.begin(), col2.tokens.end());
+      }
+    }
+    defkv_context_free(c);
+  };
+  for (Job& j : jobs) run(j, j.want);
+  for (int rep = 0; rep < 2; ++rep) {
+    std::vector<std::thread> threads;
+    for (Job& j : jobs) {
+      j.got.clear();
+      threads.emplace_back([&j, &run] { run(j, j.got); });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const Job& j : jobs) {
+      REQUIRE(j.want.size() > 150);
+      CHECK(j.got == j.want);
+    }
+  }
+}
