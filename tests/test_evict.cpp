@@ -48,12 +48,15 @@ const T* tensor(const gg::File& f, const std::string& name, std::vector<uint64_t
   return reinterpret_cast<const T*>(t.data);
 }
 
-// |a - b| <= rel * max(|b|, tiny). A softmax weight's relative error equals
-// the absolute error of its logit, and the reference's f32 logits (|x| up to
-// ~50) carry a few ulp, i.e. up to ~1.5e-5 relative on weights ~1e-9 (seen
-// against an exact-dot scalar path). Weights below tiny = 1e-6 are therefore
-// held to an absolute 1e-11 instead; every weight that can matter to a score
-// stays within 1e-5 relative.
+// |a - b| <= rel * max(|b|, tiny).
+// Scores (sums over many weights) are held to rel = 1e-5. Single attention
+// weights get rel = 2e-5: a softmax weight's relative error is the absolute
+// error of its logit, and against exact (double) arithmetic the reference's
+// f32 window_attn is off by up to 9.1e-6 relative on weights >= 1e-6 (up to
+// 1.8e-5 on smaller ones; measured on both vector files), so two correct f32
+// implementations can differ by twice that (seen: 1.12x of 1e-5 at a weight
+// of 1e-6 in a -O2 build; 0.2x in the release build). Weights below tiny =
+// 1e-6 are held to an absolute 1e-6 * rel instead.
 struct Closeness {
   double rel = 1e-5, tiny = 1e-6;
   size_t n = 0, bad = 0;
@@ -119,7 +122,7 @@ TEST_CASE("eviction test vectors", "[evict][vectors]") {
     for (uint32_t j = 0; j < T; ++j) pos[j] = int32_t(j);
     for (uint32_t i = 0; i < W; ++i) q_pos[i] = int32_t(N + i);
 
-    Closeness c_attn, c_bias, c_snap, c_def, c_final;
+    Closeness c_attn{2e-5}, c_bias, c_snap, c_def, c_final;
     MaskDiff m_snap, m_ada, m_crit, m_def, m_layer;
     ev::Scratch scratch;
     std::vector<std::vector<std::vector<float>>> layer_scores(L);
@@ -195,7 +198,7 @@ TEST_CASE("eviction test vectors", "[evict][vectors]") {
           m_layer.add(keep[l][hk][j], ref[(size_t(l) * Hkv + hk) * T + j]);
 
     auto report = [](const char* what, const Closeness& c) {
-      INFO(what << ": " << c.bad << " of " << c.n << " outside 1e-5 rel (worst "
+      INFO(what << ": " << c.bad << " of " << c.n << " outside " << c.rel << " rel (worst "
                 << c.worst << " x tolerance at reference " << c.worst_ref << ", got "
                 << c.worst_got << ")");
       CHECK(c.n > 0);
@@ -568,5 +571,29 @@ TEST_CASE("scores do not depend on absolute positions or on the order of KV head
     REQUIRE(swapped.size() == 2);
     CHECK(swapped[0] == base[1]);
     CHECK(swapped[1] == base[0]);
+  }
+}
+
+TEST_CASE("a reused Scratch gives the same results as a fresh one", "[evict]") {
+  std::mt19937 rng(9);
+  const Synth big = make_synth(rng, 150, 0.1, 4, 2);
+  const Synth small = make_synth(rng, 40, 0.5, 2, 4);
+  for (ev::Policy pol : kScored) {
+    INFO(ev::policy_name(pol));
+    ev::Params p;
+    p.policy = pol;
+    p.window = small.W;
+    ev::Scratch reused, fresh;
+    std::vector<std::vector<float>> s_big, s_reused, s_fresh;
+    std::vector<std::vector<uint8_t>> k_reused, k_fresh;
+    ev::score_layer(big.view(), p, ev::entries_budget(30, big.Hkv, 1), reused, s_big);
+    ev::select_keep(p, ev::entries_budget(30, big.Hkv, 1), big.W, s_big, reused, k_reused);
+    const ev::Budget b = ev::entries_budget(15, small.Hkv, 1);
+    ev::score_layer(small.view(), p, b, reused, s_reused);
+    ev::score_layer(small.view(), p, b, fresh, s_fresh);
+    CHECK(s_reused == s_fresh);
+    ev::select_keep(p, b, small.W, s_reused, reused, k_reused);
+    ev::select_keep(p, b, small.W, s_fresh, fresh, k_fresh);
+    CHECK(k_reused == k_fresh);
   }
 }
