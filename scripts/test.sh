@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BUILD_DIR="${DEFKV_BUILD_DIR:-build}"
 export DEFKV_SHARED="${DEFKV_SHARED:-$ROOT/../shared}"
+export DEFKV_BUILD="${DEFKV_BUILD:-$ROOT/$BUILD_DIR}"
 
 if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
   meson setup "$BUILD_DIR" --buildtype=release >/dev/null || { echo "meson setup failed"; echo "0 passed, 1 failed"; exit 1; }
