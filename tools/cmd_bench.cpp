@@ -49,6 +49,7 @@ double since(Clock::time_point t0) {
 struct BenchArgs {
   bool membw = false;
   double membw_mib = 1024;
+  bool membw_huge = false;
   int reps = 5;
   int threads = 0;
   bool json = false;
@@ -231,17 +232,20 @@ int run_membw(const BenchArgs& a, tools::MembwResult* out) {
   o.size_bytes = size_t(a.membw_mib * 1048576.0);
   o.n_threads = a.threads;
   o.n_runs = a.reps;
+  o.huge_pages = a.membw_huge;
   tools::MembwResult r = tools::measure_read_bandwidth(o);
   if (a.json) {
     std::printf("{\"test\": \"membw\", \"kernel\": \"%s\", \"threads\": %d, \"size_bytes\": %zu, "
-                "\"runs\": %zu, \"best_gbps\": %.3f, \"mean_gbps\": %.3f, \"checksum\": "
-                "\"%016llx\"}\n",
-                r.kernel.c_str(), r.n_threads, r.size_bytes, r.run_gbps.size(), r.best_gbps,
+                "\"huge_pages\": %s, \"runs\": %zu, \"best_gbps\": %.3f, \"mean_gbps\": %.3f, "
+                "\"checksum\": \"%016llx\"}\n",
+                r.kernel.c_str(), r.n_threads, r.size_bytes, r.huge_pages ? "true" : "false",
+                r.run_gbps.size(), r.best_gbps,
                 r.mean_gbps, (unsigned long long)r.checksum);
   } else {
-    std::printf("membw: streaming read, %s kernel, %d threads, %.0f MiB buffer, best of %zu: "
+    std::printf("membw: streaming read, %s kernel, %d threads, %.0f MiB buffer%s, best of %zu: "
                 "%.2f GB/s (mean %.2f GB/s)\n",
                 r.kernel.c_str(), r.n_threads, double(r.size_bytes) / 1048576.0,
+                r.huge_pages ? " (huge pages)" : "",
                 r.run_gbps.size(), r.best_gbps, r.mean_gbps);
   }
   std::fflush(stdout);
@@ -526,6 +530,9 @@ Handler register_bench(CLI::App& app) {
               "Measure memory read bandwidth (streaming read of a buffer much larger than the "
               "last-level cache, AVX-512 when available, all threads, best of -r runs)");
   c->add_option("--membw-mib", a->membw_mib, "Probe buffer size in MiB")->capture_default_str();
+  c->add_flag("--membw-hugepages", a->membw_huge,
+              "Probe buffer on transparent huge pages (default: 4 KiB pages, like the model's "
+              "file mapping)");
   c->add_option("-m,--model", a->model, "GGUF model")->check(CLI::ExistingFile);
   c->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for the pp test (0: skip)")
       ->capture_default_str();

@@ -1,5 +1,7 @@
 #include "tools/membw.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -58,10 +60,14 @@ MembwResult measure_read_bandwidth(const MembwOptions& opts) {
   if (slice == 0) throw std::invalid_argument("membw: buffer too small for the thread count");
   const size_t total = slice * size_t(nt);
   res.size_bytes = total;
+  // 2 MiB alignment so huge pages (if requested) cover the whole buffer.
+  const size_t align = size_t(2) << 20;
   std::unique_ptr<unsigned char, FreeDeleter> buf(
-      static_cast<unsigned char*>(std::aligned_alloc(4096, total)));
+      static_cast<unsigned char*>(std::aligned_alloc(align, (total + align - 1) / align * align)));
   if (!buf) throw std::runtime_error("membw: cannot allocate " + std::to_string(total) + " bytes");
   unsigned char* base = buf.get();
+  if (opts.huge_pages)
+    res.huge_pages = ::madvise(base, (total + align - 1) / align * align, MADV_HUGEPAGE) == 0;
 
   std::vector<uint64_t> sums(size_t(nt) * 8, 0);  // padded: one cache line per thread
   double t_start = 0, t_end = 0;
