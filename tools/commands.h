@@ -14,5 +14,6 @@ Handler register_run(CLI::App& app);
 Handler register_quantize(CLI::App& app);
 Handler register_synth(CLI::App&);
 Handler register_bench(CLI::App&);
+Handler register_eval(CLI::App&);
 
 }  // namespace defkv::cli

@@ -1,0 +1,152 @@
+// Needle-in-a-haystack retrieval: JSONL tasks, greedy answers, depth x length grid.
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+
+#include "runtime/eval/eval.h"
+#include "runtime/text/sampler.h"
+
+namespace defkv::eval {
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void fail(const std::string& name, size_t line, const std::string& msg) {
+  throw std::runtime_error(name + ":" + std::to_string(line) + ": " + msg);
+}
+
+uint32_t positive_int(const json& o, const char* key, const std::string& name, size_t line) {
+  if (!o.contains(key)) fail(name, line, std::string("missing field \"") + key + "\"");
+  const json& v = o[key];
+  if (!v.is_number_integer() || v.get<int64_t>() <= 0 || v.get<int64_t>() > int64_t(UINT32_MAX))
+    fail(name, line, std::string("field \"") + key + "\" must be a positive integer");
+  return uint32_t(v.get<int64_t>());
+}
+
+}  // namespace
+
+std::vector<NeedleTask> parse_needle_tasks(std::istream& in, const std::string& name) {
+  std::vector<NeedleTask> tasks;
+  std::string s;
+  size_t line = 0;
+  while (std::getline(in, s)) {
+    ++line;
+    if (s.find_first_not_of(" \t\r") == std::string::npos) continue;
+    json o;
+    try {
+      o = json::parse(s);
+    } catch (const json::parse_error& e) {
+      fail(name, line, std::string("malformed JSON (") + e.what() + ")");
+    }
+    if (!o.is_object()) fail(name, line, "expected a JSON object per line");
+    NeedleTask t;
+    t.line = line;
+    if (!o.contains("prompt") || !o["prompt"].is_string()) fail(name, line, "missing string field \"prompt\"");
+    if (!o.contains("answer") || !o["answer"].is_string() || o["answer"].get<std::string>().empty())
+      fail(name, line, "missing non-empty string field \"answer\"");
+    t.prompt = o["prompt"].get<std::string>();
+    t.answer = o["answer"].get<std::string>();
+    if (t.prompt.empty()) fail(name, line, "empty \"prompt\"");
+    t.n_ctx_tokens = positive_int(o, "n_ctx_tokens", name, line);
+    t.target_len = positive_int(o, "target_len", name, line);
+    if (!o.contains("needle_depth") || !o["needle_depth"].is_number())
+      fail(name, line, "missing number field \"needle_depth\"");
+    t.needle_depth = o["needle_depth"].get<double>();
+    if (!(t.needle_depth >= 0 && t.needle_depth <= 1)) fail(name, line, "\"needle_depth\" must be in [0, 1]");
+    if (o.contains("n_needles")) {
+      if (!o["n_needles"].is_number_integer()) fail(name, line, "\"n_needles\" must be an integer");
+      t.n_needles = uint32_t(o["n_needles"].get<int64_t>());
+    }
+    if (o.contains("seed")) {
+      if (!o["seed"].is_number_integer()) fail(name, line, "\"seed\" must be an integer");
+      t.seed = o["seed"].get<int64_t>();
+    }
+    tasks.push_back(std::move(t));
+  }
+  if (tasks.empty()) throw std::runtime_error(name + ": no tasks (empty file?)");
+  return tasks;
+}
+
+std::vector<NeedleTask> load_needle_tasks(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read task file '" + path + "'");
+  return parse_needle_tasks(in, path);
+}
+
+NeedleOutcome run_needle_task(engine::Context& ctx, const text::Tokenizer& tok, const NeedleTask& task,
+                              uint32_t n_predict) {
+  NeedleOutcome out;
+  std::vector<int32_t> prompt = tok.encode(task.prompt, true);
+  if (prompt.empty() || prompt.front() != tok.bos()) prompt.insert(prompt.begin(), tok.bos());
+  out.prompt_tokens = uint32_t(prompt.size());
+  ctx.reset();
+  // Greedy decode by hand (argmax, no penalty) so the kept entries after the
+  // prompt can be read between eval() and the first step().
+  std::span<const float> logits = ctx.eval(prompt);
+  out.kv_entries = ctx.cache().entries();
+  text::StreamDecoder dec(tok, false);
+  for (uint32_t i = 0; i < n_predict; ++i) {
+    const int32_t t = text::argmax(logits);
+    if (t == tok.eos()) break;
+    out.output += dec.push(t);
+    if (out.output.size() >= task.answer.size() && out.output.compare(0, task.answer.size(), task.answer) != 0)
+      break;  // already wrong
+    if (i + 1 == n_predict || ctx.n_past() >= ctx.n_ctx()) break;
+    logits = ctx.step(t);
+  }
+  out.output += dec.flush();
+  out.correct = out.output.compare(0, task.answer.size(), task.answer) == 0 && out.output.size() >= task.answer.size();
+  return out;
+}
+
+uint32_t depth_bin(double depth, uint32_t n_bins) {
+  if (n_bins == 0) throw std::invalid_argument("depth_bin: no bins");
+  const double b = std::floor(std::clamp(depth, 0.0, 1.0) * n_bins);
+  return std::min<uint32_t>(uint32_t(b), n_bins - 1);
+}
+
+NeedleGrid needle_grid(const std::vector<NeedleTask>& tasks, const std::vector<NeedleOutcome>& outcomes,
+                       uint32_t n_depth_bins) {
+  if (tasks.size() != outcomes.size()) throw std::invalid_argument("needle_grid: tasks and outcomes differ in size");
+  NeedleGrid g;
+  g.n_depth_bins = n_depth_bins;
+  for (const NeedleTask& t : tasks) g.lengths.push_back(t.target_len);
+  std::sort(g.lengths.begin(), g.lengths.end());
+  g.lengths.erase(std::unique(g.lengths.begin(), g.lengths.end()), g.lengths.end());
+  g.cells.assign(n_depth_bins, std::vector<NeedleCell>(g.lengths.size()));
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const size_t li = size_t(std::lower_bound(g.lengths.begin(), g.lengths.end(), tasks[i].target_len) - g.lengths.begin());
+    NeedleCell& c = g.cells[depth_bin(tasks[i].needle_depth, n_depth_bins)][li];
+    c.total += 1;
+    c.correct += outcomes[i].correct ? 1 : 0;
+    g.all.total += 1;
+    g.all.correct += outcomes[i].correct ? 1 : 0;
+  }
+  return g;
+}
+
+std::vector<NeedleOutcome> run_needle(const model::Model& model, const text::Tokenizer& tok,
+                                      const std::vector<NeedleTask>& tasks, const engine::ContextParams& params,
+                                      uint32_t n_predict, const Progress& progress) {
+  if (n_predict == 0) throw std::invalid_argument("needle: n_predict must be > 0");
+  uint32_t longest = 0;
+  for (const NeedleTask& t : tasks) {
+    const size_t n = tok.encode(t.prompt, true).size() + 1;  // + BOS if the model does not add one
+    longest = std::max<uint32_t>(longest, uint32_t(n));
+  }
+  engine::ContextParams p = params;
+  p.n_ctx = std::max<uint32_t>(p.n_ctx, longest + n_predict);
+  engine::Context ctx(model, p);
+  std::vector<NeedleOutcome> out;
+  out.reserve(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    out.push_back(run_needle_task(ctx, tok, tasks[i], n_predict));
+    if (progress) progress(i + 1, tasks.size());
+  }
+  return out;
+}
+
+}  // namespace defkv::eval
