@@ -14,6 +14,7 @@ Handler register_run(CLI::App& app);
 Handler register_quantize(CLI::App& app);
 Handler register_synth(CLI::App&);
 Handler register_bench(CLI::App&);
+Handler register_chat(CLI::App&);
 Handler register_eval(CLI::App&);
 
 }  // namespace defkv::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add(defkv::cli::register_quantize);
   add(defkv::cli::register_synth);
   add(defkv::cli::register_bench);
+  add(defkv::cli::register_chat);
   add(defkv::cli::register_eval);
 
   try {
