@@ -1,1 +1,461 @@
+// Model forward pass: golden greedy output of stories260K (F32 / F16), top-5
+// logits, batched prefill == token-by-token decode, full-cache logits against
+// the independent numpy forward of the eviction vectors, a random tiny model
+// (GQA, partial rotary, normal and NeoX RoPE, mixed weight types) against a
+// scalar double-precision reference written here, and malformed-model errors.
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "quant/quant.h"
+#include "runtime/engine/context.h"
+#include "runtime/gguf/gguf.h"
+#include "runtime/model/model.h"
+#include "simd/simd.h"
+
+using namespace defkv;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shared_dir() {
+  const char* e = std::getenv("DEFKV_SHARED");
+  return e && *e ? std::string(e) : std::string("../shared");
+}
+std::string stories(const char* file) { return shared_dir() + "/models/stories260K/" + file; }
+
+nlohmann::json golden() {
+  std::ifstream in(stories("golden_greedy.json"));
+  REQUIRE(in.good());
+  return nlohmann::json::parse(in);
+}
+
+engine::ContextParams full_params(quant::DType kv = quant::DType::f32, uint32_t n_ctx = 512) {
+  engine::ContextParams p;
+  p.n_ctx = n_ctx;
+  p.kv_type = kv;
+  return p;
+}
+
+float max_abs_diff(const float* a, const float* b, size_t n) {
+  float m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("stories260K config is read from GGUF metadata", "[model]") {
+  auto m = model::Model::load(stories("stories260K.gguf"));
+  const auto& c = m->config();
+  CHECK(c.n_embd == 64);
+  CHECK(c.n_layer == 5);
+  CHECK(c.n_head == 8);
+  CHECK(c.n_head_kv == 4);
+  CHECK(c.head_dim == 8);
+  CHECK(c.n_ff == 172);
+  CHECK(c.n_vocab == 512);
+  CHECK(c.n_rot == 8);
+  CHECK(c.rms_eps == Approx(1e-5f));
+  CHECK_FALSE(c.rope_neox);
+}
+
+TEST_CASE("greedy from BOS equals the golden 256 tokens", "[model][golden]") {
+  const auto g = golden();
+  const std::vector<int32_t> want = g["greedy_ids_after_bos"].get<std::vector<int32_t>>();
+  REQUIRE(want.size() == 256);
+  const auto top5 = g["first_step_top5"];
+
+  struct Case { const char* file; quant::DType kv; float tol; };
+  const Case cases[] = {{"stories260K.gguf", quant::DType::f32, 1e-3f},
+                        {"stories260K.gguf", quant::DType::f16, 1e-2f},
+                        {"stories260K-f16.gguf", quant::DType::f32, 1e-2f},
+                        {"stories260K-f16.gguf", quant::DType::f16, 1e-2f}};
+  for (const Case& cs : cases) {
+    DYNAMIC_SECTION(cs.file << " kv " << quant::dtype_name(cs.kv)) {
+      auto m = model::Model::load(stories(cs.file));
+      engine::Context ctx(*m, full_params(cs.kv));
+      const int32_t bos = 1;
+      std::span<const float> logits = ctx.eval(std::span<const int32_t>(&bos, 1));
+      for (const auto& e : top5) {
+        const int id = e[0].get<int>();
+        const double v = e[1].get<double>();
+        INFO("token " << id);
+        CHECK(std::fabs(double(logits[size_t(id)]) - v) <= cs.tol);
+      }
+      std::vector<int32_t> got;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const int32_t t = text::argmax(logits);
+        got.push_back(t);
+        if (i + 1 < want.size()) logits = ctx.step(t);
+      }
+      CHECK(got == want);
+    }
+  }
+}
+
+TEST_CASE("batched prefill gives the logits of token-by-token decode", "[model]") {
+  const auto g = golden();
+  std::vector<int32_t> prompt = {1};
+  const auto ids = g["greedy_ids_after_bos"].get<std::vector<int32_t>>();
+  prompt.insert(prompt.end(), ids.begin(), ids.begin() + 100);  // 101 tokens
+  auto m = model::Model::load(stories("stories260K.gguf"));
+  const uint32_t V = m->config().n_vocab;
+
+  for (uint32_t chunk : {256u, 37u}) {
+    DYNAMIC_SECTION("chunk " << chunk) {
+      auto pb = full_params();
+      pb.chunk_tokens = chunk;
+      engine::Context batched(*m, pb);
+      std::vector<float> all(prompt.size() * V);
+      batched.eval_all_logits(prompt, all.data());
+
+      engine::Context single(*m, full_params());
+      float worst = 0;
+      for (size_t i = 0; i < prompt.size(); ++i) {
+        std::span<const float> l = i == 0 ? single.eval(std::span<const int32_t>(&prompt[0], 1)) : single.step(prompt[i]);
+        worst = std::max(worst, max_abs_diff(l.data(), all.data() + i * V, V));
+      }
+      INFO("max |batched - sequential| = " << worst);
+      CHECK(worst < 1e-4f);
+      // eval() returns the last token's logits of the same batched pass
+      engine::Context last(*m, pb);
+      std::span<const float> l = last.eval(prompt);
+      CHECK(max_abs_diff(l.data(), all.data() + (prompt.size() - 1) * V, V) < 1e-5f);
+    }
+  }
+}
+
+TEST_CASE("full-cache logits match the eviction vectors' numpy forward", "[model]") {
+  const std::string dir = shared_dir() + "/testdata/eviction";
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".gguf") files.push_back(e.path().string());
+  REQUIRE(files.size() >= 2);
+  auto m = model::Model::load(stories("stories260K.gguf"));
+  for (const std::string& path : files) {
+    DYNAMIC_SECTION(fs::path(path).filename().string()) {
+      auto f = gguf::File::open(path);
+      const gguf::Array& arr = f->get_array("eviction.token_ids");
+      std::vector<int32_t> toks(arr.ints.begin(), arr.ints.end());
+      REQUIRE(toks.size() == f->get_uint("eviction.n_tokens"));
+      const gguf::TensorInfo& ref = f->tensor("logits_last");
+      REQUIRE(ref.n_elements == m->config().n_vocab);
+      const float* want = reinterpret_cast<const float*>(ref.data);
+      engine::Context ctx(*m, full_params(quant::DType::f32));
+      std::span<const float> got = ctx.eval(toks);
+      const float d = max_abs_diff(got.data(), want, got.size());
+      INFO("max |logit diff| = " << d);
+      CHECK(d < 0.02f);
+      CHECK(text::argmax(got) == text::argmax(std::span<const float>(want, got.size())));
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// A random tiny llama written with gguf::Writer, against a scalar reference.
+
+namespace {
+
+struct TinySpec {
+  uint32_t n_embd = 32, n_head = 4, n_head_kv = 2, n_ff = 64, n_layer = 2, n_vocab = 13;
+  uint32_t n_rot = 8;
+  bool neox = false;
+  bool tied = true;
+  std::string arch = "llama";
+  std::string drop_tensor;    // omit this tensor
+  std::string bad_shape;      // give this tensor one row too many
+};
+
+struct TinyTensor {
+  std::string name;
+  quant::DType type;
+  uint64_t rows, cols;
+  std::vector<uint8_t> bytes;
+};
+
+std::vector<TinyTensor> tiny_tensors(const TinySpec& s, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const uint32_t d = s.n_embd / s.n_head;
+  std::vector<TinyTensor> ts;
+  auto add = [&](const std::string& name, quant::DType t, uint64_t rows, uint64_t cols, float scale, float bias = 0) {
+    std::vector<float> w(rows * cols);
+    for (float& x : w) x = bias + scale * nd(rng);
+    TinyTensor tt{name, t, rows, cols, {}};
+    tt.bytes.resize(quant::row_bytes(t, cols) * rows);
+    for (uint64_t r = 0; r < rows; ++r)
+      quant::from_f32(t, w.data() + r * cols, tt.bytes.data() + r * quant::row_bytes(t, cols), cols);
+    ts.push_back(std::move(tt));
+  };
+  const float ws = 1.0f / std::sqrt(float(s.n_embd));
+  add("token_embd.weight", quant::DType::f32, s.n_vocab, s.n_embd, 1.0f);
+  for (uint32_t l = 0; l < s.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add(p + "attn_norm.weight", quant::DType::f32, 1, s.n_embd, 0.1f, 1.0f);
+    add(p + "attn_q.weight", quant::DType::q8_0, s.n_head * d, s.n_embd, 2 * ws);
+    add(p + "attn_k.weight", quant::DType::f16, s.n_head_kv * d, s.n_embd, 2 * ws);
+    add(p + "attn_v.weight", quant::DType::bf16, s.n_head_kv * d, s.n_embd, ws);
+    add(p + "attn_output.weight", quant::DType::f32, s.n_embd, s.n_head * d, ws);
+    add(p + "ffn_norm.weight", quant::DType::f16, 1, s.n_embd, 0.1f, 1.0f);
+    add(p + "ffn_gate.weight", quant::DType::f16, s.n_ff, s.n_embd, ws);
+    add(p + "ffn_up.weight", quant::DType::q8_0, s.n_ff, s.n_embd, ws);
+    add(p + "ffn_down.weight", quant::DType::q8_0, s.n_embd, s.n_ff, 1.0f / std::sqrt(float(s.n_ff)));
+  }
+  add("output_norm.weight", quant::DType::f32, 1, s.n_embd, 0.1f, 1.0f);
+  if (!s.tied) add("output.weight", quant::DType::f16, s.n_vocab, s.n_embd, ws);
+  return ts;
+}
+
+std::string write_tiny(const TinySpec& s, const std::vector<TinyTensor>& ts, const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("defkv_test_model_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string path = (dir / name).string();
+  const std::string a = s.arch + ".";
+  gguf::Writer out;
+  out.set_string("general.architecture", s.arch);
+  out.set_u32(a + "embedding_length", s.n_embd);
+  out.set_u32(a + "block_count", s.n_layer);
+  out.set_u32(a + "attention.head_count", s.n_head);
+  out.set_u32(a + "attention.head_count_kv", s.n_head_kv);
+  out.set_u32(a + "feed_forward_length", s.n_ff);
+  out.set_u32(a + "context_length", 64);
+  out.set_u32(a + "rope.dimension_count", s.n_rot);
+  out.set_f32(a + "rope.freq_base", 500.0f);
+  out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  gguf::Value neox;
+  neox.type = gguf::ValueType::boolean;
+  neox.v = s.neox;
+  out.set("defkv.rope_neox", neox);
+  std::vector<TinyTensor> copy = ts;  // the bad_shape variant gets an extra row
+  for (TinyTensor& t : copy) {
+    if (t.name == s.drop_tensor) continue;
+    uint64_t rows = t.rows;
+    if (t.name == s.bad_shape) {
+      rows += 1;
+      t.bytes.resize(quant::row_bytes(t.type, t.cols) * rows, 0);
+    }
+    const bool vec = t.name.find("norm") != std::string::npos;
+    std::vector<uint64_t> ne = vec ? std::vector<uint64_t>{t.cols * rows} : std::vector<uint64_t>{t.cols, rows};
+    out.add_tensor(t.name, uint32_t(t.type), ne, t.bytes.data(), t.bytes.size());
+  }
+  out.write(path);  // copies the tensor bytes now, while `copy` is alive
+  return path;
+}
+
+// Double-precision reference forward over all tokens (full causal attention).
+std::vector<double> reference_logits(const TinySpec& s, const std::vector<TinyTensor>& ts,
+                                     const std::vector<int32_t>& toks) {
+  // quant::matmul's SIMD q8_0 path quantises activations per 32-block to int8
+  // (scale amax/127, round to nearest even), like ggml; model that here for
+  // q8_0 weights so the comparison stays tight.
+  auto quantize_like_q8 = [](std::vector<double> x) {
+    for (size_t b = 0; b + 32 <= x.size(); b += 32) {
+      float amax = 0;
+      for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(float(x[b + j])));
+      const float dq = amax / 127.0f, id = dq != 0.0f ? 1.0f / dq : 0.0f;
+      for (size_t j = 0; j < 32; ++j) x[b + j] = double(std::nearbyint(float(x[b + j]) * id)) * double(dq);
+    }
+    return x;
+  };
+  auto is_q8 = [&](const std::string& name) {
+    for (const TinyTensor& t : ts)
+      if (t.name == name) return t.type == quant::DType::q8_0;
+    return false;
+  };
+  auto get = [&](const std::string& name) {
+    for (const TinyTensor& t : ts)
+      if (t.name == name) {
+        std::vector<double> w(t.rows * t.cols);
+        std::vector<float> row(t.cols);
+        for (uint64_t r = 0; r < t.rows; ++r) {
+          quant::to_f32(t.type, t.bytes.data() + r * quant::row_bytes(t.type, t.cols), row.data(), t.cols);
+          for (uint64_t c = 0; c < t.cols; ++c) w[r * t.cols + c] = row[c];
+        }
+        return w;
+      }
+    FAIL("no tensor " << name);
+    return std::vector<double>{};
+  };
+  const size_t E = s.n_embd, H = s.n_head, Hkv = s.n_head_kv, d = E / H, F = s.n_ff, V = s.n_vocab, T = toks.size();
+  const size_t G = H / Hkv;
+  auto matvec = [](const std::vector<double>& w, size_t rows, size_t cols, const std::vector<double>& x) {
+    std::vector<double> y(rows, 0.0);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c) y[r] += w[r * cols + c] * x[c];
+    return y;
+  };
+  auto rmsnorm = [&](const std::vector<double>& x, const std::vector<double>& w) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + 1e-5);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
+    return y;
+  };
+  auto rope = [&](double* x, size_t p) {
+    const size_t half = s.n_rot / 2;
+    for (size_t i = 0; i < half; ++i) {
+      const double th = double(p) * std::pow(500.0, -2.0 * double(i) / double(s.n_rot));
+      const size_t a = s.neox ? i : 2 * i, b = s.neox ? i + half : 2 * i + 1;
+      const double x0 = x[a], x1 = x[b];
+      x[a] = x0 * std::cos(th) - x1 * std::sin(th);
+      x[b] = x0 * std::sin(th) + x1 * std::cos(th);
+    }
+  };
+  const auto emb = get("token_embd.weight");
+  std::vector<std::vector<double>> x(T, std::vector<double>(E));
+  for (size_t t = 0; t < T; ++t)
+    for (size_t i = 0; i < E; ++i) x[t][i] = emb[size_t(toks[t]) * E + i];
+  for (uint32_t l = 0; l < s.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    const auto an = get(p + "attn_norm.weight"), wq = get(p + "attn_q.weight"), wk = get(p + "attn_k.weight"),
+               wv = get(p + "attn_v.weight"), wo = get(p + "attn_output.weight"), fn = get(p + "ffn_norm.weight"),
+               wg = get(p + "ffn_gate.weight"), wu = get(p + "ffn_up.weight"), wd = get(p + "ffn_down.weight");
+    std::vector<std::vector<double>> q(T), k(T), v(T);
+    for (size_t t = 0; t < T; ++t) {
+      const auto xn = rmsnorm(x[t], an);
+      q[t] = matvec(wq, H * d, E, is_q8(p + "attn_q.weight") ? quantize_like_q8(xn) : xn);
+      k[t] = matvec(wk, Hkv * d, E, xn);
+      v[t] = matvec(wv, Hkv * d, E, xn);
+      for (size_t h = 0; h < H; ++h) rope(q[t].data() + h * d, t);
+      for (size_t h = 0; h < Hkv; ++h) rope(k[t].data() + h * d, t);
+    }
+    for (size_t t = 0; t < T; ++t) {
+      std::vector<double> att(H * d, 0.0);
+      for (size_t h = 0; h < H; ++h) {
+        const size_t hk = h / G;
+        std::vector<double> sc(t + 1);
+        double mx = -1e300;
+        for (size_t j = 0; j <= t; ++j) {
+          double dot = 0;
+          for (size_t i = 0; i < d; ++i) dot += q[t][h * d + i] * k[j][hk * d + i];
+          sc[j] = dot / std::sqrt(double(d));
+          mx = std::max(mx, sc[j]);
+        }
+        double sum = 0;
+        for (double& e : sc) sum += (e = std::exp(e - mx));
+        for (size_t j = 0; j <= t; ++j)
+          for (size_t i = 0; i < d; ++i) att[h * d + i] += sc[j] / sum * v[j][hk * d + i];
+      }
+      const auto o = matvec(wo, E, H * d, att);
+      for (size_t i = 0; i < E; ++i) x[t][i] += o[i];
+      const auto xn = rmsnorm(x[t], fn);
+      auto g = matvec(wg, F, E, xn);
+      const auto u = matvec(wu, F, E, is_q8(p + "ffn_up.weight") ? quantize_like_q8(xn) : xn);
+      for (size_t i = 0; i < F; ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      const auto dn = matvec(wd, E, F, is_q8(p + "ffn_down.weight") ? quantize_like_q8(g) : g);
+      for (size_t i = 0; i < E; ++i) x[t][i] += dn[i];
+    }
+  }
+  const auto on = get("output_norm.weight");
+  const auto wout = s.tied ? emb : get("output.weight");
+  std::vector<double> logits(T * V);
+  for (size_t t = 0; t < T; ++t) {
+    const auto y = matvec(wout, V, E, rmsnorm(x[t], on));
+    std::copy(y.begin(), y.end(), logits.begin() + t * V);
+  }
+  return logits;
+}
+
+}  // namespace
+
+TEST_CASE("tiny random llama matches a scalar reference (RoPE normal / NeoX, GQA, mixed types)", "[model][rope]") {
+  const std::vector<int32_t> toks = {1, 5, 7, 3, 12, 0, 9, 9, 2, 4, 11, 6, 8, 10, 3, 1, 7, 5, 2, 12, 4};
+  struct Case { bool neox; uint32_t n_rot; bool tied; };
+  const Case cases[] = {{false, 8, true}, {true, 8, false}, {false, 4, false}, {true, 4, true}};
+  std::vector<std::vector<double>> refs;
+  for (const Case& cs : cases) {
+    TinySpec s;
+    s.neox = cs.neox;
+    s.n_rot = cs.n_rot;
+    s.tied = cs.tied;
+    const auto ts = tiny_tensors(s, 1234);
+    const std::string path =
+        write_tiny(s, ts, std::string("tiny_") + (cs.neox ? "neox" : "norm") + std::to_string(cs.n_rot) + ".gguf");
+    auto m = model::Model::load(path);
+    CHECK(m->config().rope_neox == cs.neox);
+    CHECK(m->config().n_rot == cs.n_rot);
+    CHECK(m->config().tied_output == cs.tied);
+    const auto ref = reference_logits(s, ts, toks);
+    refs.push_back(ref);
+    for (quant::DType kv : {quant::DType::f32, quant::DType::f16, quant::DType::q8_0}) {
+      for (uint32_t chunk : {64u, 5u}) {
+        engine::ContextParams p;
+        p.n_ctx = 64;
+        p.kv_type = kv;
+        p.chunk_tokens = chunk;
+        engine::Context ctx(*m, p);
+        std::vector<float> got(toks.size() * s.n_vocab);
+        ctx.eval_all_logits(toks, got.data());
+        double worst = 0, scale = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+          worst = std::max(worst, std::fabs(double(got[i]) - ref[i]));
+          scale = std::max(scale, std::fabs(ref[i]));
+        }
+        // Relative to the largest logit. f32 cache: float rounding only (the
+        // reference models the q8_0 activation rounding); an f16 cache rounds
+        // keys/values to 11 bits (~5e-4 each), q8_0 to 8 bits per 32-block,
+        // amplified through two random layers.
+        const double tol = kv == quant::DType::f32 ? 1e-4 : kv == quant::DType::f16 ? 1e-2 : 3e-2;
+        INFO("neox " << cs.neox << " n_rot " << cs.n_rot << " kv " << quant::dtype_name(kv) << " chunk " << chunk
+                     << ": max err " << worst << " (max |logit| " << scale << ")");
+        CHECK(worst <= tol * std::max(1.0, scale));
+      }
+    }
+  }
+  // The two RoPE modes must actually differ (else the test above proves little).
+  double diff = 0;
+  for (size_t i = 0; i < refs[0].size(); ++i) diff = std::max(diff, std::fabs(refs[0][i] - refs[3][i]));
+  CHECK(diff > 1e-2);
+}
+
+TEST_CASE("malformed models give clear errors", "[model][errors]") {
+  auto expect_error = [](const TinySpec& s, const std::string& file, std::vector<std::string> needles) {
+    const auto ts = tiny_tensors(s, 7);
+    const std::string path = write_tiny(s, ts, file);
+    try {
+      auto m = model::Model::load(path);
+      FAIL("loaded a malformed model: " << file);
+    } catch (const std::exception& e) {
+      const std::string msg = e.what();
+      INFO(msg);
+      for (const auto& n : needles) CHECK(msg.find(n) != std::string::npos);
+    }
+  };
+  TinySpec wrong_arch;
+  wrong_arch.arch = "gpt2";
+  expect_error(wrong_arch, "arch.gguf", {"architecture", "gpt2", "llama"});
+  TinySpec missing;
+  missing.drop_tensor = "blk.1.ffn_up.weight";
+  expect_error(missing, "missing.gguf", {"missing", "blk.1.ffn_up.weight"});
+  TinySpec bad;
+  bad.bad_shape = "blk.0.attn_k.weight";
+  expect_error(bad, "shape.gguf", {"blk.0.attn_k.weight", "[32, 17]", "expected [32, 16]"});
+  TinySpec bad_norm;
+  bad_norm.bad_shape = "output_norm.weight";
+  expect_error(bad_norm, "norm.gguf", {"output_norm.weight", "expected [32]"});
+  CHECK_THROWS_WITH(model::Model::load("/nonexistent/defkv/model.gguf"), Catch::Contains("model.gguf"));
+}
+
+TEST_CASE("forward rejects bad tokens and positions", "[model][errors]") {
+  auto m = model::Model::load(stories("stories260K.gguf"));
+  engine::Context ctx(*m, full_params(quant::DType::f16, 8));
+  const int32_t bad = 512;
+  CHECK_THROWS_AS(ctx.eval(std::span<const int32_t>(&bad, 1)), std::out_of_range);
+  std::vector<int32_t> long_prompt(9, 1);
+  CHECK_THROWS_AS(ctx.eval(long_prompt), std::length_error);
+  CHECK(ctx.n_past() == 0);
+  std::vector<int32_t> ok(8, 1);
+  ctx.eval(ok);
+  CHECK_THROWS_AS(ctx.step(1), std::length_error);
+}

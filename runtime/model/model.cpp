@@ -1,1 +1,453 @@
+// Llama forward pass: loading/validation and the batched forward().
+#include "runtime/model/model.h"
 
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "simd/simd.h"
+
+namespace defkv::model {
+namespace {
+
+std::runtime_error err(const std::string& msg) { return std::runtime_error("model: " + msg); }
+
+std::string shape_str(const uint64_t* ne, uint32_t n_dims) {
+  std::string s = "[";
+  for (uint32_t i = 0; i < n_dims; ++i) {
+    if (i) s += ", ";
+    s += std::to_string(ne[i]);
+  }
+  return s + "]";
+}
+
+bool supported_weight_type(uint32_t t) {
+  return t == uint32_t(quant::DType::f32) || t == uint32_t(quant::DType::f16) ||
+         t == uint32_t(quant::DType::bf16) || t == uint32_t(quant::DType::q8_0);
+}
+
+// Effective number of dims (trailing ne of 1 ignored).
+uint32_t eff_dims(const gguf::TensorInfo& t) {
+  uint32_t n = std::max<uint32_t>(t.n_dims, 1);
+  while (n > 1 && t.ne[n - 1] == 1) --n;
+  return n;
+}
+
+// A [rows, cols] weight matrix (ggml ne = {cols, rows}).
+quant::Matrix matrix(const gguf::File& f, const std::string& name, uint64_t rows, uint64_t cols,
+                     size_t* bytes) {
+  const gguf::TensorInfo* t = f.find_tensor(name);
+  if (!t) throw err("missing tensor '" + name + "' (expected shape [" + std::to_string(cols) +
+                    ", " + std::to_string(rows) + "] in ggml ne order)");
+  if (!supported_weight_type(t->type))
+    throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
+              " (supported: f32, f16, bf16, q8_0)");
+  const uint32_t nd = eff_dims(*t);
+  const bool ok = nd <= 2 && t->ne[0] == cols && t->ne[1] == rows;
+  if (!ok) {
+    const uint64_t want[2] = {cols, rows};
+    throw err("tensor '" + name + "' has shape " + shape_str(t->ne, std::max<uint32_t>(t->n_dims, 1)) +
+              ", expected " + shape_str(want, 2) + " (ggml ne order: [cols, rows])");
+  }
+  quant::Matrix m;
+  m.type = quant::DType(t->type);
+  m.data = t->data;
+  m.rows = rows;
+  m.cols = cols;
+  *bytes += t->size_bytes;
+  return m;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// Loading
+
+std::unique_ptr<Model> Model::load(const std::string& path) {
+  return from_file(gguf::File::open(path));
+}
+
+std::unique_ptr<Model> Model::from_file(std::unique_ptr<gguf::File> file) {
+  if (!file) throw err("null gguf file");
+  std::unique_ptr<Model> m(new Model());
+  m->file_ = std::move(file);
+  m->init();
+  return m;
+}
+
+void Model::init() {
+  const gguf::File& f = *file_;
+  const gguf::Value* arch_v = f.find("general.architecture");
+  if (!arch_v) throw err("missing key general.architecture (expected \"llama\")");
+  const std::string& arch = f.get_string("general.architecture");
+  if (arch != "llama")
+    throw err("unsupported architecture \"" + arch + "\" (general.architecture); only \"llama\" is supported");
+
+  auto u32 = [&](const char* key) -> uint32_t {
+    const uint64_t v = f.get_uint(key);
+    if (v == 0 || v > (1u << 30)) throw err(std::string("key ") + key + " has invalid value " + std::to_string(v));
+    return uint32_t(v);
+  };
+  Config c;
+  c.n_embd = u32("llama.embedding_length");
+  c.n_layer = u32("llama.block_count");
+  c.n_head = u32("llama.attention.head_count");
+  c.n_head_kv = f.find("llama.attention.head_count_kv") ? u32("llama.attention.head_count_kv") : c.n_head;
+  c.n_ff = u32("llama.feed_forward_length");
+  c.n_ctx_train = f.find("llama.context_length") ? u32("llama.context_length") : 0;
+  c.rope_freq_base = float(f.get_float_or("llama.rope.freq_base", 10000.0));
+  c.rms_eps = float(f.get_float_or("llama.attention.layer_norm_rms_epsilon", 1e-5));
+  c.rope_neox = f.get_bool_or("defkv.rope_neox", false);
+  if (c.n_embd % c.n_head != 0)
+    throw err("embedding_length " + std::to_string(c.n_embd) + " is not a multiple of head_count " +
+              std::to_string(c.n_head));
+  if (c.n_head % c.n_head_kv != 0)
+    throw err("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
+              std::to_string(c.n_head_kv));
+  c.head_dim = c.n_embd / c.n_head;
+  c.n_rot = uint32_t(f.get_uint_or("llama.rope.dimension_count", c.head_dim));
+  if (c.n_rot % 2 != 0 || c.n_rot > c.head_dim)
+    throw err("rope.dimension_count " + std::to_string(c.n_rot) + " must be even and <= head_dim " +
+              std::to_string(c.head_dim));
+  if (!(c.rms_eps > 0.0f) || !(c.rope_freq_base > 0.0f)) throw err("rms epsilon and rope.freq_base must be > 0");
+
+  // Vocabulary size from the embedding.
+  const gguf::TensorInfo* te = f.find_tensor("token_embd.weight");
+  if (!te) throw err("missing tensor 'token_embd.weight'");
+  if (eff_dims(*te) != 2 || te->ne[1] == 0)
+    throw err("tensor 'token_embd.weight' has shape " + shape_str(te->ne, std::max<uint32_t>(te->n_dims, 1)) +
+              ", expected [" + std::to_string(c.n_embd) + ", n_vocab]");
+  c.n_vocab = uint32_t(te->ne[1]);
+
+  size_t bytes = 0;
+  tok_embd_ = matrix(f, "token_embd.weight", c.n_vocab, c.n_embd, &bytes);
+
+  auto norm = [&](const std::string& name) -> const float* {
+    const gguf::TensorInfo* t = f.find_tensor(name);
+    if (!t) throw err("missing tensor '" + name + "' (expected shape [" + std::to_string(c.n_embd) + "])");
+    if (eff_dims(*t) != 1 || t->ne[0] != c.n_embd)
+      throw err("tensor '" + name + "' has shape " + shape_str(t->ne, std::max<uint32_t>(t->n_dims, 1)) +
+                ", expected [" + std::to_string(c.n_embd) + "]");
+    bytes += t->size_bytes;
+    if (t->type == uint32_t(quant::DType::f32)) return reinterpret_cast<const float*>(t->data);
+    if (t->type != uint32_t(quant::DType::f16) && t->type != uint32_t(quant::DType::bf16))
+      throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
+                " for a norm (supported: f32, f16, bf16)");
+    // Small 1-D vector: convert once.
+    converted_norms_.emplace_back(c.n_embd);
+    quant::to_f32(quant::DType(t->type), t->data, converted_norms_.back().data(), c.n_embd);
+    return converted_norms_.back().data();
+  };
+
+  const uint64_t q_dim = uint64_t(c.n_head) * c.head_dim;
+  const uint64_t kv_dim = uint64_t(c.n_head_kv) * c.head_dim;
+  converted_norms_.reserve(2 * c.n_layer + 1);  // keep pointers stable
+  layers_.resize(c.n_layer);
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& L = layers_[l];
+    L.attn_norm = norm(p + "attn_norm.weight");
+    L.wq = matrix(f, p + "attn_q.weight", q_dim, c.n_embd, &bytes);
+    L.wk = matrix(f, p + "attn_k.weight", kv_dim, c.n_embd, &bytes);
+    L.wv = matrix(f, p + "attn_v.weight", kv_dim, c.n_embd, &bytes);
+    L.wo = matrix(f, p + "attn_output.weight", c.n_embd, q_dim, &bytes);
+    L.ffn_norm = norm(p + "ffn_norm.weight");
+    L.w_gate = matrix(f, p + "ffn_gate.weight", c.n_ff, c.n_embd, &bytes);
+    L.w_up = matrix(f, p + "ffn_up.weight", c.n_ff, c.n_embd, &bytes);
+    L.w_down = matrix(f, p + "ffn_down.weight", c.n_embd, c.n_ff, &bytes);
+  }
+  output_norm_ = norm("output_norm.weight");
+  if (f.find_tensor("output.weight")) {
+    output_ = matrix(f, "output.weight", c.n_vocab, c.n_embd, &bytes);
+  } else {
+    output_ = tok_embd_;
+    c.tied_output = true;
+  }
+  weight_bytes_ = bytes;
+  cfg_ = c;
+}
+
+// ----------------------------------------------------------------------------
+// Workspace
+
+Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32_t n_threads,
+                     uint32_t kv_page_tokens, uint32_t n_aux)
+    : max_batch_(max_batch),
+      n_ctx_(n_ctx),
+      n_threads_(n_threads ? n_threads : uint32_t(std::max(1, omp_get_max_threads()))),
+      n_rot_half_(c.n_rot / 2),
+      n_aux_(n_aux) {
+  if (max_batch == 0) throw std::invalid_argument("model::Workspace: max_batch must be > 0");
+  if (n_ctx == 0) throw std::invalid_argument("model::Workspace: n_ctx must be > 0");
+  if (c.n_embd == 0) throw std::invalid_argument("model::Workspace: empty model config");
+  // RoPE tables, computed once in double: theta_i = pos * base^(-2i/n_rot).
+  rope_cos_.resize(size_t(n_ctx) * n_rot_half_);
+  rope_sin_.resize(size_t(n_ctx) * n_rot_half_);
+  for (uint32_t p = 0; p < n_ctx; ++p) {
+    for (uint32_t i = 0; i < n_rot_half_; ++i) {
+      const double inv_freq = std::pow(double(c.rope_freq_base), -2.0 * double(i) / double(c.n_rot));
+      const double th = double(p) * inv_freq;
+      rope_cos_[size_t(p) * n_rot_half_ + i] = float(std::cos(th));
+      rope_sin_[size_t(p) * n_rot_half_ + i] = float(std::sin(th));
+    }
+  }
+  const size_t B = max_batch;
+  const size_t q_dim = size_t(c.n_head) * c.head_dim, kv_dim = size_t(c.n_head_kv) * c.head_dim;
+  x_.resize(B * c.n_embd);
+  xn_.resize(B * c.n_embd);
+  q_.resize(B * q_dim);
+  k_.resize(B * kv_dim);
+  v_.resize(B * kv_dim);
+  att_.resize(B * q_dim);
+  proj_.resize(B * c.n_embd);
+  gate_.resize(B * c.n_ff);
+  up_.resize(B * c.n_ff);
+  aux_.resize(B * c.n_head_kv * std::max<uint32_t>(n_aux, 1));
+  vn_x_.resize(B * c.head_dim);
+  vn_y_.resize(B * c.n_embd);
+  chunk_ = std::max<uint32_t>(kv_page_tokens, 16);
+  row_pad_ = (c.head_dim + 31) / 32 * 32;
+  t_scores_.resize(size_t(n_threads_) * chunk_);
+  t_row_.resize(size_t(n_threads_) * row_pad_);
+  run_begin_.resize(c.n_head_kv + 1);
+}
+
+size_t Workspace::bytes() const {
+  size_t n = rope_cos_.size() + rope_sin_.size() + x_.size() + xn_.size() + q_.size() + k_.size() +
+             v_.size() + att_.size() + proj_.size() + gate_.size() + up_.size() + aux_.size() +
+             vn_x_.size() + vn_y_.size() + t_scores_.size() + t_row_.size();
+  return n * sizeof(float) + runs_.capacity() * sizeof(kv::Run);
+}
+
+// ----------------------------------------------------------------------------
+// Forward
+
+void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens, kv::KvCache& cache,
+                    Workspace& ws, const ForwardHooks& hooks, float* logits, bool all_logits) const {
+  const Config& c = cfg_;
+  const simd::Kernels& K = simd::k();
+  if (n_tokens == 0) throw std::invalid_argument("model::forward: no tokens");
+  if (n_tokens > ws.max_batch_)
+    throw std::invalid_argument("model::forward: " + std::to_string(n_tokens) + " tokens exceed the workspace batch of " +
+                                std::to_string(ws.max_batch_));
+  const kv::CacheConfig& cc = cache.config();
+  if (cc.n_layer != c.n_layer || cc.n_head_kv != c.n_head_kv || cc.head_dim != c.head_dim)
+    throw std::invalid_argument("model::forward: KV cache geometry does not match the model");
+  if (cc.n_aux > ws.n_aux_)
+    throw std::invalid_argument("model::forward: KV cache has more aux floats per entry than the workspace");
+  if (hooks.aux_value_norm && cc.n_aux < 1)
+    throw std::invalid_argument("model::forward: aux_value_norm needs a cache with n_aux >= 1");
+  if (hooks.q_ring && (hooks.q_ring_len == 0 || !hooks.q_ring_pos))
+    throw std::invalid_argument("model::forward: query ring needs q_ring_len > 0 and q_ring_pos");
+  for (uint32_t t = 0; t < n_tokens; ++t) {
+    if (tokens[t] < 0 || uint32_t(tokens[t]) >= c.n_vocab)
+      throw std::out_of_range("model::forward: token id " + std::to_string(tokens[t]) + " outside the vocabulary of " +
+                              std::to_string(c.n_vocab));
+    if (pos[t] < 0 || uint32_t(pos[t]) >= ws.n_ctx_)
+      throw std::out_of_range("model::forward: position " + std::to_string(pos[t]) + " outside [0, " +
+                              std::to_string(ws.n_ctx_) + ")");
+    if (t > 0 && pos[t] < pos[t - 1]) throw std::invalid_argument("model::forward: positions decrease within a batch");
+  }
+  if (!cache.can_append(n_tokens))
+    throw kv::CacheFull("model::forward: the KV cache has no room for " + std::to_string(n_tokens) + " more tokens");
+
+  omp_set_num_threads(int(ws.n_threads_));
+
+  const size_t E = c.n_embd, d = c.head_dim, H = c.n_head, Hkv = c.n_head_kv;
+  const size_t q_dim = H * d, kv_dim = Hkv * d, F = c.n_ff;
+  const uint32_t n_aux = cc.n_aux;
+  float* x = ws.x_.data();       // [n_tokens, E]
+  float* xn = ws.xn_.data();     // [n_tokens, E]
+  float* q = ws.q_.data();       // [n_tokens, H*d]
+  float* k = ws.k_.data();       // [n_tokens, Hkv*d]
+  float* v = ws.v_.data();       // [n_tokens, Hkv*d]
+  float* att = ws.att_.data();   // [n_tokens, H*d]
+  float* proj = ws.proj_.data(); // [n_tokens, E]
+  float* gate = ws.gate_.data(); // [n_tokens, F]
+  float* up = ws.up_.data();     // [n_tokens, F]
+  float* aux = ws.aux_.data();   // [n_tokens, Hkv, n_aux]
+
+  for (uint32_t t = 0; t < n_tokens; ++t) quant::get_row(tok_embd_, size_t(tokens[t]), x + t * E);
+
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    if (hooks.cancel && hooks.cancel->load(std::memory_order_relaxed))
+      throw Cancelled("model: forward pass cancelled at layer " + std::to_string(l));
+    const Layer& L = layers_[l];
+    for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.attn_norm, E, c.rms_eps);
+    quant::matmul(L.wq, xn, q, n_tokens, q_dim);
+    quant::matmul(L.wk, xn, k, n_tokens, kv_dim);
+    quant::matmul(L.wv, xn, v, n_tokens, kv_dim);
+
+    // RoPE on queries and keys.
+    for (uint32_t t = 0; t < n_tokens; ++t) {
+      const float* cs = ws.rope_cos_.data() + size_t(pos[t]) * ws.n_rot_half_;
+      const float* sn = ws.rope_sin_.data() + size_t(pos[t]) * ws.n_rot_half_;
+      for (size_t h = 0; h < H; ++h) simd::rope(q + t * q_dim + h * d, c.n_rot, cs, sn, c.rope_neox);
+      for (size_t h = 0; h < Hkv; ++h) simd::rope(k + t * kv_dim + h * d, c.n_rot, cs, sn, c.rope_neox);
+    }
+
+    // Hook (a): post-RoPE queries of the most recent positions.
+    if (hooks.q_ring) {
+      const size_t R = hooks.q_ring_len;
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        const size_t slot = size_t(pos[t]) % R;
+        for (size_t h = 0; h < H; ++h)
+          std::memcpy(hooks.q_ring + ((l * H + h) * R + slot) * d, q + t * q_dim + h * d, d * sizeof(float));
+        if (l == 0) hooks.q_ring_pos[slot] = pos[t];
+      }
+    }
+
+    // Hook (b): per-entry aux data (slot 0 = value-projection norm).
+    if (n_aux > 0) {
+      std::fill(aux, aux + size_t(n_tokens) * Hkv * n_aux, 0.0f);
+      if (hooks.aux_value_norm) value_norms(l, n_tokens, ws, n_aux);
+    }
+
+    for (uint32_t t = 0; t < n_tokens; ++t)
+      cache.append(l, pos[t], k + t * kv_dim, v + t * kv_dim, n_aux ? aux + t * Hkv * n_aux : nullptr);
+
+    attention(l, pos, n_tokens, cache, ws);
+
+    quant::matmul(L.wo, att, proj, n_tokens, E);
+    for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
+
+    // SwiGLU feed-forward.
+    for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.ffn_norm, E, c.rms_eps);
+    quant::matmul(L.w_gate, xn, gate, n_tokens, F);
+    quant::matmul(L.w_up, xn, up, n_tokens, F);
+    for (uint32_t t = 0; t < n_tokens; ++t) K.silu_mul(gate + t * F, up + t * F, F);
+    quant::matmul(L.w_down, gate, proj, n_tokens, E);
+    for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
+  }
+
+  if (!logits) return;
+  if (all_logits) {
+    for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, output_norm_, E, c.rms_eps);
+    quant::matmul(output_, xn, logits, n_tokens, c.n_vocab);
+  } else {
+    const size_t t = n_tokens - 1;
+    K.rmsnorm(xn, x + t * E, output_norm_, E, c.rms_eps);
+    quant::matmul(output_, xn, logits, 1, c.n_vocab);
+  }
+}
+
+// aux[t, hk, 0] = mean_{h in group(hk)} || W_o[:, h*d:(h+1)*d] . v[t, hk] ||_1
+void Model::value_norms(uint32_t l, uint32_t n_tokens, Workspace& ws, uint32_t n_aux) const {
+  const Config& c = cfg_;
+  const size_t E = c.n_embd, d = c.head_dim, Hkv = c.n_head_kv, G = c.n_head / c.n_head_kv;
+  const size_t kv_dim = Hkv * d;
+  const quant::Matrix& wo = layers_[l].wo;  // [E, H*d]
+  float* vx = ws.vn_x_.data();              // [n_tokens, d]
+  float* vy = ws.vn_y_.data();              // [n_tokens, E]
+  const float inv_g = 1.0f / float(G);
+  for (size_t hk = 0; hk < Hkv; ++hk) {
+    for (uint32_t t = 0; t < n_tokens; ++t)
+      std::memcpy(vx + t * d, ws.v_.data() + t * kv_dim + hk * d, d * sizeof(float));
+    for (size_t g = 0; g < G; ++g) {
+      const size_t h = hk * G + g;
+      quant::matmul_cols(wo, h * d, d, vx, vy, n_tokens, E);
+      for (uint32_t t = 0; t < n_tokens; ++t)
+        ws.aux_[(t * Hkv + hk) * n_aux] += simd::k().reduce_abs_sum(vy + t * E, E) * inv_g;
+    }
+  }
+}
+
+// att[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(d)) v[j] over the live
+// entries j of KV head h / G with pos[j] <= pos[t]. Online softmax over
+// page-sized chunks, so the scratch does not grow with the cache.
+void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const kv::KvCache& cache,
+                      Workspace& ws) const {
+  const Config& c = cfg_;
+  const size_t d = c.head_dim, H = c.n_head, Hkv = c.n_head_kv, G = H / Hkv;
+  const size_t q_dim = H * d;
+  const quant::DType kv_type = cache.config().type;
+  const size_t row_bytes = cache.row_bytes();
+  const float scale = 1.0f / std::sqrt(float(d));
+
+  // Snapshot the runs of this layer's heads (no allocation once the capacity
+  // has reached the pool's page count).
+  ws.runs_.clear();
+  for (size_t hk = 0; hk < Hkv; ++hk) {
+    ws.run_begin_[hk] = uint32_t(ws.runs_.size());
+    for (const kv::Run& r : cache.runs(l, uint32_t(hk))) ws.runs_.push_back(r);
+  }
+  ws.run_begin_[Hkv] = uint32_t(ws.runs_.size());
+
+  const float* qbuf = ws.q_.data();  // [n_tokens, H*d]
+  float* out_buf = ws.att_.data();   // [n_tokens, H*d]
+  const uint32_t chunk = ws.chunk_;
+  const uint32_t row_pad = ws.row_pad_;
+  const long n_items = long(n_tokens) * long(H);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(int(ws.n_threads_))
+  for (long item = 0; item < n_items; ++item) {
+    const simd::Kernels& K = simd::k();
+    const size_t t = size_t(item) / H, h = size_t(item) % H, hk = h / G;
+    const int tid = omp_get_thread_num();
+    float* s = ws.t_scores_.data() + size_t(tid) * chunk;  // [chunk]
+    float* row = ws.t_row_.data() + size_t(tid) * row_pad; // [row_pad]
+    const float* qv = qbuf + t * q_dim + h * d;            // [d]
+    float* out = out_buf + t * q_dim + h * d;              // [d]
+    std::fill(out, out + d, 0.0f);
+    const int32_t qpos = pos[t];
+    float m = -std::numeric_limits<float>::infinity();
+    float sum = 0.0f;
+    for (uint32_t ri = ws.run_begin_[hk]; ri < ws.run_begin_[hk + 1]; ++ri) {
+      const kv::Run& r = ws.runs_[ri];
+      for (uint32_t off = 0; off < r.n; off += chunk) {
+        const uint32_t nb = std::min(chunk, r.n - off);
+        float mloc = -std::numeric_limits<float>::infinity();
+        for (uint32_t i = 0; i < nb; ++i) {
+          const uint32_t e = off + i;
+          if (r.pos[e] > qpos) {
+            s[i] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const uint8_t* kr = r.k + size_t(e) * row_bytes;
+          float dot;
+          switch (kv_type) {
+            case quant::DType::f32: dot = K.dot(qv, reinterpret_cast<const float*>(kr), d); break;
+            case quant::DType::f16: dot = K.dot_f16(qv, reinterpret_cast<const uint16_t*>(kr), d); break;
+            default:
+              quant::to_f32(kv_type, kr, row, row_pad);
+              dot = K.dot(qv, row, d);
+              break;
+          }
+          s[i] = dot * scale;
+          mloc = std::max(mloc, s[i]);
+        }
+        if (mloc == -std::numeric_limits<float>::infinity()) continue;
+        if (mloc > m) {
+          if (sum > 0.0f) {
+            const float corr = std::exp(m - mloc);
+            K.scale(out, corr, d);
+            sum *= corr;
+          }
+          m = mloc;
+        }
+        for (uint32_t i = 0; i < nb; ++i) {
+          if (s[i] == -std::numeric_limits<float>::infinity()) continue;
+          const float w = std::exp(s[i] - m);
+          sum += w;
+          const uint8_t* vr = r.v + size_t(off + i) * row_bytes;
+          switch (kv_type) {
+            case quant::DType::f32: K.axpy(w, reinterpret_cast<const float*>(vr), out, d); break;
+            case quant::DType::f16: K.axpy_f16(w, reinterpret_cast<const uint16_t*>(vr), out, d); break;
+            default:
+              quant::to_f32(kv_type, vr, row, row_pad);
+              K.axpy(w, row, out, d);
+              break;
+          }
+        }
+      }
+    }
+    if (sum > 0.0f) K.scale(out, 1.0f / sum, d);
+  }
+}
+
+}  // namespace defkv::model

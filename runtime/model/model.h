@@ -1,0 +1,176 @@
+// Llama-family forward pass over GGUF weights.
+//
+// The Model owns the parsed gguf::File (its memory mapping) and exposes the
+// weights as quant::Matrix views into it: no weight is copied (only 1-D norm
+// vectors stored in a non-F32 type are converted once at load). A Model is
+// immutable after load and may be shared by several contexts/threads.
+//
+// One code path serves batched prefill and single-token decode: forward()
+// takes n_tokens >= 1 tokens at given positions, appends their keys/values to
+// a kv::KvCache, and lets each query attend to the live entries of its KV head
+// whose position is <= its own (causal by position; entries that were evicted
+// are simply absent). All per-call buffers live in a Workspace allocated once.
+//
+// Hooks for the eviction layer (kept generic: the model knows no policy):
+//   - query ring: the post-RoPE queries of the most recent positions, per
+//     layer and head, written to a caller-provided ring;
+//   - aux slot 0: per appended entry and KV head, the value-projection L1
+//     norm  mean_{h in group(hk)} || W_o[:, h*d:(h+1)*d] . v[hk] ||_1
+//     (eviction.md step 3), passed to KvCache::append as the entry's aux[0].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <atomic>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "quant/quant.h"
+#include "runtime/gguf/gguf.h"
+#include "runtime/kv/kv_cache.h"
+
+namespace defkv::model {
+
+struct Config {
+  uint32_t n_vocab = 0;
+  uint32_t n_embd = 0;        // model width
+  uint32_t n_layer = 0;
+  uint32_t n_head = 0;        // query heads
+  uint32_t n_head_kv = 0;     // key/value heads (GQA), divides n_head
+  uint32_t head_dim = 0;      // n_embd / n_head
+  uint32_t n_ff = 0;          // feed-forward hidden size
+  uint32_t n_ctx_train = 0;   // llama.context_length (informational)
+  uint32_t n_rot = 0;         // rotated dims per head (even, <= head_dim)
+  float rope_freq_base = 10000.0f;
+  float rms_eps = 1e-5f;
+  bool rope_neox = false;     // false: adjacent pairs (GGUF "normal"); true: split halves
+  bool tied_output = false;   // output.weight absent: logits use token_embd
+};
+
+// Per-layer weights. Matrices are [rows, cols] views into the mapped file.
+struct Layer {
+  const float* attn_norm = nullptr;  // [n_embd]
+  quant::Matrix wq;                  // [n_head*head_dim, n_embd]
+  quant::Matrix wk;                  // [n_head_kv*head_dim, n_embd]
+  quant::Matrix wv;                  // [n_head_kv*head_dim, n_embd]
+  quant::Matrix wo;                  // [n_embd, n_head*head_dim]
+  const float* ffn_norm = nullptr;   // [n_embd]
+  quant::Matrix w_gate;              // [n_ff, n_embd]
+  quant::Matrix w_up;                // [n_ff, n_embd]
+  quant::Matrix w_down;              // [n_embd, n_ff]
+};
+
+// Scratch for forward(), sized once for at most `max_batch` tokens per call
+// and positions < `n_ctx` (RoPE tables). Not shareable between threads.
+class Workspace {
+ public:
+  //   max_batch: tokens per forward() call; n_ctx: positions [0, n_ctx);
+  //   n_threads: OpenMP threads (0: omp_get_max_threads());
+  //   kv_page_tokens: entries scored per pass in attention; n_aux: the
+  //   cache's aux floats per entry.
+  Workspace(const Config& cfg, uint32_t max_batch, uint32_t n_ctx, uint32_t n_threads,
+            uint32_t kv_page_tokens = 16, uint32_t n_aux = 0);
+  uint32_t max_batch() const { return max_batch_; }
+  uint32_t n_ctx() const { return n_ctx_; }
+  uint32_t n_threads() const { return n_threads_; }
+  size_t bytes() const;  // total scratch bytes (for reporting)
+  // Reserves room for the run list of one layer (at most the pool's pages of
+  // a layer), so forward() never allocates.
+  void reserve_runs(size_t n_runs) { runs_.reserve(n_runs); }
+
+ private:
+  friend class Model;
+  uint32_t max_batch_, n_ctx_, n_threads_, n_rot_half_, n_aux_;
+  std::vector<float> rope_cos_;  // [n_ctx, n_rot/2]
+  std::vector<float> rope_sin_;  // [n_ctx, n_rot/2]
+  std::vector<float> x_;         // [max_batch, n_embd] residual stream
+  std::vector<float> xn_;        // [max_batch, n_embd] normalised input
+  std::vector<float> q_;         // [max_batch, n_head*head_dim]
+  std::vector<float> k_;         // [max_batch, n_head_kv*head_dim]
+  std::vector<float> v_;         // [max_batch, n_head_kv*head_dim]
+  std::vector<float> att_;       // [max_batch, n_head*head_dim] attention output
+  std::vector<float> proj_;      // [max_batch, n_embd] o-proj / ffn_down output
+  std::vector<float> gate_;      // [max_batch, n_ff]
+  std::vector<float> up_;        // [max_batch, n_ff]
+  std::vector<float> aux_;       // [max_batch, n_head_kv, n_aux] per-entry aux to append
+  std::vector<float> vn_x_;      // [max_batch, head_dim] one KV head's values
+  std::vector<float> vn_y_;      // [max_batch, n_embd] W_o column slice times v
+  // Per-thread attention scratch: scores of one page chunk, one dequantised
+  // row (q8_0 rows are padded to 32) and the output accumulator.
+  uint32_t chunk_;               // entries scored per pass (= kv page tokens)
+  uint32_t row_pad_;             // head_dim rounded up to 32
+  std::vector<float> t_scores_;  // [n_threads, chunk]
+  std::vector<float> t_row_;     // [n_threads, row_pad]
+  std::vector<kv::Run> runs_;    // [n_head_kv, ...] scratch copy of one layer's runs
+  std::vector<uint32_t> run_begin_;  // [n_head_kv + 1] offsets into runs_
+};
+
+// Thrown when a cancellation flag stops a forward pass (or an engine call).
+struct Cancelled : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Optional per-call outputs for the eviction layer.
+struct ForwardHooks {
+  // Query ring: slot s = pos % q_ring_len holds the post-RoPE query of
+  // position pos. Null to disable.
+  float* q_ring = nullptr;         // [n_layer, n_head, q_ring_len, head_dim]
+  int32_t* q_ring_pos = nullptr;   // [q_ring_len] position held by each slot (-1: empty)
+  uint32_t q_ring_len = 0;
+  // When true, aux[0] of every appended entry is its value-projection L1 norm
+  // (see the file comment); the cache must have n_aux >= 1. Other aux slots
+  // are appended as 0. When false, every aux slot is appended as 0.
+  bool aux_value_norm = false;
+  // Cancellation: when non-null and true, forward() throws Cancelled at the
+  // start of a layer. Entries already appended to the cache for earlier layers
+  // stay there (the caller rolls the batch back); nothing else is changed.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+class Model {
+ public:
+  // Opens and validates a GGUF file. Throws std::runtime_error (gguf::Error
+  // for file-format problems) with a message naming the key/tensor.
+  static std::unique_ptr<Model> load(const std::string& path);
+  // Same from an already parsed file (takes ownership).
+  static std::unique_ptr<Model> from_file(std::unique_ptr<gguf::File> file);
+
+  const Config& config() const { return cfg_; }
+  const gguf::File& file() const { return *file_; }
+  const quant::Matrix& token_embd() const { return tok_embd_; }  // [n_vocab, n_embd]
+  const quant::Matrix& output() const { return output_; }        // [n_vocab, n_embd]
+  const Layer& layer(uint32_t l) const { return layers_.at(l); }
+  // Bytes of weights referenced (mapped, not copied).
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  // Runs tokens[i] at positions pos[i] (i < n_tokens <= ws.max_batch()).
+  // Positions must be < ws.n_ctx() and must not decrease within the call.
+  // Keys/values are appended to `cache` (the cache must have room:
+  // cache.can_append(n_tokens)), layer by layer.
+  //   logits: all_logits ? [n_tokens, n_vocab] : [n_vocab] (last token); may
+  //           be null to skip the output head.
+  void forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens,
+               kv::KvCache& cache, Workspace& ws, const ForwardHooks& hooks,
+               float* logits, bool all_logits) const;
+
+ private:
+  Model() = default;
+  void init();
+  // Attention of n_tokens queries of layer l over the cache.
+  void attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const kv::KvCache& cache,
+                 Workspace& ws) const;
+  void value_norms(uint32_t l, uint32_t n_tokens, Workspace& ws, uint32_t n_aux) const;
+
+  std::unique_ptr<gguf::File> file_;
+  Config cfg_;
+  quant::Matrix tok_embd_;               // [n_vocab, n_embd]
+  quant::Matrix output_;                 // [n_vocab, n_embd]
+  const float* output_norm_ = nullptr;   // [n_embd]
+  std::vector<Layer> layers_;            // [n_layer]
+  std::vector<std::vector<float>> converted_norms_;  // norms stored as F16/BF16, as f32
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace defkv::model
