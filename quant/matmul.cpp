@@ -70,8 +70,7 @@ void dequant_range(DType t, const uint8_t* row, size_t c0, size_t n, float* out)
 
 // ---- scalar implementation ------------------------------------------------------------
 
-// One weight row . x (scalar kernels; q8_0 against f32 activations, no
-// activation quantisation).
+// One weight row . x with the scalar kernels (f32 / f16 / bf16 weights).
 float row_dot_scalar(DType t, const uint8_t* row, const float* x, size_t n, float* tmp) {
   const simd::Kernels& kk = simd::scalar_kernels();
   switch (t) {
@@ -80,25 +79,51 @@ float row_dot_scalar(DType t, const uint8_t* row, const float* x, size_t n, floa
     case DType::bf16:
       kk.bf16_to_f32(reinterpret_cast<const uint16_t*>(row), tmp, n);
       return kk.dot(tmp, x, n);
-    case DType::q8_0: {
-      const auto* blocks = reinterpret_cast<const BlockQ8_0*>(row);
-      float acc = 0.0f;
-      for (size_t b = 0; b < n / kQ8_0Block; ++b) {
-        const float* xb = x + b * kQ8_0Block;
-        float s = 0.0f;
-        for (size_t j = 0; j < kQ8_0Block; ++j) s += float(blocks[b].qs[j]) * xb[j];
-        acc += simd::f16_to_f32(blocks[b].d) * s;
-      }
-      return acc;
-    }
+    case DType::q8_0: break;
   }
   return 0.0f;
 }
 
+// One q8_0 weight row . quantised activations: exact int32 block dots, scaled
+// and summed in float (the same arithmetic as the SIMD tiles).
+float row_dot_q8_scalar(const BlockQ8_0* w, const detail::BlockQ8x* xq, size_t nb) {
+  float acc = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t s = 0;
+    for (size_t j = 0; j < kQ8_0Block; ++j) s += int32_t(w[b].qs[j]) * int32_t(xq[b].qs[j]);
+    acc += float(s) * (simd::f16_to_f32(w[b].d) * xq[b].d);
+  }
+  return acc;
+}
+
+// q8_0 weights: x quantised per 32-block into per-thread scratch, n_tokens * n/32 blocks.
+const detail::BlockQ8x* quantize_tokens(const float* x, size_t n, size_t n_tokens, bool parallel) {
+  const size_t nb = n / kQ8_0Block;
+  detail::BlockQ8x* buf = scratch<detail::BlockQ8x>(n_tokens * nb);
+  const auto nt = static_cast<long long>(n_tokens);
+#pragma omp parallel for schedule(static) if (parallel && n_tokens >= 8)
+  for (long long t = 0; t < nt; ++t) detail::quantize_activations(x + size_t(t) * n, buf + size_t(t) * nb, n);
+  return buf;
+}
+
+// Work below this many multiply-adds runs on the calling thread.
+constexpr size_t kParallelMinMacs = size_t(1) << 17;
+
 void matmul_scalar(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy) {
   const size_t n = w.cols;
   const auto rows = static_cast<long long>(w.rows);
-#pragma omp parallel for schedule(static) if (w.rows * n * n_tokens >= (1u << 16))
+  const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
+  if (w.type == DType::q8_0) {
+    const size_t nb = n / kQ8_0Block;
+    const detail::BlockQ8x* xq = quantize_tokens(x, n, n_tokens, parallel);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long long r = 0; r < rows; ++r) {
+      const auto* wr = reinterpret_cast<const BlockQ8_0*>(row_ptr(w, size_t(r)));
+      for (size_t t = 0; t < n_tokens; ++t) y[t * ldy + size_t(r)] = row_dot_q8_scalar(wr, xq + t * nb, nb);
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (parallel)
   for (long long r = 0; r < rows; ++r) {
     float* tmp = w.type == DType::bf16 ? scratch<float>(n) : nullptr;
     const uint8_t* wr = row_ptr(w, size_t(r));
@@ -132,8 +157,6 @@ MatmulImpl best_simd_impl() {
   return MatmulImpl::scalar;
 }
 
-// Work below this many multiply-adds runs on the calling thread.
-constexpr size_t kParallelMinMacs = size_t(1) << 17;
 // Batches: output tiles of kRowBlock rows x kTokenBlock tokens (the rows'
 // weights stay in L2 while the token block streams past them).
 constexpr size_t kRowBlock = 64;
@@ -148,16 +171,7 @@ void matmul_tiles(const detail::MatmulTiles& mt, const Matrix& w, const float* x
   const size_t n = w.cols;
   const bool q8 = w.type == DType::q8_0;
   const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
-  const detail::BlockQ8x* xq = nullptr;
-  if (q8) {
-    const size_t nb = n / kQ8_0Block;
-    detail::BlockQ8x* buf = scratch<detail::BlockQ8x>(n_tokens * nb);
-    const auto nt = static_cast<long long>(n_tokens);
-#pragma omp parallel for schedule(static) if (parallel && n_tokens >= 8)
-    for (long long t = 0; t < nt; ++t)
-      detail::quantize_activations(x + size_t(t) * n, buf + size_t(t) * nb, n);
-    xq = buf;
-  }
+  const detail::BlockQ8x* xq = q8 ? quantize_tokens(x, n, n_tokens, parallel) : nullptr;
   auto run = [&](size_t r0, size_t r1, size_t t0, size_t t1) {
     if (q8) mt.q8_tile(w, xq, y, ldy, r0, r1, t0, t1);
     else mt.float_tile(w, x, y, ldy, r0, r1, t0, t1);

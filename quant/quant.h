@@ -64,8 +64,10 @@ const char* matmul_impl_name(MatmulImpl impl);
 // tiles (best last), then onednn when built with it. Returns the count written.
 size_t available_matmul_impls(MatmulImpl* out, size_t max);
 // matmul() forced onto one implementation (throws std::runtime_error if it is
-// not available). The SIMD q8_0 tiles quantise activations per 32-block to
-// int8 (scale amax/127), like ggml; scalar does not. onednn: f32 weights in
+// not available). For q8_0 weights every implementation quantises the
+// activations per 32-block to int8 first (scale amax/127 in fp32, round to
+// nearest even), as ggml does, so all of them agree up to float rounding (and
+// differ from matmul_ref by that quantisation). onednn: f32 weights in
 // f32; bf16 weights as a bf16 x bf16 product (activations rounded to bf16);
 // f16 weights widened exactly to f32 in 256-row blocks; q8_0 goes to the best
 // SIMD tiles. matmul() itself uses onednn only for batches where it measured
