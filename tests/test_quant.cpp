@@ -330,6 +330,36 @@ TEST_CASE("matmul matches matmul_ref for every implementation, dtype, shape and 
   }
 }
 
+TEST_CASE("q8_0: every implementation quantises activations the same way", "[quant][matmul][q8_0]") {
+  // With identical int8 activations the implementations differ only by float
+  // accumulation order, far below the activation quantisation error.
+  std::mt19937 rng(24);
+  const auto all = impls();
+  for (size_t cols : {size_t(64), size_t(1024)}) {
+    auto w = make_matrix(DType::q8_0, 37, cols, rng);
+    const auto W = dequant_all(w.m);
+    for (size_t n_tokens : {size_t(1), size_t(6), size_t(40)}) {
+      const auto x = randv(n_tokens * cols, rng);
+      std::vector<float> ys(n_tokens * 37);
+      quant::matmul_impl(quant::MatmulImpl::scalar, w.m, x.data(), ys.data(), n_tokens, 37);
+      for (auto impl : all) {
+        INFO("cols " << cols << " tokens " << n_tokens << " impl " << quant::matmul_impl_name(impl));
+        std::vector<float> y(n_tokens * 37);
+        quant::matmul_impl(impl, w.m, x.data(), y.data(), n_tokens, 37);
+        size_t bad = 0;
+        for (size_t tk = 0; tk < n_tokens; ++tk)
+          for (size_t r = 0; r < 37; ++r) {
+            double sabs = 0;
+            for (size_t c = 0; c < cols; ++c) sabs += std::fabs(W[r * cols + c] * x[tk * cols + c]);
+            // both sides' rounding, on products of values within 1 quantum of x
+            bad += !(std::fabs(y[tk * 37 + r] - ys[tk * 37 + r]) <= 2.0 * reduction_tol(cols, 1.1 * sabs));
+          }
+        CHECK(bad == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("matmul_cols multiplies a column slice (any alignment)", "[quant][matmul]") {
   std::mt19937 rng(22);
   struct Case { size_t rows, cols, col0, n, n_tokens; };
