@@ -243,6 +243,10 @@ void check_tokens(const ModelImpl& m, const int32_t* tokens, size_t n) {
                                             " is outside the vocabulary [0, " + std::to_string(V) + ")");
 }
 
+int n_forms(const defkv_context_params& p) {
+  return int(p.kv_budget_tokens != 0) + int(p.kv_ratio != 0) + int(p.kv_mem_bytes != 0);
+}
+
 void check_cancel(const defkv_context* c) {
   if (c->cancel.load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
 }
@@ -586,6 +590,8 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
       case DEFKV_KV_Q8_0: cp.kv_type = quant::DType::q8_0; break;
       default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_type " + std::to_string(int(p.kv_type)));
     }
+    if (p.prefill_chunk_tokens) cp.chunk_tokens = p.prefill_chunk_tokens;
+    else if (n_forms(p) == 0) cp.chunk_tokens = 64;
     if (p.kv_window) cp.evict.window = p.kv_window;
     if (p.kv_sinks) cp.evict.n_sink = p.kv_sinks;
     text::SamplerParams sp;

@@ -200,6 +200,11 @@ typedef struct defkv_context_params {
   float repeat_penalty;      /* default 1.1; 1 disabled */
   int32_t repeat_last_n;     /* default 64 */
   uint64_t seed;             /* RNG seed; equal seeds give equal outputs */
+
+  /* Tokens per forward pass while evaluating a prompt. 0: the default, 64
+   * without a KV budget (it also bounds how long a cancelled prefill takes
+   * to return), the schedule's own (2 x window, at least 64) with one. */
+  uint32_t prefill_chunk_tokens;
 } defkv_context_params;
 
 DEFKV_API void defkv_context_params_init(defkv_context_params* p);
