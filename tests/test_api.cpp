@@ -370,6 +370,29 @@ TEST_CASE("api: misuse returns errors and never crashes", "[api]") {
     };
     REQUIRE(defkv_generate(c, 4, cb, &u, nullptr) == DEFKV_OK);
     CHECK(u.inner == DEFKV_ERR_BUSY);
+    // From another thread while a generation runs: eval and free are refused.
+    std::atomic<int> phase{0};
+    defkv_status from_thread[2] = {DEFKV_OK, DEFKV_OK};
+    std::string thread_msg;
+    auto wait_cb = [](int32_t, const char*, size_t, void* p) -> int {
+      auto* ph = static_cast<std::atomic<int>*>(p);
+      if (ph->load() == 0) ph->store(1);
+      while (ph->load() == 1) std::this_thread::yield();  // hold the call open until the thread is done
+      return 1;
+    };
+    std::thread th([&] {
+      while (phase.load() == 0) std::this_thread::yield();
+      const int32_t t = 5;
+      from_thread[0] = defkv_eval(c, &t, 1, nullptr, nullptr);
+      thread_msg = defkv_last_error(nullptr);
+      from_thread[1] = defkv_context_free(c);
+      phase.store(2);
+    });
+    REQUIRE(defkv_generate(c, 4, wait_cb, &phase, nullptr) == DEFKV_OK);
+    th.join();
+    CHECK(from_thread[0] == DEFKV_ERR_BUSY);
+    CHECK(from_thread[1] == DEFKV_ERR_BUSY);
+    CHECK(thread_msg.find("another call") != std::string::npos);
     CHECK(defkv_context_free(c) == DEFKV_OK);  // not busy any more
     c.c = nullptr;
   }

@@ -153,7 +153,8 @@ defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_stat
   try {
     return f();
   } catch (const ApiError& e) {
-    return fail(c, e.status, where + e.msg);
+    // BUSY: another thread owns the context (and its error string).
+    return fail(e.status == DEFKV_ERR_BUSY ? nullptr : c, e.status, where + e.msg);
   } catch (const model::Cancelled& e) {
     return fail(c, DEFKV_ERR_CANCELLED, where + e.what());
   } catch (const engine::StateMismatch& e) {
@@ -618,7 +619,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
 defkv_status defkv_context_free(defkv_context* ctx) {
   DEFKV_CHECK_CTX(ctx);
   if (ctx->busy.load())
-    return fail(ctx, DEFKV_ERR_BUSY, "defkv_context_free: a call on this context is running");
+    return fail(nullptr, DEFKV_ERR_BUSY, "defkv_context_free: a call on this context is running");
   if (!reg_remove(ctx, Kind::context))
     return fail(nullptr, DEFKV_ERR_INVALID_HANDLE, "defkv_context_free: not a live context handle (freed twice?)");
   delete ctx;

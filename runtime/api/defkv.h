@@ -35,7 +35,8 @@
  * created from it keep the weights alive until they are freed.
  *
  * A context is used by one call at a time: a call made while another call on
- * the same context is running returns DEFKV_ERR_BUSY (it is not queued).
+ * the same context is running returns DEFKV_ERR_BUSY (it is not queued; its
+ * message goes to defkv_last_error(NULL) of the calling thread only).
  * defkv_cancel() is the exception: it may be called from any thread at any
  * time while the context is alive.
  *
