@@ -23,10 +23,13 @@ set yrange [0:1]
 set ytics 0,0.2,1
 unset key
 do for [i=1:n] {
+  set autoscale x
+  set autoscale y
   stats in index (i-1) using 1 nooutput
   xmin = STATS_min; xmax = STATS_max
   set xrange [xmin - dx/2 : xmax + dx/2]
   set xtics xmin, dx, xmax
+  set yrange [0:1]
   set title word(names, i)
   if (i < n) { unset colorbox } else { set colorbox }
   plot in index (i-1) using 1:2:3 with image, \

@@ -400,6 +400,32 @@ bool gnuplot(const std::string& scripts_dir, const std::string& script, const st
   return rc == 0;
 }
 
+// Mean KL of each window (C predictions each), in window order.
+std::vector<double> window_means(const eval::KldResult& r) {
+  std::vector<double> w;
+  if (r.windows == 0) return w;
+  const size_t C = r.per_token_kl.size() / r.windows;
+  for (size_t i = 0; i < r.windows; ++i) {
+    double s = 0;
+    for (size_t j = 0; j < C; ++j) s += r.per_token_kl[i * C + j];
+    w.push_back(s / double(C));
+  }
+  return w;
+}
+
+// Paired difference a - b over windows: mean and standard error.
+std::pair<double, double> paired_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  if (n < 2) return {NAN, NAN};
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m += a[i] - b[i];
+  m /= double(n);
+  double v = 0;
+  for (size_t i = 0; i < n; ++i) v += (a[i] - b[i] - m) * (a[i] - b[i] - m);
+  v /= double(n - 1);
+  return {m, std::sqrt(v / double(n))};
+}
+
 struct KldCell {
   std::string schedule, policy;
   double budget = 0;
@@ -511,7 +537,10 @@ int run_sweep(const SweepOptions& o) {
     for (const KldCell& c : kcells) {
       json j = {{"schedule", c.schedule}, {"policy", c.policy}, {"budget", c.budget}, {"ok", c.ok},
                 {"seconds", c.seconds}};
-      if (c.ok) j.update(kld_json(c.r));
+      if (c.ok) {
+        j.update(kld_json(c.r));
+        j["window_mean_kl"] = window_means(c.r);
+      }
       else j["error"] = c.error;
       rows.push_back(j);
       csv << c.schedule << ',' << c.policy << ',' << c.budget << ',' << (c.ok ? std::to_string(c.r.budget_tokens) : "")
@@ -633,8 +662,54 @@ int run_sweep(const SweepOptions& o) {
       for (const auto& s : sums) md << ' ' << fmt(s.ratio_layer_defensivekv, 3) << "x |";
       md << '\n';
     }
+    // Paired comparison over windows: is the defensive policy's loss
+    // different from the strongest baseline's beyond window-to-window noise?
+    md << "\nPaired difference of mean KL over windows, policy minus the strongest baseline (mean +- standard "
+          "error; negative = the defensive policy loses less):\n";
+    for (const std::string& sched : o.schedules) {
+      md << "\n**" << sched << "**\n\n| policy |";
+      for (double b : o.budgets) md << ' ' << pct(b) << " |";
+      md << "\n| --- |";
+      for (size_t i = 0; i < o.budgets.size(); ++i) md << " ---: |";
+      md << '\n';
+      for (const std::string& pol : {std::string("defensivekv"), std::string("layer-defensivekv")}) {
+        md << "| " << pol << " |";
+        for (double b : o.budgets) {
+          std::vector<eval::LossRow> lr;
+          for (const KldCell& c : kcells)
+            if (c.schedule == sched && c.budget == b && c.ok) lr.push_back({c.policy, c.r.mean_kl});
+          const eval::LossSummary sm = eval::summarize_losses(lr);
+          const KldCell *a = nullptr, *bl = nullptr;
+          for (const KldCell& c : kcells)
+            if (c.schedule == sched && c.budget == b && c.ok) {
+              if (c.policy == pol) a = &c;
+              if (c.policy == sm.strongest_baseline) bl = &c;
+            }
+          if (!a || !bl) { md << " n/a |"; continue; }
+          const auto [m, se] = paired_diff(window_means(a->r), window_means(bl->r));
+          md << ' ' << fmt(m, 3) << " +- " << fmt(se, 2) << " |";
+        }
+        md << '\n';
+      }
+    }
     md << "\nFull cache against itself: mean KL " << fmt(kcells.front().r.mean_kl) << ", top-1 "
        << fmt(kcells.front().r.top1) << ", ppl " << fmt(kcells.front().r.ppl_full) << ".\n";
+    md << "\n99th percentile of the per-token KL (nats):\n";
+    for (const std::string& sched : o.schedules) {
+      md << "\n**" << sched << "**\n\n| policy |";
+      for (double b : o.budgets) md << ' ' << pct(b) << " |";
+      md << "\n| --- |";
+      for (size_t i = 0; i < o.budgets.size(); ++i) md << " ---: |";
+      md << '\n';
+      for (const std::string& pol : eviction_policies) {
+        md << "| " << pol << " |";
+        for (double b : o.budgets)
+          for (const KldCell& c : kcells)
+            if (c.schedule == sched && c.policy == pol && c.budget == b)
+              md << ' ' << (c.ok ? fmt(c.r.p99_kl, 4) : std::string("n/a")) << " |";
+        md << '\n';
+      }
+    }
     md << "\nTop-1 agreement with the full cache (%):\n";
     for (const std::string& sched : o.schedules) {
       md << "\n**" << sched << "**\n\n| policy |";
