@@ -215,8 +215,15 @@ void Context::fix_ratio_budget(uint32_t prompt_tokens) {
 }
 
 void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all) {
-  for (uint32_t i = 0; i < n; ++i) pos_buf_[i] = int32_t(n_past_ + i);
-  model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks_, logits, all);
+  const uint32_t first = n_past_;
+  for (uint32_t i = 0; i < n; ++i) pos_buf_[i] = int32_t(first + i);
+  if (hooks_.cancel) save_ring(first, n);
+  try {
+    model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks_, logits, all);
+  } catch (const model::Cancelled&) {
+    rollback_batch(first, n);  // cache and query ring as before this batch
+    throw;
+  }
   n_past_ += n;
   note_usage();
 }
@@ -236,6 +243,7 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
   const uint32_t V = model_.config().n_vocab;
   for (size_t off = 0; off < tokens.size(); off += chunk_) {
     const uint32_t n = uint32_t(std::min<size_t>(chunk_, tokens.size() - off));
+    check_cancel();
     if (bounded) {
       const model::Config& mc = model_.config();
       const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
@@ -245,6 +253,7 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     float* out = all_logits ? all_logits + off * V : (last ? logits_.data() : nullptr);
     run_batch(tokens.data() + off, n, out, all_logits != nullptr);
     if (bounded && over(budget_)) evict_now();
+    if (progress_) progress_(off + n, tokens.size());
   }
   if (budgeted_ && schedule_ == Schedule::oneshot && !oneshot_done_) {
     oneshot_done_ = true;

@@ -41,6 +41,7 @@ void Context::evict_now() {
   const bool want_max = n_aux_ >= 2;
 
   for (uint32_t l = 0; l < L; ++l) {
+    check_cancel();  // layers already evicted stay evicted (still a valid cache)
     // Window queries of layer l: [H, n_window, d], ordered by position.
     for (uint32_t h = 0; h < H; ++h)
       for (uint32_t i = 0; i < n_window; ++i) {

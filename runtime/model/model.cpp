@@ -15,6 +15,9 @@
 namespace defkv::model {
 namespace {
 
+// Attention multiply-adds below which one thread does the work.
+constexpr uint64_t kParallelMinMacs = 1u << 16;
+
 std::runtime_error err(const std::string& msg) { return std::runtime_error("model: " + msg); }
 
 std::string shape_str(const uint64_t* ne, uint32_t n_dims) {
@@ -383,8 +386,13 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
   const uint32_t chunk = ws.chunk_;
   const uint32_t row_pad = ws.row_pad_;
   const long n_items = long(n_tokens) * long(H);
+  // Threads only pay off above some work: a parallel region costs a few
+  // microseconds (much more when cores are oversubscribed).
+  uint64_t live = 0;
+  for (const kv::Run& r : ws.runs_) live += r.n;
+  const bool parallel = ws.n_threads_ > 1 && uint64_t(n_tokens) * G * live * d >= kParallelMinMacs;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(int(ws.n_threads_))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(int(ws.n_threads_)) if (parallel)
   for (long item = 0; item < n_items; ++item) {
     const simd::Kernels& K = simd::k();
     const size_t t = size_t(item) / H, h = size_t(item) % H, hk = h / G;
