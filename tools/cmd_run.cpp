@@ -162,6 +162,32 @@ int run(const RunOptions& o) {
   return 0;
 }
 
+// Integer > 0 with a readable message (CLI::PositiveNumber prints DBL_MAX).
+const CLI::Validator kPositiveInt(
+    [](std::string& s) -> std::string {
+      try {
+        size_t used = 0;
+        const long long v = std::stoll(s, &used);
+        if (used == s.size() && v > 0) return {};
+      } catch (const std::exception&) {
+      }
+      return "must be a positive integer (got '" + s + "')";
+    },
+    "POSITIVE");
+
+const CLI::Validator kByteSize(
+    [](std::string& s) -> std::string {
+      try {
+        parse_bytes(s);
+        return {};
+      } catch (const std::exception& e) {
+        std::string msg = e.what();
+        const std::string prefix = "--kv-mem: ";
+        return msg.rfind(prefix, 0) == 0 ? msg.substr(prefix.size()) : msg;
+      }
+    },
+    "SIZE");
+
 }  // namespace
 
 Handler register_run(CLI::App& app) {
@@ -180,17 +206,22 @@ Handler register_run(CLI::App& app) {
   sub->add_option("--top-k", o->sp.top_k, "Top-k sampling (<= 0: off)");
   sub->add_option("--top-p", o->sp.top_p, "Top-p (nucleus) sampling (>= 1: off)");
   sub->add_option("--min-p", o->sp.min_p, "Min-p sampling (<= 0: off)");
-  sub->add_option("--repeat-penalty", o->sp.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::PositiveNumber);
+  sub->add_option("--repeat-penalty", o->sp.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::Range(1e-6, 1e6));
   sub->add_option("--repeat-last-n", o->sp.repeat_last_n, "Recent tokens the repetition penalty sees")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--seed", o->sp.seed, "Random seed");
   o->opt_budget = sub->add_option("--kv-budget", o->kv_budget,
-                                  "KV budget in tokens per (layer, KV head) on average; enables eviction")
-                      ->check(CLI::PositiveNumber);
+                                  "KV budget in tokens per (layer, KV head) on average; enables eviction "
+                                  "(unset: full cache)")
+                      ->check(kPositiveInt)
+                      ->default_str("");
   o->opt_ratio = sub->add_option("--kv-ratio", o->kv_ratio,
                                  "KV budget as the fraction of the prompt kept, in (0, 1] (0.2 keeps 20%)")
-                     ->check(CLI::Range(1e-9, 1.0));
-  o->opt_mem = sub->add_option("--kv-mem", o->kv_mem, "KV budget as pool memory, e.g. 256M, 1G (binary units)");
+                     ->check(CLI::Range(1e-9, 1.0))
+                     ->default_str("");
+  o->opt_mem = sub->add_option("--kv-mem", o->kv_mem,
+                               "KV budget as a ceiling on the KV pool's memory, e.g. 256M, 1G (binary units)")
+                   ->check(kByteSize);
   o->opt_budget->excludes(o->opt_ratio)->excludes(o->opt_mem);
   o->opt_ratio->excludes(o->opt_mem);
   sub->add_option("--kv-type", o->kv_type, "KV cache element type")->check(CLI::IsMember({"f16", "f32", "q8_0"}));
@@ -202,8 +233,8 @@ Handler register_run(CLI::App& app) {
                   "keep memory under budget + one chunk (default with a budget)")
       ->check(CLI::IsMember({"oneshot", "bounded"}));
   sub->add_option("--kv-window", o->kv_window, "Observation window W (newest queries; always kept)")
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--kv-pool", o->kv_pool, "Score pooling kernel (odd)")->check(CLI::PositiveNumber);
+      ->check(kPositiveInt);
+  sub->add_option("--kv-pool", o->kv_pool, "Score pooling kernel (odd)")->check(kPositiveInt);
   sub->add_option("--kv-sinks", o->kv_sinks, "Streaming policy: first tokens always kept")->check(CLI::NonNegativeNumber);
   sub->add_option("--chunk", o->chunk,
                   "Prefill chunk in tokens (0: 2*window, min 64, with the bounded schedule; else 256)")
