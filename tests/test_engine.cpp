@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <tuple>
 #include <new>
 #include <set>
 #include <string>
@@ -451,4 +453,45 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   res = ctx.generate(std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
   CHECK(res.stop == engine::StopReason::callback);
   CHECK(res.tokens.size() == 1);
+}
+
+TEST_CASE("running max keeps each entry's worst-case score across rounds", "[engine][running_max]") {
+  engine::ContextParams p;
+  p.n_ctx = 512;
+  p.budget_tokens = 64;
+  p.evict.policy = evict::Policy::defensivekv;
+  p.evict.running_max = true;
+  engine::Context ctx(stories(), p);
+  REQUIRE(ctx.cache().config().n_aux == 2);  // [value norm, running max]
+  const auto prompt = prompt_tokens(300);
+  // aux[1] of every surviving entry, keyed by (layer, head, position)
+  auto snapshot = [&] {
+    std::map<std::tuple<uint32_t, uint32_t, int32_t>, float> m;
+    for (uint32_t l = 0; l < 5; ++l)
+      for (uint32_t h = 0; h < 4; ++h)
+        for (const kv::Run& r : ctx.cache().runs(l, h))
+          for (uint32_t i = 0; i < r.n; ++i) m[{l, h, r.pos[i]}] = r.aux[i * 2 + 1];
+    return m;
+  };
+  ctx.eval(prompt);
+  auto before = snapshot();
+  uint64_t scored = 0;
+  for (const auto& [key, v] : before) {
+    CHECK(v >= 0.0f);
+    scored += v > 0.0f;
+  }
+  CHECK(scored > 0);
+  uint32_t rounds = ctx.stats().evict_rounds;
+  for (int i = 0; i < 120; ++i) {
+    ctx.step(prompt[size_t(i)]);
+    if (ctx.stats().evict_rounds == rounds) continue;
+    rounds = ctx.stats().evict_rounds;
+    auto after = snapshot();
+    for (const auto& [key, v] : after) {
+      auto it = before.find(key);
+      if (it != before.end()) CHECK(v >= it->second);  // never decreases
+    }
+    before = std::move(after);
+  }
+  CHECK(rounds >= 3 + 3);
 }
