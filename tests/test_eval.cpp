@@ -199,6 +199,7 @@ TEST_CASE("the shared needle task file parses", "[eval][needle]") {
   CHECK(tasks[0].answer == " 02694");
   CHECK(tasks[0].target_len == 256);
   CHECK(tasks[0].line == 1);
+  CHECK(tasks[0].needle_token_pos == 138);
 }
 
 TEST_CASE("perplexity of the full cache equals exp(mean NLL) of eval_all_logits", "[eval][ppl]") {
@@ -374,6 +375,8 @@ TEST_CASE("full-cache needle retrieval matches llama.cpp task by task", "[eval][
     INFO("task " << i << " output '" << out[i].output << "' llama.cpp '" << row["llama_cpp"].get<std::string>() << "'");
     CHECK(out[i].prompt_tokens == tasks[i].n_ctx_tokens);
     CHECK(out[i].correct == row["llama_ok"].get<bool>());
+    // The full cache keeps every entry, so the answer digits are all there.
+    CHECK(out[i].needle_retained == 1.0);
     // The greedy text agrees with llama.cpp's as far as both go.
     const std::string lc = row["llama_cpp"].get<std::string>();
     const size_t n = std::min(lc.size(), out[i].output.size());

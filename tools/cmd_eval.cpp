@@ -289,6 +289,15 @@ struct NeedleOptions {
   int depth_bins = 5;
 };
 
+// Mean of the located needle retentions (-1 when none was located).
+double mean_retained(const std::vector<eval::NeedleOutcome>& out) {
+  double s = 0;
+  size_t n = 0;
+  for (const auto& o : out)
+    if (o.needle_retained >= 0) { s += o.needle_retained; ++n; }
+  return n ? s / double(n) : -1;
+}
+
 json grid_json(const eval::NeedleGrid& g) {
   json cells = json::array();
   for (uint32_t b = 0; b < g.n_depth_bins; ++b)
@@ -335,15 +344,18 @@ int run_needle_cmd(const NeedleOptions& o) {
     json per = json::array();
     for (size_t i = 0; i < tasks.size(); ++i)
       per.push_back({{"line", tasks[i].line}, {"correct", out[i].correct}, {"output", out[i].output},
-                     {"prompt_tokens", out[i].prompt_tokens}, {"kv_entries", out[i].kv_entries}});
+                     {"prompt_tokens", out[i].prompt_tokens}, {"kv_entries", out[i].kv_entries},
+                     {"needle_retained", out[i].needle_retained}});
     json j = {{"policy", policy_of(cp)}, {"schedule", schedule_of(cp)}, {"budget", budget_json(cp)},
               {"correct", g.all.correct}, {"total", g.all.total},
               {"accuracy", g.all.total ? double(g.all.correct) / g.all.total : 0.0}, {"grid", grid_json(g)},
-              {"prompt_length_mismatches", len_mismatch}, {"seconds", secs}, {"tasks", per}};
+              {"prompt_length_mismatches", len_mismatch}, {"needle_retained_mean", mean_retained(out)},
+              {"seconds", secs}, {"tasks", per}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("needle %s/%s: %u/%u correct (%.1f%%), %.2f s\n", policy_of(cp).c_str(), schedule_of(cp).c_str(),
-                g.all.correct, g.all.total, g.all.total ? 100.0 * g.all.correct / g.all.total : 0.0, secs);
+    std::printf("needle %s/%s: %u/%u correct (%.1f%%), answer digits kept after the prompt %.1f%%, %.2f s\n",
+                policy_of(cp).c_str(), schedule_of(cp).c_str(), g.all.correct, g.all.total,
+                g.all.total ? 100.0 * g.all.correct / g.all.total : 0.0, 100 * mean_retained(out), secs);
     print_grid(g);
     if (len_mismatch)
       std::printf("warning: %zu prompts tokenized to a length other than their n_ctx_tokens\n", len_mismatch);
@@ -585,7 +597,7 @@ int run_sweep(const SweepOptions& o) {
         for (const std::string& pol : eviction_policies) one(sched, pol, b);
     json rows = json::array();
     std::ostringstream csv, gcsv;
-    csv << "schedule,policy,budget,correct,total,accuracy,seconds,error\n";
+    csv << "schedule,policy,budget,correct,total,accuracy,needle_retained,seconds,error\n";
     gcsv << "schedule,policy,budget,depth_lo,depth_hi,length,correct,total,accuracy\n";
     for (const NeedleRun& r : nruns) {
       json j = {{"schedule", r.schedule}, {"policy", r.policy}, {"budget", r.budget}, {"ok", r.ok},
@@ -597,7 +609,9 @@ int run_sweep(const SweepOptions& o) {
         j["grid"] = grid_json(r.grid);
         json per = json::array();
         for (size_t i = 0; i < tasks.size(); ++i)
-          per.push_back({{"line", tasks[i].line}, {"correct", r.out[i].correct}, {"output", r.out[i].output}});
+          per.push_back({{"line", tasks[i].line}, {"correct", r.out[i].correct}, {"output", r.out[i].output},
+                         {"needle_retained", r.out[i].needle_retained}});
+        j["needle_retained_mean"] = mean_retained(r.out);
         j["tasks"] = per;
         for (uint32_t bi = 0; bi < r.grid.n_depth_bins; ++bi)
           for (size_t li = 0; li < r.grid.lengths.size(); ++li) {
@@ -613,7 +627,7 @@ int run_sweep(const SweepOptions& o) {
       csv << r.schedule << ',' << r.policy << ',' << r.budget << ',' << (r.ok ? std::to_string(r.grid.all.correct) : "")
           << ',' << (r.ok ? std::to_string(r.grid.all.total) : "") << ','
           << (r.ok ? fmt(double(r.grid.all.correct) / std::max<uint32_t>(r.grid.all.total, 1)) : "") << ','
-          << fmt(r.seconds, 4) << ",\"" << r.error << "\"\n";
+          << (r.ok ? fmt(mean_retained(r.out)) : "") << ',' << fmt(r.seconds, 4) << ",\"" << r.error << "\"\n";
     }
     json nj = meta;
     nj["tasks_file"] = o.tasks_path;
@@ -732,7 +746,8 @@ int run_sweep(const SweepOptions& o) {
   }
   if (!nruns.empty()) {
     md << "\n\n### Needle retrieval accuracy (" << tasks.size() << " tasks, greedy, exact match)\n\n";
-    md << "| schedule | policy | budget | correct | accuracy | loss vs full (points) |\n| --- | --- | ---: | ---: | ---: | ---: |\n";
+    md << "| schedule | policy | budget | correct | accuracy | loss vs full (points) | answer digits kept |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
     const double full_acc = nruns.front().ok ? double(nruns.front().grid.all.correct) / nruns.front().grid.all.total : 0;
     for (const NeedleRun& r : nruns) {
       if (!r.ok) {
@@ -742,7 +757,7 @@ int run_sweep(const SweepOptions& o) {
       const double acc = double(r.grid.all.correct) / r.grid.all.total;
       md << "| " << r.schedule << " | " << r.policy << " | " << (r.policy == "full" ? "100%" : pct(r.budget)) << " | "
          << r.grid.all.correct << '/' << r.grid.all.total << " | " << fmt(100 * acc, 4) << "% | "
-         << fmt(100 * (full_acc - acc), 4) << " |\n";
+         << fmt(100 * (full_acc - acc), 4) << " | " << fmt(100 * mean_retained(r.out), 4) << "% |\n";
     }
     for (const std::string& sched : o.schedules)
       for (double b : o.needle_budgets) {

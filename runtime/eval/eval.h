@@ -185,13 +185,14 @@ struct NeedleTask {
   double needle_depth = 0;       // relative depth of the queried needle in [0, 1]
   uint32_t n_needles = 0;
   int64_t seed = 0;
+  int64_t needle_token_pos = -1; // first token of the queried needle sentence (-1: unknown)
   size_t line = 0;               // 1-based line in the JSONL file
 };
 
 // One JSON object per non-blank line with at least "prompt" (string),
 // "answer" (non-empty string), "n_ctx_tokens", "target_len" (positive
 // integers) and "needle_depth" (number in [0, 1]); "n_needles" and "seed"
-// are optional. Throws std::runtime_error "<name>:<line>: ..." on malformed
+// and "needle_token_pos" are optional. Throws std::runtime_error "<name>:<line>: ..." on malformed
 // JSON, missing/mistyped fields, or a file without tasks.
 std::vector<NeedleTask> parse_needle_tasks(std::istream& in, const std::string& name);
 std::vector<NeedleTask> load_needle_tasks(const std::string& path);
@@ -201,6 +202,10 @@ struct NeedleOutcome {
   std::string output;            // greedy continuation (decoded, leading space kept)
   uint32_t prompt_tokens = 0;    // as tokenized here (BOS included)
   uint64_t kv_entries = 0;       // live entries after the prompt (post compression)
+  // Fraction of the queried needle's answer-digit entries (digit tokens x
+  // layers x KV heads) still in the cache after the prompt; -1 when the
+  // digits could not be located (no needle_token_pos, or not found after it).
+  double needle_retained = -1;
 };
 
 // Greedy retrieval: reset; generate(prompt, n_predict) with argmax; correct

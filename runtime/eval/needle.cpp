@@ -26,6 +26,38 @@ uint32_t positive_int(const json& o, const char* key, const std::string& name, s
   return uint32_t(v.get<int64_t>());
 }
 
+// The answer's digit tokens: the first run of tokens at or after the needle's
+// first token whose pieces spell the answer's digits, one digit per token
+// (this vocabulary has one token per digit); then the share of those
+// positions still live over all (layer, KV head).
+double needle_retention(const engine::Context& ctx, const text::Tokenizer& tok, const NeedleTask& task,
+                        const std::vector<int32_t>& prompt) {
+  if (task.needle_token_pos < 0) return -1;
+  std::string digits;
+  for (char c : task.answer)
+    if (c >= '0' && c <= '9') digits += c;
+  if (digits.empty()) return -1;
+  int64_t first = -1;
+  for (size_t i = size_t(task.needle_token_pos); i + digits.size() <= prompt.size() && first < 0; ++i) {
+    bool ok = true;
+    for (size_t k = 0; k < digits.size() && ok; ++k) ok = tok.piece(prompt[i + k]) == std::string(1, digits[k]);
+    if (ok) first = int64_t(i);
+  }
+  if (first < 0) return -1;
+  const kv::KvCache& c = ctx.cache();
+  const uint32_t L = c.config().n_layer, H = c.config().n_head_kv;
+  uint64_t live = 0;
+  std::vector<int32_t> pos;
+  for (uint32_t l = 0; l < L; ++l)
+    for (uint32_t h = 0; h < H; ++h) {
+      pos.resize(c.size(l, h));
+      c.gather(l, h, nullptr, nullptr, pos.data(), nullptr);
+      for (int32_t p : pos)
+        if (p >= first && p < first + int64_t(digits.size())) ++live;
+    }
+  return double(live) / double(uint64_t(L) * H * digits.size());
+}
+
 }  // namespace
 
 std::vector<NeedleTask> parse_needle_tasks(std::istream& in, const std::string& name) {
@@ -60,6 +92,10 @@ std::vector<NeedleTask> parse_needle_tasks(std::istream& in, const std::string& 
       if (!o["n_needles"].is_number_integer()) fail(name, line, "\"n_needles\" must be an integer");
       t.n_needles = uint32_t(o["n_needles"].get<int64_t>());
     }
+    if (o.contains("needle_token_pos")) {
+      if (!o["needle_token_pos"].is_number_integer()) fail(name, line, "\"needle_token_pos\" must be an integer");
+      t.needle_token_pos = o["needle_token_pos"].get<int64_t>();
+    }
     if (o.contains("seed")) {
       if (!o["seed"].is_number_integer()) fail(name, line, "\"seed\" must be an integer");
       t.seed = o["seed"].get<int64_t>();
@@ -87,6 +123,7 @@ NeedleOutcome run_needle_task(engine::Context& ctx, const text::Tokenizer& tok, 
   // prompt can be read between eval() and the first step().
   std::span<const float> logits = ctx.eval(prompt);
   out.kv_entries = ctx.cache().entries();
+  out.needle_retained = needle_retention(ctx, tok, task, prompt);
   text::StreamDecoder dec(tok, false);
   for (uint32_t i = 0; i < n_predict; ++i) {
     const int32_t t = text::argmax(logits);
