@@ -157,3 +157,21 @@ TEST_CASE("chat: common GGUF chat templates are recognised", "[chat]") {
     std::remove(path.c_str());
   }
 }
+
+TEST_CASE("chat: Ctrl-C cancels the running reply without exiting", "[chat]") {
+  const std::string out = tmp("sigint.out"), err = tmp("sigint.err");
+  // The first reply could run for 100000 tokens; SIGINT arrives after 1 s,
+  // then the session goes on (/stats) and ends normally.
+  const std::string script =
+      "{ echo 'Once upon a time'; sleep 3; echo '/stats'; echo '/quit'; } | " + defkv_bin() + " chat -q -m " +
+      model() + " --kv-budget 48 --kv-window 16 -n 100000 >" + out + " 2>" + err +
+      " & pid=\\$!; sleep 1; kill -INT \\$pid; wait \\$pid";
+  const int rc = std::system(("bash -c \"" + script + "\"").c_str());
+  const std::string o = slurp(out), e = slurp(err);
+  INFO("stdout:\n" << o.substr(0, 2000) << "\nstderr:\n" << e);
+  CHECK(rc == 0);
+  CHECK(e.find("(cancelled)") != std::string::npos);
+  CHECK(o.find("(positions ") != std::string::npos);  // /stats ran after the cancel
+  std::remove(out.c_str());
+  std::remove(err.c_str());
+}
