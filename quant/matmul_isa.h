@@ -44,4 +44,18 @@ const MatmulTiles& avx512_tiles();  // matmul_avx512.cpp (VNNI vpdpbusd if prese
 const MatmulTiles& neon_tiles();    // matmul_neon.cpp
 #endif
 
+// Packed q8_0 (see quant::Packed): int8 activations split into quants, fp32
+// scales and the vpdpbusd offset correction -128 * sum(qs) per block.
+struct PackedActs {
+  const int8_t* qs;     // [n_tokens, cols]
+  const float* d;       // [n_tokens, cols/32]
+  const int32_t* corr;  // [n_tokens, cols/32]
+};
+constexpr size_t kPackRows = 16;
+// y[t*ldy + r] for rows of groups [g0, g1) (clipped to rows), tokens [t0, t1).
+//   qs: packed quants [groups, nb, 8, 16, 4] u8; d: scales [groups, nb, 16] fp16
+void avx512vnni_packed_q8_tile(const uint8_t* qs, const uint16_t* d, size_t rows, size_t nb,
+                               const PackedActs& x, float* y, size_t ldy, size_t g0, size_t g1,
+                               size_t t0, size_t t1);
+
 }  // namespace defkv::quant::detail

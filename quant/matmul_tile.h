@@ -75,6 +75,14 @@ struct FloatTile {
       for (int t = 0; t < T; ++t) acc[r][t] = B(0.0f);
     size_t i = 0;
     for (; i + L <= n; i += L) {
+      if constexpr (T <= 2) {
+        // few tokens: a memory stream over R rows of only n * kElemBytes bytes
+        // each; the hardware prefetcher restarts at every 4 KiB page, so fetch
+        // the next R rows (the next micro-kernel call) at the same offset
+        if ((i * W::kElemBytes) % 64 == 0)
+          for (int r = 0; r < R; ++r)
+            __builtin_prefetch(w + size_t(R + r) * ws + i * W::kElemBytes, 0, 3);
+      }
       B xv[T];
       for (int t = 0; t < T; ++t) xv[t] = B::load_unaligned(x + size_t(t) * n + i);
       for (int r = 0; r < R; ++r) {

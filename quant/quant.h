@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 
 namespace defkv::quant {
@@ -77,5 +78,30 @@ void matmul_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, siz
 
 // Row r of W converted to f32 (embedding lookup). out: [W.cols]
 void get_row(const Matrix& w, size_t r, float* out);
+
+// ---- load-time packed weights (q8_0 on AVX-512 VNNI) ----------------------------------
+// A weight matrix re-laid-out ONCE (at model load) for the packed int8 kernel:
+// rows in groups of 16, and per (group, 32-column block) the 16 rows x 32
+// quants interleaved 4 columns at a time (one zmm per 4 columns, one lane per
+// row) stored as unsigned q + 128, followed by the 16 fp16 scales. The kernel
+// multiplies with vpdpbusd against int8 activations quantised exactly as
+// matmul() does (per 32-block, d = amax/127, nearest even), so results agree
+// with matmul() on q8_0 up to float accumulation order.
+// Memory: bytes == ceil(rows/16)*16 * row_bytes(q8_0, cols), i.e. the size of
+// the original tensor (plus < 16 rows of padding); the mmapped original is not
+// read again by matmul_packed (its pages stay only in the page cache).
+// Other dtypes, other CPUs, and DEFKV_FORCE_SCALAR: no copy is made
+// (packed() == false, bytes == 0) and matmul_packed() is exactly matmul(source).
+struct Packed {
+  Matrix source;                         // the original weights (kept valid by the caller)
+  std::shared_ptr<const uint8_t> data;   // packed copy, or null
+  size_t bytes = 0;                      // size of the packed copy
+  bool packed() const { return data != nullptr; }
+};
+// Builds the packed copy (threads with OpenMP; ~1 s per GB). w.data must stay
+// valid for as long as the Packed is used (it is the fallback).
+Packed pack_for_gemm(const Matrix& w);
+// Same contract as matmul(p.source, x, y, n_tokens, ldy).
+void matmul_packed(const Packed& p, const float* x, float* y, size_t n_tokens, size_t ldy);
 
 }  // namespace defkv::quant

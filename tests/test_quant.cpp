@@ -417,3 +417,105 @@ TEST_CASE("matmul rejects bad arguments", "[quant][matmul]") {
   CHECK_THROWS(quant::matmul(bad, x.data(), y.data(), 1, 4));
   quant::matmul(w.m, x.data(), y.data(), 0, 4);  // no tokens: no-op
 }
+
+// ---- load-time packed weights ----------------------------------------------------
+
+namespace {
+bool expect_packing() {
+  return simd::k().isa == simd::Isa::avx512 &&
+         simd::cpu_features().avx512_vnni;
+}
+}  // namespace
+
+TEST_CASE("pack_for_gemm: packed q8_0 matmul matches matmul_ref and the scalar path", "[quant][packed]") {
+  std::mt19937 rng(31);
+  struct Shape { size_t rows, cols; };
+  // odd rows: partial last 16-row group; 1..3 groups leftover after 4-group chunks
+  const Shape shapes[] = {{1, 32}, {3, 64}, {17, 96}, {33, 256}, {67, 512}, {300, 64}, {5, 5632}, {130, 2048}};
+  for (const Shape s : shapes) {
+    auto w = make_matrix(DType::q8_0, s.rows, s.cols, rng);
+    const auto W = dequant_all(w.m);
+    const quant::Packed p = quant::pack_for_gemm(w.m);
+    CHECK(p.packed() == expect_packing());
+    if (p.packed()) CHECK(p.bytes == (s.rows + 15) / 16 * 16 * quant::row_bytes(DType::q8_0, s.cols));
+    else CHECK(p.bytes == 0);
+    for (size_t n_tokens : {size_t(1), size_t(2), size_t(3), size_t(4), size_t(5), size_t(6), size_t(7),
+                            size_t(13), size_t(49), size_t(70)}) {
+      if (s.cols >= 2048 && n_tokens > 13 && n_tokens != 49) continue;
+      const size_t ldy = s.rows + (n_tokens % 2);  // exercise ldy > rows
+      const auto x = randv(n_tokens * s.cols, rng);
+      std::vector<float> yr(n_tokens * ldy, NAN), ys(n_tokens * ldy, NAN), y(n_tokens * ldy, NAN);
+      quant::matmul_ref(w.m, x.data(), yr.data(), n_tokens, ldy);
+      quant::matmul_impl(quant::MatmulImpl::scalar, w.m, x.data(), ys.data(), n_tokens, ldy);
+      quant::matmul_packed(p, x.data(), y.data(), n_tokens, ldy);
+      INFO("rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens);
+      size_t bad_ref = 0, bad_scalar = 0;
+      double worst = 0;
+      for (size_t tk = 0; tk < n_tokens; ++tk) {
+        for (size_t r = 0; r < s.rows; ++r) {
+          const double tol = matmul_tol(DType::q8_0, &W[r * s.cols], &x[tk * s.cols], s.cols, false);
+          const double err = std::fabs(double(y[tk * ldy + r]) - yr[tk * ldy + r]);
+          bad_ref += !(err <= tol);
+          worst = std::max(worst, err / tol);
+          double sabs = 0;
+          for (size_t c = 0; c < s.cols; ++c) sabs += std::fabs(W[r * s.cols + c] * x[tk * s.cols + c]);
+          // same int8 activations: only float accumulation order differs
+          bad_scalar += !(std::fabs(y[tk * ldy + r] - ys[tk * ldy + r]) <= 2.0 * reduction_tol(s.cols, 1.1 * sabs));
+        }
+        if (ldy > s.rows) CHECK(std::isnan(y[tk * ldy + s.rows]));  // padding untouched
+      }
+      INFO("worst err/tol vs matmul_ref " << worst);
+      CHECK(bad_ref == 0);
+      CHECK(bad_scalar == 0);
+    }
+  }
+}
+
+TEST_CASE("pack_for_gemm: int8 extremes (-128, 127) and zero scales", "[quant][packed]") {
+  // GGUF files may hold -128 (ggml's quantiser never writes it): the unsigned
+  // offset must still give exact block dots.
+  std::mt19937 rng(32);
+  const size_t rows = 19, cols = 128, nb = cols / 32;
+  std::vector<quant::BlockQ8_0> blocks(rows * nb);
+  std::uniform_int_distribution<int> q(-128, 127);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    blocks[i].d = i % 7 == 3 ? 0 : simd::f32_to_f16(0.01f * float(1 + i % 5));
+    for (size_t j = 0; j < 32; ++j) blocks[i].qs[j] = int8_t(i % 3 == 0 ? (j % 2 ? 127 : -128) : q(rng));
+  }
+  const quant::Matrix m{DType::q8_0, blocks.data(), rows, cols};
+  const auto W = dequant_all(m);
+  const quant::Packed p = quant::pack_for_gemm(m);
+  for (size_t n_tokens : {size_t(1), size_t(9)}) {
+    auto x = randv(n_tokens * cols, rng);
+    for (size_t c = 0; c < 32; ++c) x[c] = c % 2 ? 3.0f : -3.0f;  // saturated block against +-127/-128
+    std::vector<float> yr(n_tokens * rows), y(n_tokens * rows);
+    quant::matmul_ref(m, x.data(), yr.data(), n_tokens, rows);
+    quant::matmul_packed(p, x.data(), y.data(), n_tokens, rows);
+    size_t bad = 0;
+    for (size_t tk = 0; tk < n_tokens; ++tk)
+      for (size_t r = 0; r < rows; ++r)
+        bad += !(std::fabs(double(y[tk * rows + r]) - yr[tk * rows + r]) <=
+                 matmul_tol(DType::q8_0, &W[r * cols], &x[tk * cols], cols, false));
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("pack_for_gemm: other dtypes are not copied and fall back to matmul", "[quant][packed]") {
+  std::mt19937 rng(33);
+  for (DType t : {DType::f32, DType::f16, DType::bf16}) {
+    auto w = make_matrix(t, 21, 64, rng);
+    const quant::Packed p = quant::pack_for_gemm(w.m);
+    CHECK_FALSE(p.packed());
+    CHECK(p.bytes == 0);
+    const auto x = randv(3 * 64, rng);
+    std::vector<float> y1(3 * 21), y2(3 * 21);
+    quant::matmul(w.m, x.data(), y1.data(), 3, 21);
+    quant::matmul_packed(p, x.data(), y2.data(), 3, 21);
+    CHECK(y1 == y2);
+  }
+  auto w = make_matrix(DType::q8_0, 4, 32, rng);
+  const quant::Packed p = quant::pack_for_gemm(w.m);
+  std::vector<float> x(64), y(8);
+  CHECK_THROWS(quant::matmul_packed(p, x.data(), y.data(), 2, 3));  // ldy < rows
+  quant::matmul_packed(p, x.data(), y.data(), 0, 4);                // no tokens: no-op
+}
