@@ -14,7 +14,6 @@ namespace {
 
 constexpr char kTag[8] = {'D', 'K', 'V', 'C', 'T', 'X', 0, 0};
 constexpr uint32_t kVersion = 1;
-constexpr bool kForwardCancel = false;
 
 struct Writer {
   std::vector<uint8_t>& out;
@@ -60,9 +59,7 @@ void expect_eq(uint64_t saved, uint64_t here, const char* what) {
 
 void Context::set_cancel_flag(const std::atomic<bool>* flag) {
   cancel_ = flag;
-  // The forward pass sees the flag only where run_batch() rolls a cancelled
-  // batch back (context.cpp); until then cancellation acts between calls.
-  hooks_.cancel = kForwardCancel ? flag : nullptr;
+  hooks_.cancel = flag;  // the model checks it per layer; run_batch() rolls a cancelled batch back
   if (flag && budgeted_ && ring_save_.empty()) {
     ring_save_.resize(q_ring_.size());
     ring_save_pos_.resize(q_ring_pos_.size());
