@@ -377,6 +377,7 @@ TEST_CASE("full-cache needle retrieval matches llama.cpp task by task", "[eval][
     CHECK(out[i].correct == row["llama_ok"].get<bool>());
     // The full cache keeps every entry, so the answer digits are all there.
     CHECK(out[i].needle_retained == 1.0);
+    CHECK(out[i].needle_retained_per_layer == std::vector<double>(m->config().n_layer, 1.0));
     // The greedy text agrees with llama.cpp's as far as both go.
     const std::string lc = row["llama_cpp"].get<std::string>();
     const size_t n = std::min(lc.size(), out[i].output.size());

@@ -298,6 +298,20 @@ double mean_retained(const std::vector<eval::NeedleOutcome>& out) {
   return n ? s / double(n) : -1;
 }
 
+// Per-layer mean of the located needle retentions.
+std::vector<double> mean_retained_per_layer(const std::vector<eval::NeedleOutcome>& out) {
+  std::vector<double> m;
+  size_t n = 0;
+  for (const auto& o : out) {
+    if (o.needle_retained_per_layer.empty()) continue;
+    if (m.empty()) m.assign(o.needle_retained_per_layer.size(), 0.0);
+    for (size_t l = 0; l < m.size() && l < o.needle_retained_per_layer.size(); ++l) m[l] += o.needle_retained_per_layer[l];
+    ++n;
+  }
+  for (double& v : m) v /= double(std::max<size_t>(n, 1));
+  return m;
+}
+
 json grid_json(const eval::NeedleGrid& g) {
   json cells = json::array();
   for (uint32_t b = 0; b < g.n_depth_bins; ++b)
@@ -350,13 +364,16 @@ int run_needle_cmd(const NeedleOptions& o) {
               {"correct", g.all.correct}, {"total", g.all.total},
               {"accuracy", g.all.total ? double(g.all.correct) / g.all.total : 0.0}, {"grid", grid_json(g)},
               {"prompt_length_mismatches", len_mismatch}, {"needle_retained_mean", mean_retained(out)},
-              {"seconds", secs}, {"tasks", per}};
+              {"needle_retained_per_layer", mean_retained_per_layer(out)}, {"seconds", secs}, {"tasks", per}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("needle %s/%s: %u/%u correct (%.1f%%), answer digits kept after the prompt %.1f%%, %.2f s\n",
                 policy_of(cp).c_str(), schedule_of(cp).c_str(), g.all.correct, g.all.total,
                 g.all.total ? 100.0 * g.all.correct / g.all.total : 0.0, 100 * mean_retained(out), secs);
     print_grid(g);
+    std::printf("answer digits kept per layer:");
+    for (double v : mean_retained_per_layer(out)) std::printf(" %.1f%%", 100 * v);
+    std::printf("\n");
     if (len_mismatch)
       std::printf("warning: %zu prompts tokenized to a length other than their n_ctx_tokens\n", len_mismatch);
   }
@@ -612,6 +629,7 @@ int run_sweep(const SweepOptions& o) {
           per.push_back({{"line", tasks[i].line}, {"correct", r.out[i].correct}, {"output", r.out[i].output},
                          {"needle_retained", r.out[i].needle_retained}});
         j["needle_retained_mean"] = mean_retained(r.out);
+        j["needle_retained_per_layer"] = mean_retained_per_layer(r.out);
         j["tasks"] = per;
         for (uint32_t bi = 0; bi < r.grid.n_depth_bins; ++bi)
           for (size_t li = 0; li < r.grid.lengths.size(); ++li) {

@@ -206,6 +206,7 @@ struct NeedleOutcome {
   // layers x KV heads) still in the cache after the prompt; -1 when the
   // digits could not be located (no needle_token_pos, or not found after it).
   double needle_retained = -1;
+  std::vector<double> needle_retained_per_layer;  // [n_layer] same share per layer (empty: not located)
 };
 
 // Greedy retrieval: reset; generate(prompt, n_predict) with argmax; correct

@@ -31,7 +31,8 @@ uint32_t positive_int(const json& o, const char* key, const std::string& name, s
 // (this vocabulary has one token per digit); then the share of those
 // positions still live over all (layer, KV head).
 double needle_retention(const engine::Context& ctx, const text::Tokenizer& tok, const NeedleTask& task,
-                        const std::vector<int32_t>& prompt) {
+                        const std::vector<int32_t>& prompt, std::vector<double>& per_layer) {
+  per_layer.clear();
   if (task.needle_token_pos < 0) return -1;
   std::string digits;
   for (char c : task.answer)
@@ -48,13 +49,17 @@ double needle_retention(const engine::Context& ctx, const text::Tokenizer& tok, 
   const uint32_t L = c.config().n_layer, H = c.config().n_head_kv;
   uint64_t live = 0;
   std::vector<int32_t> pos;
-  for (uint32_t l = 0; l < L; ++l)
+  for (uint32_t l = 0; l < L; ++l) {
+    uint64_t live_l = 0;
     for (uint32_t h = 0; h < H; ++h) {
       pos.resize(c.size(l, h));
       c.gather(l, h, nullptr, nullptr, pos.data(), nullptr);
       for (int32_t p : pos)
-        if (p >= first && p < first + int64_t(digits.size())) ++live;
+        if (p >= first && p < first + int64_t(digits.size())) ++live_l;
     }
+    per_layer.push_back(double(live_l) / double(uint64_t(H) * digits.size()));
+    live += live_l;
+  }
   return double(live) / double(uint64_t(L) * H * digits.size());
 }
 
@@ -123,7 +128,7 @@ NeedleOutcome run_needle_task(engine::Context& ctx, const text::Tokenizer& tok, 
   // prompt can be read between eval() and the first step().
   std::span<const float> logits = ctx.eval(prompt);
   out.kv_entries = ctx.cache().entries();
-  out.needle_retained = needle_retention(ctx, tok, task, prompt);
+  out.needle_retained = needle_retention(ctx, tok, task, prompt, out.needle_retained_per_layer);
   text::StreamDecoder dec(tok, false);
   for (uint32_t i = 0; i < n_predict; ++i) {
     const int32_t t = text::argmax(logits);
