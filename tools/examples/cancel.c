@@ -69,6 +69,7 @@ static int phase(defkv_model* m, const char* name, int budget, int decode, const
     pthread_join(th, NULL);
     if (s == DEFKV_ERR_CANCELLED) {
       double lat = t_ret - cc.t_cancel;
+      if (rounds > 1 && getenv("DEFKV_CANCEL_VERBOSE")) printf("  %s round %d: %.1f ms\n", name, r, 1e3 * lat);
       ++cancelled;
       sum += lat;
       if (lat > worst) worst = lat;
