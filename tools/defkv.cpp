@@ -29,6 +29,21 @@ int main(int argc, char** argv) {
   add(defkv::cli::register_chat);
   add(defkv::cli::register_eval);
 
+  // CLI11 reports an unknown first word only as "a subcommand is required";
+  // name it instead.
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (auto& [sub, handler] : commands) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "defkv: error: unknown command '%s' (commands: %s; see defkv --help)\n", argv[1],
+                   names.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
