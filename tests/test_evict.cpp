@@ -7,12 +7,37 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <new>
+
 #include "runtime/evict/evict.h"
 #include "runtime/gguf/gguf.h"
+
+// ---- allocation counter (whole binary) -------------------------------------
+namespace {
+std::atomic<uint64_t> g_allocs{0};
+}
+void* operator new(std::size_t n) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace ev = defkv::evict;
 namespace gg = defkv::gguf;
@@ -247,8 +272,11 @@ struct Synth {
 
 // T positions per head; then, if drop > 0, remove about that fraction of the
 // non-window entries of every other head (variable lengths, gaps in positions).
-Synth make_synth(std::mt19937& rng, uint32_t T, double drop, uint32_t Hkv = 2, uint32_t G = 2) {
+Synth make_synth(std::mt19937& rng, uint32_t T, double drop, uint32_t Hkv = 2, uint32_t G = 2,
+                 uint32_t d = 8, uint32_t W = 6) {
   Synth s;
+  s.d = d;
+  s.W = W;
   s.Hkv = Hkv;
   s.H = Hkv * G;
   std::normal_distribution<float> nd(0.0f, 1.5f);
@@ -595,5 +623,149 @@ TEST_CASE("a reused Scratch gives the same results as a fresh one", "[evict]") {
     ev::select_keep(p, b, small.W, s_reused, reused, k_reused);
     ev::select_keep(p, b, small.W, s_fresh, fresh, k_fresh);
     CHECK(k_reused == k_fresh);
+  }
+}
+
+TEST_CASE("window_logits equals a double-precision product", "[evict][logits]") {
+  // Oracle: exact (double) dot products; an f32 sum of d products in any
+  // order is within d * 2^-24 * sum |q_e k_e| of it (bound with margin 2).
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> panels;  // shared across shapes: reuse must not leak state
+  struct Shape { uint32_t m, n, d; size_t pad; };
+  for (const Shape sh : {Shape{1, 1, 1, 0}, Shape{4, 16, 8, 0}, Shape{5, 17, 8, 3},
+                         Shape{256, 845, 64, 0}, Shape{7, 40, 128, 5}, Shape{3, 15, 64, 0},
+                         Shape{192, 100, 48, 1}}) {
+    INFO("m " << sh.m << " n " << sh.n << " d " << sh.d);
+    std::vector<float> q(size_t(sh.m) * sh.d), k(size_t(sh.n) * sh.d);
+    for (float& x : q) x = nd(rng);
+    for (float& x : k) x = nd(rng);
+    const size_t ldo = sh.n + sh.pad;
+    std::vector<float> out(sh.m * ldo, -7.0f), ref(sh.m * ldo, -7.0f);
+    ev::window_logits(q.data(), sh.m, k.data(), sh.n, sh.d, out.data(), ldo, panels);
+    ev::window_logits_ref(q.data(), sh.m, k.data(), sh.n, sh.d, ref.data(), ldo);
+    size_t bad = 0;
+    for (uint32_t r = 0; r < sh.m; ++r) {
+      for (uint32_t j = 0; j < sh.n; ++j) {
+        double exact = 0, mag = 0;
+        for (uint32_t e = 0; e < sh.d; ++e) {
+          const double p = double(q[size_t(r) * sh.d + e]) * k[size_t(j) * sh.d + e];
+          exact += p;
+          mag += std::fabs(p);
+        }
+        const double tol = 2.0 * sh.d * 0x1p-24 * mag + 1e-30;
+        bad += std::fabs(out[r * ldo + j] - exact) > tol;
+        bad += std::fabs(ref[r * ldo + j] - exact) > tol;
+      }
+      for (size_t j = sh.n; j < ldo; ++j) bad += out[r * ldo + j] != -7.0f;  // padding untouched
+    }
+    CHECK(bad == 0);
+  }
+}
+
+namespace {
+
+// One eviction round over L layers as the engine runs it: score every layer
+// (with new_max for the defensive policies), then select per layer or, for
+// layer_defensivekv, over all layers.
+struct Round {
+  std::vector<std::vector<std::vector<float>>> scores, new_max;
+  std::vector<std::vector<std::vector<uint8_t>>> keep;
+  void run(const std::vector<ev::LayerView>& views, const ev::Params& p, const ev::Budget& b,
+           ev::Scratch& s) {
+    const size_t L = views.size();
+    scores.resize(L);
+    new_max.resize(L);
+    keep.resize(L);
+    for (size_t l = 0; l < L; ++l) {
+      ev::score_layer(views[l], p, b, s, scores[l], nullptr, &new_max[l]);
+      if (p.policy != ev::Policy::layer_defensivekv)
+        ev::select_keep(p, b, views[l].n_window, scores[l], s, keep[l]);
+    }
+    if (p.policy == ev::Policy::layer_defensivekv)
+      ev::select_keep_layers(p, b, views[0].n_window, scores, s, keep);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a warm eviction round does not allocate", "[evict][alloc]") {
+  // Bounded schedule: each round sees at most budget + one chunk entries per
+  // head; lengths vary from round to round. Warm up on the longest layout,
+  // then rounds on other (not longer) layouts must not allocate at all.
+  std::mt19937 rng(31);
+  const uint32_t L = 3, T_warm = 200;
+  std::vector<Synth> warm, later;
+  for (uint32_t l = 0; l < L; ++l) {
+    warm.push_back(make_synth(rng, T_warm, 0.0, 4, 4, 16, 8));
+    later.push_back(make_synth(rng, T_warm - 13 * l, 0.3, 4, 4, 16, 8));
+  }
+  for (Synth& s : later)  // previous rounds' maxima, some missing (NaN)
+    for (uint32_t hk = 0; hk < s.Hkv; ++hk) {
+      s.prev.emplace_back(s.pos[hk].size(), 0.01f);
+      s.prev[hk][0] = std::numeric_limits<float>::quiet_NaN();
+    }
+  std::vector<ev::LayerView> v_warm, v_later;
+  for (const Synth& s : warm) v_warm.push_back(s.view());
+  for (const Synth& s : later) v_later.push_back(s.view());
+  const ev::Budget b = ev::entries_budget(60, 4, L);
+  for (ev::Policy pol : kAll) {
+    for (bool running_max : {false, true}) {
+      INFO(ev::policy_name(pol) << (running_max ? " running max" : ""));
+      ev::Params p;
+      p.policy = pol;
+      p.window = 8;
+      p.running_max = running_max;
+      ev::Scratch scratch;
+      Round round;
+      round.run(v_warm, p, b, scratch);  // warm-up
+      const uint64_t a0 = g_allocs.load();
+      round.run(v_later, p, b, scratch);
+      round.run(v_warm, p, b, scratch);
+      const uint64_t allocs = g_allocs.load() - a0;
+      CHECK(allocs == 0);
+    }
+  }
+}
+
+// TinyLlama-1.1B-shaped round (22 layers, 32 query heads, 4 KV heads,
+// head_dim 64, window 32, 20% of a 4k prompt + one 64-token chunk per head).
+// Timing only (hidden: run with `test_evict "[.bench]"`).
+TEST_CASE("eviction round timing, TinyLlama shape", "[.bench]") {
+  std::mt19937 rng(41);
+  const uint32_t L = 22, n = 819 + 64;
+  std::vector<Synth> layers;
+  for (uint32_t l = 0; l < L; ++l) layers.push_back(make_synth(rng, n, 0.0, 4, 8, 64, 32));
+  std::vector<ev::LayerView> views;
+  for (const Synth& s : layers) views.push_back(s.view());
+  const ev::Budget b = ev::entries_budget(819, 4, L);
+  {  // the logits product alone (one KV group), against its scalar reference
+    const Synth& s = layers[0];
+    std::vector<float> out(size_t(8) * 32 * n), panels;
+    auto time_ms = [](auto&& fn) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int r = 0; r < 20; ++r) fn();
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 20;
+    };
+    const double fast = time_ms([&] { ev::window_logits(s.q.data(), 256, s.k[0].data(), n, 64, out.data(), n, panels); });
+    const double ref = time_ms([&] { ev::window_logits_ref(s.q.data(), 256, s.k[0].data(), n, 64, out.data(), n); });
+    std::printf("window logits [256 x 64] x [%u x 64]^T: %.3f ms (scalar reference %.3f ms, %.1fx)\n", n, fast,
+                ref, ref / fast);
+  }
+  for (ev::Policy pol : {ev::Policy::defensivekv, ev::Policy::layer_defensivekv}) {
+    ev::Params p;
+    p.policy = pol;
+    ev::Scratch scratch;
+    Round round;
+    round.run(views, p, b, scratch);
+    const int reps = 3;
+    const uint64_t a0 = g_allocs.load();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < reps; ++r) round.run(views, p, b, scratch);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+    std::printf("%s: %.2f ms per round (%u layers, %u entries per head), %llu allocations\n",
+                ev::policy_name(pol), ms, L, n, (unsigned long long)(g_allocs.load() - a0));
+    CHECK(g_allocs.load() == a0);
   }
 }

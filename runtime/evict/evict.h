@@ -74,9 +74,9 @@
 // per entry (NaN for window entries, which were not scored this round) so the
 // caller can store it with the entry (e.g. in a KV-cache aux slot).
 //
-// Numerics: logits as one f32 GEMM per KV group (quant::matmul: [G*W, d] x
-// [n, d]^T, OpenMP inside: call from outside a parallel region), softmax and
-// pooling through the simd kernel table. On the test vectors every
+// Numerics: logits as one f32 product per KV group ([G*W, d] x [n, d]^T,
+// window_logits below: single-threaded, allocation-free after warm-up),
+// softmax and pooling through the simd kernel table. On the test vectors every
 // intermediate agrees with the numpy reference within 1e-5 relative (attention
 // weights below 1e-6 within 1e-11 absolute: their relative error is the f32
 // rounding of the logits) and every keep mask exactly. Selection is linear: std::nth_element on a copy of the scores to
@@ -151,7 +151,18 @@ struct Scratch {
   std::vector<float> flat;     // selection candidates
   std::vector<uint32_t> idx;   // stage-1 / selection indices
   std::vector<uint32_t> ptr;   // [Hkv] merge cursors
+  std::vector<float> panels;   // window_logits: packed keys [ceil(n/16)][d][16]
 };
+
+// Window logits out[r, j] = q[r, :] . k[j, :] (no 1/sqrt(d) scaling).
+// q: [m, d], k: [n, d], out: [m, ldo] (ldo >= n). Single-threaded,
+// register-blocked (8 queries x 16 keys, summed along d in order); panels is
+// scratch (grows to ceil(n/16)*16*d floats, then reused: no allocation).
+void window_logits(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d, float* out,
+                   size_t ldo, std::vector<float>& panels);
+// Scalar reference of window_logits (same summation order).
+void window_logits_ref(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d,
+                       float* out, size_t ldo);
 
 // Intermediates of one score_layer call (filled only when requested; costs a
 // copy of the attention). Shapes per KV head use that head's N_h = n_h - W.

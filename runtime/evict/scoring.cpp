@@ -3,12 +3,12 @@
 // window padding. One layer per call; buffers live in Scratch.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
 
-#include "quant/quant.h"
 #include "runtime/evict/evict.h"
 #include "simd/simd.h"
 
@@ -123,7 +123,110 @@ uint32_t critical_count(const float* ave, uint32_t N, float threshold, uint32_t 
   return threshold <= 1.0f ? cap : 0;
 }
 
+// ---- window logits --------------------------------------------------------
+// out[r, j] = q[r, :] . k[j, :]: a [m, d] x [n, d]^T product with m = G*W
+// (a few hundred rows), n up to budget + chunk, d = head_dim (8..128). Too
+// small for a GEMM library (oneDNN built a primitive per call: ~700
+// allocations and ~17 ms per round on stories260K), so: keys packed once per
+// call into panels of kNr keys, [n/kNr][d][kNr] (zero-padded), then a kMr x
+// kNr register block (kMr vector accumulators) per step, accumulated along d in order (vectorised along
+// the keys; compiled per ISA via target_clones on x86-64 GCC).
+constexpr uint32_t kMr = 8, kNr = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DEFKV_EVICT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DEFKV_EVICT_CLONES
+#endif
+
+// panels: [ceil(n/kNr)][d][kNr]
+void pack_keys(const float* k, uint32_t n, uint32_t d, float* panels) {
+  const uint32_t n_panel = (n + kNr - 1) / kNr;
+  for (uint32_t p = 0; p < n_panel; ++p) {
+    float* dst = panels + size_t(p) * d * kNr;  // [d][kNr]
+    const uint32_t j0 = p * kNr, nc = std::min(kNr, n - j0);
+    for (uint32_t c = 0; c < kNr; ++c) {
+      if (c < nc) {
+        const float* src = k + size_t(j0 + c) * d;
+        for (uint32_t e = 0; e < d; ++e) dst[size_t(e) * kNr + c] = src[e];
+      } else {
+        for (uint32_t e = 0; e < d; ++e) dst[size_t(e) * kNr + c] = 0.0f;
+      }
+    }
+  }
+}
+
+// kNr floats as one vector (GCC/Clang vector extension: one zmm in the
+// AVX-512 clone, split into narrower registers elsewhere).
+typedef float VecNr __attribute__((vector_size(kNr * sizeof(float))));
+
+DEFKV_EVICT_CLONES
+void logits_panels(const float* q, uint32_t m, const float* panels, uint32_t n, uint32_t d,
+                   float* out, size_t ldo) {
+  const uint32_t n_panel = (n + kNr - 1) / kNr;
+  float tmp[kNr];
+  uint32_t r0 = 0;
+  for (; r0 + kMr <= m; r0 += kMr) {
+    const float* q0 = q + size_t(r0) * d;  // [kMr, d]
+    for (uint32_t p = 0; p < n_panel; ++p) {
+      const float* kp = panels + size_t(p) * d * kNr;  // [d][kNr]
+      VecNr acc[kMr];
+      for (uint32_t r = 0; r < kMr; ++r) acc[r] = VecNr{} ;
+      for (uint32_t e = 0; e < d; ++e) {
+        VecNr ke;
+        std::memcpy(&ke, kp + size_t(e) * kNr, sizeof ke);
+#pragma GCC unroll 8
+        for (uint32_t r = 0; r < kMr; ++r) acc[r] += q0[size_t(r) * d + e] * ke;
+      }
+      const uint32_t j0 = p * kNr, nc = std::min(kNr, n - j0);
+      for (uint32_t r = 0; r < kMr; ++r) {
+        float* o = out + size_t(r0 + r) * ldo + j0;
+        if (nc == kNr) {
+          std::memcpy(o, &acc[r], sizeof(VecNr));
+        } else {
+          std::memcpy(tmp, &acc[r], sizeof tmp);
+          std::copy_n(tmp, nc, o);
+        }
+      }
+    }
+  }
+  for (; r0 < m; ++r0) {  // leftover rows (window shorter than a multiple of kMr)
+    const float* qr = q + size_t(r0) * d;
+    for (uint32_t p = 0; p < n_panel; ++p) {
+      const float* kp = panels + size_t(p) * d * kNr;
+      VecNr acc = VecNr{};
+      for (uint32_t e = 0; e < d; ++e) {
+        VecNr ke;
+        std::memcpy(&ke, kp + size_t(e) * kNr, sizeof ke);
+        acc += qr[e] * ke;
+      }
+      std::memcpy(tmp, &acc, sizeof tmp);
+      const uint32_t j0 = p * kNr, nc = std::min(kNr, n - j0);
+      std::copy_n(tmp, nc, out + size_t(r0) * ldo + j0);
+    }
+  }
+}
+
 }  // namespace
+
+void window_logits(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d, float* out,
+                   size_t ldo, std::vector<float>& panels) {
+  if (m == 0 || n == 0 || d == 0) return;
+  const size_t need = size_t((n + kNr - 1) / kNr) * d * kNr;
+  if (panels.size() < need) panels.resize(need);
+  pack_keys(k, n, d, panels.data());
+  logits_panels(q, m, panels.data(), n, d, out, ldo);
+}
+
+void window_logits_ref(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d,
+                       float* out, size_t ldo) {
+  for (uint32_t r = 0; r < m; ++r)
+    for (uint32_t j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (uint32_t e = 0; e < d; ++e) acc += q[size_t(r) * d + e] * k[size_t(j) * d + e];
+      out[size_t(r) * ldo + j] = acc;
+    }
+}
 
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
                  Scratch& s, std::vector<std::vector<float>>& scores, Introspection* dbg,
@@ -165,10 +268,9 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
     const uint32_t hk = h / G, g = h % G;
     const HeadView& hv = view.heads[hk];
     const uint32_t n = hv.n, N = n - W;
-    if (g == 0 && n > 0) {
-      const quant::Matrix keys{quant::DType::f32, hv.k, n, d};  // [n, d]
-      quant::matmul(keys, view.q_window + size_t(h) * W * d, s.logits.data(), size_t(G) * W, n);
-    }
+    if (g == 0 && n > 0)  // [G*W, d] x [n, d]^T -> [G*W, n]
+      window_logits(view.q_window + size_t(h) * W * d, G * W, hv.k, n, d, s.logits.data(), n,
+                    s.panels);
     if (need_snap) std::fill_n(s.acc.data(), N, 0.0f);
     for (uint32_t i = 0; i < W; ++i) {
       float* row = s.logits.data() + (size_t(g) * W + i) * n;  // [n]
