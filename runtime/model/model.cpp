@@ -171,6 +171,20 @@ void Model::init() {
     output_ = tok_embd_;
     c.tied_output = true;
   }
+  // Re-lay the matrices out once for the packed matmul kernels (see quant::Packed).
+  packed_.resize(c.n_layer);
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    const Layer& L = layers_[l];
+    PackedLayer& P = packed_[l];
+    P.wq = quant::pack_for_gemm(L.wq);
+    P.wk = quant::pack_for_gemm(L.wk);
+    P.wv = quant::pack_for_gemm(L.wv);
+    P.wo = quant::pack_for_gemm(L.wo);
+    P.w_gate = quant::pack_for_gemm(L.w_gate);
+    P.w_up = quant::pack_for_gemm(L.w_up);
+    P.w_down = quant::pack_for_gemm(L.w_down);
+  }
+  output_packed_ = quant::pack_for_gemm(output_);
   weight_bytes_ = bytes;
   cfg_ = c;
 }
@@ -281,10 +295,11 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
     if (hooks.cancel && hooks.cancel->load(std::memory_order_relaxed))
       throw Cancelled("model: forward pass cancelled at layer " + std::to_string(l));
     const Layer& L = layers_[l];
+    const PackedLayer& P = packed_[l];
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.attn_norm, E, c.rms_eps);
-    quant::matmul(L.wq, xn, q, n_tokens, q_dim);
-    quant::matmul(L.wk, xn, k, n_tokens, kv_dim);
-    quant::matmul(L.wv, xn, v, n_tokens, kv_dim);
+    quant::matmul_packed(P.wq, xn, q, n_tokens, q_dim);
+    quant::matmul_packed(P.wk, xn, k, n_tokens, kv_dim);
+    quant::matmul_packed(P.wv, xn, v, n_tokens, kv_dim);
 
     // RoPE on queries and keys.
     for (uint32_t t = 0; t < n_tokens; ++t) {
@@ -316,26 +331,26 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
 
     attention(l, pos, n_tokens, cache, ws);
 
-    quant::matmul(L.wo, att, proj, n_tokens, E);
+    quant::matmul_packed(P.wo, att, proj, n_tokens, E);
     for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
 
     // SwiGLU feed-forward.
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.ffn_norm, E, c.rms_eps);
-    quant::matmul(L.w_gate, xn, gate, n_tokens, F);
-    quant::matmul(L.w_up, xn, up, n_tokens, F);
+    quant::matmul_packed(P.w_gate, xn, gate, n_tokens, F);
+    quant::matmul_packed(P.w_up, xn, up, n_tokens, F);
     for (uint32_t t = 0; t < n_tokens; ++t) K.silu_mul(gate + t * F, up + t * F, F);
-    quant::matmul(L.w_down, gate, proj, n_tokens, E);
+    quant::matmul_packed(P.w_down, gate, proj, n_tokens, E);
     for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
   }
 
   if (!logits) return;
   if (all_logits) {
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, output_norm_, E, c.rms_eps);
-    quant::matmul(output_, xn, logits, n_tokens, c.n_vocab);
+    quant::matmul_packed(output_packed_, xn, logits, n_tokens, c.n_vocab);
   } else {
     const size_t t = n_tokens - 1;
     K.rmsnorm(xn, x + t * E, output_norm_, E, c.rms_eps);
-    quant::matmul(output_, xn, logits, 1, c.n_vocab);
+    quant::matmul_packed(output_packed_, xn, logits, 1, c.n_vocab);
   }
 }
 

@@ -169,6 +169,13 @@ class Model {
   quant::Matrix output_;                 // [n_vocab, n_embd]
   const float* output_norm_ = nullptr;   // [n_embd]
   std::vector<Layer> layers_;            // [n_layer]
+  // Load-time packed copies for quant::matmul_packed (q8_0 on AVX-512 VNNI:
+  // as many bytes again as the q8_0 matrices; other dtypes/CPUs: no copy).
+  struct PackedLayer {
+    quant::Packed wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  std::vector<PackedLayer> packed_;      // [n_layer]
+  quant::Packed output_packed_;
   std::vector<std::vector<float>> converted_norms_;  // norms stored as F16/BF16, as f32
   size_t weight_bytes_ = 0;
 };
