@@ -65,10 +65,19 @@ void validate(const LayerView& v, const Params& p) {
   }
 }
 
+// Every per-head vector reserves the layer's total entries: head-adaptive
+// budgets move entries between heads from round to round, and a head may hold
+// up to all of them, so capacity tracks the layer total (which the bounded
+// schedule caps), not each head's own high-water mark.
 void resize_zero(std::vector<std::vector<float>>& vv, const LayerView& v, uint32_t drop,
                  float fill) {
+  size_t total = 0;
+  for (const HeadView& h : v.heads) total += h.n;
   vv.resize(v.n_head_kv);
-  for (uint32_t hk = 0; hk < v.n_head_kv; ++hk) vv[hk].assign(v.heads[hk].n - drop, fill);
+  for (uint32_t hk = 0; hk < v.n_head_kv; ++hk) {
+    vv[hk].reserve(total);
+    vv[hk].assign(v.heads[hk].n - drop, fill);
+  }
 }
 
 // Value-norm weights w[hk, j] = vnorm[hk, j] / sum over the heads holding the

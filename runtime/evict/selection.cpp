@@ -103,9 +103,12 @@ void check_layer(uint32_t n_window, const std::vector<std::vector<float>>& score
 
 void size_keep(const std::vector<std::vector<float>>& scores,
                std::vector<std::vector<uint8_t>>& keep, uint32_t n_window) {
+  size_t total = 0;  // reserve the layer total per head (see resize_zero in scoring.cpp)
+  for (const auto& s : scores) total += s.size();
   keep.resize(scores.size());
   for (size_t hk = 0; hk < scores.size(); ++hk) {
     const size_t n = scores[hk].size();
+    keep[hk].reserve(total);
     keep[hk].assign(n, 0);
     std::fill(keep[hk].begin() + (n - n_window), keep[hk].end(), uint8_t(1));  // window
   }
