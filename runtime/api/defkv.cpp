@@ -577,19 +577,19 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
       case DEFKV_POLICY_ADAKV: cp.evict.policy = evict::Policy::adakv; break;
       case DEFKV_POLICY_SNAPKV: cp.evict.policy = evict::Policy::snapkv; break;
       case DEFKV_POLICY_STREAMING: cp.evict.policy = evict::Policy::streaming; break;
-      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_policy " + std::to_string(int(p.kv_policy)));
+      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_policy " + std::to_string(p.kv_policy));
     }
     switch (p.kv_schedule) {
       case DEFKV_SCHEDULE_DEFAULT: break;
       case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
       case DEFKV_SCHEDULE_ONESHOT: cp.schedule = engine::Schedule::oneshot; break;
-      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_schedule " + std::to_string(int(p.kv_schedule)));
+      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_schedule " + std::to_string(p.kv_schedule));
     }
     switch (p.kv_type) {
       case DEFKV_KV_F16: cp.kv_type = quant::DType::f16; break;
       case DEFKV_KV_F32: cp.kv_type = quant::DType::f32; break;
       case DEFKV_KV_Q8_0: cp.kv_type = quant::DType::q8_0; break;
-      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_type " + std::to_string(int(p.kv_type)));
+      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_type " + std::to_string(p.kv_type));
     }
     if (p.prefill_chunk_tokens) cp.chunk_tokens = p.prefill_chunk_tokens;
     else if (n_forms(p) == 0) cp.chunk_tokens = 64;

@@ -187,9 +187,10 @@ typedef struct defkv_context_params {
   int64_t kv_budget_tokens;  /* entries per layer and KV head (average over heads) */
   double kv_ratio;           /* fraction of the first prompt kept, in (0, 1] */
   int64_t kv_mem_bytes;      /* ceiling on the KV pool's bytes */
-  defkv_kv_policy kv_policy;
-  defkv_schedule kv_schedule;
-  defkv_kv_type kv_type;
+  /* Enumerations are stored as int32_t (fixed size across compilers). */
+  int32_t kv_policy;         /* defkv_kv_policy */
+  int32_t kv_schedule;       /* defkv_schedule */
+  int32_t kv_type;           /* defkv_kv_type */
   uint32_t kv_window;        /* observation window; 0: 32 */
   uint32_t kv_sinks;         /* streaming: first tokens always kept; 0: 4 */
 

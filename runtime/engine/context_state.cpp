@@ -280,8 +280,10 @@ void Context::load_state(std::span<const uint8_t> data) {
       }
     }
   std::memcpy(logits_.data(), logits, logits_.size() * sizeof(float));
-  std::memcpy(q_ring_pos_.data(), ring_pos, q_ring_pos_.size() * sizeof(int32_t));
-  std::memcpy(q_ring_.data(), ring, q_ring_.size() * sizeof(float));
+  if (!q_ring_pos_.empty()) {  // no ring without a budget (memcpy must not see null)
+    std::memcpy(q_ring_pos_.data(), ring_pos, q_ring_pos_.size() * sizeof(int32_t));
+    std::memcpy(q_ring_.data(), ring, q_ring_.size() * sizeof(float));
+  }
   budget_ = budget;
   n_past_ = n_past;
   prompt_len_ = prompt_len;
