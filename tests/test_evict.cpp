@@ -20,24 +20,7 @@
 #include "runtime/evict/evict.h"
 #include "runtime/gguf/gguf.h"
 
-// ---- allocation counter (whole binary) -------------------------------------
-namespace {
-std::atomic<uint64_t> g_allocs{0};
-}
-void* operator new(std::size_t n) {
-  g_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) {
-  g_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#include "tests/alloc_counter.h"
 
 namespace ev = defkv::evict;
 namespace gg = defkv::gguf;

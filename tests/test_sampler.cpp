@@ -21,24 +21,7 @@
 using defkv::text::Sampler;
 using defkv::text::SamplerParams;
 
-// ---- allocation counter (this test executable only) -------------------------
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#include "tests/alloc_counter.h"
 
 namespace {
 
@@ -345,10 +328,10 @@ TEST_CASE("sample() does not allocate after the first call", "[sampler]") {
     p.top_k = temperature > 0 ? 0 : 40;  // full sort path too
     Sampler s(p);
     s.sample(l);
-    const long before = g_allocations.load();
+    const long before = g_allocs.load();
     int32_t sink = 0;
     for (int i = 0; i < 200; ++i) sink += s.sample(l);
-    const long after = g_allocations.load();
+    const long after = g_allocs.load();
     INFO("temperature " << temperature << ", sink " << sink);
     CHECK(after - before == 0);
   }
