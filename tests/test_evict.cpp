@@ -752,3 +752,31 @@ TEST_CASE("eviction round timing, TinyLlama shape", "[.bench]") {
     CHECK(g_allocs.load() == a0);
   }
 }
+
+// One TinyLlama-shaped layer (32 query heads, 4 KV heads, head_dim 64, window
+// 32) scored at 1000..4000 entries per head: score_layer alone, per policy,
+// best of a few repetitions (hidden: `test_evict "[.bench]"`; the numbers in
+// the commit messages moving the scoring kernels into simd/ come from here).
+TEST_CASE("score_layer timing per layer, TinyLlama shape", "[.bench][.score]") {
+  std::mt19937 rng(43);
+  for (uint32_t n : {1000u, 2000u, 4000u}) {
+    const Synth s = make_synth(rng, n, 0.0, 4, 8, 64, 32);
+    const ev::LayerView view = s.view();
+    const ev::Budget b = ev::entries_budget(n / 5, 4, 1);
+    for (ev::Policy pol : {ev::Policy::snapkv, ev::Policy::criticalkv, ev::Policy::defensivekv}) {
+      ev::Params p;
+      p.policy = pol;
+      ev::Scratch scratch;
+      std::vector<std::vector<float>> scores;
+      ev::score_layer(view, p, b, scratch, scores);  // warm-up
+      double best = 1e30;
+      for (int r = 0; r < 5; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        ev::score_layer(view, p, b, scratch, scores);
+        best = std::min(best, std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - t0).count());
+      }
+      std::printf("score_layer %-12s n=%u: %.3f ms\n", ev::policy_name(pol), n, best);
+    }
+  }
+}
