@@ -103,12 +103,81 @@ void f32_to_bf16(const float* x, uint16_t* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] = detail::f32_to_bf16_inline(x[i]);
 }
 
+// ---- eviction scoring ------------------------------------------------------
+
+// Plain triple loop, one f32 accumulator per output summed along e in order
+// (the vector kernels sum in the same order, with FMA).
+void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d, float* out,
+                   size_t ldo, float* /*panels*/) {
+  for (size_t r = 0; r < m; ++r)
+    for (size_t j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (size_t e = 0; e < d; ++e) acc += q[r * d + e] * k[j * d + e];
+      out[r * ldo + j] = acc;
+    }
+}
+
+float window_softmax(float* x, size_t n, size_t n_valid, float scale) {
+  for (size_t i = 0; i < n_valid; ++i) x[i] *= scale;
+  const float z = n_valid > 0 ? softmax(x, n_valid) : 0.0f;
+  for (size_t i = n_valid; i < n; ++i) x[i] = 0.0f;
+  return z;
+}
+
+// Pooled value at i in double (the oracle's precision).
+static double pool_at(const float* x, size_t n, size_t k, size_t i) {
+  const size_t pad = k / 2;
+  const size_t lo = i >= pad ? i - pad : 0;
+  const size_t hi = i + pad < n ? i + pad : n - 1;  // inclusive
+  double acc = 0.0;
+  for (size_t j = lo; j <= hi; ++j) acc += x[j];
+  return acc / double(k);
+}
+
+void avg_pool(const float* x, float* out, size_t n, size_t k) {
+  for (size_t i = 0; i < n; ++i) out[i] = float(pool_at(x, n, k, i));
+}
+
+void pool_rescale_max(const float* x, float* tmp, float* acc, size_t n, size_t k) {
+  double mass = 0.0, pooled_mass = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    mass += x[i];
+    pooled_mass += pool_at(x, n, k, i);
+  }
+  const double f = pooled_mass > 0.0 ? mass / pooled_mass : 1.0;
+  for (size_t i = 0; i < n; ++i) {
+    tmp[i] = float(pool_at(x, n, k, i) * f);
+    acc[i] = acc[i] < tmp[i] ? tmp[i] : acc[i];
+  }
+}
+
+void clamp_min(float* x, float lo, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = x[i] < lo ? lo : x[i];
+}
+
+void vnorm_weight(float* x, float* w_out, const float* num, const float* den, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float w = den[i] > 0.0f ? num[i] / den[i] : 0.0f;
+    x[i] *= w;
+    if (w_out) w_out[i] = w;
+  }
+}
+
 const Kernels& table() {
-  static const Kernels t{
-      Isa::scalar, dot,       dot_f16,     axpy,        axpy_f16,    scale,
-      rmsnorm,     softmax,   silu_mul,    max_inplace, add_inplace, reduce_max,
-      reduce_sum,  reduce_abs_sum, f16_to_f32, f32_to_f16, bf16_to_f32, f32_to_bf16,
-  };
+  static const Kernels t = [] {
+    Kernels k{};
+    k.isa = Isa::scalar;
+    k.dot = dot; k.dot_f16 = dot_f16; k.axpy = axpy; k.axpy_f16 = axpy_f16; k.scale = scale;
+    k.rmsnorm = rmsnorm; k.softmax = softmax; k.silu_mul = silu_mul;
+    k.max_inplace = max_inplace; k.add_inplace = add_inplace; k.reduce_max = reduce_max;
+    k.reduce_sum = reduce_sum; k.reduce_abs_sum = reduce_abs_sum;
+    k.f16_to_f32 = f16_to_f32; k.f32_to_f16 = f32_to_f16;
+    k.bf16_to_f32 = bf16_to_f32; k.f32_to_bf16 = f32_to_bf16;
+    k.window_logits = window_logits; k.window_softmax = window_softmax; k.avg_pool = avg_pool;
+    k.pool_rescale_max = pool_rescale_max; k.clamp_min = clamp_min;
+    k.vnorm_weight = vnorm_weight;
+    return k;
+  }();
   return t;
 }
 

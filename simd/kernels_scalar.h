@@ -24,6 +24,13 @@ void f16_to_f32(const uint16_t* x, float* y, size_t n);
 void f32_to_f16(const float* x, uint16_t* y, size_t n);
 void bf16_to_f32(const uint16_t* x, float* y, size_t n);
 void f32_to_bf16(const float* x, uint16_t* y, size_t n);
+void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d, float* out,
+                   size_t ldo, float* panels);
+float window_softmax(float* x, size_t n, size_t n_valid, float scale);
+void avg_pool(const float* x, float* out, size_t n, size_t k);
+void pool_rescale_max(const float* x, float* tmp, float* acc, size_t n, size_t k);
+void clamp_min(float* x, float lo, size_t n);
+void vnorm_weight(float* x, float* w_out, const float* num, const float* den, size_t n);
 
 const Kernels& table();
 

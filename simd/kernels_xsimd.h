@@ -238,10 +238,235 @@ struct XKernels {
     for (; i < n; ++i) y[i] = simd::f32_to_bf16(x[i]);
   }
 
+  // ---- eviction scoring ----------------------------------------------------
+
+  // Window logits. Keys are packed into panels of kNr = 16 keys, [n_panel][d]
+  // [16] (zero-padded; the layout window_logits_scratch() sizes), then a block
+  // of kMr queries x kNr keys is kMr * V vector accumulators (V = 16 / L),
+  // each output summed along d in order. kMr keeps the accumulators plus V
+  // key vectors and a broadcast within the register file (16 zmm: 8 x 1;
+  // 16 ymm: 4 x 2; 32 NEON q: 6 x 4).
+  static constexpr size_t kNr = 16;
+  static constexpr size_t V = kNr / L;
+  static_assert(V * L == kNr, "panel width must be a multiple of the lanes");
+  static constexpr size_t kMr = L >= 16 ? 8 : (L >= 8 ? 4 : 6);
+
+  static void pack_keys(const float* k, size_t n, size_t d, float* panels) {
+    const size_t n_panel = (n + kNr - 1) / kNr;
+    for (size_t p = 0; p < n_panel; ++p) {
+      float* dst = panels + p * d * kNr;  // [d][kNr]
+      const size_t j0 = p * kNr, nc = n - j0 < kNr ? n - j0 : kNr;
+      for (size_t c = 0; c < kNr; ++c) {
+        if (c < nc) {
+          const float* src = k + (j0 + c) * d;
+          for (size_t e = 0; e < d; ++e) dst[e * kNr + c] = src[e];
+        } else {
+          for (size_t e = 0; e < d; ++e) dst[e * kNr + c] = 0.0f;
+        }
+      }
+    }
+  }
+
+  // R queries (rows r0..r0+R) against every panel.
+  template <size_t R>
+  static void logits_block(const float* q, size_t r0, const float* panels, size_t n, size_t d,
+                           float* out, size_t ldo) {
+    const size_t n_panel = (n + kNr - 1) / kNr;
+    const float* qb = q + r0 * d;  // [R, d]
+    for (size_t p = 0; p < n_panel; ++p) {
+      const float* kp = panels + p * d * kNr;  // [d][kNr]
+      B acc[R][V];
+      for (size_t r = 0; r < R; ++r)
+        for (size_t v = 0; v < V; ++v) acc[r][v] = B(0.0f);
+      for (size_t e = 0; e < d; ++e) {
+        B kv[V];
+        for (size_t v = 0; v < V; ++v) kv[v] = B::load_unaligned(kp + e * kNr + v * L);
+        for (size_t r = 0; r < R; ++r) {
+          const B qe(qb[r * d + e]);
+          for (size_t v = 0; v < V; ++v) acc[r][v] = xsimd::fma(qe, kv[v], acc[r][v]);
+        }
+      }
+      const size_t j0 = p * kNr, nc = n - j0 < kNr ? n - j0 : kNr;
+      for (size_t r = 0; r < R; ++r) {
+        float* o = out + (r0 + r) * ldo + j0;
+        if (nc == kNr) {
+          for (size_t v = 0; v < V; ++v) acc[r][v].store_unaligned(o + v * L);
+        } else {
+          alignas(64) float tmp[kNr];
+          for (size_t v = 0; v < V; ++v) acc[r][v].store_aligned(tmp + v * L);
+          for (size_t c = 0; c < nc; ++c) o[c] = tmp[c];
+        }
+      }
+    }
+  }
+
+  static void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d,
+                            float* out, size_t ldo, float* panels) {
+    if (m == 0 || n == 0) return;
+    if (d == 0) {
+      for (size_t r = 0; r < m; ++r)
+        for (size_t j = 0; j < n; ++j) out[r * ldo + j] = 0.0f;
+      return;
+    }
+    pack_keys(k, n, d, panels);
+    size_t r0 = 0;
+    for (; r0 + kMr <= m; r0 += kMr) logits_block<kMr>(q, r0, panels, n, d, out, ldo);
+    for (; r0 < m; ++r0) logits_block<1>(q, r0, panels, n, d, out, ldo);
+  }
+
+  static float window_softmax(float* x, size_t n, size_t n_valid, float scale_by) {
+    const size_t c = n_valid;
+    for (size_t i = c; i < n; ++i) x[i] = 0.0f;
+    if (c == 0) return 0.0f;
+    const float m = reduce_max(x, c) * scale_by;  // scale_by > 0: max commutes
+    if (m == -INFINITY) {
+      for (size_t i = 0; i < c; ++i) x[i] = 0.0f;
+      return 0.0f;
+    }
+    const B vm(m), vs(scale_by);
+    B s0(0.0f), s1(0.0f);
+    size_t i = 0;
+    for (; i + 2 * L <= c; i += 2 * L) {
+      const B e0 = xsimd::exp(B::load_unaligned(x + i) * vs - vm);
+      const B e1 = xsimd::exp(B::load_unaligned(x + i + L) * vs - vm);
+      e0.store_unaligned(x + i);
+      e1.store_unaligned(x + i + L);
+      s0 += e0;
+      s1 += e1;
+    }
+    for (; i + L <= c; i += L) {
+      const B e0 = xsimd::exp(B::load_unaligned(x + i) * vs - vm);
+      e0.store_unaligned(x + i);
+      s0 += e0;
+    }
+    float sum = hsum(s0 + s1);
+    for (; i < c; ++i) {
+      x[i] = std::exp(x[i] * scale_by - m);
+      sum += x[i];
+    }
+    scale(x, 1.0f / sum, c);
+    return sum;
+  }
+
+  // Pooling with the sums the defensive rescale needs: out = avg_pool(x, k),
+  // *sum_x = sum x, *sum_out = sum out. Interior outputs (all k inputs inside
+  // x) are k shifted vector loads; the k/2 outputs at each edge are scalar.
+  static void pool_sums(const float* x, float* out, size_t n, size_t k, float* sum_x,
+                        float* sum_out) {
+    const size_t pad = k / 2;
+    const float inv_k = 1.0f / float(k);
+    auto edge = [&](size_t i) {
+      const size_t lo = i >= pad ? i - pad : 0;
+      const size_t hi = i + pad < n ? i + pad : n - 1;
+      float acc = 0.0f;
+      for (size_t j = lo; j <= hi; ++j) acc += x[j];
+      return acc * inv_k;
+    };
+    float sx = 0.0f, so = 0.0f;
+    size_t i = 0;
+    const size_t lo_end = pad < n ? pad : n;
+    for (; i < lo_end; ++i) {
+      out[i] = edge(i);
+      so += out[i];
+      sx += x[i];
+    }
+    const size_t hi_start = n > pad ? n - pad : n;  // first i with i + pad >= n
+    B bsx(0.0f), bso(0.0f);
+    const B vinv(inv_k);
+    if (hi_start > i) {
+      for (; i + L <= hi_start; i += L) {
+        const float* base = x + i - pad;
+        B acc = B::load_unaligned(base);
+        for (size_t t = 1; t < k; ++t) acc += B::load_unaligned(base + t);
+        const B o = acc * vinv;
+        o.store_unaligned(out + i);
+        bso += o;
+        bsx += B::load_unaligned(x + i);
+      }
+      for (; i < hi_start; ++i) {
+        out[i] = edge(i);
+        so += out[i];
+        sx += x[i];
+      }
+    }
+    for (; i < n; ++i) {
+      out[i] = edge(i);
+      so += out[i];
+      sx += x[i];
+    }
+    if (sum_x) *sum_x = sx + hsum(bsx);
+    if (sum_out) *sum_out = so + hsum(bso);
+  }
+
+  static void avg_pool(const float* x, float* out, size_t n, size_t k) {
+    pool_sums(x, out, n, k, nullptr, nullptr);
+  }
+
+  static void pool_rescale_max(const float* x, float* tmp, float* acc, size_t n, size_t k) {
+    float mass = 0.0f, pooled_mass = 0.0f;
+    pool_sums(x, tmp, n, k, &mass, &pooled_mass);
+    const float f = pooled_mass > 0.0f ? mass / pooled_mass : 1.0f;
+    const B vf(f);
+    size_t i = 0;
+    for (; i + L <= n; i += L) {
+      const B p = B::load_unaligned(tmp + i) * vf, a = B::load_unaligned(acc + i);
+      p.store_unaligned(tmp + i);
+      xsimd::select(a < p, p, a).store_unaligned(acc + i);
+    }
+    for (; i < n; ++i) {
+      tmp[i] *= f;
+      acc[i] = acc[i] < tmp[i] ? tmp[i] : acc[i];
+    }
+  }
+
+  static void clamp_min(float* x, float lo, size_t n) {
+    const B vlo(lo);
+    size_t i = 0;
+    for (; i + L <= n; i += L) {
+      const B a = B::load_unaligned(x + i);
+      xsimd::select(a < vlo, vlo, a).store_unaligned(x + i);
+    }
+    for (; i < n; ++i) x[i] = x[i] < lo ? lo : x[i];
+  }
+
+  // IEEE division (xsimd 8.1 divides on neon64 by a refined reciprocal
+  // estimate, a few ulp off; AArch64 has a real vector divide).
+  static B div_exact(B a, B b) {
+#if defined(__aarch64__)
+    if constexpr (L == 4) return B(vdivq_f32(a, b));
+#endif
+    return a / b;
+  }
+
+  static void vnorm_weight(float* x, float* w_out, const float* num, const float* den, size_t n) {
+    const B zero(0.0f);
+    size_t i = 0;
+    for (; i + L <= n; i += L) {
+      const B dv = B::load_unaligned(den + i);
+      const B w = xsimd::select(dv > zero, div_exact(B::load_unaligned(num + i), dv), zero);
+      (B::load_unaligned(x + i) * w).store_unaligned(x + i);
+      if (w_out) w.store_unaligned(w_out + i);
+    }
+    for (; i < n; ++i) {
+      const float w = den[i] > 0.0f ? num[i] / den[i] : 0.0f;
+      x[i] *= w;
+      if (w_out) w_out[i] = w;
+    }
+  }
+
   static Kernels table(Isa isa) {
-    return Kernels{isa,        dot,        dot_f16,     axpy,        axpy_f16,    scale,
-                   rmsnorm,    softmax,    silu_mul,    max_inplace, add_inplace, reduce_max,
-                   reduce_sum, reduce_abs_sum, f16_to_f32, f32_to_f16, bf16_to_f32, f32_to_bf16};
+    Kernels t{};
+    t.isa = isa;
+    t.dot = dot; t.dot_f16 = dot_f16; t.axpy = axpy; t.axpy_f16 = axpy_f16; t.scale = scale;
+    t.rmsnorm = rmsnorm; t.softmax = softmax; t.silu_mul = silu_mul;
+    t.max_inplace = max_inplace; t.add_inplace = add_inplace; t.reduce_max = reduce_max;
+    t.reduce_sum = reduce_sum; t.reduce_abs_sum = reduce_abs_sum;
+    t.f16_to_f32 = f16_to_f32; t.f32_to_f16 = f32_to_f16;
+    t.bf16_to_f32 = bf16_to_f32; t.f32_to_bf16 = f32_to_bf16;
+    t.window_logits = window_logits; t.window_softmax = window_softmax; t.avg_pool = avg_pool;
+    t.pool_rescale_max = pool_rescale_max; t.clamp_min = clamp_min;
+    t.vnorm_weight = vnorm_weight;
+    return t;
   }
 };
 

@@ -1,4 +1,5 @@
-// Position-wise helpers that are not per-ISA: rotary embedding, 1-D average pooling.
+// Position-wise helpers that are not per-ISA: rotary embedding, 1-D average
+// pooling (checked, then the table kernel), the logits scratch size.
 #include <stdexcept>
 #include <string>
 
@@ -26,15 +27,11 @@ void rope(float* x, size_t n_rot, const float* cos, const float* sin, bool neox)
 void avg_pool1d(const float* x, float* out, size_t n, size_t k) {
   if (k == 0 || k % 2 == 0)
     throw std::invalid_argument("avg_pool1d: kernel size must be odd, got " + std::to_string(k));
-  const size_t pad = k / 2;
-  const double inv_k = 1.0 / double(k);
-  for (size_t i = 0; i < n; ++i) {
-    const size_t lo = i >= pad ? i - pad : 0;
-    const size_t hi = i + pad < n ? i + pad : n - 1;  // inclusive
-    double acc = 0.0;
-    for (size_t j = lo; j <= hi; ++j) acc += x[j];
-    out[i] = float(acc * inv_k);
-  }
+  simd::k().avg_pool(x, out, n, k);
+}
+
+size_t window_logits_scratch(size_t n, size_t d) {
+  return (n + 15) / 16 * 16 * d;  // [ceil(n/16)][d][16], see kernels_xsimd.h
 }
 
 }  // namespace defkv::simd

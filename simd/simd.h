@@ -51,7 +51,40 @@ struct Kernels {
   void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);
   void (*bf16_to_f32)(const uint16_t* x, float* y, size_t n);
   void (*f32_to_bf16)(const float* x, uint16_t* y, size_t n);
+
+  // ---- eviction scoring (eviction.md steps 1-3; callers: runtime/evict) ----
+  // Window logits out[r, j] = sum_e q[r, e] * k[j, e], summed along e in order
+  // (no 1/sqrt(d) scaling). q: [m, d], k: [n, d], out: [m, ldo] (ldo >= n;
+  // columns n..ldo untouched). panels: scratch of window_logits_scratch(n, d)
+  // floats (keys packed into 16-key panels; unused by the scalar table).
+  // Register-blocked: a few queries x 16 keys per step, vectorised along keys.
+  void (*window_logits)(const float* q, size_t m, const float* k, size_t n, size_t d,
+                        float* out, size_t ldo, float* panels);
+  // One causal window row: x[0, n_valid) <- softmax(scale * x[0, n_valid)),
+  // x[n_valid, n) <- 0 (keys past the query). scale > 0. Returns the
+  // normaliser sum exp(scale * (x - max x)); all -inf (or n_valid == 0) gives
+  // all zeros and 0.
+  float (*window_softmax)(float* x, size_t n, size_t n_valid, float scale);
+  // 1-D average pooling, kernel k (odd), zero padding k/2, divide by k
+  // everywhere (PyTorch avg_pool1d count_include_pad=True; eviction.md step 2).
+  // out must not alias x. k is not checked here (simd::avg_pool1d checks).
+  void (*avg_pool)(const float* x, float* out, size_t n, size_t k);
+  // Defensive aggregation of one attention row (eviction.md step 2.1):
+  // p = avg_pool(x, k); if sum p > 0, p *= sum x / sum p (same mass as x);
+  // acc[j] = max(acc[j], p[j]). tmp: [n] scratch, receives p.
+  void (*pool_rescale_max)(const float* x, float* tmp, float* acc, size_t n, size_t k);
+  // x[i] = max(x[i], lo) (the defensive mean floor, eviction.md step 2.2)
+  void (*clamp_min)(float* x, float lo, size_t n);
+  // Value-norm weighting (eviction.md step 3): w = den[i] > 0 ? num[i] / den[i]
+  // : 0; x[i] *= w; w_out[i] = w if w_out is non-null.
+  void (*vnorm_weight)(float* x, float* w_out, const float* num, const float* den, size_t n);
+  // The mean / max aggregations over window queries and group heads are
+  // add_inplace / axpy / scale and max_inplace above.
 };
+
+// Floats of panel scratch Kernels::window_logits needs for n keys of dim d
+// (the same for every table).
+size_t window_logits_scratch(size_t n, size_t d);
 
 // CPU features that kernel selection depends on, detected once. x86 entries
 // are already AND-ed with OS support for the registers (XCR0 via xgetbv).

@@ -35,6 +35,14 @@ constexpr double kFmaRelTol = 2.0 * kF32Eps;
 constexpr double kExpRelTol = 8.0 * kF32Eps;
 // rmsnorm: reduction error feeds a sqrt and a product.
 constexpr double kRmsNormRelTol = 16.0 * kF32Eps;
+// Average pooling: an f32 sum of k terms and a multiply by 1/k, against the
+// double oracle: |err| <= (k + 1) * eps * sum|terms| / k.
+double pool_tol(size_t k, double window_abs_sum) {
+  return (double(k) + 1.0) * kF32Eps * window_abs_sum / double(k) + 1e-38;
+}
+// Window logits: any f32 order of d products (FMA or not) is within
+// d * eps * sum|q_e k_e| of the exact dot, so two of them within twice that.
+double logits_tol(size_t d, double mag) { return 2.0 * double(d) * kF32Eps * mag + 1e-30; }
 
 constexpr size_t kMaxLanes = 16;  // AVX-512 floats
 std::vector<size_t> test_sizes() {
@@ -173,6 +181,8 @@ TEST_CASE("available tables start with scalar and k() is the best one", "[simd][
     CHECK(t->rmsnorm); CHECK(t->softmax); CHECK(t->silu_mul); CHECK(t->max_inplace);
     CHECK(t->add_inplace); CHECK(t->reduce_max); CHECK(t->reduce_sum); CHECK(t->reduce_abs_sum);
     CHECK(t->f16_to_f32); CHECK(t->f32_to_f16); CHECK(t->bf16_to_f32); CHECK(t->f32_to_bf16);
+    CHECK(t->window_logits); CHECK(t->window_softmax); CHECK(t->avg_pool);
+    CHECK(t->pool_rescale_max); CHECK(t->clamp_min); CHECK(t->vnorm_weight);
   }
 }
 
@@ -560,4 +570,225 @@ TEST_CASE("avg_pool1d is zero-padded mean with count_include_pad", "[simd][pool]
     }
   }
   CHECK_THROWS(simd::avg_pool1d(x.data(), out.data(), 5, 4));
+}
+
+// ---- eviction scoring kernels ---------------------------------------------------
+
+namespace {
+
+// Oracle for pooling: zero-padded window sum in double, / k.
+double pool_oracle(const float* x, size_t n, size_t k, size_t i, double* abs_sum = nullptr) {
+  double acc = 0, a = 0;
+  for (long j = long(i) - long(k / 2); j <= long(i) + long(k / 2); ++j)
+    if (j >= 0 && j < long(n)) { acc += x[size_t(j)]; a += std::fabs(x[size_t(j)]); }
+  if (abs_sum) *abs_sum = a;
+  return acc / double(k);
+}
+
+}  // namespace
+
+TEST_CASE("scalar scoring kernels match closed forms", "[simd][scalar][scoring]") {
+  const Kernels& s = simd::scalar_kernels();
+  // window softmax: scale 0.5 of [0, 2 ln2, 4 ln2, junk] over 3 valid = [1,2,4]/7, then 0
+  std::vector<float> row = {0.0f, 2 * std::log(2.0f), 4 * std::log(2.0f), 123.0f};
+  CHECK(s.window_softmax(row.data(), 4, 3, 0.5f) == Approx(1.75f).epsilon(1e-6));
+  CHECK(row[0] == Approx(1.0 / 7).epsilon(1e-6));
+  CHECK(row[1] == Approx(2.0 / 7).epsilon(1e-6));
+  CHECK(row[2] == Approx(4.0 / 7).epsilon(1e-6));
+  CHECK(row[3] == 0.0f);
+  row = {5.0f, 6.0f};
+  CHECK(s.window_softmax(row.data(), 2, 0, 1.0f) == 0.0f);
+  CHECK(row == std::vector<float>{0.0f, 0.0f});
+
+  // pooling: [1..5], k = 3 -> [3, 6, 9, 12, 9] / 3
+  std::vector<float> x = {1, 2, 3, 4, 5}, out(5), tmp(5);
+  s.avg_pool(x.data(), out.data(), 5, 3);
+  const std::vector<float> want3 = {1.0f, 2.0f, 3.0f, 4.0f, 3.0f};
+  for (size_t i = 0; i < 5; ++i) CHECK(out[i] == Approx(want3[i]).epsilon(1e-7));
+  // pool + rescale: sum x = 15, sum pooled = 13, so p * 15/13; max with acc
+  std::vector<float> acc = {0.0f, 100.0f, 0.0f, 0.0f, -1.0f};
+  s.pool_rescale_max(x.data(), tmp.data(), acc.data(), 5, 3);
+  for (size_t i = 0; i < 5; ++i) CHECK(tmp[i] == Approx(want3[i] * 15.0 / 13.0).epsilon(1e-6));
+  CHECK(acc[1] == 100.0f);
+  CHECK(acc[0] == tmp[0]);
+  CHECK(acc[4] == tmp[4]);
+  // all-zero row: nothing to rescale, stays zero
+  std::vector<float> z(5, 0.0f), acc0(5, -INFINITY);
+  s.pool_rescale_max(z.data(), tmp.data(), acc0.data(), 5, 5);
+  CHECK(acc0 == z);
+
+  std::vector<float> c = {-1.0f, 0.5f, 2.0f};
+  s.clamp_min(c.data(), 0.75f, 3);
+  CHECK(c == std::vector<float>{0.75f, 0.75f, 2.0f});
+
+  std::vector<float> sc = {2.0f, 2.0f, 2.0f}, w(3), num = {1.0f, 3.0f, 5.0f}, den = {4.0f, 0.0f, -1.0f};
+  s.vnorm_weight(sc.data(), w.data(), num.data(), den.data(), 3);
+  CHECK(w == std::vector<float>{0.25f, 0.0f, 0.0f});
+  CHECK(sc == std::vector<float>{0.5f, 0.0f, 0.0f});
+
+  // logits: q = [1 2; 3 4], k = [1 0; 0 1; 1 1] -> [1 2 3; 3 4 7], ldo 4 keeps column 3
+  std::vector<float> q = {1, 2, 3, 4}, kk = {1, 0, 0, 1, 1, 1}, lo(8, -7.0f);
+  s.window_logits(q.data(), 2, kk.data(), 3, 2, lo.data(), 4, nullptr);
+  CHECK(lo == std::vector<float>{1, 2, 3, -7, 3, 4, 7, -7});
+  CHECK(simd::window_logits_scratch(0, 64) == 0);
+  CHECK(simd::window_logits_scratch(1, 64) == 16 * 64);
+  CHECK(simd::window_logits_scratch(17, 8) == 32 * 8);
+}
+
+TEST_CASE("scoring kernels match the scalar reference over sizes and misalignments",
+          "[simd][kernels][scoring]") {
+  const Kernels& ref = simd::scalar_kernels();
+  std::mt19937 rng(4321);
+  for (const Kernels* t : tables()) {
+    const Kernels& kk = *t;
+    INFO("isa " << simd::isa_name(kk.isa));
+    for (size_t n : test_sizes()) {
+      for (size_t off = 0; off <= kMaxOffset; ++off) {
+        INFO("n " << n << " offset " << off);
+        // window softmax over a causal prefix, logits scaled like 1/sqrt(64)
+        for (size_t n_valid : {size_t(0), n / 3, n}) {
+          INFO("n_valid " << n_valid);
+          const auto l_buf = randv(n + off, rng, -60.0f, 60.0f);
+          std::vector<float> y1(l_buf), y2(l_buf);
+          const float z1 = kk.window_softmax(y1.data() + off, n, n_valid, 0.125f);
+          const float z2 = ref.window_softmax(y2.data() + off, n, n_valid, 0.125f);
+          CHECK(std::fabs(double(z1) - z2) <= kExpRelTol * z2 + reduction_tol(n, z2));
+          size_t bad = 0;
+          for (size_t i = off; i < off + n_valid; ++i)
+            bad += std::fabs(double(y1[i]) - y2[i]) >
+                   (2 * kExpRelTol + reduction_tol(n, 1.0)) * y2[i] + 1e-38;
+          for (size_t i = off + n_valid; i < off + n; ++i) bad += y1[i] != 0.0f;
+          for (size_t i = 0; i < off; ++i) bad += y1[i] != l_buf[i];  // before the start untouched
+          CHECK(bad == 0);
+        }
+        // pooling and the defensive rescale + max, attention-like inputs
+        const auto a_buf = randv(n + off, rng, 0.0f, 1.0f);
+        const float* a = a_buf.data() + off;
+        for (size_t k : {size_t(1), size_t(3), size_t(5), size_t(7)}) {
+          INFO("k " << k);
+          std::vector<float> p1(n + off), p2(n + off);
+          kk.avg_pool(a, p1.data() + off, n, k);
+          ref.avg_pool(a, p2.data() + off, n, k);
+          size_t bad = 0;
+          double mass = 0, pmass = 0;
+          for (size_t i = 0; i < n; ++i) {
+            double w = 0;
+            const double o = pool_oracle(a, n, k, i, &w);
+            bad += std::fabs(p1[off + i] - o) > pool_tol(k, w);
+            bad += std::fabs(p2[off + i] - o) > pool_tol(k, w);
+            mass += a[i];
+            pmass += o;
+          }
+          CHECK(bad == 0);
+          // rescale factor sum x / sum pooled: two reductions of n positive terms
+          const double f_rel = 2.0 * reduction_tol(n, 1.0) + 4.0 * kF32Eps;
+          const auto acc_buf = randv(n + off, rng, 0.0f, 0.5f);
+          std::vector<float> t1(n + off), t2(n + off), m1(acc_buf), m2(acc_buf);
+          kk.pool_rescale_max(a, t1.data() + off, m1.data() + off, n, k);
+          ref.pool_rescale_max(a, t2.data() + off, m2.data() + off, n, k);
+          bad = 0;
+          for (size_t i = 0; i < n; ++i) {
+            double w = 0;
+            const double want = pool_oracle(a, n, k, i, &w) * (pmass > 0 ? mass / pmass : 1.0);
+            const double tol = pool_tol(k, w) * 2.0 + f_rel * std::fabs(want);
+            bad += std::fabs(t1[off + i] - want) > tol;
+            bad += std::fabs(t2[off + i] - want) > tol;
+            bad += m1[off + i] != std::max(acc_buf[off + i], t1[off + i]);
+            bad += m2[off + i] != std::max(acc_buf[off + i], t2[off + i]);
+          }
+          CHECK(bad == 0);
+        }
+        // mean floor and value-norm weights: element-wise, exact
+        {
+          const auto x_buf = randv(n + off, rng);
+          std::vector<float> c1(x_buf), c2(x_buf);
+          kk.clamp_min(c1.data() + off, 0.3f, n);
+          ref.clamp_min(c2.data() + off, 0.3f, n);
+          CHECK(c1 == c2);
+          auto num = randv(n + off, rng, 0.1f, 3.0f), den = randv(n + off, rng, -1.0f, 5.0f);
+          for (size_t i = 0; i < den.size(); i += 5) den[i] = 0.0f;
+          std::vector<float> s1(x_buf), s2(x_buf), w1(n + off, -1.0f), w2(n + off, -1.0f);
+          kk.vnorm_weight(s1.data() + off, w1.data() + off, num.data() + off, den.data() + off, n);
+          ref.vnorm_weight(s2.data() + off, w2.data() + off, num.data() + off, den.data() + off, n);
+          CHECK(s1 == s2);
+          CHECK(w1 == w2);
+          std::vector<float> s3(x_buf);
+          kk.vnorm_weight(s3.data() + off, nullptr, num.data() + off, den.data() + off, n);
+          CHECK(s3 == s2);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("window logits match a double product on every table", "[simd][kernels][scoring]") {
+  std::mt19937 rng(77);
+  std::vector<size_t> ns;
+  for (size_t n = 0; n <= 3 * kMaxLanes + 1; ++n) ns.push_back(n);
+  ns.push_back(100);
+  for (const Kernels* t : tables()) {
+    INFO("isa " << simd::isa_name(t->isa));
+    for (size_t d : {size_t(1), size_t(5), size_t(16), size_t(64)}) {
+      for (size_t m : {size_t(0), size_t(1), size_t(3), size_t(4), size_t(5), size_t(6),
+                       size_t(7), size_t(8), size_t(9), size_t(13), size_t(17), size_t(33)}) {
+        for (size_t n : ns) {
+          const size_t off = (m + n + d) % (kMaxOffset + 1), pad = n % 3;
+          INFO("d " << d << " m " << m << " n " << n << " offset " << off);
+          const auto q_buf = randv(m * d + off, rng), k_buf = randv(n * d + off, rng);
+          const float* q = q_buf.data() + off;
+          const float* k = k_buf.data() + off;
+          const size_t ldo = n + pad;
+          std::vector<float> out(m * ldo + off, -7.0f);
+          const size_t scratch = simd::window_logits_scratch(n, d);
+          std::vector<float> panels(scratch + 64 + off, -3.0f);
+          t->window_logits(q, m, k, n, d, out.data() + off, ldo, panels.data() + off);
+          size_t bad = 0;
+          for (size_t r = 0; r < m; ++r) {
+            for (size_t j = 0; j < n; ++j) {
+              double exact = 0, mag = 0;
+              for (size_t e = 0; e < d; ++e) {
+                const double p = double(q[r * d + e]) * k[j * d + e];
+                exact += p;
+                mag += std::fabs(p);
+              }
+              bad += std::fabs(out[off + r * ldo + j] - exact) > logits_tol(d, mag) / 2.0;
+            }
+            for (size_t j = n; j < ldo; ++j) bad += out[off + r * ldo + j] != -7.0f;
+          }
+          for (size_t i = 0; i < off; ++i) bad += out[i] != -7.0f;
+          // scratch: nothing written past window_logits_scratch(n, d)
+          for (size_t i = off + scratch; i < panels.size(); ++i) bad += panels[i] != -3.0f;
+          CHECK(bad == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("scoring kernels handle masked and degenerate rows", "[simd][kernels][scoring]") {
+  for (const Kernels* t : tables()) {
+    INFO(simd::isa_name(t->isa));
+    for (size_t n : {size_t(1), size_t(7), size_t(33), size_t(100)}) {
+      // fully masked row: zeros, normaliser 0
+      std::vector<float> l(n, -INFINITY);
+      CHECK(t->window_softmax(l.data(), n, n, 0.125f) == 0.0f);
+      for (float v : l) CHECK(v == 0.0f);
+      // one visible key among -inf: exactly 1
+      l.assign(n, -INFINITY);
+      l[0] = 3.0f;
+      CHECK(t->window_softmax(l.data(), n, n, 0.125f) == 1.0f);
+      CHECK(l[0] == 1.0f);
+      for (size_t i = 1; i < n; ++i) CHECK(l[i] == 0.0f);
+      // pooling wider than the row
+      std::vector<float> x(n, 1.0f), o(n), acc(n, 0.0f), tmp(n);
+      t->avg_pool(x.data(), o.data(), n, 2 * n + 1);
+      for (float v : o) CHECK(v == Approx(double(n) / double(2 * n + 1)).epsilon(1e-6));
+      t->pool_rescale_max(x.data(), tmp.data(), acc.data(), n, 2 * n + 1);
+      for (float v : acc) CHECK(v == Approx(1.0).epsilon(1e-5));  // mass preserved, all equal
+    }
+    CHECK(t->window_softmax(nullptr, 0, 0, 1.0f) == 0.0f);
+    t->avg_pool(nullptr, nullptr, 0, 5);
+    t->pool_rescale_max(nullptr, nullptr, nullptr, 0, 5);
+    t->window_logits(nullptr, 0, nullptr, 0, 64, nullptr, 0, nullptr);
+  }
 }
