@@ -105,16 +105,32 @@ void f32_to_bf16(const float* x, uint16_t* y, size_t n) {
 
 // ---- eviction scoring ------------------------------------------------------
 
-// Plain triple loop, one f32 accumulator per output summed along e in order
-// (the vector kernels sum in the same order, with FMA).
+// One f32 accumulator per output, summed along e in order (the vector kernels
+// sum in the same order, with FMA); four keys at a time only for independent
+// dependency chains, which does not change any output.
 void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d, float* out,
                    size_t ldo, float* /*panels*/) {
-  for (size_t r = 0; r < m; ++r)
-    for (size_t j = 0; j < n; ++j) {
+  for (size_t r = 0; r < m; ++r) {
+    const float* qr = q + r * d;
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const float *k0 = k + j * d, *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+      float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+      for (size_t e = 0; e < d; ++e) {
+        a0 += qr[e] * k0[e];
+        a1 += qr[e] * k1[e];
+        a2 += qr[e] * k2[e];
+        a3 += qr[e] * k3[e];
+      }
+      float* o = out + r * ldo + j;
+      o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3;
+    }
+    for (; j < n; ++j) {
       float acc = 0.0f;
-      for (size_t e = 0; e < d; ++e) acc += q[r * d + e] * k[j * d + e];
+      for (size_t e = 0; e < d; ++e) acc += qr[e] * k[j * d + e];
       out[r * ldo + j] = acc;
     }
+  }
 }
 
 float window_softmax(float* x, size_t n, size_t n_valid, float scale) {

@@ -75,8 +75,10 @@
 // caller can store it with the entry (e.g. in a KV-cache aux slot).
 //
 // Numerics: logits as one f32 product per KV group ([G*W, d] x [n, d]^T,
-// window_logits below: single-threaded, allocation-free after warm-up),
-// softmax and pooling through the simd kernel table. On the test vectors every
+// window_logits below: single-threaded, allocation-free after warm-up); the
+// window softmax, pooling, defensive rescale + max, mean aggregation, mean
+// floor and value-norm weighting are simd kernel-table entries (per ISA, with
+// scalar references; DEFKV_FORCE_SCALAR=1 runs the references). On the test vectors every
 // intermediate agrees with the numpy reference within 1e-5 relative (attention
 // weights below 1e-6 within 1e-11 absolute: their relative error is the f32
 // rounding of the logits) and every keep mask exactly. Selection is linear: std::nth_element on a copy of the scores to
@@ -155,9 +157,10 @@ struct Scratch {
 };
 
 // Window logits out[r, j] = q[r, :] . k[j, :] (no 1/sqrt(d) scaling).
-// q: [m, d], k: [n, d], out: [m, ldo] (ldo >= n). Single-threaded,
-// register-blocked (8 queries x 16 keys, summed along d in order); panels is
-// scratch (grows to ceil(n/16)*16*d floats, then reused: no allocation).
+// q: [m, d], k: [n, d], out: [m, ldo] (ldo >= n). Single-threaded, by
+// simd::k().window_logits (register-blocked per ISA, summed along d in
+// order); panels is scratch (grows to simd::window_logits_scratch(n, d) =
+// ceil(n/16)*16*d floats, then reused: no allocation).
 void window_logits(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d, float* out,
                    size_t ldo, std::vector<float>& panels);
 // Scalar reference of window_logits (same summation order).

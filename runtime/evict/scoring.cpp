@@ -3,8 +3,6 @@
 // window padding. One layer per call; buffers live in Scratch.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -48,6 +46,8 @@ void validate(const LayerView& v, const Params& p) {
       bad("head " + std::to_string(hk) + " has no keys or positions");
   }
   if (p.policy == Policy::full || p.policy == Policy::streaming) return;
+  if (p.kernel % 2 == 0)
+    bad("pooling kernel " + std::to_string(p.kernel) + " is not odd");
   if (v.n_window == 0 || v.q_window == nullptr || v.q_pos == nullptr)
     bad("scored policies need at least one window query");
   if (p.kernel == 0 || p.kernel % 2 == 0)
@@ -132,109 +132,21 @@ uint32_t critical_count(const float* ave, uint32_t N, float threshold, uint32_t 
   return threshold <= 1.0f ? cap : 0;
 }
 
-// ---- window logits --------------------------------------------------------
-// out[r, j] = q[r, :] . k[j, :]: a [m, d] x [n, d]^T product with m = G*W
-// (a few hundred rows), n up to budget + chunk, d = head_dim (8..128). Too
-// small for a GEMM library (oneDNN built a primitive per call: ~700
-// allocations and ~17 ms per round on stories260K), so: keys packed once per
-// call into panels of kNr keys, [n/kNr][d][kNr] (zero-padded), then a kMr x
-// kNr register block (kMr vector accumulators) per step, accumulated along d in order (vectorised along
-// the keys; compiled per ISA via target_clones on x86-64 GCC).
-constexpr uint32_t kMr = 8, kNr = 16;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DEFKV_EVICT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DEFKV_EVICT_CLONES
-#endif
-
-// panels: [ceil(n/kNr)][d][kNr]
-void pack_keys(const float* k, uint32_t n, uint32_t d, float* panels) {
-  const uint32_t n_panel = (n + kNr - 1) / kNr;
-  for (uint32_t p = 0; p < n_panel; ++p) {
-    float* dst = panels + size_t(p) * d * kNr;  // [d][kNr]
-    const uint32_t j0 = p * kNr, nc = std::min(kNr, n - j0);
-    for (uint32_t c = 0; c < kNr; ++c) {
-      if (c < nc) {
-        const float* src = k + size_t(j0 + c) * d;
-        for (uint32_t e = 0; e < d; ++e) dst[size_t(e) * kNr + c] = src[e];
-      } else {
-        for (uint32_t e = 0; e < d; ++e) dst[size_t(e) * kNr + c] = 0.0f;
-      }
-    }
-  }
-}
-
-// kNr floats as one vector (GCC/Clang vector extension: one zmm in the
-// AVX-512 clone, split into narrower registers elsewhere).
-typedef float VecNr __attribute__((vector_size(kNr * sizeof(float))));
-
-DEFKV_EVICT_CLONES
-void logits_panels(const float* q, uint32_t m, const float* panels, uint32_t n, uint32_t d,
-                   float* out, size_t ldo) {
-  const uint32_t n_panel = (n + kNr - 1) / kNr;
-  float tmp[kNr];
-  uint32_t r0 = 0;
-  for (; r0 + kMr <= m; r0 += kMr) {
-    const float* q0 = q + size_t(r0) * d;  // [kMr, d]
-    for (uint32_t p = 0; p < n_panel; ++p) {
-      const float* kp = panels + size_t(p) * d * kNr;  // [d][kNr]
-      VecNr acc[kMr];
-      for (uint32_t r = 0; r < kMr; ++r) acc[r] = VecNr{} ;
-      for (uint32_t e = 0; e < d; ++e) {
-        VecNr ke;
-        std::memcpy(&ke, kp + size_t(e) * kNr, sizeof ke);
-#pragma GCC unroll 8
-        for (uint32_t r = 0; r < kMr; ++r) acc[r] += q0[size_t(r) * d + e] * ke;
-      }
-      const uint32_t j0 = p * kNr, nc = std::min(kNr, n - j0);
-      for (uint32_t r = 0; r < kMr; ++r) {
-        float* o = out + size_t(r0 + r) * ldo + j0;
-        if (nc == kNr) {
-          std::memcpy(o, &acc[r], sizeof(VecNr));
-        } else {
-          std::memcpy(tmp, &acc[r], sizeof tmp);
-          std::copy_n(tmp, nc, o);
-        }
-      }
-    }
-  }
-  for (; r0 < m; ++r0) {  // leftover rows (window shorter than a multiple of kMr)
-    const float* qr = q + size_t(r0) * d;
-    for (uint32_t p = 0; p < n_panel; ++p) {
-      const float* kp = panels + size_t(p) * d * kNr;
-      VecNr acc = VecNr{};
-      for (uint32_t e = 0; e < d; ++e) {
-        VecNr ke;
-        std::memcpy(&ke, kp + size_t(e) * kNr, sizeof ke);
-        acc += qr[e] * ke;
-      }
-      std::memcpy(tmp, &acc, sizeof tmp);
-      const uint32_t j0 = p * kNr, nc = std::min(kNr, n - j0);
-      std::copy_n(tmp, nc, out + size_t(r0) * ldo + j0);
-    }
-  }
-}
-
 }  // namespace
 
+// The product itself is simd::Kernels::window_logits (register-blocked per
+// ISA, scalar reference in simd/kernels_scalar.cpp); panels only grows.
 void window_logits(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d, float* out,
                    size_t ldo, std::vector<float>& panels) {
   if (m == 0 || n == 0 || d == 0) return;
-  const size_t need = size_t((n + kNr - 1) / kNr) * d * kNr;
+  const size_t need = simd::window_logits_scratch(n, d);
   if (panels.size() < need) panels.resize(need);
-  pack_keys(k, n, d, panels.data());
-  logits_panels(q, m, panels.data(), n, d, out, ldo);
+  simd::k().window_logits(q, m, k, n, d, out, ldo, panels.data());
 }
 
 void window_logits_ref(const float* q, uint32_t m, const float* k, uint32_t n, uint32_t d,
                        float* out, size_t ldo) {
-  for (uint32_t r = 0; r < m; ++r)
-    for (uint32_t j = 0; j < n; ++j) {
-      float acc = 0.0f;
-      for (uint32_t e = 0; e < d; ++e) acc += q[size_t(r) * d + e] * k[size_t(j) * d + e];
-      out[size_t(r) * ldo + j] = acc;
-    }
+  simd::scalar_kernels().window_logits(q, m, k, n, d, out, ldo, nullptr);
 }
 
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
@@ -284,9 +196,7 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
     for (uint32_t i = 0; i < W; ++i) {
       float* row = s.logits.data() + (size_t(g) * W + i) * n;  // [n]
       const uint32_t c = uint32_t(std::upper_bound(hv.pos, hv.pos + n, view.q_pos[i]) - hv.pos);
-      K.scale(row, inv_sqrt_d, c);
-      if (c > 0) K.softmax(row, c);
-      std::fill(row + c, row + n, 0.0f);
+      K.window_softmax(row, n, c, inv_sqrt_d);  // causal: keys after the query get 0
       window_mass += K.reduce_sum(row + N, W);
       if (dbg) std::copy_n(row, N, dbg->window_attn[h].data() + size_t(i) * N);
       if (N == 0) continue;
@@ -294,17 +204,13 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
       if (need_ave) K.add_inplace(s.ave[hk].data(), row, N);
       if (need_def) {
         // Pool the row, rescale it to the unpooled row's mass, max over (g, i).
-        simd::avg_pool1d(row, s.pooled.data(), N, params.kernel);
-        const float mass = K.reduce_sum(row, N), pooled_mass = K.reduce_sum(s.pooled.data(), N);
-        if (pooled_mass > 0.0f)
-          for (uint32_t j = 0; j < N; ++j) s.pooled[j] = s.pooled[j] / pooled_mass * mass;
-        K.max_inplace(s.maxv[hk].data(), s.pooled.data(), N);
+        K.pool_rescale_max(row, s.pooled.data(), s.maxv[hk].data(), N, params.kernel);
       }
     }
     if (need_snap && N > 0) {
       // SnapKV: mean over the window, pool, mean over the group.
       K.scale(s.acc.data(), 1.0f / float(W), N);
-      simd::avg_pool1d(s.acc.data(), s.pooled.data(), N, params.kernel);
+      K.avg_pool(s.acc.data(), s.pooled.data(), N, params.kernel);
       K.axpy(1.0f / float(G), s.pooled.data(), s.mean[hk].data(), N);
     }
   }
@@ -316,13 +222,12 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
       const HeadView& hv = view.heads[hk];
       const uint32_t N = hv.n - W;
       float* m = s.maxv[hk].data();
-      if (params.running_max && hv.prev_max)
-        for (uint32_t j = 0; j < N; ++j)
-          if (hv.prev_max[j] >= 0.0f) m[j] = std::max(m[j], hv.prev_max[j]);
+      // prev_max NaN or negative means none: m >= 0 here (a max over W >= 1
+      // non-negative rows), so max_inplace leaves m for those unchanged.
+      if (params.running_max && hv.prev_max) K.max_inplace(m, hv.prev_max, N);
       if (new_max && uses_defensive(pol)) std::copy_n(m, N, (*new_max)[hk].data());
       if (N == 0) continue;
-      const float floor = K.reduce_sum(m, N) / float(N);
-      for (uint32_t j = 0; j < N; ++j) m[j] = std::max(m[j], floor);
+      K.clamp_min(m, K.reduce_sum(m, N) / float(N), N);  // mean floor
     }
   }
 
@@ -341,12 +246,11 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
     if (dbg) resize_zero(dbg->vnorm_weight, view, W, 0.0f);
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
       const HeadView& hv = view.heads[hk];
-      for (uint32_t j = 0; j + W < hv.n; ++j) {
-        const float den = s.denom[hk][j];
-        const float w = den > 0.0f ? hv.vnorm[j] / den : 0.0f;
-        if (need_vn) scores[hk][j] *= w;
-        if (dbg) dbg->vnorm_weight[hk][j] = w;
-      }
+      const uint32_t N = hv.n - W;
+      // Introspection of a policy without the weighting: weight a scratch copy.
+      float* x = need_vn ? scores[hk].data() : s.pooled.data();
+      K.vnorm_weight(x, dbg ? dbg->vnorm_weight[hk].data() : nullptr, hv.vnorm,
+                     s.denom[hk].data(), N);
     }
   }
   float layer_max = kNegInf;
@@ -364,7 +268,7 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
       const double cap_f = double(N) * keep_ratio - double(W);
       const uint32_t cap = cap_f > 0.0 ? uint32_t(cap_f) : 0u;
       const float inv = 1.0f / float(G * W);
-      for (uint32_t j = 0; j < N; ++j) s.ave[hk][j] *= inv;
+      K.scale(s.ave[hk].data(), inv, N);
       const uint32_t count = critical_count(s.ave[hk].data(), N, threshold, cap, s);
       for (uint32_t r = 0; r < count; ++r) scores[hk][s.idx[r]] = layer_max;
       if (dbg) dbg->critical_count[hk] = count;
