@@ -419,6 +419,77 @@ TEST_CASE("tiny random llama matches a scalar reference (RoPE normal / NeoX, GQA
   CHECK(diff > 1e-2);
 }
 
+TEST_CASE("value-norm hook appends mean_g ||W_o slice . v||_1 per entry (double reference)", "[model][vnorm]") {
+  // aux[0] of every appended entry against eviction.md step 3 computed here in
+  // double from W_o as stored and the values the cache received (f32 cache:
+  // exact copies); aux[1] must stay 0. A 21-token batch (token-lane path of
+  // quant::value_proj_l1) then single-token steps (dot path).
+  TinySpec s;
+  s.n_layer = 2;
+  const auto ts = tiny_tensors(s, 99);
+  auto m = model::Model::load(write_tiny(s, ts, "tiny_vnorm.gguf"));
+  const model::Config& c = m->config();
+  const size_t E = c.n_embd, H = c.n_head, Hkv = c.n_head_kv, d = c.head_dim, G = H / Hkv;
+  kv::CacheConfig cc;
+  cc.n_layer = c.n_layer;
+  cc.n_head_kv = c.n_head_kv;
+  cc.head_dim = c.head_dim;
+  cc.type = quant::DType::f32;
+  cc.page_tokens = 8;
+  cc.n_aux = 2;
+  cc.capacity_entries = uint64_t(64) * c.n_layer * c.n_head_kv;
+  kv::KvCache cache(cc);
+  model::Workspace ws(c, 32, 64, 0, cc.page_tokens, cc.n_aux);
+  model::ForwardHooks hooks;
+  hooks.aux_value_norm = true;
+  std::vector<int32_t> toks = {1, 5, 7, 3, 12, 0, 9, 9, 2, 4, 11, 6, 8, 10, 3, 1, 7, 5, 2, 12, 4};
+  std::vector<int32_t> pos(toks.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
+  m->forward(toks.data(), pos.data(), uint32_t(toks.size()), cache, ws, hooks, nullptr, false);
+  for (int32_t p = int32_t(toks.size()); p < int32_t(toks.size()) + 3; ++p) {
+    const int32_t tok = p % int32_t(c.n_vocab);
+    m->forward(&tok, &p, 1, cache, ws, hooks, nullptr, false);
+  }
+  const size_t n = toks.size() + 3;
+  constexpr double kU = 1.0 / double(1u << 24);
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    std::vector<double> wo(E * H * d);
+    for (const TinyTensor& t : ts)
+      if (t.name == "blk." + std::to_string(l) + ".attn_output.weight") {
+        std::vector<float> row(t.cols);
+        for (size_t r = 0; r < E; ++r) {
+          quant::to_f32(t.type, t.bytes.data() + r * quant::row_bytes(t.type, t.cols), row.data(), t.cols);
+          std::copy(row.begin(), row.end(), wo.begin() + r * t.cols);
+        }
+      }
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      REQUIRE(cache.size(l, hk) == n);
+      std::vector<float> v(n * d), aux(n * cc.n_aux);
+      cache.gather(l, hk, nullptr, v.data(), nullptr, aux.data());
+      double worst = 0;
+      for (size_t i = 0; i < n; ++i) {
+        double ref = 0, mag = 0;
+        for (size_t g = 0; g < G; ++g) {
+          const size_t h = hk * G + g;
+          for (size_t r = 0; r < E; ++r) {
+            double y = 0;
+            for (size_t e = 0; e < d; ++e) {
+              y += wo[r * H * d + h * d + e] * double(v[i * d + e]);
+              mag += std::fabs(wo[r * H * d + h * d + e] * double(v[i * d + e])) / double(G);
+            }
+            ref += std::fabs(y) / double(G);
+          }
+        }
+        CHECK(ref > 0);
+        worst = std::max(worst, std::fabs(double(aux[i * cc.n_aux]) - ref) / mag);
+        CHECK(aux[i * cc.n_aux + 1] == 0.0f);
+      }
+      INFO("layer " << l << " kv head " << hk << ": max |aux0 - ref| / magnitude " << worst);
+      CHECK(worst <= double(d + E + G) * kU);
+    }
+  }
+}
+
 TEST_CASE("malformed models give clear errors", "[model][errors]") {
   auto expect_error = [](const TinySpec& s, const std::string& file, std::vector<std::string> needles) {
     const auto ts = tiny_tensors(s, 7);

@@ -225,8 +225,9 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
   gate_.resize(B * c.n_ff);
   up_.resize(B * c.n_ff);
   aux_.resize(B * c.n_head_kv * std::max<uint32_t>(n_aux, 1));
-  vn_x_.resize(B * c.head_dim);
-  vn_y_.resize(B * c.n_embd);
+  vn_l1_.resize(B * c.n_head);
+  quant::value_proj_l1_reserve(vn_, c.n_embd, size_t(c.n_head) * c.head_dim, c.n_head_kv, c.head_dim, B,
+                               n_threads_);
   chunk_ = std::max<uint32_t>(kv_page_tokens, 16);
   row_pad_ = (c.head_dim + 31) / 32 * 32;
   t_scores_.resize(size_t(n_threads_) * chunk_);
@@ -237,8 +238,8 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
 size_t Workspace::bytes() const {
   size_t n = rope_cos_.size() + rope_sin_.size() + x_.size() + xn_.size() + q_.size() + k_.size() +
              v_.size() + att_.size() + proj_.size() + gate_.size() + up_.size() + aux_.size() +
-             vn_x_.size() + vn_y_.size() + t_scores_.size() + t_row_.size();
-  return n * sizeof(float) + runs_.capacity() * sizeof(kv::Run);
+             vn_l1_.size() + t_scores_.size() + t_row_.size();
+  return n * sizeof(float) + vn_.bytes() + runs_.capacity() * sizeof(kv::Run);
 }
 
 // ----------------------------------------------------------------------------
@@ -291,15 +292,21 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
 
   for (uint32_t t = 0; t < n_tokens; ++t) quant::get_row(tok_embd_, size_t(tokens[t]), x + t * E);
 
-  for (uint32_t l = 0; l < c.n_layer; ++l) {
+  // Cancellation points between the ops of a layer (see ForwardHooks::cancel).
+  auto check_cancel = [&](uint32_t l, const char* where) {
     if (hooks.cancel && hooks.cancel->load(std::memory_order_relaxed))
-      throw Cancelled("model: forward pass cancelled at layer " + std::to_string(l));
+      throw Cancelled("model: forward pass cancelled at layer " + std::to_string(l) + " (" + where + ")");
+  };
+
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    check_cancel(l, "start");
     const Layer& L = layers_[l];
     const PackedLayer& P = packed_[l];
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.attn_norm, E, c.rms_eps);
     quant::matmul_packed(P.wq, xn, q, n_tokens, q_dim);
     quant::matmul_packed(P.wk, xn, k, n_tokens, kv_dim);
     quant::matmul_packed(P.wv, xn, v, n_tokens, kv_dim);
+    check_cancel(l, "after q/k/v");
 
     // RoPE on queries and keys.
     for (uint32_t t = 0; t < n_tokens; ++t) {
@@ -323,27 +330,34 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
     // Hook (b): per-entry aux data (slot 0 = value-projection norm).
     if (n_aux > 0) {
       std::fill(aux, aux + size_t(n_tokens) * Hkv * n_aux, 0.0f);
-      if (hooks.aux_value_norm) value_norms(l, n_tokens, ws, n_aux);
+      if (hooks.aux_value_norm) {
+        value_norms(l, n_tokens, ws, n_aux);
+        check_cancel(l, "after value norms");
+      }
     }
 
     for (uint32_t t = 0; t < n_tokens; ++t)
       cache.append(l, pos[t], k + t * kv_dim, v + t * kv_dim, n_aux ? aux + t * Hkv * n_aux : nullptr);
 
     attention(l, pos, n_tokens, cache, ws);
+    check_cancel(l, "after attention");  // this layer's entries are in the cache: the caller rolls back
 
     quant::matmul_packed(P.wo, att, proj, n_tokens, E);
+    check_cancel(l, "after W_o");
     for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
 
     // SwiGLU feed-forward.
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.ffn_norm, E, c.rms_eps);
     quant::matmul_packed(P.w_gate, xn, gate, n_tokens, F);
     quant::matmul_packed(P.w_up, xn, up, n_tokens, F);
+    check_cancel(l, "after gate/up");
     for (uint32_t t = 0; t < n_tokens; ++t) K.silu_mul(gate + t * F, up + t * F, F);
     quant::matmul_packed(P.w_down, gate, proj, n_tokens, E);
     for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
   }
 
   if (!logits) return;
+  check_cancel(c.n_layer, "before the output head");
   if (all_logits) {
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, output_norm_, E, c.rms_eps);
     quant::matmul_packed(output_packed_, xn, logits, n_tokens, c.n_vocab);
@@ -355,24 +369,20 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
 }
 
 // aux[t, hk, 0] = mean_{h in group(hk)} || W_o[:, h*d:(h+1)*d] . v[t, hk] ||_1
+// (one pass over W_o for all heads and tokens: quant::value_proj_l1).
 void Model::value_norms(uint32_t l, uint32_t n_tokens, Workspace& ws, uint32_t n_aux) const {
   const Config& c = cfg_;
-  const size_t E = c.n_embd, d = c.head_dim, Hkv = c.n_head_kv, G = c.n_head / c.n_head_kv;
-  const size_t kv_dim = Hkv * d;
+  const size_t d = c.head_dim, H = c.n_head, Hkv = c.n_head_kv, G = H / Hkv;
   const quant::Matrix& wo = layers_[l].wo;  // [E, H*d]
-  float* vx = ws.vn_x_.data();              // [n_tokens, d]
-  float* vy = ws.vn_y_.data();              // [n_tokens, E]
+  float* l1 = ws.vn_l1_.data();             // [n_tokens, H]
+  quant::value_proj_l1(wo, Hkv, d, ws.v_.data(), Hkv * d, n_tokens, l1, H, ws.vn_);
   const float inv_g = 1.0f / float(G);
-  for (size_t hk = 0; hk < Hkv; ++hk) {
-    for (uint32_t t = 0; t < n_tokens; ++t)
-      std::memcpy(vx + t * d, ws.v_.data() + t * kv_dim + hk * d, d * sizeof(float));
-    for (size_t g = 0; g < G; ++g) {
-      const size_t h = hk * G + g;
-      quant::matmul_cols(wo, h * d, d, vx, vy, n_tokens, E);
-      for (uint32_t t = 0; t < n_tokens; ++t)
-        ws.aux_[(t * Hkv + hk) * n_aux] += simd::k().reduce_abs_sum(vy + t * E, E) * inv_g;
+  for (uint32_t t = 0; t < n_tokens; ++t)
+    for (size_t hk = 0; hk < Hkv; ++hk) {
+      float sum = 0.0f;
+      for (size_t g = 0; g < G; ++g) sum += l1[t * H + hk * G + g];
+      ws.aux_[(t * Hkv + hk) * n_aux] = sum * inv_g;
     }
-  }
 }
 
 // att[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(d)) v[j] over the live

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "quant/quant.h"
+#include "quant/value_norm.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/kv/kv_cache.h"
 
@@ -95,8 +96,8 @@ class Workspace {
   std::vector<float> gate_;      // [max_batch, n_ff]
   std::vector<float> up_;        // [max_batch, n_ff]
   std::vector<float> aux_;       // [max_batch, n_head_kv, n_aux] per-entry aux to append
-  std::vector<float> vn_x_;      // [max_batch, head_dim] one KV head's values
-  std::vector<float> vn_y_;      // [max_batch, n_embd] W_o column slice times v
+  std::vector<float> vn_l1_;     // [max_batch, n_head] per-query-head value-projection L1 norms
+  quant::ValueNormScratch vn_;   // quant::value_proj_l1 scratch, reserved for max_batch / n_threads
   // Per-thread attention scratch: scores of one page chunk, one dequantised
   // row (q8_0 rows are padded to 32) and the output accumulator.
   uint32_t chunk_;               // entries scored per pass (= kv page tokens)
@@ -124,8 +125,16 @@ struct ForwardHooks {
   // are appended as 0. When false, every aux slot is appended as 0.
   bool aux_value_norm = false;
   // Cancellation: when non-null and true, forward() throws Cancelled at the
-  // start of a layer. Entries already appended to the cache for earlier layers
-  // stay there (the caller rolls the batch back); nothing else is changed.
+  // next check point: the start of each layer and between its ops (after the
+  // q/k/v projections, after the value norms, after the cache append +
+  // attention, after W_o, after gate/up, after down) and before the output
+  // head, so a cancel is seen within about one weight matrix product. Entries
+  // already appended to the cache for this batch, in earlier layers AND in the
+  // current one (a check after attention follows cache.append of this layer),
+  // stay there: the caller must drop every entry at the batch's positions in
+  // every layer (engine::Context::run_batch does). The query ring slots of the
+  // batch's positions may have been overwritten for layers up to the current
+  // one; logits are not written. Nothing else is changed.
   const std::atomic<bool>* cancel = nullptr;
 };
 
