@@ -5,8 +5,13 @@
 //   d [g][b][r]        = fp16 scale of W[16g + r] block b         (32 B per g, b)
 // Rows past W.rows (last group) are zero weights with zero scales.
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -51,18 +56,34 @@ constexpr size_t kTokenBlock = 48;
 
 }  // namespace
 
-Packed pack_for_gemm(const Matrix& w) {
-  Packed p;
-  p.source = w;
-  if (w.type != DType::q8_0 || w.rows == 0 || w.cols == 0 || !packed_kernel_available()) return p;
-  if (w.data == nullptr) throw std::invalid_argument("pack_for_gemm: weight matrix has no data");
+namespace {
+
+bool f16_kernel_available() {
+#if DEFKV_SIMD_X86
+  return simd::k().isa == simd::Isa::avx512;  // AVX-512 F/BW/DQ/VL + F16C; not under DEFKV_FORCE_SCALAR
+#else
+  return false;
+#endif
+}
+
+bool kernel_available(DType t) {
+  return t == DType::q8_0 ? packed_kernel_available() : t == DType::f16 ? f16_kernel_available() : false;
+}
+
+std::shared_ptr<const uint8_t> aligned_buffer(size_t bytes, uint8_t** out) {
+  auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+  if (buf == nullptr) throw std::bad_alloc();
+  *out = buf;
+  return std::shared_ptr<const uint8_t>(buf, [](const uint8_t* q) { std::free(const_cast<uint8_t*>(q)); });
+}
+
+void pack_q8_0(const Matrix& w, Packed& p) {
   const size_t nb = w.cols / kQ8_0Block, G = n_groups(w.rows);
   const size_t rb = row_bytes(w.type, w.cols);
   const size_t qs_bytes = G * nb * detail::kPackRows * kQ8_0Block;
   const size_t bytes = qs_bytes + G * nb * detail::kPackRows * sizeof(uint16_t);
-  auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-  if (buf == nullptr) throw std::bad_alloc();
-  p.data = std::shared_ptr<const uint8_t>(buf, [](const uint8_t* q) { std::free(const_cast<uint8_t*>(q)); });
+  uint8_t* buf = nullptr;
+  p.data = aligned_buffer(bytes, &buf);
   p.bytes = bytes;
   auto* d = reinterpret_cast<uint16_t*>(buf + qs_bytes);
   const auto* src = static_cast<const uint8_t*>(w.data);
@@ -83,23 +104,94 @@ Packed pack_for_gemm(const Matrix& w) {
       }
     }
   }
+}
+
+size_t n_panels_f16(size_t rows) { return (rows + detail::kPackRowsF16 - 1) / detail::kPackRowsF16; }
+
+// f16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
+void pack_f16(const Matrix& w, Packed& p) {
+  const size_t P = n_panels_f16(w.rows), n = w.cols;
+  const size_t bytes = P * n * detail::kPackRowsF16 * sizeof(uint16_t);
+  uint8_t* buf = nullptr;
+  p.data = aligned_buffer(bytes, &buf);
+  p.bytes = bytes;
+  auto* dst = reinterpret_cast<uint16_t*>(buf);
+  const auto* src = static_cast<const uint16_t*>(w.data);
+  const auto np = static_cast<long long>(P);
+#pragma omp parallel for schedule(static)
+  for (long long pi = 0; pi < np; ++pi) {
+    uint16_t* panel = dst + size_t(pi) * n * detail::kPackRowsF16;
+    for (size_t lane = 0; lane < detail::kPackRowsF16; ++lane) {
+      const size_t row = size_t(pi) * detail::kPackRowsF16 + lane;
+      const uint16_t* wr = row < w.rows ? src + row * n : nullptr;
+      for (size_t c = 0; c < n; ++c) panel[c * detail::kPackRowsF16 + lane] = wr ? wr[c] : uint16_t(0);
+    }
+  }
+}
+
+}  // namespace
+
+Packed pack_for_gemm(const Matrix& w) {
+  Packed p;
+  p.source = w;
+  if (w.rows == 0 || w.cols == 0 || !kernel_available(w.type)) return p;
+  if (w.data == nullptr) throw std::invalid_argument("pack_for_gemm: weight matrix has no data");
+  (void)row_bytes(w.type, w.cols);  // validates block alignment
+  if (w.type == DType::q8_0) pack_q8_0(w, p);
+  else pack_f16(w, p);
   return p;
 }
 
-void matmul_packed(const Packed& p, const float* x, float* y, size_t n_tokens, size_t ldy) {
-  const Matrix& w = p.source;
-  if (!p.packed() || !packed_kernel_available()) return matmul(w, x, y, n_tokens, ldy);
-  if (n_tokens == 0 || w.rows == 0) return;
-  if (x == nullptr || y == nullptr)
-    throw std::invalid_argument("matmul_packed: null activation or output pointer");
-  if (n_tokens > 1 && ldy < w.rows)
-    throw std::invalid_argument("matmul_packed: ldy " + std::to_string(ldy) +
-                                " smaller than the number of rows " + std::to_string(w.rows));
-#if DEFKV_SIMD_X86
-  const size_t n = w.cols, nb = n / kQ8_0Block, G = n_groups(w.rows);
-  const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
-  // activations: the same per-block quantisation as matmul(), split into
-  // quants / scales / vpdpbusd correction -128 * sum(q)
+Packed pack_for_gemm(const Matrix& w, bool release_source) {
+  Packed p = pack_for_gemm(w);
+  if (release_source && p.packed()) p.source_released_bytes = release_source_pages(w);
+  return p;
+}
+
+size_t release_source_pages(const Matrix& w) {
+#if defined(__linux__)
+  if (w.data == nullptr || w.rows == 0) return 0;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(w.data);
+  const uintptr_t end = begin + w.rows * row_bytes(w.type, w.cols);
+  const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;
+  if (hi <= lo) return 0;
+  // Only a read-only private file mapping refaults the same bytes from the
+  // file: anything else (heap, writable or anonymous mappings) would read
+  // back zeros, so it is left alone.
+  std::FILE* maps = std::fopen("/proc/self/maps", "r");
+  if (maps == nullptr) return 0;
+  bool safe = false;
+  char line[512];
+  while (std::fgets(line, sizeof line, maps) != nullptr) {
+    unsigned long long a = 0, b = 0, off = 0, inode = 0;
+    char perms[8] = {};
+    unsigned dev_major = 0, dev_minor = 0;
+    if (std::sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &a, &b, perms, &off, &dev_major, &dev_minor,
+                    &inode) != 7)
+      continue;
+    if (a <= lo && hi <= b) {
+      safe = perms[0] == 'r' && perms[1] != 'w' && perms[3] == 'p' && inode != 0;
+      break;
+    }
+  }
+  std::fclose(maps);
+  if (!safe) return 0;
+  if (::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) != 0) return 0;
+  return hi - lo;
+#else
+  (void)w;
+  return 0;
+#endif
+}
+
+namespace {
+
+// Activations of one product set, quantised once for every q8_0 matrix
+// sharing them (per 32-block, as matmul()), split into quants / scales /
+// vpdpbusd correction -128 * sum(q).
+detail::PackedActs quantize_for_packed(const float* x, size_t n, size_t n_tokens, bool parallel) {
+  const size_t nb = n / kQ8_0Block;
   auto* xq = grow_scratch<int8_t, 0>(n_tokens * n);
   auto* xd = grow_scratch<float, 1>(n_tokens * nb);
   auto* xc = grow_scratch<int32_t, 2>(n_tokens * nb);
@@ -117,30 +209,117 @@ void matmul_packed(const Packed& p, const float* x, float* y, size_t n_tokens, s
       xc[t * nb + b] = -128 * s;
     }
   }
-  const detail::PackedActs acts{xq, xd, xc};
-  const uint8_t* qs = p.data.get();
-  const auto* d = reinterpret_cast<const uint16_t*>(qs + G * nb * detail::kPackRows * kQ8_0Block);
-  if (n_tokens <= kFewTokens) {
-    const auto n_chunks = static_cast<long long>((G + kDecodeGroups - 1) / kDecodeGroups);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (long long c = 0; c < n_chunks; ++c) {
-      const size_t g0 = size_t(c) * kDecodeGroups;
-      detail::avx512vnni_packed_q8_tile(qs, d, w.rows, nb, acts, y, ldy, g0,
-                                        std::min(G, g0 + kDecodeGroups), 0, n_tokens);
-    }
+  return {xq, xd, xc};
+}
+
+// f16 batches: tiles of kF16BatchPanels panels x kF16TokenBlock tokens.
+constexpr size_t kF16DecodePanels = 4;
+constexpr size_t kF16BatchPanels = 4;
+constexpr size_t kF16TokenBlock = 48;
+
+// One packed product's work split into row units (groups or panels) for the
+// shared parallel loop.
+struct Job {
+  const Packed* p;
+  float* y;
+  size_t ldy;
+  size_t units;      // row units (groups of 16 rows)
+  size_t per_chunk;  // units per work item
+  size_t chunks;     // work items per token block
+};
+
+void run_chunk(const Job& j, const detail::PackedActs& acts, const float* x, size_t chunk, size_t t0,
+               size_t t1) {
+#if DEFKV_SIMD_X86
+  const Matrix& w = j.p->source;
+  const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
+  if (w.type == DType::q8_0) {
+    const size_t nb = w.cols / kQ8_0Block;
+    const uint8_t* qs = j.p->data.get();
+    const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * kQ8_0Block);
+    detail::avx512vnni_packed_q8_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
   } else {
-    const auto n_gb = static_cast<long long>((G + kBatchGroups - 1) / kBatchGroups);
-    const auto n_tb = static_cast<long long>((n_tokens + kTokenBlock - 1) / kTokenBlock);
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
-    for (long long tb = 0; tb < n_tb; ++tb)
-      for (long long gb = 0; gb < n_gb; ++gb) {
-        const size_t g0 = size_t(gb) * kBatchGroups, t0 = size_t(tb) * kTokenBlock;
-        detail::avx512vnni_packed_q8_tile(qs, d, w.rows, nb, acts, y, ldy, g0,
-                                          std::min(G, g0 + kBatchGroups), t0,
-                                          std::min(n_tokens, t0 + kTokenBlock));
-      }
+    detail::avx512_packed_f16_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.rows, w.cols, x,
+                                   j.y, j.ldy, u0, u1, t0, t1);
   }
+#else
+  (void)j, (void)acts, (void)x, (void)chunk, (void)t0, (void)t1;
 #endif
+}
+
+// Runs every job (all packed, same type and cols) over all tokens in ONE
+// OpenMP parallel loop: work items = token blocks x (chunks of job 0, job 1, ...).
+void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool parallel) {
+  const Matrix& w0 = jobs[0].p->source;
+  const bool q8 = w0.type == DType::q8_0;
+  const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
+  const size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
+  size_t per_tb = 0;
+  for (size_t i = 0; i < n_jobs; ++i) {
+    Job& j = jobs[i];
+    j.units = q8 ? n_groups(j.p->source.rows) : n_panels_f16(j.p->source.rows);
+    j.per_chunk = q8 ? (few ? kDecodeGroups : kBatchGroups) : (few ? kF16DecodePanels : kF16BatchPanels);
+    j.chunks = (j.units + j.per_chunk - 1) / j.per_chunk;
+    per_tb += j.chunks;
+  }
+  const detail::PackedActs acts = q8 ? quantize_for_packed(x, w0.cols, n_tokens, parallel) : detail::PackedActs{};
+  const size_t n_tb = (n_tokens + token_block - 1) / token_block;
+  const auto n_items = static_cast<long long>(n_tb * per_tb);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (long long it = 0; it < n_items; ++it) {
+    const size_t tb = size_t(it) / per_tb;
+    size_t c = size_t(it) % per_tb, i = 0;
+    while (c >= jobs[i].chunks) c -= jobs[i++].chunks;
+    const size_t t0 = tb * token_block;
+    run_chunk(jobs[i], acts, x, c, t0, std::min(n_tokens, t0 + token_block));
+  }
+}
+
+void check_packed_call(const Matrix& w, const float* x, const float* y, size_t n_tokens, size_t ldy) {
+  if (x == nullptr || y == nullptr)
+    throw std::invalid_argument("matmul_packed: null activation or output pointer");
+  if (n_tokens > 1 && ldy < w.rows)
+    throw std::invalid_argument("matmul_packed: ldy " + std::to_string(ldy) +
+                                " smaller than the number of rows " + std::to_string(w.rows));
+}
+
+}  // namespace
+
+void matmul_packed(const Packed& p, const float* x, float* y, size_t n_tokens, size_t ldy) {
+  const Matrix& w = p.source;
+  if (!p.packed() || !kernel_available(w.type)) return matmul(w, x, y, n_tokens, ldy);
+  if (n_tokens == 0 || w.rows == 0) return;
+  check_packed_call(w, x, y, n_tokens, ldy);
+  Job job{&p, y, ldy, 0, 0, 0};
+  run_jobs(&job, 1, x, n_tokens, w.rows * w.cols * n_tokens >= kParallelMinMacs);
+}
+
+void matmul_packed_multi(const PackedProduct* products, size_t n_products, const float* x,
+                         size_t n_tokens) {
+  if (n_products == 0 || n_tokens == 0) return;
+  constexpr size_t kMaxJobs = 8;
+  const Matrix& w0 = products[0].w->source;
+  bool shared = n_products <= kMaxJobs;
+  size_t macs = 0;
+  for (size_t i = 0; i < n_products; ++i) {
+    const Matrix& w = products[i].w->source;
+    if (w.cols != w0.cols)
+      throw std::invalid_argument("matmul_packed_multi: matrices with different column counts (" +
+                                  std::to_string(w0.cols) + " and " + std::to_string(w.cols) + ")");
+    shared = shared && products[i].w->packed() && w.type == w0.type && kernel_available(w.type) && w.rows != 0;
+    macs += w.rows * w.cols * n_tokens;
+  }
+  if (!shared) {
+    for (size_t i = 0; i < n_products; ++i)
+      matmul_packed(*products[i].w, x, products[i].y, n_tokens, products[i].ldy);
+    return;
+  }
+  Job jobs[kMaxJobs];
+  for (size_t i = 0; i < n_products; ++i) {
+    check_packed_call(products[i].w->source, x, products[i].y, n_tokens, products[i].ldy);
+    jobs[i] = Job{products[i].w, products[i].y, products[i].ldy, 0, 0, 0};
+  }
+  run_jobs(jobs, n_products, x, n_tokens, macs >= kParallelMinMacs);
 }
 
 }  // namespace defkv::quant

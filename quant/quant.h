@@ -79,29 +79,63 @@ void matmul_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, siz
 // Row r of W converted to f32 (embedding lookup). out: [W.cols]
 void get_row(const Matrix& w, size_t r, float* out);
 
-// ---- load-time packed weights (q8_0 on AVX-512 VNNI) ----------------------------------
-// A weight matrix re-laid-out ONCE (at model load) for the packed int8 kernel:
-// rows in groups of 16, and per (group, 32-column block) the 16 rows x 32
-// quants interleaved 4 columns at a time (one zmm per 4 columns, one lane per
-// row) stored as unsigned q + 128, followed by the 16 fp16 scales. The kernel
-// multiplies with vpdpbusd against int8 activations quantised exactly as
-// matmul() does (per 32-block, d = amax/127, nearest even), so results agree
-// with matmul() on q8_0 up to float accumulation order.
-// Memory: bytes == ceil(rows/16)*16 * row_bytes(q8_0, cols), i.e. the size of
+// ---- load-time packed weights ---------------------------------------------------------
+// A weight matrix re-laid-out ONCE (at model load) for the packed kernels.
+// q8_0 (AVX-512 VNNI): rows in groups of 16, and per (group, 32-column block)
+// the 16 rows x 32 quants interleaved 4 columns at a time (one zmm per 4
+// columns, one lane per row) stored as unsigned q + 128, followed by the 16
+// fp16 scales. The kernel multiplies with vpdpbusd against int8 activations
+// quantised exactly as matmul() does (per 32-block, d = amax/127, nearest
+// even), so results agree with matmul() on q8_0 up to float accumulation order.
+// f16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16 fp16
+// values (one vcvtph2ps = 16 rows of one column); f32 FMAs, results agree with
+// matmul_ref up to float accumulation order.
+// Memory: bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
 // the original tensor (plus < 16 rows of padding); the mmapped original is not
-// read again by matmul_packed (its pages stay only in the page cache).
+// read again by matmul_packed (see release_source below to drop its pages).
 // Other dtypes, other CPUs, and DEFKV_FORCE_SCALAR: no copy is made
 // (packed() == false, bytes == 0) and matmul_packed() is exactly matmul(source).
 struct Packed {
   Matrix source;                         // the original weights (kept valid by the caller)
   std::shared_ptr<const uint8_t> data;   // packed copy, or null
   size_t bytes = 0;                      // size of the packed copy
+  size_t source_released_bytes = 0;     // source bytes dropped from RSS by pack_for_gemm(w, true)
   bool packed() const { return data != nullptr; }
 };
 // Builds the packed copy (threads with OpenMP; ~1 s per GB). w.data must stay
 // valid for as long as the Packed is used (it is the fallback).
 Packed pack_for_gemm(const Matrix& w);
+// The same, and when release_source is true and a packed copy was made, then
+// release_source_pages(w): the source's resident pages leave RSS (the packed
+// copy no longer doubles resident weight memory). Use it only for matrices
+// whose source is not read again on the hot path (NOT the token embedding or
+// a tied output matrix, whose rows get_row reads every token): a released page
+// stays valid but costs a page fault and a file read when touched again.
+Packed pack_for_gemm(const Matrix& w, bool release_source);
+// Drops the resident pages wholly inside [w.data, w.data + size) with
+// madvise(MADV_DONTNEED), but only if that range lies in a read-only private
+// FILE mapping (e.g. the GGUF mmap), where they refault unchanged from the
+// file; heap, anonymous or writable memory is left alone. Linux only.
+// Returns the bytes released (0 if nothing was done).
+size_t release_source_pages(const Matrix& w);
 // Same contract as matmul(p.source, x, y, n_tokens, ldy).
 void matmul_packed(const Packed& p, const float* x, float* y, size_t n_tokens, size_t ldy);
+
+// One product of a matmul_packed_multi call: y = x . W^T
+//   y: [n_tokens, w->source.rows] f32 (row stride ldy)
+struct PackedProduct {
+  const Packed* w;
+  float* y;
+  size_t ldy;
+};
+// Several products sharing the same input x: [n_tokens, cols] (all matrices
+// have the same cols, e.g. q/k/v or gate/up), with the activations quantised
+// once and ALL products in ONE OpenMP parallel region (one fork/join instead
+// of n_products). Results are identical to calling matmul_packed on each.
+// Falls back to one matmul_packed per product when they are not all packed
+// with the same dtype (or more than 8). Throws std::invalid_argument on
+// different column counts.
+void matmul_packed_multi(const PackedProduct* products, size_t n_products, const float* x,
+                         size_t n_tokens);
 
 }  // namespace defkv::quant

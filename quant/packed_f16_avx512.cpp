@@ -1,0 +1,114 @@
+// AVX-512 kernels for packed f16 weights (quant::Packed, see packed.cpp for
+// the layout): panels of 16 rows, one 32-byte vector of 16 fp16 per column
+// (lane = row). One vcvtph2ps feeds 16 rows' FMAs against one broadcast
+// activation; no horizontal sums. Compiled with the AVX-512 flags; called
+// only when simd::k().isa == avx512.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/matmul_isa.h"
+
+namespace defkv::quant::detail {
+namespace {
+
+constexpr size_t kPanelHalves = kPackRowsF16;  // fp16 per column of a panel
+// Decode prefetch distance in the (contiguous) panel stream.
+constexpr size_t kF16PrefetchBytes = 2048;
+
+inline __m512 load_col(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+inline void store_rows(float* y, __m512 v, __mmask16 mask) {
+  if (mask == 0xFFFF) _mm512_storeu_ps(y, v);
+  else _mm512_mask_storeu_ps(y, mask, v);
+}
+
+// One token, one panel: 8 accumulators over column phases (c % 8) so the FMA
+// latency is hidden; the panel is one contiguous cols*32-byte stream.
+void decode_panel(const uint16_t* w, size_t cols, const float* x, float* y, __mmask16 mask) {
+  __m512 acc[8];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  size_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    const uint16_t* wc = w + c * kPanelHalves;
+    for (int l = 0; l < 4; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(wc) + kF16PrefetchBytes + l * 64, _MM_HINT_T0);
+    for (int j = 0; j < 8; ++j)
+      acc[j] = _mm512_fmadd_ps(load_col(wc + size_t(j) * kPanelHalves), _mm512_set1_ps(x[c + size_t(j)]), acc[j]);
+  }
+  for (; c < cols; ++c) acc[c % 8] = _mm512_fmadd_ps(load_col(w + c * kPanelHalves), _mm512_set1_ps(x[c]), acc[c % 8]);
+  const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
+                                 _mm512_add_ps(_mm512_add_ps(acc[4], acc[5]), _mm512_add_ps(acc[6], acc[7])));
+  store_rows(y, s, mask);
+}
+
+// G panels x T tokens: G*T accumulators, per column G conversions and T
+// broadcasts for G*T FMAs (2 x 12 = 24 accumulators fills the register file).
+template <int G, int T>
+void batch_micro(const uint16_t* w, size_t cols, const float* x, size_t ldx, float* y, size_t ldy,
+                 __mmask16 last_mask) {
+  __m512 acc[G][T];
+  for (int g = 0; g < G; ++g)
+    for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
+  const size_t panel = cols * kPanelHalves;
+  for (size_t c = 0; c < cols; ++c) {
+    __m512 wv[G];
+    for (int g = 0; g < G; ++g) wv[g] = load_col(w + size_t(g) * panel + c * kPanelHalves);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xb = _mm512_set1_ps(x[size_t(t) * ldx + c]);
+      for (int g = 0; g < G; ++g) acc[g][t] = _mm512_fmadd_ps(wv[g], xb, acc[g][t]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int t = 0; t < T; ++t)
+      store_rows(y + size_t(t) * ldy + size_t(g) * kPackRowsF16, acc[g][t], g == G - 1 ? last_mask : 0xFFFF);
+}
+
+constexpr int kMaxT = 12;
+using BatchMicro = void (*)(const uint16_t*, size_t, const float*, size_t, float*, size_t, __mmask16);
+template <int T>
+void fill_t(BatchMicro (&g1)[kMaxT], BatchMicro (&g2)[kMaxT]) {
+  g1[T - 1] = &batch_micro<1, T>;
+  g2[T - 1] = &batch_micro<2, T>;
+  if constexpr (T > 1) fill_t<T - 1>(g1, g2);
+}
+
+struct Tables {
+  BatchMicro g1[kMaxT], g2[kMaxT];
+  Tables() { fill_t<kMaxT>(g1, g2); }
+};
+const Tables& tables() {
+  static const Tables t;
+  return t;
+}
+
+}  // namespace
+
+void avx512_packed_f16_tile(const uint16_t* w, size_t rows, size_t cols, const float* x, float* y,
+                            size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1) {
+  const size_t panel = cols * kPanelHalves;
+  auto mask_for = [&](size_t p_last) -> __mmask16 {
+    const size_t left = rows - p_last * kPackRowsF16;
+    return left >= kPackRowsF16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  };
+  if (t1 - t0 == 1) {
+    for (size_t p = p0; p < p1; ++p)
+      decode_panel(w + p * panel, cols, x + t0 * cols, y + t0 * ldy + p * kPackRowsF16, mask_for(p));
+    return;
+  }
+  const Tables& tab = tables();
+  for (size_t t = t0; t < t1;) {
+    const size_t tt = t1 - t >= size_t(kMaxT) ? size_t(kMaxT) : t1 - t;
+    size_t p = p0;
+    for (; p + 2 <= p1; p += 2)
+      tab.g2[tt - 1](w + p * panel, cols, x + t * cols, cols, y + t * ldy + p * kPackRowsF16, ldy, mask_for(p + 1));
+    for (; p < p1; ++p)
+      tab.g1[tt - 1](w + p * panel, cols, x + t * cols, cols, y + t * ldy + p * kPackRowsF16, ldy, mask_for(p));
+    t += tt;
+  }
+}
+
+}  // namespace defkv::quant::detail
