@@ -1,15 +1,16 @@
 # Sourced by scripts/test.sh. NEON is real: cross-build the kernel tests for
 # aarch64 (Debian g++-aarch64-linux-gnu, oneDNN off) and run them under
-# qemu-user against the scalar references. Skipped with a note when the cross
-# toolchain is absent (scripts/setup.sh installs it).
+# qemu-user against the scalar references; test_evict runs the eviction test
+# vectors through the NEON scoring kernels (exact keep masks). Skipped with a
+# note when the cross toolchain is absent (scripts/setup.sh installs it).
 if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then
   XBUILD="${DEFKV_XBUILD_DIR:-build-aarch64}"
   if [[ ! -f "$XBUILD/build.ninja" ]]; then
     meson setup "$XBUILD" --cross-file scripts/cross-aarch64.ini -Donednn=disabled \
       --buildtype=release >"$LOG_DIR/aarch64-setup.log" 2>&1
   fi
-  if ninja -C "$XBUILD" tests/test_simd tests/test_quant >"$LOG_DIR/aarch64-build.log" 2>&1; then
-    for t in simd quant; do
+  if ninja -C "$XBUILD" tests/test_simd tests/test_quant tests/test_evict >"$LOG_DIR/aarch64-build.log" 2>&1; then
+    for t in simd quant evict; do
       run_catch "aarch64-neon:test_$t" qemu-aarch64 -L /usr/aarch64-linux-gnu "$XBUILD/tests/test_$t"
     done
   else
