@@ -478,3 +478,106 @@ TEST_CASE("running max keeps each entry's worst-case score across rounds", "[eng
   }
   CHECK(rounds >= 3 + 3);
 }
+
+TEST_CASE("a oneshot compression cancelled midway is retried by the next eval() or step()", "[engine][cancel]") {
+  // Oracle: the same prompt in a context that is never cancelled. The retry
+  // must compress with the same window (the prompt's tail) before any new
+  // token, so caches and logits match exactly.
+  const auto prompt = prompt_tokens(300);
+  const std::vector<int32_t> more = {prompt[10], prompt[11], prompt[12]};
+  for (const evict::Policy pol : {evict::Policy::criticalkv, evict::Policy::defensivekv,
+                                  evict::Policy::layer_defensivekv}) {
+    for (const bool via_step : {true, false}) {
+      INFO(evict::policy_name(pol) << (via_step ? " via step()" : " via eval()"));
+      engine::ContextParams p;
+      p.n_ctx = 512;
+      p.budget_tokens = 64;
+      p.schedule = engine::Schedule::oneshot;
+      p.evict.policy = pol;
+      engine::Context ref(stories(), p), ctx(stories(), p);
+      std::atomic<bool> flag{false};
+      ctx.set_cancel_flag(&flag);
+      bool fired = false;  // cancel once, inside the compression round (after layer 0 is scored)
+      ctx.set_round_observer([&](const engine::Context::RoundObservation& ob) {
+        if (!fired && ob.layer == 0) { fired = true; flag = true; }
+      });
+      CHECK_THROWS_AS(ctx.eval(prompt), model::Cancelled);
+      REQUIRE(fired);
+      CHECK(ctx.n_past() == prompt.size());
+      CHECK(ctx.cache().entries() > uint64_t(64) * 4 * 5);  // not (fully) compressed
+      flag = false;
+      ref.eval(prompt);
+      std::span<const float> a, b;
+      if (via_step) {
+        a = ref.step(more[0]);
+        b = ctx.step(more[0]);
+      } else {
+        a = ref.eval(more);
+        b = ctx.eval(more);
+      }
+      CHECK(ctx.n_past() == ref.n_past());
+      CHECK(ctx.cache().entries() == ref.cache().entries());
+      for (uint32_t l = 0; l < 5; ++l)
+        for (uint32_t h = 0; h < 4; ++h) CHECK(ctx.cache().positions(l, h) == ref.cache().positions(l, h));
+      CHECK(std::vector<float>(a.begin(), a.end()) == std::vector<float>(b.begin(), b.end()));
+      // Done once: no further oneshot round.
+      const uint32_t rounds = ctx.stats().evict_rounds;
+      ctx.step(more[1]);
+      CHECK(ctx.stats().evict_rounds == rounds);
+    }
+  }
+}
+
+TEST_CASE("bounded interim_policy scores every prefill round but the last with the interim policy", "[engine][interim]") {
+  // Oracle for the interim rounds: a context whose policy IS the interim
+  // policy, fed the prompt without its last chunk, ends with the same cache.
+  const auto prompt = prompt_tokens(320);  // 5 chunks of 64
+  engine::ContextParams p;
+  p.n_ctx = 512;
+  p.budget_tokens = 72;
+  p.evict.policy = evict::Policy::layer_defensivekv;
+  p.interim_policy = evict::Policy::criticalkv;
+  engine::Context ctx(stories(), p);
+  REQUIRE(ctx.chunk_tokens() == 64);
+  std::vector<std::pair<bool, evict::Policy>> rounds;  // (interim, policy) per round
+  ctx.set_round_observer([&](const engine::Context::RoundObservation& ob) {
+    if (ob.layer == 0) rounds.emplace_back(ob.interim, ob.policy);
+  });
+  std::vector<std::vector<int32_t>> after_4;  // positions after the 4th chunk's round
+  ctx.set_progress([&](uint64_t done, uint64_t) {
+    if (done == 256)
+      for (uint32_t l = 0; l < 5; ++l)
+        for (uint32_t h = 0; h < 4; ++h) after_4.push_back(ctx.cache().positions(l, h));
+  });
+  ctx.eval(prompt);
+  REQUIRE(rounds.size() >= 2);
+  for (size_t r = 0; r + 1 < rounds.size(); ++r) {
+    CHECK(rounds[r].first);
+    CHECK(rounds[r].second == evict::Policy::criticalkv);
+  }
+  CHECK_FALSE(rounds.back().first);
+  CHECK(rounds.back().second == evict::Policy::layer_defensivekv);
+
+  engine::ContextParams q = p;
+  q.evict.policy = evict::Policy::criticalkv;
+  q.interim_policy.reset();
+  engine::Context oracle(stories(), q);
+  oracle.eval(std::vector<int32_t>(prompt.begin(), prompt.begin() + 256));
+  REQUIRE(after_4.size() == 20);
+  size_t i = 0;
+  for (uint32_t l = 0; l < 5; ++l)
+    for (uint32_t h = 0; h < 4; ++h) CHECK(after_4[i++] == oracle.cache().positions(l, h));
+
+  // Decoding rounds use the main policy.
+  rounds.clear();
+  for (int t = 0; t < 40; ++t) ctx.step(prompt[size_t(t)]);
+  REQUIRE_FALSE(rounds.empty());
+  for (const auto& r : rounds) CHECK(r.second == evict::Policy::layer_defensivekv);
+
+  q = p;
+  q.interim_policy = evict::Policy::streaming;
+  CHECK_THROWS_WITH(engine::Context(stories(), q), Catch::Contains("interim_policy"));
+  q = p;
+  q.running_max_decay = 0.0f;
+  CHECK_THROWS_WITH(engine::Context(stories(), q), Catch::Contains("running_max_decay"));
+}

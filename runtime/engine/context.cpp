@@ -88,8 +88,18 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   slack_ = p.decode_slack ? p.decode_slack : std::max<uint32_t>(window_, 1);
   const uint64_t over_budget = std::max(chunk_, slack_);  // tokens per head above the budget (bounded)
 
+  if (p.interim_policy) {
+    const evict::Policy ip = *p.interim_policy;
+    if (ip == evict::Policy::full || ip == evict::Policy::streaming)
+      throw bad(std::string("interim_policy must be a scored policy (got ") + evict::policy_name(ip) + ")");
+  }
+  if (!(p.running_max_decay > 0.0f && p.running_max_decay <= 1.0f))
+    throw bad("running_max_decay must be in (0, 1] (got " + std::to_string(p.running_max_decay) + ")");
+
   n_aux_ = 0;
-  if (budgeted_ && needs_value_norms(p.evict.policy)) n_aux_ = 1;
+  if (budgeted_ && (needs_value_norms(p.evict.policy) ||
+                    (bounded && p.interim_policy && needs_value_norms(*p.interim_policy))))
+    n_aux_ = 1;
   if (budgeted_ && p.evict.running_max && is_defensive(p.evict.policy)) n_aux_ = 2;
   const size_t row = quant::row_bytes(p.kv_type, p.kv_type == quant::DType::q8_0 ? round_up(d, 32) : d);
   const uint64_t entry_bytes = 2 * row + sizeof(int32_t) + sizeof(float) * n_aux_;
@@ -214,6 +224,16 @@ void Context::fix_ratio_budget(uint32_t prompt_tokens) {
   budget_ = uint32_t(b);
 }
 
+// The oneshot compression is due after the first prompt has been fed
+// completely; if that round was cancelled (prefill() threw from evict_now),
+// the next eval()/step() runs it before anything else.
+void Context::finish_oneshot() {
+  if (!budgeted_ || schedule_ != Schedule::oneshot || oneshot_done_) return;
+  if (prompt_len_ == 0 || n_past_ < prompt_len_) return;  // the prompt is not complete yet
+  if (over(budget_)) evict_now();
+  oneshot_done_ = true;
+}
+
 void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all) {
   const uint32_t first = n_past_;
   for (uint32_t i = 0; i < n; ++i) pos_buf_[i] = int32_t(first + i);
@@ -237,6 +257,7 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     fix_ratio_budget(uint32_t(tokens.size()));
     prompt_len_ = uint32_t(tokens.size());
   }
+  finish_oneshot();  // a oneshot round cancelled during the previous call
   if (prompt_len_ == 0) prompt_len_ = uint32_t(tokens.size());
   const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
   const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
@@ -247,17 +268,17 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     if (bounded) {
       const model::Config& mc = model_.config();
       const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
-      if (cache_->entries() + uint64_t(n) * HL > ceiling * HL && over(budget_)) evict_now();
+      if (cache_->entries() + uint64_t(n) * HL > ceiling * HL && over(budget_)) evict_now(true);
     }
     const bool last = off + n == tokens.size();
     float* out = all_logits ? all_logits + off * V : (last ? logits_.data() : nullptr);
     run_batch(tokens.data() + off, n, out, all_logits != nullptr);
-    if (bounded && over(budget_)) evict_now();
+    if (bounded && over(budget_)) evict_now(!last);
     if (progress_) progress_(off + n, tokens.size());
   }
   if (budgeted_ && schedule_ == Schedule::oneshot && !oneshot_done_) {
+    if (over(budget_)) evict_now();  // a cancel leaves oneshot_done_ false: retried by the next call
     oneshot_done_ = true;
-    if (over(budget_)) evict_now();
   }
   if (all_logits) {  // keep logits() consistent with eval()
     std::memcpy(logits_.data(), all_logits + (tokens.size() - 1) * V, V * sizeof(float));
@@ -284,6 +305,7 @@ std::span<const float> Context::step(int32_t token) {
   if (n_past_ >= n_ctx_)
     throw std::length_error("context: full (n_ctx = " + std::to_string(n_ctx_) + " positions)");
   const auto t0 = Clock::now();
+  finish_oneshot();
   const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
   if (bounded) {
     // Safety net: after an eval() that ended between rounds there may not be

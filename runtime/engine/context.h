@@ -87,6 +87,22 @@ struct ContextParams {
   // round's observation window is exactly the tokens decoded since the last.
   uint32_t decode_slack = 0;
   uint32_t page_tokens = 16;  // KV pool page size in entries
+
+  // ---- bounded-schedule options (defaults = the faithful schedule above) ----
+  // Policy for the INTERIM eviction rounds of a prefill: every round of an
+  // eval()/eval_all_logits() call except the one after its last chunk (whose
+  // observation window is the tail of the fed text, e.g. the question).
+  // Decoding rounds and that last round use evict.policy. Unset: evict.policy
+  // everywhere. Example: defensivekv with interim_policy = criticalkv keeps
+  // entries by their mean attention while the window is arbitrary context and
+  // applies the worst-case (defensive) score only when it sees the prompt's
+  // end (docs/eval/RESULTS.md, "Bounded schedule: interim policy"). Must be a
+  // scored policy (not full/streaming); ignored by the oneshot schedule.
+  std::optional<evict::Policy> interim_policy;
+  // With evict.running_max: each round multiplies the stored worst case by
+  // this factor before combining it with the new window's max (1: the plain
+  // running max; 0 < decay < 1 lets stale maxima fade). Must be in (0, 1].
+  float running_max_decay = 1.0f;
 };
 
 struct Stats {
@@ -168,6 +184,18 @@ class Context {
   // Called after each prefill chunk with (tokens done, tokens total) of the
   // running eval(); may throw (e.g. model::Cancelled) to stop it.
   void set_progress(std::function<void(uint64_t done, uint64_t total)> fn);
+  // Diagnosis hook: called for every layer of every eviction round right after
+  // that layer is scored (before selection/retain). The pointers are valid
+  // only during the call. Not called when unset (no cost).
+  struct RoundObservation {
+    uint32_t round = 0;          // stats().evict_rounds before this round
+    uint32_t layer = 0;
+    bool interim = false;        // scored with ContextParams::interim_policy
+    evict::Policy policy = evict::Policy::full;  // the policy that scored it
+    const evict::LayerView* view = nullptr;      // heads' positions and keys
+    const std::vector<std::vector<float>>* scores = nullptr;  // [n_head_kv][n_h]
+  };
+  void set_round_observer(std::function<void(const RoundObservation&)> fn);
   // The logits of the last evaluated token [n_vocab] (as eval()/step() returned).
   std::span<const float> logits() const { return {logits_.data(), logits_.size()}; }
   // Appends the conversation state: counters, budget, query ring, logits and
@@ -182,7 +210,8 @@ class Context {
   void prefill(std::span<const int32_t> tokens, float* all_logits);
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
-  void evict_now();
+  void evict_now(bool interim = false);
+  void finish_oneshot();  // compresses once if the oneshot round is due (or was cancelled)
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
 
@@ -196,7 +225,7 @@ class Context {
   uint32_t slack_ = 0;
   uint32_t window_ = 0;
   uint32_t n_aux_ = 0;
-  bool oneshot_done_ = false;
+  bool oneshot_done_ = false;  // the oneshot round completed (a cancelled one is retried)
   uint32_t n_past_ = 0;
   uint32_t prompt_len_ = 0;     // T of the first eval (oneshot ratio budget)
 
@@ -230,6 +259,7 @@ class Context {
   void check_cancel() const;                        // throws model::Cancelled when requested
   const std::atomic<bool>* cancel_ = nullptr;
   std::function<void(uint64_t, uint64_t)> progress_;
+  std::function<void(const RoundObservation&)> observer_;
   std::vector<float> ring_save_;        // [n_layer, n_head, min(n, window), head_dim]
   std::vector<int32_t> ring_save_pos_;  // [min(n, window)]
 };

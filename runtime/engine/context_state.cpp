@@ -68,6 +68,8 @@ void Context::set_cancel_flag(const std::atomic<bool>* flag) {
 
 void Context::set_progress(std::function<void(uint64_t, uint64_t)> fn) { progress_ = std::move(fn); }
 
+void Context::set_round_observer(std::function<void(const RoundObservation&)> fn) { observer_ = std::move(fn); }
+
 void Context::check_cancel() const {
   if (cancel_ && cancel_->load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
 }

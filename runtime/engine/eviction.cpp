@@ -11,11 +11,14 @@
 
 namespace defkv::engine {
 
-void Context::evict_now() {
+void Context::evict_now(bool interim) {
   const auto t0 = std::chrono::steady_clock::now();
   const model::Config& mc = model_.config();
   const uint32_t L = mc.n_layer, H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_;
-  const evict::Params& ep = params_.evict;
+  // Interim prefill rounds may use another policy (ContextParams::interim_policy).
+  interim = interim && params_.interim_policy.has_value() && schedule_ == Schedule::bounded;
+  evict::Params ep = params_.evict;
+  if (interim) ep.policy = *params_.interim_policy;
   const uint32_t n_window = std::min<uint32_t>(W, n_past_);
 
   evict::Budget budget;
@@ -38,7 +41,9 @@ void Context::evict_now() {
   view_.q_window = q_win_.data();
   view_.q_pos = q_win_pos_.data();
   const bool layerwise = ep.policy == evict::Policy::layer_defensivekv;
-  const bool want_max = n_aux_ >= 2;
+  const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
+                                         ep.policy == evict::Policy::layer_defensivekv);
+  const float decay = params_.running_max_decay;
 
   for (uint32_t l = 0; l < L; ++l) {
     check_cancel();  // layers already evicted stay evicted (still a valid cache)
@@ -73,20 +78,32 @@ void Context::evict_now() {
         for (uint32_t i = 0; i < n; ++i) g_vnorm_[off + i] = g_aux_[(off + i) * n_aux_];
         hv.vnorm = g_vnorm_.data() + off;
       }
-      if (want_max) {
-        for (uint32_t i = 0; i < n; ++i) g_prev_[off + i] = g_aux_[(off + i) * n_aux_ + 1];
+      if (want_max) {  // decay < 1: stale maxima fade (running_max_decay)
+        for (uint32_t i = 0; i < n; ++i) g_prev_[off + i] = g_aux_[(off + i) * n_aux_ + 1] * decay;
         hv.prev_max = g_prev_.data() + off;
       }
       off += n;
     }
     evict::score_layer(view_, ep, budget, ev_scratch_, scores_[l], nullptr, want_max ? &new_max_[l] : nullptr);
+    if (observer_) {
+      RoundObservation ob;
+      ob.round = stats_.evict_rounds;
+      ob.layer = l;
+      ob.interim = interim;
+      ob.policy = ep.policy;
+      ob.view = &view_;
+      ob.scores = &scores_[l];
+      observer_(ob);
+    }
     if (want_max) {
+      // new_max already holds max(this window's m, decayed stored m); NaN: not
+      // scored this round (window entries), whose stored value stays.
       for (uint32_t hk = 0; hk < Hkv; ++hk) {
         const std::vector<float>& nm = new_max_[l][hk];
         for (uint32_t i = 0; i < nm.size(); ++i) {
           if (std::isnan(nm[i])) continue;
           float* a = cache_->aux(l, hk, i);
-          a[1] = std::max(a[1], nm[i]);
+          a[1] = decay < 1.0f ? nm[i] : std::max(a[1], nm[i]);
         }
       }
     }
