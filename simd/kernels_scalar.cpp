@@ -133,6 +133,18 @@ void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d,
   }
 }
 
+// Reads key j, dim e from its panel slot; the same in-order sums.
+void window_logits_packed(const float* q, size_t m, const float* panels, size_t n, size_t d,
+                          float* out, size_t ldo) {
+  for (size_t r = 0; r < m; ++r)
+    for (size_t j = 0; j < n; ++j) {
+      const float* kp = panels + (j / 16) * d * 16 + j % 16;  // kp[e * 16] = k[j, e]
+      float acc = 0.0f;
+      for (size_t e = 0; e < d; ++e) acc += q[r * d + e] * kp[e * 16];
+      out[r * ldo + j] = acc;
+    }
+}
+
 float window_softmax(float* x, size_t n, size_t n_valid, float scale) {
   for (size_t i = 0; i < n_valid; ++i) x[i] *= scale;
   const float z = n_valid > 0 ? softmax(x, n_valid) : 0.0f;
@@ -189,7 +201,8 @@ const Kernels& table() {
     k.reduce_sum = reduce_sum; k.reduce_abs_sum = reduce_abs_sum;
     k.f16_to_f32 = f16_to_f32; k.f32_to_f16 = f32_to_f16;
     k.bf16_to_f32 = bf16_to_f32; k.f32_to_bf16 = f32_to_bf16;
-    k.window_logits = window_logits; k.window_softmax = window_softmax; k.avg_pool = avg_pool;
+    k.window_logits = window_logits; k.window_logits_packed = window_logits_packed;
+    k.window_softmax = window_softmax; k.avg_pool = avg_pool;
     k.pool_rescale_max = pool_rescale_max; k.clamp_min = clamp_min;
     k.vnorm_weight = vnorm_weight;
     return k;

@@ -26,6 +26,8 @@ void bf16_to_f32(const uint16_t* x, float* y, size_t n);
 void f32_to_bf16(const float* x, uint16_t* y, size_t n);
 void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d, float* out,
                    size_t ldo, float* panels);
+void window_logits_packed(const float* q, size_t m, const float* panels, size_t n, size_t d,
+                          float* out, size_t ldo);
 float window_softmax(float* x, size_t n, size_t n_valid, float scale);
 void avg_pool(const float* x, float* out, size_t n, size_t k);
 void pool_rescale_max(const float* x, float* tmp, float* acc, size_t n, size_t k);

@@ -253,22 +253,6 @@ struct XKernels {
   static_assert(V * L == kNr, "panel width must be a multiple of the lanes");
   static constexpr size_t kMr = L >= 16 ? 8 : 6;
 
-  static void pack_keys(const float* k, size_t n, size_t d, float* panels) {
-    const size_t n_panel = (n + kNr - 1) / kNr;
-    for (size_t p = 0; p < n_panel; ++p) {
-      float* dst = panels + p * d * kNr;  // [d][kNr]
-      const size_t j0 = p * kNr, nc = n - j0 < kNr ? n - j0 : kNr;
-      for (size_t c = 0; c < kNr; ++c) {
-        if (c < nc) {
-          const float* src = k + (j0 + c) * d;
-          for (size_t e = 0; e < d; ++e) dst[e * kNr + c] = src[e];
-        } else {
-          for (size_t e = 0; e < d; ++e) dst[e * kNr + c] = 0.0f;
-        }
-      }
-    }
-  }
-
   // R queries qb[R, d] against one panel kp[d][kNr]; the first nc of the kNr
   // results of row r go to o + r * ldo. Full panels store straight from the
   // accumulators (kept in registers); the last, partial one goes via tmp.
@@ -318,18 +302,26 @@ struct XKernels {
       logits_panel<R, false>(qb, d, panels + n_full * d * kNr, o + n_full * kNr, ldo, n % kNr);
   }
 
-  static void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d,
-                            float* out, size_t ldo, float* panels) {
+  static void window_logits_packed(const float* q, size_t m, const float* panels, size_t n,
+                                   size_t d, float* out, size_t ldo) {
     if (m == 0 || n == 0) return;
     if (d == 0) {
       for (size_t r = 0; r < m; ++r)
         for (size_t j = 0; j < n; ++j) out[r * ldo + j] = 0.0f;
       return;
     }
-    pack_keys(k, n, d, panels);
     size_t r0 = 0;
     for (; r0 + kMr <= m; r0 += kMr) logits_block<kMr>(q, r0, panels, n, d, out, ldo);
-    for (; r0 < m; ++r0) logits_block<1>(q, r0, panels, n, d, out, ldo);
+    if (m - r0 >= 4) { logits_block<4>(q, r0, panels, n, d, out, ldo); r0 += 4; }
+    if (m - r0 >= 2) { logits_block<2>(q, r0, panels, n, d, out, ldo); r0 += 2; }
+    if (m - r0 >= 1) logits_block<1>(q, r0, panels, n, d, out, ldo);
+  }
+
+  static void window_logits(const float* q, size_t m, const float* k, size_t n, size_t d,
+                            float* out, size_t ldo, float* panels) {
+    if (m == 0 || n == 0) return;
+    if (d > 0) simd::pack_window_keys(k, n, d, panels);
+    window_logits_packed(q, m, panels, n, d, out, ldo);
   }
 
   static float window_softmax(float* x, size_t n, size_t n_valid, float scale_by) {
@@ -481,7 +473,8 @@ struct XKernels {
     t.reduce_sum = reduce_sum; t.reduce_abs_sum = reduce_abs_sum;
     t.f16_to_f32 = f16_to_f32; t.f32_to_f16 = f32_to_f16;
     t.bf16_to_f32 = bf16_to_f32; t.f32_to_bf16 = f32_to_bf16;
-    t.window_logits = window_logits; t.window_softmax = window_softmax; t.avg_pool = avg_pool;
+    t.window_logits = window_logits; t.window_logits_packed = window_logits_packed;
+    t.window_softmax = window_softmax; t.avg_pool = avg_pool;
     t.pool_rescale_max = pool_rescale_max; t.clamp_min = clamp_min;
     t.vnorm_weight = vnorm_weight;
     return t;

@@ -34,4 +34,21 @@ size_t window_logits_scratch(size_t n, size_t d) {
   return (n + 15) / 16 * 16 * d;  // [ceil(n/16)][d][16], see kernels_xsimd.h
 }
 
+void pack_window_keys(const float* k, size_t n, size_t d, float* panels) {
+  constexpr size_t kNr = 16;
+  const size_t n_panel = (n + kNr - 1) / kNr;
+  for (size_t p = 0; p < n_panel; ++p) {
+    float* dst = panels + p * d * kNr;  // [d][kNr]
+    const size_t j0 = p * kNr, nc = n - j0 < kNr ? n - j0 : kNr;
+    for (size_t c = 0; c < kNr; ++c) {
+      if (c < nc) {
+        const float* src = k + (j0 + c) * d;
+        for (size_t e = 0; e < d; ++e) dst[e * kNr + c] = src[e];
+      } else {
+        for (size_t e = 0; e < d; ++e) dst[e * kNr + c] = 0.0f;
+      }
+    }
+  }
+}
+
 }  // namespace defkv::simd

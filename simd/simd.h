@@ -60,6 +60,10 @@ struct Kernels {
   // Register-blocked: a few queries x 16 keys per step, vectorised along keys.
   void (*window_logits)(const float* q, size_t m, const float* k, size_t n, size_t d,
                         float* out, size_t ldo, float* panels);
+  // The same product with keys already packed by pack_window_keys (so one
+  // packing serves every query head of a GQA group, a few rows at a time).
+  void (*window_logits_packed)(const float* q, size_t m, const float* panels, size_t n,
+                               size_t d, float* out, size_t ldo);
   // One causal window row: x[0, n_valid) <- softmax(scale * x[0, n_valid)),
   // x[n_valid, n) <- 0 (keys past the query). scale > 0. Returns the
   // normaliser sum exp(scale * (x - max x)); all -inf (or n_valid == 0) gives
@@ -85,6 +89,9 @@ struct Kernels {
 // Floats of panel scratch Kernels::window_logits needs for n keys of dim d
 // (the same for every table).
 size_t window_logits_scratch(size_t n, size_t d);
+// Packs keys k[n, d] into panels[ceil(n/16)][d][16] (zero-padded), the layout
+// window_logits_packed reads (the same for every table).
+void pack_window_keys(const float* k, size_t n, size_t d, float* panels);
 
 // CPU features that kernel selection depends on, detected once. x86 entries
 // are already AND-ed with OS support for the registers (XCR0 via xgetbv).

@@ -181,7 +181,7 @@ TEST_CASE("available tables start with scalar and k() is the best one", "[simd][
     CHECK(t->rmsnorm); CHECK(t->softmax); CHECK(t->silu_mul); CHECK(t->max_inplace);
     CHECK(t->add_inplace); CHECK(t->reduce_max); CHECK(t->reduce_sum); CHECK(t->reduce_abs_sum);
     CHECK(t->f16_to_f32); CHECK(t->f32_to_f16); CHECK(t->bf16_to_f32); CHECK(t->f32_to_bf16);
-    CHECK(t->window_logits); CHECK(t->window_softmax); CHECK(t->avg_pool);
+    CHECK(t->window_logits); CHECK(t->window_logits_packed); CHECK(t->window_softmax); CHECK(t->avg_pool);
     CHECK(t->pool_rescale_max); CHECK(t->clamp_min); CHECK(t->vnorm_weight);
   }
 }
@@ -758,6 +758,26 @@ TEST_CASE("window logits match a double product on every table", "[simd][kernels
           for (size_t i = 0; i < off; ++i) bad += out[i] != -7.0f;
           // scratch: nothing written past window_logits_scratch(n, d)
           for (size_t i = off + scratch; i < panels.size(); ++i) bad += panels[i] != -3.0f;
+          CHECK(bad == 0);
+          // pre-packed keys: same oracle bound; the vector tables give the
+          // very same floats (window_logits is pack + packed there)
+          std::vector<float> out2(m * ldo + off, -7.0f), panels2(scratch + off, -3.0f);
+          simd::pack_window_keys(k, n, d, panels2.data() + off);
+          t->window_logits_packed(q, m, panels2.data() + off, n, d, out2.data() + off, ldo);
+          bad = 0;
+          for (size_t r = 0; r < m; ++r) {
+            for (size_t j = 0; j < n; ++j) {
+              double exact = 0, mag = 0;
+              for (size_t e = 0; e < d; ++e) {
+                const double p = double(q[r * d + e]) * k[j * d + e];
+                exact += p;
+                mag += std::fabs(p);
+              }
+              bad += std::fabs(out2[off + r * ldo + j] - exact) > logits_tol(d, mag) / 2.0;
+            }
+            for (size_t j = n; j < ldo; ++j) bad += out2[off + r * ldo + j] != -7.0f;
+          }
+          if (t->isa != simd::Isa::scalar) bad += out2 != out;
           CHECK(bad == 0);
         }
       }

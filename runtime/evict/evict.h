@@ -146,7 +146,7 @@ Budget entries_budget(uint32_t budget_per_head, uint32_t n_head_kv, uint32_t n_l
 // Reusable buffers. Contents are private to this layer; keep one per thread
 // and pass it to every call so buffers only grow during warm-up.
 struct Scratch {
-  std::vector<float> logits;   // [G * W, n_max] logits / attention of one KV group
+  std::vector<float> logits;   // [W, n_max] logits / attention of one query head
   std::vector<float> pooled;   // [n_max]
   std::vector<float> acc;      // [n_max] per-query-head window sum
   std::vector<std::vector<float>> mean, maxv, ave, denom;  // [Hkv][n_h]

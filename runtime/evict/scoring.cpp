@@ -180,21 +180,25 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
     for (uint32_t h = 0; h < H; ++h) dbg->window_attn[h].resize(size_t(W) * (view.heads[h / G].n - W));
   }
 
-  // Step 1 (and the per-row parts of step 2). The logits of one KV head's
-  // group are one small GEMM: [G*W, d] queries x [n, d] keys -> [G*W, n].
+  // Step 1 (and the per-row parts of step 2). A KV head's keys are packed
+  // once for its group; each query head's logits [W, d] x [n, d]^T -> [W, n]
+  // are then used while they are still in cache (W * n floats: 512 KiB at
+  // 4000 entries, where the whole group's [G*W, n] would be 4 MiB).
   const float inv_sqrt_d = 1.0f / std::sqrt(float(d));
-  s.logits.resize(size_t(G) * W * n_max);
+  s.logits.resize(size_t(W) * n_max);
+  s.panels.resize(std::max(s.panels.size(), simd::window_logits_scratch(n_max, d)));
   double window_mass = 0.0;
   for (uint32_t h = 0; h < H; ++h) {
     const uint32_t hk = h / G, g = h % G;
     const HeadView& hv = view.heads[hk];
     const uint32_t n = hv.n, N = n - W;
-    if (g == 0 && n > 0)  // [G*W, d] x [n, d]^T -> [G*W, n]
-      window_logits(view.q_window + size_t(h) * W * d, G * W, hv.k, n, d, s.logits.data(), n,
-                    s.panels);
+    if (n == 0) continue;  // then W == 0 too: nothing to score
+    if (g == 0) simd::pack_window_keys(hv.k, n, d, s.panels.data());
+    K.window_logits_packed(view.q_window + size_t(h) * W * d, W, s.panels.data(), n, d,
+                           s.logits.data(), n);  // [W, n]
     if (need_snap) std::fill_n(s.acc.data(), N, 0.0f);
     for (uint32_t i = 0; i < W; ++i) {
-      float* row = s.logits.data() + (size_t(g) * W + i) * n;  // [n]
+      float* row = s.logits.data() + size_t(i) * n;  // [n]
       const uint32_t c = uint32_t(std::upper_bound(hv.pos, hv.pos + n, view.q_pos[i]) - hv.pos);
       K.window_softmax(row, n, c, inv_sqrt_d);  // causal: keys after the query get 0
       window_mass += K.reduce_sum(row + N, W);
