@@ -7,6 +7,7 @@
 // Uses only the C API (like an application would).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -883,5 +884,271 @@ TEST_CASE("api: concurrent contexts on one model match their single-threaded out
       REQUIRE(j.want.size() > 150);
       CHECK(j.got == j.want);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Additions after the first ABI: defkv_decode / defkv_sample /
+// defkv_get_logits, defkv_context_get_info, versioned context params.
+
+namespace {
+
+defkv_context_info context_info(defkv_context* c) {
+  defkv_context_info i;
+  std::memset(&i, 0, sizeof i);
+  i.struct_size = sizeof i;
+  const defkv_status s = defkv_context_get_info(c, &i);
+  INFO(defkv_last_error(c));
+  REQUIRE(s == DEFKV_OK);
+  REQUIRE(i.struct_size == sizeof i);
+  return i;
+}
+
+std::vector<float> logits(defkv_context* c) {
+  size_t n = 0;
+  REQUIRE(defkv_get_logits(c, nullptr, 0, &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+  std::vector<float> l(n);
+  REQUIRE(defkv_get_logits(c, l.data(), l.size(), &n) == DEFKV_OK);
+  return l;
+}
+
+// The caller's own loop: sample, and feed all but the last token (as
+// defkv_generate leaves the last one pending).
+std::vector<int32_t> own_loop(defkv_context* c, uint32_t n) {
+  std::vector<int32_t> out;
+  for (uint32_t i = 0; i < n; ++i) {
+    int32_t t = -1;
+    { const defkv_status s = defkv_sample(c, &t); INFO(defkv_last_error(c)); REQUIRE(s == DEFKV_OK); }
+    out.push_back(t);
+    if (i + 1 < n) {
+      const defkv_status s = defkv_decode(c, t);
+      INFO(defkv_last_error(c));
+      REQUIRE(s == DEFKV_OK);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("api: defkv_decode + defkv_sample reproduce the numpy golden greedy run", "[api][decode]") {
+  const nlohmann::json g = nlohmann::json::parse(read_text(shared_path("models/stories260K/golden_greedy.json")));
+  const std::vector<int32_t> golden = g["greedy_ids_after_bos"].get<std::vector<int32_t>>();
+  defkv_context_params p = greedy_params();
+  p.kv_type = DEFKV_KV_F32;
+  Ctx c(p);
+  const int32_t bos = 1;
+  REQUIRE(defkv_decode(c, bos) == DEFKV_OK);  // a decode step from an empty context
+  // Greedy sampling is the argmax of the logits defkv_get_logits returns.
+  const std::vector<float> l = logits(c);
+  REQUIRE(l.size() == 512);
+  int32_t t = -1;
+  REQUIRE(defkv_sample(c, &t) == DEFKV_OK);
+  CHECK(t == int32_t(std::max_element(l.begin(), l.end()) - l.begin()));
+  CHECK(t == golden[0]);
+  REQUIRE(defkv_decode(c, t) == DEFKV_OK);
+  std::vector<int32_t> got{t};
+  const std::vector<int32_t> rest = own_loop(c, uint32_t(golden.size() - 1));
+  got.insert(got.end(), rest.begin(), rest.end());
+  CHECK(got == golden);
+}
+
+TEST_CASE("api: a defkv_decode loop equals defkv_generate, with decode-time eviction", "[api][decode]") {
+  const std::vector<int32_t> story = tokenize(model(), story_text());
+  const std::vector<int32_t> prompt(story.begin(), story.begin() + 120);
+  for (const defkv_context_params& p : {sampling_params(21), evicting_params(22)}) {
+    Ctx a(p), b(p);
+    eval(a, prompt);
+    eval(b, prompt);
+    const std::vector<int32_t> want = gen(a, 150);
+    CHECK(own_loop(b, 150) == want);
+    CHECK(entries(b) == entries(a));
+    const defkv_kv_stats sa = kv_stats(a), sb = kv_stats(b);
+    CHECK(sb.n_past == sa.n_past);
+    CHECK(sb.evict_rounds == sa.evict_rounds);
+    CHECK(sb.decode_tokens == sa.decode_tokens);
+    CHECK(sb.pending_token == 0);  // the caller keeps the last sampled token
+    CHECK(sa.pending_token == 1);
+    if (p.kv_budget_tokens) {
+      const defkv_context_info ib = context_info(b);
+      CHECK(sb.evict_rounds > 0);
+      // Bounded decoding: live entries stay within (budget + decode slack) per head on average.
+      CHECK(sb.entries <= uint64_t(ib.budget_tokens + ib.decode_slack_tokens) * sb.n_layer * sb.n_head_kv);
+    }
+    // After defkv_generate, defkv_decode feeds the pending token first: both
+    // contexts then hold the same conversation.
+    const int32_t next = 300;
+    REQUIRE(defkv_decode(b, want.back()) == DEFKV_OK);
+    REQUIRE(defkv_decode(b, next) == DEFKV_OK);
+    REQUIRE(defkv_decode(a, next) == DEFKV_OK);
+    CHECK(kv_stats(a).n_past == kv_stats(b).n_past);
+    CHECK(logits(a) == logits(b));
+    CHECK(gen(a, 20) == gen(b, 20));
+  }
+}
+
+TEST_CASE("api: defkv_decode / defkv_sample / defkv_get_logits misuse", "[api][decode]") {
+  defkv_context_params p = greedy_params();
+  p.n_ctx = 4;
+  Ctx c(p);
+  int32_t t = 0;
+  size_t n = 0;
+  CHECK(defkv_sample(c, &t) == DEFKV_ERR_BAD_STATE);
+  CHECK(defkv_get_logits(c, nullptr, 0, &n) == DEFKV_ERR_BAD_STATE);
+  CHECK(defkv_sample(c, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(defkv_decode(c, -1) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(defkv_decode(c, 512) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(defkv_decode(nullptr, 1) == DEFKV_ERR_INVALID_HANDLE);
+  CHECK(defkv_sample(nullptr, &t) == DEFKV_ERR_INVALID_HANDLE);
+  CHECK(defkv_get_logits(nullptr, nullptr, 0, &n) == DEFKV_ERR_INVALID_HANDLE);
+  eval(c, {1});
+  std::vector<float> small(10);
+  CHECK(defkv_get_logits(c, small.data(), small.size(), &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+  CHECK(n == 512);
+  CHECK(defkv_get_logits(c, small.data(), small.size(), nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+  // A token pending from defkv_generate has no logits yet: sampling again is refused.
+  REQUIRE(gen(c, 1).size() == 1);
+  CHECK(defkv_sample(c, &t) == DEFKV_ERR_BAD_STATE);
+  CHECK(std::string(defkv_last_error(c)).find("pending") != std::string::npos);
+  // n_ctx = 4: position 0 used, the pending token and 2 more fit, then full.
+  REQUIRE(defkv_decode(c, 300) == DEFKV_OK);  // pending + 300: positions 1, 2
+  REQUIRE(defkv_decode(c, 301) == DEFKV_OK);  // position 3
+  CHECK(defkv_decode(c, 302) == DEFKV_ERR_CONTEXT_FULL);
+  uint32_t np = 0;
+  REQUIRE(defkv_n_past(c, &np) == DEFKV_OK);
+  CHECK(np == 4);
+  REQUIRE(defkv_sample(c, &t) == DEFKV_OK);  // the context is still usable
+}
+
+TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
+  defkv_model_info mi;
+  REQUIRE(defkv_model_get_info(model(), &mi) == DEFKV_OK);
+  {
+    defkv_context_params p = greedy_params();
+    Ctx c(p);
+    const defkv_context_info i = context_info(c);
+    CHECK(i.n_ctx == mi.n_ctx_train);
+    CHECK(i.n_threads == 1);
+    CHECK(i.has_budget == 0);
+    CHECK(i.kv_schedule == DEFKV_SCHEDULE_ONESHOT);
+    CHECK(i.kv_type == DEFKV_KV_F16);
+    CHECK(i.kv_row_bytes == mi.head_dim * 2);  // f16
+    CHECK(i.prefill_chunk_tokens == 64);         // the API's full-cache default
+    CHECK(i.kv_window == 32);
+    CHECK(i.kv_sinks == 4);
+    CHECK(i.kv_pool == 5);
+    CHECK(i.kv_running_max == 0);
+    CHECK(i.budget_tokens == 0);
+    CHECK(i.last_stop_reason == DEFKV_STOP_NONE);
+    CHECK(i.kv_bytes_reserved == kv_stats(c).bytes_reserved);
+  }
+  {
+    defkv_context_params p = evicting_params(3);  // budget 48, window 16
+    p.kv_type = DEFKV_KV_F32;
+    p.kv_pool = 3;
+    p.kv_running_max = 1;
+    Ctx c(p);
+    const defkv_context_info i = context_info(c);
+    CHECK(i.has_budget == 1);
+    CHECK(i.kv_policy == DEFKV_POLICY_DEFENSIVEKV);
+    CHECK(i.kv_schedule == DEFKV_SCHEDULE_BOUNDED);
+    CHECK(i.kv_row_bytes == mi.head_dim * 4);  // f32
+    CHECK(i.budget_tokens == 48);
+    CHECK(i.kv_window == 16);
+    CHECK(i.decode_slack_tokens == 16);        // = window
+    CHECK(i.prefill_chunk_tokens == 64);       // max(64, 2 * window)
+    CHECK(i.kv_pool == 3);
+    CHECK(i.kv_running_max == 1);
+  }
+  {
+    defkv_context_params p = evicting_params(3);
+    p.kv_pool = 4;  // the pooling kernel must be odd
+    defkv_context* c = nullptr;
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(defkv_last_error(nullptr)).find("odd") != std::string::npos);
+  }
+  SECTION("a smaller info struct is filled only as far as it reaches") {
+    Ctx c(greedy_params());
+    defkv_context_info i;
+    std::memset(&i, 0xAB, sizeof i);
+    i.struct_size = 8;  // struct_size and n_ctx
+    REQUIRE(defkv_context_get_info(c, &i) == DEFKV_OK);
+    CHECK(i.struct_size == 8);
+    CHECK(i.n_ctx == mi.n_ctx_train);
+    CHECK(i.n_threads == 0xABABABABu);
+    i.struct_size = 2;
+    CHECK(defkv_context_get_info(c, &i) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(defkv_context_get_info(c, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+  }
+  SECTION("stop reasons of defkv_generate") {
+    defkv_context_params p = sampling_params(5);
+    p.n_ctx = 40;
+    Ctx c(p);
+    CHECK(std::string(defkv_stop_reason_name(DEFKV_STOP_CONTEXT_FULL)) == "context_full");
+    CHECK(std::string(defkv_stop_reason_name(99)) == "unknown");
+    eval(c, {1});
+    gen(c, 5);
+    CHECK(context_info(c).last_stop_reason == DEFKV_STOP_N_PREDICT);
+    Collected col;
+    col.stop_after = 2;
+    REQUIRE(defkv_generate(c, 10, collect, &col, nullptr) == DEFKV_OK);
+    CHECK(context_info(c).last_stop_reason == DEFKV_STOP_CALLBACK);
+    Collected col2;
+    col2.stop_after = 1;
+    col2.cancel_ctx = c;
+    CHECK(defkv_generate(c, 10, collect, &col2, nullptr) == DEFKV_ERR_CANCELLED);
+    CHECK(context_info(c).last_stop_reason == DEFKV_STOP_CANCELLED);
+    Collected col3;
+    const defkv_status s = defkv_generate(c, 100, collect, &col3, nullptr);
+    if (!col3.tokens.empty() && col3.tokens.back() == 2) {  // EOS before the context filled up
+      CHECK(s == DEFKV_OK);
+      CHECK(context_info(c).last_stop_reason == DEFKV_STOP_EOS);
+    } else {
+      CHECK(s == DEFKV_ERR_CONTEXT_FULL);
+      CHECK(context_info(c).last_stop_reason == DEFKV_STOP_CONTEXT_FULL);
+    }
+    REQUIRE(defkv_reset(c) == DEFKV_OK);
+    CHECK(context_info(c).last_stop_reason == DEFKV_STOP_NONE);
+  }
+}
+
+TEST_CASE("api: context params of the first ABI size are accepted; new fields take defaults", "[api][abi]") {
+  static_assert(sizeof(defkv_context_params) > DEFKV_CONTEXT_PARAMS_SIZE_V1, "fields were appended");
+  SECTION("init_sized never writes past the size it is given") {
+    alignas(defkv_context_params) unsigned char buf[sizeof(defkv_context_params) + 16];
+    std::memset(buf, 0xAB, sizeof buf);
+    auto* p = reinterpret_cast<defkv_context_params*>(buf);
+    defkv_context_params_init_sized(p, DEFKV_CONTEXT_PARAMS_SIZE_V1);
+    CHECK(p->struct_size == DEFKV_CONTEXT_PARAMS_SIZE_V1);
+    for (size_t i = DEFKV_CONTEXT_PARAMS_SIZE_V1; i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
+    std::memset(buf, 0xAB, sizeof buf);
+    (defkv_context_params_init)(p);  // the first ABI's entry point (old binaries)
+    CHECK(p->struct_size == DEFKV_CONTEXT_PARAMS_SIZE_V1);
+    for (size_t i = DEFKV_CONTEXT_PARAMS_SIZE_V1; i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
+    std::memset(buf, 0xAB, sizeof buf);
+    defkv_context_params_init(p);  // the macro: this header's size
+    CHECK(p->struct_size == sizeof(defkv_context_params));
+    for (size_t i = sizeof(defkv_context_params); i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
+    CHECK(p->kv_pool == 5);
+    CHECK(p->kv_running_max == 0);
+    defkv_context_params_init_sized(p, 8);  // too small to be a params struct: untouched
+    CHECK(p->struct_size == sizeof(defkv_context_params));
+  }
+  SECTION("an old caller's struct: garbage past struct_size is ignored") {
+    defkv_context_params p = evicting_params(4);
+    p.struct_size = DEFKV_CONTEXT_PARAMS_SIZE_V1;
+    p.kv_pool = 0xFFFFFFFFu;  // what an old caller's padding may hold
+    p.kv_running_max = -7;
+    defkv_context* c = nullptr;
+    REQUIRE(defkv_context_create(model(), &p, &c) == DEFKV_OK);
+    const defkv_context_info i = context_info(c);
+    CHECK(i.kv_pool == 5);
+    CHECK(i.kv_running_max == 0);
+    CHECK(i.budget_tokens == 48);  // first-ABI fields are read
+    CHECK(i.kv_window == 16);
+    REQUIRE(defkv_context_free(c) == DEFKV_OK);
+    p.struct_size = DEFKV_CONTEXT_PARAMS_SIZE_V1 - 4;
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(defkv_last_error(nullptr)).find("struct_size") != std::string::npos);
   }
 }

@@ -5,7 +5,14 @@
 // tokens).
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <regex>
+#include <thread>
 
 #include <cstdio>
 #include <cstdlib>
@@ -208,4 +215,89 @@ TEST_CASE("cli: a Q8_0 copy keeps the golden greedy tokens and close logits", "[
   INFO("max |logit diff| = " << max_diff);
   CHECK(max_diff < kQ8LogitTolerance);
   CHECK(max_diff > 0);  // it really is a different (quantised) model
+}
+
+TEST_CASE("cli: run's report: stop reason, KV bytes, entries kept per layer within the budget", "[cli][run]") {
+  const std::string prompt = shared_dir() + "/models/data/tinystories_sample.txt";
+  Result r = run("run -m " + stories() + " -f " + prompt + " -n 40 -t 1 --ctx 4096 --kv-budget 40 --kv-window 16");
+  REQUIRE(r.exit_code == 0);
+  INFO(r.err);
+  CHECK_THAT(r.err, Catch::Contains("stop n_predict"));
+  CHECK_THAT(r.err, Catch::Contains("policy defensivekv, schedule bounded, budget 40 tok/head"));
+  std::smatch m;
+  REQUIRE(std::regex_search(r.err, m, std::regex("peak RSS ([0-9.]+) MiB")));
+  CHECK(std::stod(m[1]) > 1.0);
+  REQUIRE(std::regex_search(r.err, m, std::regex("prompt ([0-9]+) tok")));
+  const long prompt_tokens = std::stol(m[1]);
+  CHECK(prompt_tokens > 300);  // the sample is long: eviction had work to do
+  REQUIRE(std::regex_search(r.err, m, std::regex("evictions ([0-9]+)")));
+  CHECK(std::stol(m[1]) > 0);
+  REQUIRE(std::regex_search(r.err, m, std::regex("entries kept per layer: ([0-9 ]+)")));
+  std::istringstream layers(m[1].str());
+  // stories260K: 5 layers x 4 KV heads. Bounded: at most budget + one chunk
+  // (64 = max(64, 2 x window)) entries per head after the prompt, + the decode slack.
+  int n_layers = 0;
+  for (long n; layers >> n; ++n_layers) {
+    CHECK(n > 0);
+    CHECK(n <= (40 + 64) * 4);
+  }
+  CHECK(n_layers == 5);
+  REQUIRE(std::regex_search(r.err, m, std::regex("KV bytes in use ([0-9]+)")));
+  CHECK(std::stol(m[1]) > 0);
+
+  // Without a budget every position stays: entries per layer = positions x KV heads.
+  Result f = run("run -m " + stories() + " -p 'Once upon a time' -n 10 --temp 0 -t 1");
+  REQUIRE(f.exit_code == 0);
+  CHECK_THAT(f.err, Catch::Contains("policy full, schedule -, budget 0 tok/head"));
+  REQUIRE(std::regex_search(f.err, m, std::regex("prompt ([0-9]+) tok")));
+  const long n_prompt = std::stol(m[1]);
+  const long kept = (n_prompt + 9) * 4;  // the last sampled token is not evaluated
+  CHECK_THAT(f.err, Catch::Contains("entries kept per layer: " + std::to_string(kept) + " " + std::to_string(kept)));
+}
+
+TEST_CASE("cli: Ctrl-C cancels a running generation; the report still comes", "[cli][run]") {
+  const fs::path out = temp_dir() / "sigint.out", err = temp_dir() / "sigint.err";
+  const std::string bin = defkv_bin(), model = stories();
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int fe = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fo, 1);
+    ::dup2(fe, 2);
+    // Far more tokens than it can make before the signal, in a bounded cache.
+    ::execl(bin.c_str(), bin.c_str(), "run", "-m", model.c_str(), "-n", "1000000", "--ctx", "1000000",
+            "--kv-budget", "64", "-t", "1", (char*)nullptr);
+    ::_exit(127);
+  }
+  // Wait until it is generating (text on stdout), then interrupt it.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto out_bytes = [&] {
+    std::error_code ec;
+    const auto n = fs::file_size(out, ec);
+    return ec ? 0 : n;
+  };
+  while (out_bytes() < 200 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(::kill(pid, SIGINT) == 0);
+  int status = 0;
+  pid_t done = 0;
+  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL("defkv run did not stop after SIGINT");
+  }
+  const std::string e = read_file(err);
+  INFO(e);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 130);
+  CHECK_THAT(e, Catch::Contains("stop cancelled"));
+  std::smatch m;
+  REQUIRE(std::regex_search(e, m, std::regex("decode ([0-9]+) tok")));
+  CHECK(std::stol(m[1]) > 10);
+  CHECK(std::stol(m[1]) < 1000000);
+  CHECK(read_file(out).back() == '\n');
 }

@@ -1,22 +1,31 @@
 // `defkv run`: generate text from a GGUF model, streaming tokens to stdout,
-// with an optional bounded KV cache (budget, policy, schedule).
+// with an optional bounded KV cache (budget, policy, schedule). Uses only the
+// C API (defkv.h), like an application embedding the library would.
+//
+// Output: the prompt as the model reads it, then the continuation, on stdout;
+// a two-line report on stderr (speeds, stop reason, peak RSS, KV bytes,
+// evictions, entries kept per layer). Ctrl-C cancels the prompt evaluation or
+// the generation (defkv_cancel); the report is still printed and the exit
+// code is 130.
 #include <CLI/CLI.hpp>
+#include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <memory>
-#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "runtime/engine/context.h"
-#include "runtime/model/model.h"
-#include "runtime/text/sampler.h"
-#include "runtime/text/tokenizer.h"
+#include "runtime/api/defkv.h"
 #include "tools/commands.h"
+#include "tools/kv_flags.h"
 
 namespace defkv::cli {
 namespace {
@@ -28,44 +37,9 @@ struct RunOptions {
   int n_predict = 128;
   int n_threads = 0;
   int n_ctx = 0;
-  text::SamplerParams sp;
-  int64_t kv_budget = 0;
-  double kv_ratio = 0;
-  std::string kv_mem;
-  std::string kv_type = "f16";
-  std::string kv_policy = "defensivekv";
-  std::string kv_schedule;
-  int kv_window = 32;
-  int kv_pool = 5;
-  int kv_sinks = 4;
-  int chunk = 0;
-  bool running_max = false;
-  CLI::Option* opt_budget = nullptr;
-  CLI::Option* opt_ratio = nullptr;
-  CLI::Option* opt_mem = nullptr;
-  CLI::Option* opt_policy = nullptr;
+  defkv_context_params sampling;  // sampling fields bound to the flags; defaults from the library
+  KvFlags kv;
 };
-
-// "256M", "1.5G", "4096", "64K" (binary units) -> bytes.
-int64_t parse_bytes(const std::string& s) {
-  if (s.empty()) throw std::invalid_argument("--kv-mem: empty size");
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &used);
-  } catch (const std::exception&) {
-    throw std::invalid_argument("--kv-mem: '" + s + "' is not a size (e.g. 256M, 1G, 65536)");
-  }
-  std::string suf = s.substr(used);
-  double mul = 1;
-  if (suf == "" || suf == "B") mul = 1;
-  else if (suf == "K" || suf == "k" || suf == "KiB" || suf == "KB") mul = 1024.0;
-  else if (suf == "M" || suf == "m" || suf == "MiB" || suf == "MB") mul = 1024.0 * 1024;
-  else if (suf == "G" || suf == "g" || suf == "GiB" || suf == "GB") mul = 1024.0 * 1024 * 1024;
-  else throw std::invalid_argument("--kv-mem: unknown unit '" + suf + "' in '" + s + "' (use K, M or G)");
-  if (!(v > 0)) throw std::invalid_argument("--kv-mem: size must be positive (got '" + s + "')");
-  return int64_t(v * mul);
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -81,119 +55,217 @@ double peak_rss_mib() {
   return double(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-int run(const RunOptions& o) {
-  auto model = model::Model::load(o.model_path);
-  auto tok = text::Tokenizer::from_gguf(model->file());
+// Throws the library's message for a failed call.
+void check(defkv_status s, const defkv_context* ctx = nullptr) {
+  if (s != DEFKV_OK) throw std::runtime_error(defkv_last_error(ctx));
+}
 
-  engine::ContextParams cp;
-  cp.n_threads = uint32_t(o.n_threads);
-  cp.n_ctx = uint32_t(o.n_ctx);
-  if (o.opt_budget->count()) cp.budget_tokens = o.kv_budget;
-  if (o.opt_ratio->count()) cp.kv_ratio = o.kv_ratio;
-  if (o.opt_mem->count()) cp.kv_mem_bytes = parse_bytes(o.kv_mem);
-  if (!quant::parse_dtype(o.kv_type, &cp.kv_type)) throw std::invalid_argument("--kv-type: unknown type " + o.kv_type);
-  if (!evict::parse_policy(o.kv_policy, &cp.evict.policy))
-    throw std::invalid_argument("--kv-policy: unknown policy " + o.kv_policy);
-  const bool has_budget = cp.budget_tokens || cp.kv_ratio || cp.kv_mem_bytes;
-  if (!has_budget && o.opt_policy->count() && cp.evict.policy != evict::Policy::full)
-    throw std::invalid_argument("--kv-policy " + o.kv_policy +
-                                " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
-  if (!has_budget) cp.evict.policy = evict::Policy::full;
-  if (!o.kv_schedule.empty()) {
-    engine::Schedule s;
-    if (!engine::parse_schedule(o.kv_schedule, &s))
-      throw std::invalid_argument("--kv-schedule: unknown schedule " + o.kv_schedule);
-    cp.schedule = s;
+// Owning wrappers (the library's handles are freed on every path).
+struct ModelHandle {
+  defkv_model* m = nullptr;
+  ~ModelHandle() {
+    if (m) defkv_model_free(m);
   }
-  cp.evict.window = uint32_t(o.kv_window);
-  cp.evict.kernel = uint32_t(o.kv_pool);
-  cp.evict.n_sink = uint32_t(o.kv_sinks);
-  cp.evict.running_max = o.running_max;
-  cp.chunk_tokens = uint32_t(o.chunk);
-
-  engine::Context ctx(*model, cp);
-  text::Sampler sampler(o.sp);
-
-  const std::string text = o.prompt_file.empty() ? o.prompt : read_file(o.prompt_file);
-  std::vector<int32_t> prompt = text.empty() ? std::vector<int32_t>{} : tok->encode(text, true);
-  if (prompt.empty() || prompt.front() != tok->bos()) prompt.insert(prompt.begin(), tok->bos());
-
-  // Echo the prompt as the model reads it, then stream the continuation.
-  text::StreamDecoder dec(*tok);
-  std::string out;
-  for (size_t i = 1; i < prompt.size(); ++i) out += dec.push(prompt[i]);
-  std::fputs(out.c_str(), stdout);
-  std::fflush(stdout);
-
-  const int32_t eos = tok->eos();
-  auto res = ctx.generate(prompt, uint32_t(o.n_predict), sampler, eos, [&](int32_t t) {
-    if (t == eos) return true;
-    const std::string s = dec.push(t);
-    if (!s.empty()) {
-      std::fwrite(s.data(), 1, s.size(), stdout);
-      std::fflush(stdout);
-    }
-    return true;
-  });
-  const std::string rest = dec.flush();
-  std::fwrite(rest.data(), 1, rest.size(), stdout);
-  std::fputc('\n', stdout);
-  std::fflush(stdout);
-
-  const engine::Stats& st = ctx.stats();
-  const auto& mc = model->config();
-  std::fprintf(stderr,
-               "defkv: prompt %llu tok %.1f tok/s | decode %llu tok %.1f tok/s | stop %s | peak RSS %.1f MiB | "
-               "KV %s in use %zu B (peak %zu B, pool %zu B) | evictions %u (%.3f s)\n",
-               (unsigned long long)st.prompt_tokens, st.prompt_tok_per_s(), (unsigned long long)st.decode_tokens,
-               st.decode_tok_per_s(), engine::stop_reason_name(res.stop), peak_rss_mib(),
-               quant::dtype_name(cp.kv_type), st.kv_bytes_in_use, st.kv_bytes_peak, st.kv_bytes_reserved,
-               st.evict_rounds, st.evict_seconds);
-  std::string per_layer;
-  for (uint32_t l = 0; l < mc.n_layer; ++l) {
-    uint64_t n = 0;
-    for (uint32_t h = 0; h < mc.n_head_kv; ++h) n += ctx.cache().size(l, h);
-    per_layer += (l ? " " : "") + std::to_string(n);
+};
+struct ContextHandle {
+  defkv_context* c = nullptr;
+  ~ContextHandle() {
+    if (c) defkv_context_free(c);
   }
-  std::fprintf(stderr, "defkv: policy %s, schedule %s, budget %u tok/head | KV bytes in use %zu | entries kept per layer: %s\n",
-               ctx.has_budget() ? evict::policy_name(cp.evict.policy) : "full",
-               ctx.has_budget() ? engine::schedule_name(ctx.schedule()) : "-", ctx.budget_tokens(),
-               st.kv_bytes_in_use, per_layer.c_str());
+};
+
+// Ctrl-C: the handler only sets a flag; a watcher thread turns it into
+// defkv_cancel() (which is not async-signal-safe).
+std::atomic<bool> g_sigint{false};
+void on_sigint(int) { g_sigint.store(true); }
+
+class CancelOnSigint {
+ public:
+  explicit CancelOnSigint(defkv_context* c) {
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_);
+    watcher_ = std::thread([this, c] {
+      while (!stop_.load()) {
+        if (g_sigint.load()) {
+          cancelled_.store(true);
+          defkv_cancel(c);
+          g_sigint.store(false);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  ~CancelOnSigint() {
+    stop_.store(true);
+    watcher_.join();
+    sigaction(SIGINT, &old_, nullptr);
+  }
+  bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  struct sigaction old_ {};
+  std::atomic<bool> stop_{false}, cancelled_{false};
+  std::thread watcher_;
+};
+
+std::string detokenize(const defkv_model* m, const std::vector<int32_t>& t) {
+  size_t n = 0;
+  const defkv_status s = defkv_detokenize(m, t.data(), t.size(), nullptr, 0, &n);
+  if (s != DEFKV_OK && s != DEFKV_ERR_BUFFER_TOO_SMALL) check(s);
+  std::string out(n + 1, '\0');
+  check(defkv_detokenize(m, t.data(), t.size(), out.data(), out.size(), &n));
+  out.resize(n);
+  return out;
+}
+
+// Streams generated text to stdout.
+struct Printer {
+  const defkv_model* model;
+  int32_t eos;
+  bool printed_any;             // text was printed (the prompt echo): spaces are kept
+  std::vector<int32_t> tokens;  // generated so far (EOS excluded)
+};
+
+int on_token(int32_t token, const char* text, size_t len, void* user) {
+  auto* p = static_cast<Printer*>(user);
+  if (token >= 0 && token == p->eos) return 0;
+  if (token >= 0) p->tokens.push_back(token);
+  if (len == 0) return 0;
+  std::string_view s(text, len);
+  if (!p->printed_any) {
+    // Nothing printed yet: the text starts here, so drop the space
+    // SentencePiece puts before the first word, as the detokenizer does.
+    const std::string whole = detokenize(p->model, p->tokens);
+    if (s.front() == ' ' && (whole.empty() || whole.front() != ' ')) s.remove_prefix(1);
+    p->printed_any = true;
+  }
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
   return 0;
 }
 
-// Integer > 0 with a readable message (CLI::PositiveNumber prints DBL_MAX).
-const CLI::Validator kPositiveInt(
-    [](std::string& s) -> std::string {
-      try {
-        size_t used = 0;
-        const long long v = std::stoll(s, &used);
-        if (used == s.size() && v > 0) return {};
-      } catch (const std::exception&) {
-      }
-      return "must be a positive integer (got '" + s + "')";
-    },
-    "POSITIVE");
+// Prompt progress on a terminal only (a redirected stderr stays clean).
+int on_progress(uint64_t done, uint64_t total, void*) {
+  std::fprintf(stderr, "\r\033[Kdefkv: prompt %llu/%llu tokens", (unsigned long long)done,
+               (unsigned long long)total);
+  if (done == total) std::fputs("\r\033[K", stderr);
+  return 0;
+}
 
-const CLI::Validator kByteSize(
-    [](std::string& s) -> std::string {
-      try {
-        parse_bytes(s);
-        return {};
-      } catch (const std::exception& e) {
-        std::string msg = e.what();
-        const std::string prefix = "--kv-mem: ";
-        return msg.rfind(prefix, 0) == 0 ? msg.substr(prefix.size()) : msg;
-      }
-    },
-    "SIZE");
+const char* policy_name(int32_t p) {
+  switch (p) {
+    case DEFKV_POLICY_DEFENSIVEKV: return "defensivekv";
+    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return "layer-defensivekv";
+    case DEFKV_POLICY_CRITICALKV: return "criticalkv";
+    case DEFKV_POLICY_ADAKV: return "adakv";
+    case DEFKV_POLICY_SNAPKV: return "snapkv";
+    case DEFKV_POLICY_STREAMING: return "streaming";
+  }
+  return "?";
+}
+
+const char* kv_type_name(int32_t t) {
+  switch (t) {
+    case DEFKV_KV_F16: return "f16";
+    case DEFKV_KV_F32: return "f32";
+    case DEFKV_KV_Q8_0: return "q8_0";
+  }
+  return "?";
+}
+
+int run(const RunOptions& o) {
+  defkv_context_params p = o.sampling;
+  p.n_threads = uint32_t(o.n_threads);
+  p.n_ctx = uint32_t(o.n_ctx);
+  apply_kv_flags(o.kv, &p);
+
+  ModelHandle model;
+  check(defkv_model_load_file(o.model_path.c_str(), &model.m));
+  defkv_model_info mi{};
+  check(defkv_model_get_info(model.m, &mi));
+  ContextHandle ctx;
+  check(defkv_context_create(model.m, &p, &ctx.c));
+
+  const std::string text = o.prompt_file.empty() ? o.prompt : read_file(o.prompt_file);
+  std::vector<int32_t> prompt;
+  if (!text.empty()) {
+    size_t n = 0;
+    const defkv_status s = defkv_tokenize(model.m, text.data(), int64_t(text.size()), 1, 0, nullptr, 0, &n);
+    if (s != DEFKV_OK && s != DEFKV_ERR_BUFFER_TOO_SMALL) check(s);
+    prompt.resize(n);
+    check(defkv_tokenize(model.m, text.data(), int64_t(text.size()), 1, 0, prompt.data(), prompt.size(), &n));
+    prompt.resize(n);
+  }
+  if (mi.bos >= 0 && (prompt.empty() || prompt.front() != mi.bos)) prompt.insert(prompt.begin(), mi.bos);
+  if (prompt.empty()) throw std::invalid_argument("empty prompt and the model has no BOS token to start from");
+
+  // Echo the prompt as the model reads it (BOS skipped), then stream the continuation.
+  const std::string echo = detokenize(model.m, std::vector<int32_t>(prompt.begin() + 1, prompt.end()));
+  std::fputs(echo.c_str(), stdout);
+  std::fflush(stdout);
+
+  Printer printer{model.m, mi.eos, !echo.empty(), {}};
+  defkv_status st_eval = DEFKV_OK, st_gen = DEFKV_OK;
+  {
+    CancelOnSigint sig(ctx.c);
+    st_eval = defkv_eval(ctx.c, prompt.data(), prompt.size(), isatty(2) ? on_progress : nullptr, nullptr);
+    if (st_eval == DEFKV_OK) st_gen = defkv_generate(ctx.c, uint32_t(o.n_predict), on_token, &printer, nullptr);
+  }
+  if (st_eval != DEFKV_OK && st_eval != DEFKV_ERR_CANCELLED) check(st_eval, ctx.c);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (st_gen != DEFKV_OK && st_gen != DEFKV_ERR_CANCELLED && st_gen != DEFKV_ERR_CONTEXT_FULL)
+    check(st_gen, ctx.c);
+  const bool cancelled = st_eval == DEFKV_ERR_CANCELLED || st_gen == DEFKV_ERR_CANCELLED;
+
+  defkv_kv_stats st{};
+  check(defkv_get_kv_stats(ctx.c, &st), ctx.c);
+  defkv_context_info info{};
+  info.struct_size = sizeof info;
+  check(defkv_context_get_info(ctx.c, &info), ctx.c);
+  const double prompt_tps = st.prompt_seconds > 0 ? double(st.prompt_tokens) / st.prompt_seconds : 0;
+  const double decode_tps = st.decode_seconds > 0 ? double(st.decode_tokens) / st.decode_seconds : 0;
+  const char* stop = st_eval == DEFKV_ERR_CANCELLED ? "cancelled" : defkv_stop_reason_name(info.last_stop_reason);
+  std::fprintf(stderr,
+               "defkv: prompt %llu tok %.1f tok/s | decode %llu tok %.1f tok/s | stop %s | peak RSS %.1f MiB | "
+               "KV %s in use %llu B (peak %llu B, pool %llu B) | evictions %u (%.3f s)\n",
+               (unsigned long long)st.prompt_tokens, prompt_tps, (unsigned long long)st.decode_tokens, decode_tps,
+               stop, peak_rss_mib(), kv_type_name(info.kv_type), (unsigned long long)st.bytes_in_use,
+               (unsigned long long)st.bytes_peak, (unsigned long long)st.bytes_reserved, st.evict_rounds,
+               st.evict_seconds);
+
+  std::vector<uint32_t> counts(size_t(st.n_layer) * st.n_head_kv);
+  size_t n_counts = 0;
+  check(defkv_kv_entries(ctx.c, counts.data(), counts.size(), &n_counts), ctx.c);
+  std::string per_layer;
+  for (uint32_t l = 0; l < st.n_layer; ++l) {
+    uint64_t n = 0;
+    for (uint32_t h = 0; h < st.n_head_kv; ++h) n += counts[size_t(l) * st.n_head_kv + h];
+    per_layer += (l ? " " : "") + std::to_string(n);
+  }
+  const bool budget = info.has_budget != 0;
+  std::fprintf(stderr,
+               "defkv: policy %s, schedule %s, budget %u tok/head | KV bytes in use %llu | entries kept per layer: "
+               "%s\n",
+               budget ? policy_name(info.kv_policy) : "full",
+               budget ? (info.kv_schedule == DEFKV_SCHEDULE_BOUNDED ? "bounded" : "oneshot") : "-",
+               info.budget_tokens, (unsigned long long)st.bytes_in_use, per_layer.c_str());
+  return cancelled ? 130 : 0;
+}
 
 }  // namespace
 
 Handler register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
+  defkv_context_params_init(&o->sampling);
+  defkv_context_params& sp = o->sampling;
   CLI::App* sub = app.add_subcommand("run", "Generate text from a GGUF model, streaming tokens to stdout");
   sub->option_defaults()->always_capture_default();
+  sub->footer(
+      "Prints the prompt and its continuation on stdout, then a report on stderr: prompt and decode tok/s, "
+      "stop reason, peak RSS, KV bytes in use and entries kept per layer. Ctrl-C cancels (exit code 130).");
   sub->add_option("-m,--model", o->model_path, "Model file (GGUF, llama architecture)")->required()->check(CLI::ExistingFile);
   auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text (default: empty, generate from BOS)");
   auto* f = sub->add_option("-f,--file", o->prompt_file, "Read the prompt from this file")->check(CLI::ExistingFile);
@@ -202,45 +274,15 @@ Handler register_run(CLI::App& app) {
   sub->add_option("-t,--threads", o->n_threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--ctx", o->n_ctx, "Maximum positions (prompt + generated); 0: the model's context_length")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--temp", o->sp.temperature, "Sampling temperature (<= 0: greedy)");
-  sub->add_option("--top-k", o->sp.top_k, "Top-k sampling (<= 0: off)");
-  sub->add_option("--top-p", o->sp.top_p, "Top-p (nucleus) sampling (>= 1: off)");
-  sub->add_option("--min-p", o->sp.min_p, "Min-p sampling (<= 0: off)");
-  sub->add_option("--repeat-penalty", o->sp.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::Range(1e-6, 1e6));
-  sub->add_option("--repeat-last-n", o->sp.repeat_last_n, "Recent tokens the repetition penalty sees")
+  sub->add_option("--temp", sp.temperature, "Sampling temperature (<= 0: greedy)");
+  sub->add_option("--top-k", sp.top_k, "Top-k sampling (<= 0: off)");
+  sub->add_option("--top-p", sp.top_p, "Top-p (nucleus) sampling (>= 1: off)");
+  sub->add_option("--min-p", sp.min_p, "Min-p sampling (<= 0: off)");
+  sub->add_option("--repeat-penalty", sp.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::Range(1e-6, 1e6));
+  sub->add_option("--repeat-last-n", sp.repeat_last_n, "Recent tokens the repetition penalty sees")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--seed", o->sp.seed, "Random seed");
-  o->opt_budget = sub->add_option("--kv-budget", o->kv_budget,
-                                  "KV budget in tokens per (layer, KV head) on average; enables eviction "
-                                  "(unset: full cache)")
-                      ->check(kPositiveInt)
-                      ->default_str("");
-  o->opt_ratio = sub->add_option("--kv-ratio", o->kv_ratio,
-                                 "KV budget as the fraction of the prompt kept, in (0, 1] (0.2 keeps 20%)")
-                     ->check(CLI::Range(1e-9, 1.0))
-                     ->default_str("");
-  o->opt_mem = sub->add_option("--kv-mem", o->kv_mem,
-                               "KV budget as a ceiling on the KV pool's memory, e.g. 256M, 1G (binary units)")
-                   ->check(kByteSize);
-  o->opt_budget->excludes(o->opt_ratio)->excludes(o->opt_mem);
-  o->opt_ratio->excludes(o->opt_mem);
-  sub->add_option("--kv-type", o->kv_type, "KV cache element type")->check(CLI::IsMember({"f16", "f32", "q8_0"}));
-  o->opt_policy = sub->add_option("--kv-policy", o->kv_policy, "Eviction policy (needs a budget unless 'full')")
-                      ->check(CLI::IsMember({"full", "streaming", "snapkv", "adakv", "criticalkv", "defensivekv",
-                                             "layer-defensivekv"}));
-  sub->add_option("--kv-schedule", o->kv_schedule,
-                  "oneshot: prefill all, compress once (paper); bounded: chunked prefill and decode evictions "
-                  "keep memory under budget + one chunk (default with a budget)")
-      ->check(CLI::IsMember({"oneshot", "bounded"}));
-  sub->add_option("--kv-window", o->kv_window, "Observation window W (newest queries; always kept)")
-      ->check(kPositiveInt);
-  sub->add_option("--kv-pool", o->kv_pool, "Score pooling kernel (odd)")->check(kPositiveInt);
-  sub->add_option("--kv-sinks", o->kv_sinks, "Streaming policy: first tokens always kept")->check(CLI::NonNegativeNumber);
-  sub->add_option("--chunk", o->chunk,
-                  "Prefill chunk in tokens (0: 2*window, min 64, with the bounded schedule; else 256)")
-      ->check(CLI::NonNegativeNumber);
-  sub->add_flag("--kv-running-max", o->running_max,
-                "Defensive policies: keep each entry's worst-case score across eviction rounds (experimental)");
+  sub->add_option("--seed", sp.seed, "Random seed");
+  add_kv_flags(sub, o->kv);
   return [o] { return run(*o); };
 }
 

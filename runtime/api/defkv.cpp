@@ -3,9 +3,12 @@
 // cancellation and the versioned, checksummed state format.
 #include "runtime/api/defkv.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -109,6 +112,9 @@ struct defkv_context {
   std::string last_error;
   int32_t pending = -1;      // sampled, not yet evaluated
   bool have_logits = false;  // ctx->logits() belong to position n_past - 1 and were not sampled yet
+  defkv_context_params params{};  // as resolved by defkv_context_create (full struct)
+  int32_t last_stop = DEFKV_STOP_NONE;
+  int32_t sampled = -1;      // returned by defkv_sample, already in the sampler history, not fed yet
 };
 
 namespace {
@@ -364,6 +370,7 @@ void restore_state(defkv_context* c, const uint8_t* data, size_t size) {
   *c->sampler = std::move(tmp);
   c->pending = pending;
   c->have_logits = have_logits != 0;
+  c->sampled = -1;
 }
 
 }  // namespace
@@ -533,21 +540,71 @@ defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* bu
 
 // ---- contexts ----
 
-void defkv_context_params_init(defkv_context_params* p) {
-  if (!p) return;
-  std::memset(p, 0, sizeof *p);
-  p->struct_size = sizeof *p;
-  p->kv_policy = DEFKV_POLICY_DEFENSIVEKV;
-  p->kv_schedule = DEFKV_SCHEDULE_DEFAULT;
-  p->kv_type = DEFKV_KV_F16;
+}  // extern "C"
+
+namespace {
+
+// The first ABI's struct ended with prefill_chunk_tokens (padded to 8 bytes).
+static_assert((offsetof(defkv_context_params, prefill_chunk_tokens) + sizeof(uint32_t) + 7) / 8 * 8 ==
+                  DEFKV_CONTEXT_PARAMS_SIZE_V1,
+              "DEFKV_CONTEXT_PARAMS_SIZE_V1 must stay the size of the first defkv_context_params");
+
+defkv_context_params default_params() {
+  defkv_context_params p;
+  std::memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
+  p.kv_policy = DEFKV_POLICY_DEFENSIVEKV;
+  p.kv_schedule = DEFKV_SCHEDULE_DEFAULT;
+  p.kv_type = DEFKV_KV_F16;
   const text::SamplerParams sp;
-  p->temperature = sp.temperature;
-  p->top_k = sp.top_k;
-  p->top_p = sp.top_p;
-  p->min_p = sp.min_p;
-  p->repeat_penalty = sp.repeat_penalty;
-  p->repeat_last_n = sp.repeat_last_n;
-  p->seed = sp.seed;
+  p.temperature = sp.temperature;
+  p.top_k = sp.top_k;
+  p.top_p = sp.top_p;
+  p.min_p = sp.min_p;
+  p.repeat_penalty = sp.repeat_penalty;
+  p.repeat_last_n = sp.repeat_last_n;
+  p.seed = sp.seed;
+  const evict::Params ep;
+  p.kv_pool = ep.kernel;
+  p.kv_running_max = ep.running_max ? 1 : 0;
+  return p;
+}
+
+// The caller's struct of `size` bytes read over the defaults: fields added
+// after the first ABI are taken only when struct_size covers the whole
+// current struct (a first-ABI struct's padding overlaps kv_pool).
+defkv_context_params read_params(const defkv_context_params* params) {
+  defkv_context_params p = default_params();
+  if (!params) return p;
+  const size_t size = params->struct_size;
+  if (size < DEFKV_CONTEXT_PARAMS_SIZE_V1)
+    raise(DEFKV_ERR_INVALID_ARGUMENT, "params->struct_size = " + std::to_string(size) +
+                                          " (initialise params with defkv_context_params_init)");
+  const size_t n = size >= sizeof p ? sizeof p : size_t(DEFKV_CONTEXT_PARAMS_SIZE_V1);
+  std::memcpy(static_cast<void*>(&p), params, n);
+  if (n < sizeof p) {
+    const defkv_context_params d = default_params();
+    p.kv_pool = d.kv_pool;
+    p.kv_running_max = d.kv_running_max;
+  }
+  p.struct_size = sizeof p;
+  return p;
+}
+
+}  // namespace
+
+extern "C" {
+
+void defkv_context_params_init_sized(defkv_context_params* p, size_t size) {
+  if (!p || size < DEFKV_CONTEXT_PARAMS_SIZE_V1) return;
+  const defkv_context_params d = default_params();
+  const size_t n = std::min(size, sizeof d);
+  std::memcpy(static_cast<void*>(p), &d, n);
+  p->struct_size = uint32_t(n);
+}
+
+void(defkv_context_params_init)(defkv_context_params* p) {
+  defkv_context_params_init_sized(p, DEFKV_CONTEXT_PARAMS_SIZE_V1);
 }
 
 defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params, defkv_context** out) {
@@ -555,15 +612,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
   return guarded(nullptr, __func__, DEFKV_ERR_INVALID_ARGUMENT, [&] {
     if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
-    defkv_context_params p;
-    if (params) {
-      if (params->struct_size < sizeof(defkv_context_params))
-        raise(DEFKV_ERR_INVALID_ARGUMENT, "params->struct_size = " + std::to_string(params->struct_size) +
-                                              " (initialise params with defkv_context_params_init)");
-      p = *params;
-    } else {
-      defkv_context_params_init(&p);
-    }
+    const defkv_context_params p = read_params(params);
     engine::ContextParams cp;
     cp.n_threads = p.n_threads;
     cp.n_ctx = p.n_ctx;
@@ -595,6 +644,8 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     else if (n_forms(p) == 0) cp.chunk_tokens = 64;
     if (p.kv_window) cp.evict.window = p.kv_window;
     if (p.kv_sinks) cp.evict.n_sink = p.kv_sinks;
+    if (p.kv_pool) cp.evict.kernel = p.kv_pool;
+    cp.evict.running_max = p.kv_running_max != 0;
     text::SamplerParams sp;
     sp.temperature = p.temperature;
     sp.top_k = p.top_k;
@@ -609,6 +660,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     c->sampler = std::make_unique<text::Sampler>(sp);
     c->ctx = std::make_unique<engine::Context>(*c->model->model, cp);
     c->ctx->set_cancel_flag(&c->cancel);
+    c->params = p;
     defkv_context* raw = c.release();
     reg_add(raw, Kind::context);
     *out = raw;
@@ -634,6 +686,8 @@ defkv_status defkv_reset(defkv_context* ctx) {
     ctx->sampler->reset();
     ctx->pending = -1;
     ctx->have_logits = false;
+    ctx->last_stop = DEFKV_STOP_NONE;
+    ctx->sampled = -1;
     return DEFKV_OK;
   });
 }
@@ -678,8 +732,11 @@ defkv_status defkv_eval(defkv_context* ctx, const int32_t* tokens, size_t n_toke
                                         " exceed n_ctx = " + std::to_string(e.n_ctx()));
     const uint32_t past0 = e.n_past();
     const size_t skip = had_pending ? 1 : 0;  // the pending token is already in the sampler history
+    // So is a token defkv_sample returned, when it is fed first.
+    const size_t no_accept = skip + ((!had_pending && ctx->sampled >= 0 && tokens[0] == ctx->sampled) ? 1 : 0);
+    ctx->sampled = -1;
     auto account = [&](size_t done) {
-      for (size_t i = skip; i < done; ++i) ctx->sampler->accept(all[i]);
+      for (size_t i = no_accept; i < done; ++i) ctx->sampler->accept(all[i]);
       if (done > 0) ctx->pending = -1;
       ctx->have_logits = done == all.size();
     };
@@ -714,6 +771,8 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
     text::StreamDecoder dec(*ctx->model->tok, false);
     uint32_t count = 0;
     defkv_status status = DEFKV_OK;
+    ctx->last_stop = DEFKV_STOP_N_PREDICT;
+    ctx->sampled = -1;
     auto flush = [&] {
       const std::string rest = dec.flush();
       if (!rest.empty() && on_token) on_token(-1, rest.c_str(), rest.size(), user);
@@ -724,6 +783,7 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
           if (e.n_past() >= e.n_ctx()) {
             status = fail(ctx, DEFKV_ERR_CONTEXT_FULL,
                           "defkv_generate: the context is full (n_ctx = " + std::to_string(e.n_ctx()) + ")");
+            ctx->last_stop = DEFKV_STOP_CONTEXT_FULL;
             break;
           }
           check_cancel(ctx);
@@ -748,14 +808,105 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
         if (n_generated) *n_generated = count;
         const std::string piece = dec.push(tok);
         const int stop = on_token ? on_token(tok, piece.c_str(), piece.size(), user) : 0;
-        if (tok == eos || stop) break;
+        if (tok == eos || stop) {
+          ctx->last_stop = tok == eos ? DEFKV_STOP_EOS : DEFKV_STOP_CALLBACK;
+          break;
+        }
       }
+    } catch (const model::Cancelled&) {
+      ctx->last_stop = DEFKV_STOP_CANCELLED;
+      flush();
+      throw;
     } catch (...) {
+      ctx->last_stop = DEFKV_STOP_ERROR;
       flush();
       throw;
     }
     flush();
     return status;
+  });
+}
+
+defkv_status defkv_decode(defkv_context* ctx, int32_t token) {
+  DEFKV_CHECK_CTX(ctx);
+  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
+    BusyGuard busy(ctx);
+    ctx->cancel.store(false);
+    check_tokens(*ctx->model, &token, 1);
+    engine::Context& e = *ctx->ctx;
+    const uint32_t need = ctx->pending >= 0 ? 2 : 1;
+    if (uint64_t(e.n_past()) + need > e.n_ctx())
+      raise(DEFKV_ERR_CONTEXT_FULL, std::to_string(need) + " token(s) at position " + std::to_string(e.n_past()) +
+                                        " exceed n_ctx = " + std::to_string(e.n_ctx()));
+    // The pending token, then `token`: each as one decode step. A step that
+    // was cancelled after its forward pass (in the eviction round) still fed it.
+    auto feed = [&](int32_t t) {
+      const uint32_t past0 = e.n_past();
+      try {
+        e.step(t);
+      } catch (...) {
+        if (e.n_past() > past0) ctx->have_logits = true;
+        throw;
+      }
+      ctx->have_logits = true;
+    };
+    if (ctx->pending >= 0) {
+      const int32_t t = ctx->pending;
+      check_cancel(ctx);
+      try {
+        feed(t);
+      } catch (...) {
+        if (ctx->have_logits) ctx->pending = -1;
+        throw;
+      }
+      ctx->pending = -1;
+    }
+    check_cancel(ctx);
+    const bool in_history = ctx->sampled >= 0 && token == ctx->sampled;  // defkv_sample recorded it
+    ctx->sampled = -1;
+    const uint32_t past0 = e.n_past();
+    try {
+      feed(token);
+    } catch (...) {
+      if (e.n_past() > past0 && !in_history) ctx->sampler->accept(token);
+      throw;
+    }
+    if (!in_history) ctx->sampler->accept(token);
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token) {
+  DEFKV_CHECK_CTX(ctx);
+  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out_token) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_token is NULL");
+    BusyGuard busy(ctx);
+    if (ctx->pending >= 0)
+      raise(DEFKV_ERR_BAD_STATE, "a token sampled by defkv_generate is pending: feed it (defkv_decode/defkv_eval) first");
+    if (ctx->ctx->n_past() == 0)
+      raise(DEFKV_ERR_BAD_STATE, "nothing to sample from: evaluate a prompt with defkv_eval first");
+    *out_token = ctx->sampler->sample(ctx->ctx->logits());
+    ctx->sampled = *out_token;
+    return DEFKV_OK;
+  });
+}
+
+defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t capacity, size_t* n_out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
+    BusyGuard busy(c);
+    if (c->ctx->n_past() == 0)
+      raise(DEFKV_ERR_BAD_STATE, "no logits yet: evaluate a prompt with defkv_eval first");
+    const std::span<const float> l = c->ctx->logits();
+    *n_out = l.size();
+    if (capacity < l.size())
+      raise(DEFKV_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(capacity) + " floats, " +
+                                            std::to_string(l.size()) + " needed");
+    if (!logits) raise(DEFKV_ERR_INVALID_ARGUMENT, "logits is NULL");
+    std::memcpy(logits, l.data(), l.size() * sizeof(float));
+    return DEFKV_OK;
   });
 }
 
@@ -821,6 +972,53 @@ defkv_status defkv_kv_positions(const defkv_context* ctx, uint32_t layer, uint32
                                             " outside the model's " + std::to_string(mc.n_layer) + " layers x " +
                                             std::to_string(mc.n_head_kv) + " KV heads");
     return put_array(c->ctx->cache().positions(layer, head), positions, capacity, n_out);
+  });
+}
+
+const char* defkv_stop_reason_name(int32_t reason) {
+  switch (reason) {
+    case DEFKV_STOP_NONE: return "none";
+    case DEFKV_STOP_N_PREDICT: return "n_predict";
+    case DEFKV_STOP_EOS: return "eos";
+    case DEFKV_STOP_CALLBACK: return "callback";
+    case DEFKV_STOP_CONTEXT_FULL: return "context_full";
+    case DEFKV_STOP_CANCELLED: return "cancelled";
+    case DEFKV_STOP_ERROR: return "error";
+  }
+  return "unknown";
+}
+
+defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info* out) {
+  DEFKV_CHECK_CTX(ctx);
+  defkv_context* c = const_cast<defkv_context*>(ctx);
+  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
+    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
+    if (out->struct_size < sizeof(uint32_t))
+      raise(DEFKV_ERR_INVALID_ARGUMENT, "out->struct_size = " + std::to_string(out->struct_size) +
+                                            " (set it to sizeof(defkv_context_info))");
+    BusyGuard busy(c);
+    const engine::Context& e = *c->ctx;
+    const engine::ContextParams& ep = e.params();
+    defkv_context_info i{};
+    i.struct_size = uint32_t(std::min<size_t>(out->struct_size, sizeof i));
+    i.n_ctx = e.n_ctx();
+    i.n_threads = ep.n_threads ? ep.n_threads : uint32_t(omp_get_max_threads());
+    i.has_budget = e.has_budget() ? 1 : 0;
+    i.kv_policy = c->params.kv_policy;
+    i.kv_schedule = e.schedule() == engine::Schedule::bounded ? DEFKV_SCHEDULE_BOUNDED : DEFKV_SCHEDULE_ONESHOT;
+    i.kv_type = c->params.kv_type;
+    i.kv_window = ep.evict.window;
+    i.kv_sinks = ep.evict.n_sink;
+    i.kv_pool = ep.evict.kernel;
+    i.kv_running_max = ep.evict.running_max ? 1 : 0;
+    i.prefill_chunk_tokens = e.chunk_tokens();
+    i.decode_slack_tokens = e.decode_slack();
+    i.budget_tokens = e.budget_tokens();
+    i.kv_row_bytes = e.cache().row_bytes();
+    i.kv_bytes_reserved = e.cache().bytes_reserved();
+    i.last_stop_reason = c->last_stop;
+    std::memcpy(static_cast<void*>(out), &i, i.struct_size);
+    return DEFKV_OK;
   });
 }
 

@@ -207,9 +207,30 @@ typedef struct defkv_context_params {
    * without a KV budget (it also bounds how long a cancelled prefill takes
    * to return), the schedule's own (2 x window, at least 64) with one. */
   uint32_t prefill_chunk_tokens;
+
+  /* ---- added after the first 0.1 ABI (read only when struct_size covers them; older
+   * callers get the defaults) ---- */
+  uint32_t kv_pool;          /* score pooling kernel (odd); 0: 5 */
+  int32_t kv_running_max;    /* defensive policies: != 0 keeps each entry's worst-case
+                                score across eviction rounds (experimental); default 0 */
 } defkv_context_params;
 
-DEFKV_API void defkv_context_params_init(defkv_context_params* p);
+/* Size of the struct as the first 0.1 ABI defined it (through prefill_chunk_tokens). The
+ * library accepts any struct_size from this up: fields beyond struct_size
+ * take their defaults. */
+#define DEFKV_CONTEXT_PARAMS_SIZE_V1 104
+
+/* Fills the first `size` bytes of *p (size = sizeof(defkv_context_params) of
+ * the caller's header, at least DEFKV_CONTEXT_PARAMS_SIZE_V1) with the
+ * defaults and sets struct_size = min(size, the library's size), so a caller
+ * compiled against an older header is never written past its struct. */
+DEFKV_API void defkv_context_params_init_sized(defkv_context_params* p, size_t size);
+/* The first entry point: initialises DEFKV_CONTEXT_PARAMS_SIZE_V1 bytes only
+ * (binaries built against the first header call it). Source code calling
+ * defkv_context_params_init(&p) goes through the macro below, i.e. the sized
+ * form with the struct it was compiled with. */
+DEFKV_API void(defkv_context_params_init)(defkv_context_params* p);
+#define defkv_context_params_init(p) defkv_context_params_init_sized((p), sizeof(*(p)))
 /* Allocates the whole context (KV pool, scratch) now; no allocation grows
  * with the conversation afterwards. */
 DEFKV_API defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params,
@@ -261,7 +282,69 @@ DEFKV_API defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, de
  * is running is dropped: each defkv_eval/defkv_generate starts uncancelled. */
 DEFKV_API defkv_status defkv_cancel(defkv_context* ctx);
 
+/* Evaluates one token as a decoding step at position n_past: unlike a
+ * one-token defkv_eval, the schedule's decode-time eviction applies (bounded:
+ * back to the budget every decode-slack tokens), as for tokens defkv_generate
+ * feeds. A token left pending by defkv_generate() is fed first. The token
+ * enters the sampler's repetition history (unless it is the token
+ * defkv_sample just returned, which is there already). Together with defkv_sample and
+ * defkv_get_logits this lets a caller run its own decoding loop (e.g. to
+ * time single steps). DEFKV_ERR_CONTEXT_FULL when no position is left. */
+DEFKV_API defkv_status defkv_decode(defkv_context* ctx, int32_t token);
+
+/* Samples a token from the logits of the last evaluated token with the
+ * context's sampler (its parameters, RNG and repetition history; the RNG
+ * advances and the token enters the repetition history, as in
+ * defkv_generate). The token is NOT fed: pass it to defkv_decode (or first to
+ * defkv_eval) to continue. DEFKV_ERR_BAD_STATE before any evaluation, or while a token
+ * sampled by defkv_generate is pending (its logits are not computed yet). */
+DEFKV_API defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token);
+
+/* Copies the logits of the last evaluated token [n_vocab] (the ones
+ * defkv_sample and defkv_generate sample from). DEFKV_ERR_BAD_STATE before
+ * any evaluation. Size query as described under "Errors". */
+DEFKV_API defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t capacity, size_t* n_out);
+
 /* ---- introspection ---- */
+
+/* Why the last defkv_generate on the context returned. */
+typedef enum defkv_stop_reason {
+  DEFKV_STOP_NONE = 0,          /* no generate call yet (or reset since) */
+  DEFKV_STOP_N_PREDICT = 1,     /* n_predict tokens sampled */
+  DEFKV_STOP_EOS = 2,           /* the model's EOS was sampled */
+  DEFKV_STOP_CALLBACK = 3,      /* the token callback returned non-zero */
+  DEFKV_STOP_CONTEXT_FULL = 4,  /* no position left (DEFKV_ERR_CONTEXT_FULL) */
+  DEFKV_STOP_CANCELLED = 5,     /* defkv_cancel (DEFKV_ERR_CANCELLED) */
+  DEFKV_STOP_ERROR = 6          /* another error */
+} defkv_stop_reason;
+/* Constant name of a stop reason ("eos", "n_predict", ...); "unknown" otherwise. */
+DEFKV_API const char* defkv_stop_reason_name(int32_t reason);
+
+/* The context's effective configuration (defaults resolved) and its last
+ * stop reason. Versioned like defkv_context_params: set struct_size to
+ * sizeof(defkv_context_info) before the call; the library fills at most
+ * struct_size bytes (fields it does not know stay untouched) and sets
+ * struct_size to the bytes it filled. Added after the first 0.1 ABI. */
+typedef struct defkv_context_info {
+  uint32_t struct_size;
+  uint32_t n_ctx;                 /* positions */
+  uint32_t n_threads;             /* threads used (0 resolved) */
+  int32_t has_budget;             /* 1: a KV budget was set (eviction enabled) */
+  int32_t kv_policy;              /* defkv_kv_policy (meaningful with a budget) */
+  int32_t kv_schedule;            /* DEFKV_SCHEDULE_BOUNDED or _ONESHOT (default resolved) */
+  int32_t kv_type;                /* defkv_kv_type */
+  uint32_t kv_window, kv_sinks, kv_pool;
+  int32_t kv_running_max;
+  uint32_t prefill_chunk_tokens;  /* tokens per forward pass in defkv_eval */
+  uint32_t decode_slack_tokens;   /* bounded: tokens decoded between eviction rounds */
+  uint32_t budget_tokens;         /* effective budget per head; 0: none or kv_ratio not fixed yet */
+  uint64_t kv_row_bytes;          /* bytes of one key (or value) row of one head */
+  uint64_t kv_bytes_reserved;     /* the KV pool */
+  int32_t last_stop_reason;       /* defkv_stop_reason of the last defkv_generate */
+  uint32_t reserved0;
+} defkv_context_info;
+DEFKV_API defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info* out);
+
 
 typedef struct defkv_kv_stats {
   uint64_t bytes_in_use;     /* KV pages holding live entries */

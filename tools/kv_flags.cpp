@@ -1,0 +1,214 @@
+// KV-cache flags shared by run, bench and eval (see kv_flags.h).
+#include "tools/kv_flags.h"
+
+#include <CLI/CLI.hpp>
+
+#include <stdexcept>
+#include <string>
+
+#include "runtime/engine/context.h"
+
+namespace defkv::cli {
+namespace {
+
+const std::vector<std::string> kPolicies = {"full",       "streaming",   "snapkv",           "adakv",
+                                            "criticalkv", "defensivekv", "layer-defensivekv"};
+
+// Integer > 0 with a readable message (CLI::PositiveNumber prints DBL_MAX).
+const CLI::Validator kPositiveInt(
+    [](std::string& s) -> std::string {
+      try {
+        size_t used = 0;
+        const long long v = std::stoll(s, &used);
+        if (used == s.size() && v > 0) return {};
+      } catch (const std::exception&) {
+      }
+      return "must be a positive integer (got '" + s + "')";
+    },
+    "POSITIVE");
+
+const CLI::Validator kByteSize(
+    [](std::string& s) -> std::string {
+      try {
+        parse_bytes(s);
+        return {};
+      } catch (const std::exception& e) {
+        std::string msg = e.what();
+        const std::string prefix = "--kv-mem: ";
+        return msg.rfind(prefix, 0) == 0 ? msg.substr(prefix.size()) : msg;
+      }
+    },
+    "SIZE");
+
+int32_t api_policy(const std::string& s) {
+  if (s == "defensivekv") return DEFKV_POLICY_DEFENSIVEKV;
+  if (s == "layer-defensivekv" || s == "layer_defensivekv") return DEFKV_POLICY_LAYER_DEFENSIVEKV;
+  if (s == "criticalkv") return DEFKV_POLICY_CRITICALKV;
+  if (s == "adakv") return DEFKV_POLICY_ADAKV;
+  if (s == "snapkv") return DEFKV_POLICY_SNAPKV;
+  if (s == "streaming") return DEFKV_POLICY_STREAMING;
+  throw std::invalid_argument("--kv-policy: unknown policy " + s);
+}
+
+int32_t api_type(const std::string& s) {
+  if (s == "f16") return DEFKV_KV_F16;
+  if (s == "f32") return DEFKV_KV_F32;
+  if (s == "q8_0") return DEFKV_KV_Q8_0;
+  throw std::invalid_argument("--kv-type: unknown type " + s + " (f16, f32 or q8_0)");
+}
+
+// Checks shared by both conversions: a policy needs a budget, 'full' must not have one.
+void check_policy(const KvFlags& f) {
+  const bool policy_given = f.opt_policy && f.opt_policy->count() > 0;
+  if (!f.has_budget() && policy_given && f.policy != "full")
+    throw std::invalid_argument("--kv-policy " + f.policy +
+                                " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
+  if (f.has_budget() && f.policy == "full")
+    throw std::invalid_argument("--kv-policy full never evicts; drop the KV budget or choose an eviction policy");
+  if (!f.schedule.empty() && f.schedule != "oneshot" && f.schedule != "bounded")
+    throw std::invalid_argument("--kv-schedule: unknown schedule " + f.schedule + " (oneshot or bounded)");
+}
+
+}  // namespace
+
+bool KvFlags::has_budget() const {
+  auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
+  return given(opt_budget) || given(opt_ratio) || given(opt_mem);
+}
+
+int64_t KvFlags::mem_bytes() const { return opt_mem && opt_mem->count() ? parse_bytes(mem) : 0; }
+
+std::string KvFlags::effective_policy() const { return has_budget() ? policy : "full"; }
+
+int64_t parse_bytes(const std::string& s, const std::string& flag) {
+  if (s.empty()) throw std::invalid_argument(flag + ": empty size");
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    throw std::invalid_argument(flag + ": '" + s + "' is not a size (e.g. 256M, 1G, 65536)");
+  }
+  const std::string suf = s.substr(used);
+  double mul = 1;
+  if (suf == "" || suf == "B") mul = 1;
+  else if (suf == "K" || suf == "k" || suf == "KiB" || suf == "KB") mul = 1024.0;
+  else if (suf == "M" || suf == "m" || suf == "MiB" || suf == "MB") mul = 1024.0 * 1024;
+  else if (suf == "G" || suf == "g" || suf == "GiB" || suf == "GB") mul = 1024.0 * 1024 * 1024;
+  else throw std::invalid_argument(flag + ": unknown unit '" + suf + "' in '" + s + "' (use K, M or G)");
+  if (!(v > 0)) throw std::invalid_argument(flag + ": size must be positive (got '" + s + "')");
+  if (v * mul >= 9.2e18) throw std::invalid_argument(flag + ": size '" + s + "' is too large");
+  return int64_t(v * mul);
+}
+
+void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
+  f.type = set.default_type;
+  if (set.budget) {
+    f.opt_budget = sub->add_option("--kv-budget", f.budget_tokens,
+                                   "KV budget in tokens per (layer, KV head) on average: enables eviction; at "
+                                   "least --kv-window + --kv-sinks (unset: full cache, no eviction)")
+                       ->check(kPositiveInt)
+                       ->default_str("");
+    f.opt_ratio = sub->add_option("--kv-ratio", f.ratio,
+                                  std::string("KV budget as the fraction of ") + set.ratio_help +
+                                      " kept, in (0, 1] (0.2 keeps 20%); fixed when the first prompt is evaluated")
+                      ->check(CLI::Range(1e-9, 1.0))
+                      ->default_str("");
+    f.opt_mem = sub->add_option("--kv-mem", f.mem,
+                                "KV budget as a ceiling on the KV pool's memory, e.g. 256M, 1.5G, 65536 "
+                                "(binary units K/M/G); the budget is the most tokens per head that fit")
+                    ->check(kByteSize)
+                    ->default_str("");
+    f.opt_budget->excludes(f.opt_ratio)->excludes(f.opt_mem);
+    f.opt_ratio->excludes(f.opt_mem);
+    f.opt_policy = sub->add_option("--kv-policy", f.policy,
+                                   "Eviction policy; needs a budget unless 'full'. defensivekv: worst-case "
+                                   "(max) attention score per entry, head-adaptive budget; layer-defensivekv: "
+                                   "also layer-adaptive; criticalkv, adakv, snapkv: the baselines; streaming: "
+                                   "sinks + most recent")
+                       ->check(CLI::IsMember(kPolicies))
+                       ->capture_default_str();
+    sub->add_option("--kv-schedule", f.schedule,
+                    "When eviction runs. bounded (default with a budget): chunked prefill and decode-time "
+                    "evictions keep resident KV under budget + one chunk; oneshot (the paper's): prefill "
+                    "everything, compress once, no eviction while decoding")
+        ->check(CLI::IsMember({"oneshot", "bounded"}));
+  }
+  sub->add_option("--kv-type", f.type, "KV cache element type: f16, f32 or q8_0")
+      ->check(CLI::IsMember({"f16", "f32", "q8_0"}))
+      ->capture_default_str();
+  sub->add_option("--kv-window", f.window_tokens,
+                  "Observation window W: the newest W queries score the entries and are always kept")
+      ->check(kPositiveInt)
+      ->capture_default_str();
+  sub->add_option("--kv-pool", f.pool_kernel, "Score pooling kernel along positions (odd)")
+      ->check(kPositiveInt)
+      ->capture_default_str();
+  sub->add_option("--kv-sinks", f.sink_tokens, "Streaming policy: the first tokens, always kept")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_option("--chunk", f.chunk_tokens,
+                  "Prefill chunk in tokens per forward pass (0: 2*window, min 64, with the bounded schedule; "
+                  "else 256)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_flag("--kv-running-max", f.running_max,
+                "Defensive policies: keep each entry's worst-case score across eviction rounds instead of "
+                "re-scoring (experimental)");
+}
+
+void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
+  check_policy(f);
+  p->kv_budget_tokens = 0;
+  p->kv_ratio = 0;
+  p->kv_mem_bytes = 0;
+  if (f.opt_budget && f.opt_budget->count()) p->kv_budget_tokens = f.budget_tokens;
+  if (f.opt_ratio && f.opt_ratio->count()) p->kv_ratio = f.ratio;
+  if (f.opt_mem && f.opt_mem->count()) p->kv_mem_bytes = parse_bytes(f.mem);
+  if (f.has_budget()) p->kv_policy = api_policy(f.policy);
+  p->kv_schedule = f.schedule == "oneshot"   ? DEFKV_SCHEDULE_ONESHOT
+                   : f.schedule == "bounded" ? DEFKV_SCHEDULE_BOUNDED
+                                             : DEFKV_SCHEDULE_DEFAULT;
+  p->kv_type = api_type(f.type);
+  p->kv_window = uint32_t(f.window_tokens);
+  p->kv_sinks = uint32_t(f.sink_tokens);
+  p->kv_pool = uint32_t(f.pool_kernel);
+  p->kv_running_max = f.running_max ? 1 : 0;
+  // 0 (the API's default) means 64 tokens for a full cache; the CLI keeps
+  // the engine's batching there.
+  p->prefill_chunk_tokens = f.chunk_tokens > 0  ? uint32_t(f.chunk_tokens)
+                            : !f.has_budget()   ? kFullCachePrefillChunk
+                                                : 0u;
+  // kv_sinks 0 in the API means "default 4": a requested 0 sinks is not
+  // expressible there; reject it rather than silently keeping 4.
+  if (f.sink_tokens == 0 && f.has_budget() && f.policy == "streaming")
+    throw std::invalid_argument("--kv-sinks 0 is not supported through the C API (0 means the default, 4)");
+}
+
+void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
+  check_policy(f);
+  if (!quant::parse_dtype(f.type, &cp->kv_type)) throw std::invalid_argument("--kv-type: unknown type " + f.type);
+  cp->evict.window = uint32_t(f.window_tokens);
+  cp->evict.kernel = uint32_t(f.pool_kernel);
+  cp->evict.n_sink = uint32_t(f.sink_tokens);
+  cp->evict.running_max = f.running_max;
+  cp->chunk_tokens = uint32_t(f.chunk_tokens);
+  cp->budget_tokens.reset();
+  cp->kv_ratio.reset();
+  cp->kv_mem_bytes.reset();
+  cp->schedule.reset();
+  cp->evict.policy = evict::Policy::full;
+  if (!f.has_budget()) return;
+  if (f.opt_budget->count()) cp->budget_tokens = f.budget_tokens;
+  if (f.opt_ratio->count()) cp->kv_ratio = f.ratio;
+  if (f.opt_mem->count()) cp->kv_mem_bytes = parse_bytes(f.mem);
+  if (!evict::parse_policy(f.policy, &cp->evict.policy))
+    throw std::invalid_argument("--kv-policy: unknown policy " + f.policy);
+  if (!f.schedule.empty()) {
+    engine::Schedule s;
+    if (!engine::parse_schedule(f.schedule, &s)) throw std::invalid_argument("--kv-schedule: unknown " + f.schedule);
+    cp->schedule = s;
+  }
+}
+
+}  // namespace defkv::cli
