@@ -19,6 +19,7 @@
 
 #include "runtime/evict/evict.h"
 #include "runtime/gguf/gguf.h"
+#include "simd/simd.h"
 
 #include "tests/alloc_counter.h"
 
@@ -427,6 +428,65 @@ TEST_CASE("value-norm weights are normalised over the heads holding a position",
   for (const auto& h : scores) mx = std::max(mx, *std::max_element(h.begin(), h.end()));
   for (const auto& h : scores)
     for (size_t j = h.size() - s.W; j < h.size(); ++j) CHECK(h[j] == mx);
+}
+
+TEST_CASE("stage-1 counts equal a full-sort cumulative sum", "[evict]") {
+  // Oracle: the mean attention ave rebuilt from the introspected rows (same
+  // f32 additions and scaling as the scorer), every entry sorted descending
+  // (ties to the lower index), f32 cumulative share until the threshold,
+  // capped. Flat attention (small queries) gives counts in the hundreds, so
+  // the scorer's chunked ordering of the prefix is exercised past its first
+  // 64-entry chunk.
+  std::mt19937 rng(9);
+  const uint32_t T = 1500;
+  for (float q_scale : {0.05f, 0.3f, 1.0f}) {
+    Synth s = make_synth(rng, T, 0.2, 2, 2, 8, 6);
+    for (float& x : s.q) x *= q_scale;
+    const ev::LayerView view = s.view();
+    const ev::Budget b = ev::entries_budget(1200, s.Hkv, 1);
+    for (float cm : {0.2f, 0.5f, 0.7f, 0.95f}) {
+      INFO("q scale " << q_scale << " critical mass " << cm);
+      ev::Params p;
+      p.policy = ev::Policy::criticalkv;
+      p.window = s.W;
+      p.critical_mass = cm;
+      ev::Scratch scratch;
+      ev::Introspection dbg;
+      std::vector<std::vector<float>> scores;
+      ev::score_layer(view, p, b, scratch, scores, &dbg);
+      const uint32_t G = s.H / s.Hkv;
+      for (uint32_t hk = 0; hk < s.Hkv; ++hk) {
+        const uint32_t n = uint32_t(s.pos[hk].size()), N = n - s.W;
+        std::vector<float> ave(N, 0.0f);
+        for (uint32_t g = 0; g < G; ++g)
+          for (uint32_t i = 0; i < s.W; ++i)
+            for (uint32_t j = 0; j < N; ++j) ave[j] += dbg.window_attn[hk * G + g][size_t(i) * N + j];
+        const float inv = 1.0f / float(G * s.W);
+        for (float& a : ave) a *= inv;
+        const float total = defkv::simd::k().reduce_sum(ave.data(), N);
+        const float threshold = cm - dbg.window_bias;
+        const double cap_f = double(N) * std::min(1.0, double(b.per_head) / double(n)) - double(s.W);
+        const uint32_t cap = std::min(N, cap_f > 0.0 ? uint32_t(cap_f) : 0u);
+        std::vector<uint32_t> idx(N);
+        for (uint32_t j = 0; j < N; ++j) idx[j] = j;
+        std::sort(idx.begin(), idx.end(), [&](uint32_t a, uint32_t c) {
+          return ave[a] > ave[c] || (ave[a] == ave[c] && a < c);
+        });
+        uint32_t want = threshold <= 1.0f ? cap : 0;
+        float cum = 0.0f;
+        for (uint32_t r = 0; r < cap; ++r) {
+          cum += ave[idx[r]] / total;
+          if (cum >= threshold) { want = r; break; }
+        }
+        INFO("head " << hk << " cap " << cap);
+        CHECK(dbg.critical_count[hk] == want);
+        // exactly those entries carry the layer maximum among the non-window ones
+        const float mx = *std::max_element(scores[hk].begin(), scores[hk].end());
+        for (uint32_t r = 0; r < want; ++r) CHECK(scores[hk][idx[r]] == mx);
+        if (q_scale == 0.05f && cm == 0.7f) CHECK(want > 200);  // past the first chunks
+      }
+    }
+  }
 }
 
 TEST_CASE("running max: earlier rounds' maxima raise the defensive score", "[evict]") {

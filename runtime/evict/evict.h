@@ -81,10 +81,13 @@
 // scalar references; DEFKV_FORCE_SCALAR=1 runs the references). On the test vectors every
 // intermediate agrees with the numpy reference within 1e-5 relative (attention
 // weights below 1e-6 within 1e-11 absolute: their relative error is the f32
-// rounding of the logits) and every keep mask exactly. Selection is linear: std::nth_element on a copy of the scores to
-// find the cut value, then one pass (ties at the cut are broken towards the
-// lower entry index, deterministically). Stage 1 sorts only the top `cap`
-// entries (O(n + cap log cap)).
+// rounding of the logits) and every keep mask exactly. Selection is linear:
+// std::nth_element on a copy of the scores to find the cut value, then one
+// pass (ties at the cut are broken towards the lower entry index,
+// deterministically); no sort. Stage 1 needs its cumulative sum in sorted
+// order: nth_element picks the top `cap`, then only the prefix the sum walks
+// through is ordered, in doubling chunks (O(n + cap log(count) + count log
+// count) for `count` marked entries).
 #pragma once
 
 #include <cstddef>

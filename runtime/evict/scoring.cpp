@@ -120,12 +120,22 @@ uint32_t critical_count(const float* ave, uint32_t N, float threshold, uint32_t 
   auto desc = [ave](uint32_t a, uint32_t b) {
     return ave[a] > ave[b] || (ave[a] == ave[b] && a < b);
   };
+  // The top cap by one linear selection; then only the prefix the cumulative
+  // sum walks through gets ordered, in doubling chunks (each chunk: the next
+  // entries of the strict order `desc` by nth_element within the top cap,
+  // then sorted), so the sums run in exactly the reference's sorted order
+  // without sorting entries past the crossing.
   if (cap < N) std::nth_element(s.idx.begin(), s.idx.begin() + (cap - 1), s.idx.end(), desc);
-  std::sort(s.idx.begin(), s.idx.begin() + cap, desc);
   float cum = 0.0f;
-  for (uint32_t r = 0; r < cap; ++r) {
-    cum += ave[s.idx[r]] / total;
-    if (cum >= threshold) return r;  // the reference marks the r entries before the crossing
+  for (uint32_t lo = 0, chunk = 64; lo < cap; lo += chunk, chunk *= 2) {
+    const uint32_t hi = std::min(cap, lo + chunk);
+    if (hi < cap)
+      std::nth_element(s.idx.begin() + lo, s.idx.begin() + (hi - 1), s.idx.begin() + cap, desc);
+    std::sort(s.idx.begin() + lo, s.idx.begin() + hi, desc);
+    for (uint32_t r = lo; r < hi; ++r) {
+      cum += ave[s.idx[r]] / total;
+      if (cum >= threshold) return r;  // the reference marks the r entries before the crossing
+    }
   }
   // First crossing lies at or beyond the cap (clamped to it) unless the whole
   // mass never reaches the threshold (then the reference's argmax gives 0).
