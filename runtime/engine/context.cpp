@@ -162,11 +162,14 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   logits_.resize(mc.n_vocab);
 
   if (budgeted_) {
-    q_ring_.assign(size_t(L) * H * window_ * d, 0.0f);
-    q_ring_pos_.assign(window_, -1);
+    ring_len_ = window_;
+    if (bounded && p.score_all_queries)  // every query since the last round, whole windows
+      ring_len_ = uint32_t(round_up(std::max<uint64_t>(over_budget, window_), window_));
+    q_ring_.assign(size_t(L) * H * ring_len_ * d, 0.0f);
+    q_ring_pos_.assign(ring_len_, -1);
     hooks_.q_ring = q_ring_.data();
     hooks_.q_ring_pos = q_ring_pos_.data();
-    hooks_.q_ring_len = window_;
+    hooks_.q_ring_len = ring_len_;
     hooks_.aux_value_norm = n_aux_ >= 1;
     // Eviction scratch for an average layer; grows only for layer-adaptive
     // distributions that concentrate entries.
@@ -195,6 +198,7 @@ const Stats& Context::stats() const {
 void Context::reset() {
   cache_->clear();
   n_past_ = 0;
+  last_round_end_ = 0;
   prompt_len_ = 0;
   oneshot_done_ = false;
   if (params_.kv_ratio) budget_ = 0;

@@ -103,6 +103,15 @@ struct ContextParams {
   // this factor before combining it with the new window's max (1: the plain
   // running max; 0 < decay < 1 lets stale maxima fade). Must be in (0, 1].
   float running_max_decay = 1.0f;
+  // Bounded: score each round with every query fed since the previous round
+  // (up to max(chunk, slack) of them), not only the newest `window`: the query
+  // ring grows to that length and the round scores in passes of `window`
+  // queries (pass k: the queries k windows back, over the entries before
+  // them), combining an entry's passes by max for the defensive policies
+  // (their worst case over more queries) and by mean otherwise. With the
+  // default chunk = 2*window, half of a prompt's queries are otherwise never
+  // observed. Costs one scoring pass per extra window per round.
+  bool score_all_queries = false;
 };
 
 struct Stats {
@@ -211,7 +220,9 @@ class Context {
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
   void evict_now(bool interim = false);
-  void finish_oneshot();  // compresses once if the oneshot round is due (or was cancelled)
+  void finish_oneshot();
+  void score_passes(uint32_t layer, uint32_t n_pass, const evict::Params& ep, const evict::Budget& budget,
+                    bool use_max, bool want_max);  // compresses once if the oneshot round is due (or was cancelled)
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
 
@@ -224,6 +235,8 @@ class Context {
   uint32_t chunk_ = 0;
   uint32_t slack_ = 0;
   uint32_t window_ = 0;
+  uint32_t ring_len_ = 0;       // query ring length: window, or more with score_all_queries
+  uint32_t last_round_end_ = 0; // n_past() at the end of the last eviction round
   uint32_t n_aux_ = 0;
   bool oneshot_done_ = false;  // the oneshot round completed (a cancelled one is retried)
   uint32_t n_past_ = 0;
@@ -232,8 +245,8 @@ class Context {
   std::unique_ptr<kv::KvCache> cache_;
   std::unique_ptr<model::Workspace> ws_;
   model::ForwardHooks hooks_;
-  std::vector<float> q_ring_;      // [n_layer, n_head, window, head_dim]
-  std::vector<int32_t> q_ring_pos_;// [window]
+  std::vector<float> q_ring_;      // [n_layer, n_head, ring_len, head_dim]
+  std::vector<int32_t> q_ring_pos_;// [ring_len]
   std::vector<int32_t> pos_buf_;   // [chunk] positions of one batch
   std::vector<float> logits_;      // [n_vocab]
 
@@ -245,8 +258,12 @@ class Context {
   std::vector<float> g_aux_;                 // [entries of one layer, n_aux]
   std::vector<float> g_vnorm_;               // [entries of one layer]
   std::vector<float> g_prev_;                // [entries of one layer]
+  std::vector<std::vector<float>> pass_scores_;   // [n_head_kv][n_h] one extra pass (score_all_queries)
+  std::vector<std::vector<float>> pass_max_;      // [n_head_kv][n_h] its defensive max
+  std::vector<std::vector<float>> pass_count_;    // [n_head_kv][n_h] passes combined (mean)
   evict::Scratch ev_scratch_;
   evict::LayerView view_;
+  evict::LayerView pass_view_;               // truncated heads of one extra pass
   std::vector<std::vector<std::vector<float>>> scores_;   // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<float>>> new_max_;  // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<uint8_t>>> keep_;   // [n_layer][n_head_kv][n_h]

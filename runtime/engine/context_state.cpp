@@ -74,12 +74,12 @@ void Context::check_cancel() const {
   if (cancel_ && cancel_->load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
 }
 
-// Slot s = pos % W of the ring is overwritten by a forward over those
+// Slot s = pos % W of the ring (W = ring length, >= window) is overwritten by a forward over those
 // positions; keep the min(n, W) slots it touches.
 void Context::save_ring(uint32_t first_pos, uint32_t n) {
   if (!budgeted_ || ring_save_.empty()) return;
   const model::Config& mc = model_.config();
-  const size_t W = window_, d = mc.head_dim, LH = size_t(mc.n_layer) * mc.n_head;
+  const size_t W = q_ring_pos_.size(), d = mc.head_dim, LH = size_t(mc.n_layer) * mc.n_head;
   const uint32_t m = uint32_t(std::min<size_t>(n, W));
   for (uint32_t i = 0; i < m; ++i) {
     const size_t s = (size_t(first_pos) + i) % W;
@@ -103,7 +103,7 @@ void Context::rollback_batch(uint32_t first_pos, uint32_t n) {
       cache_->retain(l, hk, keep.data());
     }
   if (budgeted_ && !ring_save_.empty()) {
-    const size_t W = window_, d = mc.head_dim, LH = size_t(mc.n_layer) * mc.n_head;
+    const size_t W = q_ring_pos_.size(), d = mc.head_dim, LH = size_t(mc.n_layer) * mc.n_head;
     const uint32_t m = uint32_t(std::min<size_t>(n, W));
     for (uint32_t i = 0; i < m; ++i) {
       const size_t s = (size_t(first_pos) + i) % W;
@@ -288,6 +288,7 @@ void Context::load_state(std::span<const uint8_t> data) {
   }
   budget_ = budget;
   n_past_ = n_past;
+  last_round_end_ = n_past;  // extra scoring passes only over queries fed after this
   prompt_len_ = prompt_len;
   oneshot_done_ = oneshot_done != 0;
   st.kv_bytes_reserved = cache_->bytes_reserved();

@@ -27,10 +27,11 @@ void Context::evict_now(bool interim) {
   else
     budget = evict::entries_budget(budget_, Hkv, L);
 
-  // Window positions, ascending; the ring holds position p in slot p % W.
+  // Window positions, ascending; the ring holds position p in slot p % R.
+  const uint32_t R = ring_len_;
   for (uint32_t i = 0; i < n_window; ++i) {
     const int32_t p = int32_t(n_past_ - n_window + i);
-    if (q_ring_pos_[size_t(p) % W] != p)
+    if (q_ring_pos_[size_t(p) % R] != p)
       throw std::logic_error("context: query ring does not hold position " + std::to_string(p));
     q_win_pos_[i] = p;
   }
@@ -44,15 +45,40 @@ void Context::evict_now(bool interim) {
   const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
                                          ep.policy == evict::Policy::layer_defensivekv);
   const float decay = params_.running_max_decay;
+  const bool defensive_round = ep.policy == evict::Policy::defensivekv || ep.policy == evict::Policy::layer_defensivekv;
+  // score_all_queries: pass k >= 1 scores with the queries [end_k - W, end_k),
+  // end_k = n_past - k*W, over each head's entries before end_k; only whole
+  // windows of queries fed since the last round (and still in the ring).
+  uint32_t n_pass = 1;
+  if (R > W && n_window == W) {
+    for (;;) {
+      if (uint64_t(n_pass + 1) * W > R) break;
+      const uint64_t end = uint64_t(n_past_) - uint64_t(n_pass) * W;
+      if (end < W || end - W < last_round_end_) break;
+      bool in_ring = true;
+      for (uint64_t p = end - W; p < end && in_ring; ++p) in_ring = q_ring_pos_[p % R] == int32_t(p);
+      if (!in_ring) break;
+      ++n_pass;
+    }
+  }
+  if (n_pass > 1) {
+    pass_view_.n_head = H;
+    pass_view_.n_head_kv = Hkv;
+    pass_view_.head_dim = d;
+    pass_view_.n_window = W;
+    pass_view_.q_window = q_win_.data();
+    pass_view_.q_pos = q_win_pos_.data();
+    pass_view_.heads.resize(Hkv);
+  }
 
   for (uint32_t l = 0; l < L; ++l) {
     check_cancel();  // layers already evicted stay evicted (still a valid cache)
     // Window queries of layer l: [H, n_window, d], ordered by position.
     for (uint32_t h = 0; h < H; ++h)
       for (uint32_t i = 0; i < n_window; ++i) {
-        const size_t slot = size_t(q_win_pos_[i]) % W;
+        const size_t slot = size_t(q_win_pos_[i]) % R;
         std::memcpy(q_win_.data() + (size_t(h) * n_window + i) * d,
-                    q_ring_.data() + ((size_t(l) * H + h) * W + slot) * d, d * sizeof(float));
+                    q_ring_.data() + ((size_t(l) * H + h) * R + slot) * d, d * sizeof(float));
       }
     size_t total = 0;
     for (uint32_t hk = 0; hk < Hkv; ++hk) total += cache_->size(l, hk);
@@ -85,6 +111,11 @@ void Context::evict_now(bool interim) {
       off += n;
     }
     evict::score_layer(view_, ep, budget, ev_scratch_, scores_[l], nullptr, want_max ? &new_max_[l] : nullptr);
+    if (n_pass > 1) {
+      score_passes(l, n_pass, ep, budget, defensive_round, want_max);
+      // q_win_ now holds older windows: restore this round's window (observer, next layer's copy is fresh anyway)
+      for (uint32_t i = 0; i < n_window; ++i) q_win_pos_[i] = int32_t(n_past_ - n_window + i);
+    }
     if (observer_) {
       RoundObservation ob;
       ob.round = stats_.evict_rounds;
@@ -117,8 +148,67 @@ void Context::evict_now(bool interim) {
     for (uint32_t l = 0; l < L; ++l)
       for (uint32_t hk = 0; hk < Hkv; ++hk) cache_->retain(l, hk, keep_[l][hk].data());
   }
+  last_round_end_ = n_past_;
   stats_.evict_rounds += 1;
   stats_.evict_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Extra scoring passes of one layer (score_all_queries), combined into
+// scores_[l] (max for the defensive policies, mean otherwise) and new_max_[l].
+// view_ holds the layer's gathered heads.
+void Context::score_passes(uint32_t l, uint32_t n_pass, const evict::Params& ep, const evict::Budget& budget,
+                           bool use_max, bool want_max) {
+  const model::Config& mc = model_.config();
+  const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_, R = ring_len_;
+  std::vector<std::vector<float>>& sc = scores_[l];
+  if (!use_max) {
+    pass_count_.resize(Hkv);
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      pass_count_[hk].reserve(g_pos_.size());
+      pass_count_[hk].assign(sc[hk].size(), 1.0f);
+    }
+  }
+  for (uint32_t k = 1; k < n_pass; ++k) {
+    const int32_t end = int32_t(n_past_ - k * W);  // queries [end - W, end)
+    bool ok = true;
+    for (uint32_t hk = 0; hk < Hkv && ok; ++hk) {
+      const evict::HeadView& hv = view_.heads[hk];
+      const uint32_t n = uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, end) - hv.pos);
+      // The pass's query positions must be the head's last W entries before end.
+      ok = n >= W && hv.pos[n - W] == end - int32_t(W);
+      evict::HeadView& pv = pass_view_.heads[hk];
+      pv = hv;
+      pv.n = n;
+    }
+    if (!ok) break;
+    for (uint32_t i = 0; i < W; ++i) q_win_pos_[i] = end - int32_t(W) + int32_t(i);
+    for (uint32_t h = 0; h < H; ++h)
+      for (uint32_t i = 0; i < W; ++i)
+        std::memcpy(q_win_.data() + (size_t(h) * W + i) * d,
+                    q_ring_.data() + ((size_t(l) * H + h) * R + size_t(q_win_pos_[i]) % R) * d, d * sizeof(float));
+    evict::score_layer(pass_view_, ep, budget, ev_scratch_, pass_scores_, nullptr, want_max ? &pass_max_ : nullptr);
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const uint32_t N = pass_view_.heads[hk].n - W;  // scored (non-window) entries of this pass
+      float* dst = sc[hk].data();
+      const float* src = pass_scores_[hk].data();
+      if (use_max) {
+        for (uint32_t j = 0; j < N; ++j) dst[j] = std::max(dst[j], src[j]);
+      } else {
+        for (uint32_t j = 0; j < N; ++j) { dst[j] += src[j]; pass_count_[hk][j] += 1.0f; }
+      }
+      if (want_max) {
+        float* nm = new_max_[l][hk].data();
+        const float* pm = pass_max_[hk].data();
+        for (uint32_t j = 0; j < N; ++j)
+          if (!std::isnan(pm[j]) && (std::isnan(nm[j]) || pm[j] > nm[j])) nm[j] = pm[j];
+      }
+    }
+  }
+  if (!use_max)
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const uint32_t n = view_.heads[hk].n - W;  // window entries keep the layer maximum
+      for (uint32_t j = 0; j < n; ++j) sc[hk][j] /= pass_count_[hk][j];
+    }
 }
 
 }  // namespace defkv::engine
