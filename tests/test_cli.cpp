@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
@@ -300,4 +301,50 @@ TEST_CASE("cli: Ctrl-C cancels a running generation; the report still comes", "[
   CHECK(std::stol(m[1]) > 10);
   CHECK(std::stol(m[1]) < 1000000);
   CHECK(read_file(out).back() == '\n');
+}
+
+TEST_CASE("cli: bench reports eviction share, peak RSS and depth; JSON and table agree", "[cli][bench]") {
+  const std::string args = "bench -m " + stories() + " -p 64 -n 16 -d 40 -r 2 -t 1 --kv-budget 40 --kv-window 16";
+  Result j = run(args + " --json");
+  REQUIRE(j.exit_code == 0);
+  INFO(j.out << j.err);
+  std::istringstream lines(j.out);
+  std::vector<nlohmann::json> tests;
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) tests.push_back(nlohmann::json::parse(line));
+  REQUIRE(tests.size() == 2);
+  CHECK(tests[0]["test"] == "pp64");
+  CHECK(tests[1]["test"] == "tg16 @ d40");
+  for (const auto& t : tests) {
+    INFO(t.dump());
+    CHECK(t["budget"] == true);
+    CHECK(t["peak_rss_mib"].get<double>() > 1.0);
+    CHECK(t["logits_stable"] == true);
+    const double total = t["seconds_mean"], ev = t["evict_seconds_mean"];
+    CHECK(t["evict_fraction"].get<double>() == Approx(ev / total).margin(1e-4));
+    CHECK(ev <= total);
+    // Bounded schedule: at most budget + one chunk (64) per head, 5 layers x 4 heads.
+    CHECK(t["kv_entries_end"].get<uint64_t>() <= uint64_t(40 + 64) * 20);
+    CHECK(t.contains("breakdown_s"));
+  }
+  // pp64 in one 64-token chunk exceeds the 40-token budget: one round at least.
+  CHECK(tests[0]["evict_rounds"].get<int>() >= 1);
+  CHECK(tests[0]["evict_seconds_mean"].get<double>() > 0);
+  // The table shows the same tests with the eviction share and peak RSS columns,
+  // and the same logits (same seed, same kernels).
+  Result t = run(args + " --no-breakdown");
+  REQUIRE(t.exit_code == 0);
+  CHECK_THAT(t.out, Catch::Contains("| evict % | peak RSS |"));
+  CHECK_THAT(t.out, Catch::Contains("eviction (measured)"));
+  CHECK_THAT(t.out, Catch::Contains("of the prefill time"));
+  CHECK_THAT(t.out, Catch::Contains("hash " + tests[0]["logits_hash"].get<std::string>()));
+  CHECK_THAT(t.out, Catch::Contains("hash " + tests[1]["logits_hash"].get<std::string>()));
+  CHECK_THAT(t.out, Catch::Contains("peak RSS"));
+  CHECK(t.out.find("breakdown") == std::string::npos);
+  // --kv-mem takes sizes with units in bench too (and rejects nonsense).
+  Result m = run("bench -m " + stories() + " -p 64 -n 4 -r 1 -t 1 --no-breakdown --json --kv-mem 256K --kv-window 16");
+  CHECK(m.exit_code == 0);
+  Result bad = run("bench -m " + stories() + " -p 64 --kv-mem 12X");
+  CHECK(bad.exit_code > 0);
+  CHECK_THAT(bad.err, Catch::Contains("unit"));
 }

@@ -1,0 +1,123 @@
+// `defkv bench` helpers: per-token bytes/MACs and the op-breakdown replay
+// (see bench_replay.h).
+#include "tools/bench_replay.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "simd/simd.h"
+
+namespace defkv::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+quant::Matrix matrix(const gguf::File& f, const std::string& name) {
+  const gguf::TensorInfo& t = f.tensor(name);
+  if (t.ne[2] != 1 || t.ne[3] != 1) throw std::runtime_error("tensor " + name + " is not a matrix");
+  quant::Matrix m;
+  m.type = quant::DType(t.type);
+  m.data = t.data;
+  m.cols = size_t(t.ne[0]);
+  m.rows = size_t(t.ne[1]);
+  return m;
+}
+
+uint64_t matrix_bytes(const quant::Matrix& m) { return uint64_t(m.rows) * quant::row_bytes(m.type, m.cols); }
+
+}  // namespace
+
+GgufWeights GgufWeights::open(const std::string& path) {
+  GgufWeights w;
+  w.file = gguf::File::open(path);
+  const gguf::File& f = *w.file;
+  w.token_embd = matrix(f, "token_embd.weight");
+  w.n_vocab = uint32_t(w.token_embd.rows);
+  w.n_embd = uint32_t(w.token_embd.cols);
+  w.tied_output = f.find_tensor("output.weight") == nullptr;
+  w.output = w.tied_output ? w.token_embd : matrix(f, "output.weight");
+  for (uint32_t l = 0; f.find_tensor("blk." + std::to_string(l) + ".attn_q.weight"); ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    w.layers.push_back({matrix(f, p + "attn_q.weight"), matrix(f, p + "attn_k.weight"),
+                        matrix(f, p + "attn_v.weight"), matrix(f, p + "attn_output.weight"),
+                        matrix(f, p + "ffn_gate.weight"), matrix(f, p + "ffn_up.weight"),
+                        matrix(f, p + "ffn_down.weight")});
+  }
+  w.n_layer = uint32_t(w.layers.size());
+  if (w.n_layer == 0) throw std::runtime_error(path + ": no blk.0.attn_q.weight (not a llama model?)");
+  return w;
+}
+
+uint64_t GgufWeights::bytes_per_token() const {
+  uint64_t b = 0;
+  for (const auto& L : layers)
+    for (const quant::Matrix& m : L) b += matrix_bytes(m);
+  b += matrix_bytes(output);
+  b += quant::row_bytes(token_embd.type, token_embd.cols);
+  b += uint64_t(2 * n_layer + 1) * n_embd * sizeof(float);
+  return b;
+}
+
+uint64_t GgufWeights::layer_macs_per_token() const {
+  uint64_t n = 0;
+  for (const auto& L : layers)
+    for (const quant::Matrix& m : L) n += uint64_t(m.rows) * m.cols;
+  return n;
+}
+
+uint64_t GgufWeights::n_params() const {
+  return layer_macs_per_token() + uint64_t(n_vocab) * n_embd * (tied_output ? 1 : 2);
+}
+
+Replay::Replay(const GgufWeights& w, uint32_t max_tokens) : w_(w), max_tokens_(std::max<uint32_t>(max_tokens, 1)) {
+  size_t max_cols = w.n_embd, max_rows = w.n_vocab;
+  packed_.resize(w.n_layer);
+  for (uint32_t l = 0; l < w.n_layer; ++l)
+    for (size_t i = 0; i < 7; ++i) {
+      const quant::Matrix& m = w.layers[l][i];
+      max_cols = std::max(max_cols, m.cols);
+      max_rows = std::max(max_rows, m.rows);
+      packed_[l][i] = quant::pack_for_gemm(m);
+    }
+  output_ = quant::pack_for_gemm(w.output);
+  x_.resize(size_t(max_tokens_) * max_cols);
+  y_.resize(size_t(max_tokens_) * max_rows);
+  for (size_t i = 0; i < x_.size(); ++i) x_[i] = float((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+  gamma_.assign(w.n_embd, 1.0f);
+}
+
+double Replay::matmuls(uint32_t n, bool head) {
+  n = std::min(n, max_tokens_);
+  const auto t0 = Clock::now();
+  for (const auto& L : packed_)
+    for (const quant::Packed& p : L) quant::matmul_packed(p, x_.data(), y_.data(), n, p.source.rows);
+  if (head) quant::matmul_packed(output_, x_.data(), y_.data(), 1, output_.source.rows);
+  return since(t0);
+}
+
+double Replay::norms(uint32_t n) {
+  n = std::min(n, max_tokens_);
+  const auto& k = simd::k();
+  const size_t d = w_.n_embd;
+  constexpr float kEps = 1e-5f;
+  const auto t0 = Clock::now();
+  for (uint32_t l = 0; l < w_.n_layer; ++l)
+    for (uint32_t t = 0; t < n; ++t) {
+      const float* v = x_.data() + size_t(t) * d;
+      k.rmsnorm(y_.data(), v, gamma_.data(), d, kEps);
+      k.rmsnorm(y_.data(), v, gamma_.data(), d, kEps);
+    }
+  k.rmsnorm(y_.data(), x_.data(), gamma_.data(), d, kEps);
+  return since(t0);
+}
+
+size_t Replay::packed_bytes() const {
+  size_t b = output_.bytes;
+  for (const auto& L : packed_)
+    for (const quant::Packed& p : L) b += p.bytes;
+  return b;
+}
+
+}  // namespace defkv::cli
