@@ -1,0 +1,40 @@
+// KL(full || policy) on stories260K + tinystories_sample.txt, T=448, C=64, S=64,
+// window 16 (the acceptance protocol of docs/eval/RESULTS.md), with the bounded
+// schedule options from the environment: INTERIM=<policy>, SCOREALL=1, RMAX=1,
+// DECAY=<f>. Prints mean KL, p99, top-1 and the per-window mean KL (for paired
+// differences).  Usage: kl_bounded POLICIES SCHEDULE [RATIO]
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+#include "runtime/eval/eval.h"
+using namespace defkv;
+static std::string shared() { const char* e = getenv("DEFKV_SHARED"); return e && *e ? e : "../shared"; }
+int main(int argc, char** argv) {
+  auto model = model::Model::load(shared() + "/models/stories260K/stories260K.gguf");
+  auto tokp = text::Tokenizer::from_gguf(model->file());
+  auto text = eval::tokenize_text(*tokp, eval::read_text_file(shared() + "/models/data/tinystories_sample.txt"));
+  eval::WindowSpec spec; spec.prefix_tokens = 448; spec.cont_tokens = 64; spec.stride_tokens = 64;
+  engine::ContextParams base; base.n_threads = 1; base.kv_type = quant::DType::f32; base.evict.window = 16;
+  auto ref = eval::kld_reference(*model, text, tokp->bos(), spec, base);
+  std::string ps = argv[1]; std::string sched = argv[2];
+  size_t a = 0;
+  while (a < ps.size()) {
+    size_t b = ps.find(',', a); if (b == std::string::npos) b = ps.size();
+    std::string pn = ps.substr(a, b - a); a = b + 1;
+    engine::ContextParams cp = base; cp.kv_ratio = argc > 3 ? std::stod(argv[3]) : 0.2;
+    evict::parse_policy(pn, &cp.evict.policy);
+    engine::Schedule s; engine::parse_schedule(sched, &s); cp.schedule = s;
+    if (getenv("INTERIM")) { evict::Policy ip; evict::parse_policy(getenv("INTERIM"), &ip); cp.interim_policy = ip; }
+    if (getenv("RMAX")) cp.evict.running_max = true;
+    if (getenv("SCOREALL")) cp.score_all_queries = true;
+    if (getenv("DECAY")) cp.running_max_decay = std::stof(getenv("DECAY"));
+    auto r = eval::kld(*model, text, tokp->bos(), spec, cp, ref);
+    std::vector<double> per(r.windows, 0);
+    for (size_t i = 0; i < r.per_token_kl.size(); ++i) per[i / spec.cont_tokens] += r.per_token_kl[i] / spec.cont_tokens;
+    std::printf("%s %s interim=%s rmax=%s decay=%s: mean KL %.4f p99 %.3f top1 %.3f windows %zu | per-window:", pn.c_str(), sched.c_str(),
+      getenv("INTERIM") ? getenv("INTERIM") : "-", getenv("RMAX") ? "1" : "0", getenv("DECAY") ? getenv("DECAY") : "1", r.mean_kl, r.p99_kl, r.top1, r.windows);
+    for (double x : per) std::printf(" %.5f", x);
+    std::printf("\n"); std::fflush(stdout);
+  }
+}
