@@ -13,8 +13,13 @@ static std::string shared() { const char* e = getenv("DEFKV_SHARED"); return e &
 int main(int argc, char** argv) {
   auto model = model::Model::load(shared() + "/models/stories260K/stories260K.gguf");
   auto tokp = text::Tokenizer::from_gguf(model->file());
-  auto text = eval::tokenize_text(*tokp, eval::read_text_file(shared() + "/models/data/tinystories_sample.txt"));
+  // TEXT, STRIDE, MAXWIN override the text file (relative to the shared dir), stride and window cap
+  // (the 80-window run: TEXT=models/needle/filler_heldout.txt STRIDE=512 MAXWIN=80).
+  const std::string text_file = getenv("TEXT") ? getenv("TEXT") : "models/data/tinystories_sample.txt";
+  auto text = eval::tokenize_text(*tokp, eval::read_text_file(shared() + "/" + text_file));
   eval::WindowSpec spec; spec.prefix_tokens = 448; spec.cont_tokens = 64; spec.stride_tokens = 64;
+  if (getenv("STRIDE")) spec.stride_tokens = uint32_t(std::stoul(getenv("STRIDE")));
+  if (getenv("MAXWIN")) spec.max_windows = std::stoul(getenv("MAXWIN"));
   engine::ContextParams base; base.n_threads = 1; base.kv_type = quant::DType::f32; base.evict.window = 16;
   auto ref = eval::kld_reference(*model, text, tokp->bos(), spec, base);
   std::string ps = argv[1]; std::string sched = argv[2];
