@@ -60,11 +60,22 @@ __attribute__((always_inline)) inline const float* row_f32(const Matrix& w, size
     case DType::f16: K.f16_to_f32(reinterpret_cast<const uint16_t*>(row), buf, w.cols); return buf;
     case DType::bf16: K.bf16_to_f32(reinterpret_cast<const uint16_t*>(row), buf, w.cols); return buf;
     case DType::q8_0: {
+      // Scales of up to kChunk blocks converted in one call, then the quants.
       const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
-      for (size_t i = 0; i < w.cols / kQ8_0Block; ++i) {
-        const float d = simd::f16_to_f32(b[i].d);
-        float* y = buf + i * kQ8_0Block;
-        for (size_t j = 0; j < kQ8_0Block; ++j) y[j] = d * float(b[i].qs[j]);
+      const size_t nb = w.cols / kQ8_0Block;
+      constexpr size_t kChunk = 64;
+      uint16_t dh[kChunk];
+      float df[kChunk];
+      for (size_t i0 = 0; i0 < nb; i0 += kChunk) {
+        const size_t m = std::min(kChunk, nb - i0);
+        for (size_t i = 0; i < m; ++i) dh[i] = b[i0 + i].d;
+        K.f16_to_f32(dh, df, m);
+        for (size_t i = 0; i < m; ++i) {
+          const float d = df[i];
+          const int8_t* q = b[i0 + i].qs;
+          float* y = buf + (i0 + i) * kQ8_0Block;
+          for (size_t j = 0; j < kQ8_0Block; ++j) y[j] = d * float(q[j]);
+        }
       }
       return buf;
     }
