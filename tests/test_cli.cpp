@@ -348,3 +348,40 @@ TEST_CASE("cli: bench reports eviction share, peak RSS and depth; JSON and table
   CHECK(bad.exit_code > 0);
   CHECK_THAT(bad.err, Catch::Contains("unit"));
 }
+
+TEST_CASE("cli: run, bench and eval share the KV flags: same help, --kv-mem sizes everywhere", "[cli][kvflags]") {
+  const char* flags[] = {"--kv-budget", "--kv-ratio",  "--kv-mem", "--kv-type", "--kv-policy",     "--kv-schedule",
+                         "--kv-window", "--kv-pool", "--kv-sinks", "--chunk",   "--kv-running-max"};
+  // One phrase of each flag's explanation (tools/kv_flags.cpp).
+  const char* phrases[] = {"least --kv-window + --kv-sinks", "0.2 keeps 20%", "ceiling on the KV pool's memory, e.g. 256M",
+                           "f16, f32 or q8_0", "needs a budget unless 'full'", "When eviction runs",
+                           "Observation window W", "Score pooling kernel", "the first tokens, always kept",
+                           "Prefill chunk in tokens", "worst-case score across eviction rounds"};
+  for (const char* cmd : {"run", "bench", "eval ppl", "eval kld", "eval needle"}) {
+    INFO(cmd);
+    Result h = run(std::string(cmd) + " --help");
+    REQUIRE(h.exit_code == 0);
+    for (const char* f : flags) CHECK_THAT(h.out, Catch::Contains(f));
+    for (const char* p : phrases) CHECK_THAT(h.out, Catch::Contains(p));
+  }
+  Result sw = run("eval sweep --help");  // sweep lists policies and budgets itself
+  REQUIRE(sw.exit_code == 0);
+  CHECK_THAT(sw.out, Catch::Contains("--kv-window"));
+  CHECK(sw.out.find("--kv-budget") == std::string::npos);
+
+  const std::string text = shared_dir() + "/models/data/tinystories_sample.txt";
+  Result e = run("eval ppl -m " + stories() + " -f " + text + " --ctx 128 --max-windows 1 --kv-mem 400K --kv-window 16 --json");
+  REQUIRE(e.exit_code == 0);
+  const nlohmann::json j = nlohmann::json::parse(e.out);
+  CHECK(j["budget"]["kv_mem_bytes"] == 400 * 1024);
+  for (const std::string cmd : {"run -m " + stories() + " -p hi -n 2", "bench -m " + stories() + " -p 8 -n 2 -r 1",
+                                 "eval ppl -f " + text + " -m " + stories() + " --max-windows 1"}) {
+    INFO(cmd);
+    Result bad = run(cmd + " --kv-mem 12X");
+    CHECK(bad.exit_code > 0);
+    CHECK_THAT(bad.err, Catch::Contains("unknown unit 'X'"));
+    Result pol = run(cmd + " --kv-policy snapkv");
+    CHECK(pol.exit_code > 0);
+    CHECK_THAT(pol.err, Catch::Contains("needs a KV budget"));
+  }
+}

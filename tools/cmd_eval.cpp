@@ -26,6 +26,7 @@
 #include "runtime/model/model.h"
 #include "runtime/text/tokenizer.h"
 #include "tools/commands.h"
+#include "tools/kv_flags.h"
 
 namespace defkv::cli {
 namespace {
@@ -76,86 +77,44 @@ class ProgressBar {
 struct KvOptions {
   std::string model_path;
   int n_threads = 1;  // the evaluated models are tiny: OpenMP barriers cost more than they save
-  int64_t kv_budget = 0;
-  double kv_ratio = 0;
-  int64_t kv_mem = 0;
-  std::string kv_type = "f32";
-  std::string kv_policy = "defensivekv";
-  std::string kv_schedule;
-  int kv_window = 32;
-  int kv_pool = 5;
-  int kv_sinks = 4;
-  int chunk = 0;
-  bool running_max = false;
+  KvFlags flags;      // the KV flags shared with run and bench (tools/kv_flags.h)
   bool json = false;
-  CLI::Option* opt_budget = nullptr;
-  CLI::Option* opt_ratio = nullptr;
-  CLI::Option* opt_mem = nullptr;
-  CLI::Option* opt_policy = nullptr;
 };
 
 const std::vector<std::string> kPolicies = {"full", "streaming", "snapkv", "adakv", "criticalkv", "defensivekv",
                                             "layer-defensivekv"};
 
-void add_common(CLI::App* sub, KvOptions& o) {
+// Model, threads, --json and the KV flags; `budget`: also the budget, policy
+// and schedule flags (sweep takes those as lists instead).
+void add_common(CLI::App* sub, KvOptions& o, bool budget) {
   sub->add_option("-m,--model", o.model_path, "Model file (GGUF, llama architecture)")->required()->check(CLI::ExistingFile);
   sub->add_option("-t,--threads", o.n_threads, "Threads (0: all cores; 1 is fastest for tiny models on a busy machine)")->check(CLI::NonNegativeNumber);
-  sub->add_option("--kv-type", o.kv_type, "KV cache element type")->check(CLI::IsMember({"f16", "f32", "q8_0"}));
-  sub->add_option("--kv-window", o.kv_window, "Observation window W (newest queries; always kept)")
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--kv-pool", o.kv_pool, "Score pooling kernel (odd)")->check(CLI::PositiveNumber);
-  sub->add_option("--kv-sinks", o.kv_sinks, "Streaming policy: first tokens always kept")->check(CLI::NonNegativeNumber);
-  sub->add_option("--chunk", o.chunk, "Prefill chunk in tokens (0: the engine's default)")->check(CLI::NonNegativeNumber);
-  sub->add_flag("--kv-running-max", o.running_max, "Defensive policies: running worst-case score (experimental)");
+  KvFlagSet set;
+  set.budget = budget;
+  set.default_type = "f32";
+  set.ratio_help = "the prompt (prefix)";
+  add_kv_flags(sub, o.flags, set);
   sub->add_flag("--json", o.json, "Print one JSON object instead of text");
 }
 
-void add_budget(CLI::App* sub, KvOptions& o) {
-  o.opt_budget = sub->add_option("--kv-budget", o.kv_budget, "KV budget in tokens per (layer, KV head) on average")
-                     ->check(CLI::PositiveNumber);
-  o.opt_ratio = sub->add_option("--kv-ratio", o.kv_ratio,
-                                "KV budget as the fraction of the prompt (prefix) kept, in (0, 1] (0.2 keeps 20%)")
-                    ->check(CLI::Range(1e-9, 1.0));
-  o.opt_mem = sub->add_option("--kv-mem", o.kv_mem, "KV budget as pool bytes")->check(CLI::PositiveNumber);
-  o.opt_budget->excludes(o.opt_ratio)->excludes(o.opt_mem);
-  o.opt_ratio->excludes(o.opt_mem);
-  o.opt_policy = sub->add_option("--kv-policy", o.kv_policy, "Eviction policy (needs a budget unless 'full')")
-                     ->check(CLI::IsMember(kPolicies));
-  sub->add_option("--kv-schedule", o.kv_schedule, "oneshot (paper) or bounded (default with a budget)")
-      ->check(CLI::IsMember({"oneshot", "bounded"}));
-}
-
+// The full-cache parameters (no budget; the reference of the KL measurements).
 engine::ContextParams base_params(const KvOptions& o) {
   engine::ContextParams cp;
   cp.n_threads = uint32_t(o.n_threads);
-  if (!quant::parse_dtype(o.kv_type, &cp.kv_type)) throw std::invalid_argument("--kv-type: unknown type " + o.kv_type);
-  cp.evict.window = uint32_t(o.kv_window);
-  cp.evict.kernel = uint32_t(o.kv_pool);
-  cp.evict.n_sink = uint32_t(o.kv_sinks);
-  cp.evict.running_max = o.running_max;
-  cp.chunk_tokens = uint32_t(o.chunk);
+  apply_kv_flags(o.flags, &cp);
+  cp.budget_tokens.reset();
+  cp.kv_ratio.reset();
+  cp.kv_mem_bytes.reset();
+  cp.schedule.reset();
   cp.evict.policy = evict::Policy::full;
   return cp;
 }
 
+// The parameters with the budget, policy and schedule flags applied.
 engine::ContextParams policy_params(const KvOptions& o) {
-  engine::ContextParams cp = base_params(o);
-  if (o.opt_budget->count()) cp.budget_tokens = o.kv_budget;
-  if (o.opt_ratio->count()) cp.kv_ratio = o.kv_ratio;
-  if (o.opt_mem->count()) cp.kv_mem_bytes = o.kv_mem;
-  if (!evict::parse_policy(o.kv_policy, &cp.evict.policy))
-    throw std::invalid_argument("--kv-policy: unknown policy " + o.kv_policy);
-  const bool has_budget = cp.budget_tokens || cp.kv_ratio || cp.kv_mem_bytes;
-  if (!has_budget && o.opt_policy->count() && cp.evict.policy != evict::Policy::full)
-    throw std::invalid_argument("--kv-policy " + o.kv_policy + " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
-  if (has_budget && cp.evict.policy == evict::Policy::full)
-    throw std::invalid_argument("--kv-policy full never evicts; drop the budget");
-  if (!has_budget) cp.evict.policy = evict::Policy::full;
-  if (!o.kv_schedule.empty()) {
-    engine::Schedule s;
-    if (!engine::parse_schedule(o.kv_schedule, &s)) throw std::invalid_argument("--kv-schedule: unknown " + o.kv_schedule);
-    cp.schedule = s;
-  }
+  engine::ContextParams cp;
+  cp.n_threads = uint32_t(o.n_threads);
+  apply_kv_flags(o.flags, &cp);
   return cp;
 }
 
@@ -527,9 +486,9 @@ int run_sweep(const SweepOptions& o) {
   size_t base = 0;
   auto progress = bar_progress(&bar, &base);
 
-  json meta = {{"model", o.kv.model_path}, {"kv_type", o.kv.kv_type}, {"window", o.kv.kv_window},
-               {"pool_kernel", o.kv.kv_pool}, {"sinks", o.kv.kv_sinks}, {"chunk", o.kv.chunk},
-               {"running_max", o.kv.running_max}, {"budget_form", "kv_ratio (fraction of the prompt/prefix kept)"}};
+  json meta = {{"model", o.kv.model_path}, {"kv_type", o.kv.flags.type}, {"window", o.kv.flags.window_tokens},
+               {"pool_kernel", o.kv.flags.pool_kernel}, {"sinks", o.kv.flags.sink_tokens},
+               {"chunk", o.kv.flags.chunk_tokens}, {"running_max", o.kv.flags.running_max}, {"budget_form", "kv_ratio (fraction of the prompt/prefix kept)"}};
 
   // --- KL sweep -------------------------------------------------------------
   std::vector<KldCell> kcells;
@@ -865,8 +824,7 @@ Handler register_eval(CLI::App& app) {
   auto po = std::make_shared<PplOptions>();
   CLI::App* ppl = ev->add_subcommand("ppl", "Teacher-forced perplexity with the cache policy active");
   ppl->option_defaults()->always_capture_default();
-  add_common(ppl, po->kv);
-  add_budget(ppl, po->kv);
+  add_common(ppl, po->kv, true);
   ppl->add_option("-f,--file", po->text_path, "Text file")->required()->check(CLI::ExistingFile);
   ppl->add_option("--ctx", po->ctx, "Window length in tokens (BOS included)")->check(CLI::Range(2, 1 << 20));
   ppl->add_option("--prefix", po->prefix,
@@ -877,8 +835,7 @@ Handler register_eval(CLI::App& app) {
   CLI::App* kld = ev->add_subcommand("kld", "Per-token KL divergence of a policy's next-token distribution from the "
                                             "full cache's (one-shot protocol)");
   kld->option_defaults()->always_capture_default();
-  add_common(kld, ko->kv);
-  add_budget(kld, ko->kv);
+  add_common(kld, ko->kv, true);
   kld->add_option("-f,--file", ko->text_path, "Text file")->required()->check(CLI::ExistingFile);
   kld->add_option("--prefix", ko->spec.prefix_tokens, "T: tokens prefilled and compressed (BOS included)")
       ->check(CLI::PositiveNumber);
@@ -889,8 +846,7 @@ Handler register_eval(CLI::App& app) {
   auto no = std::make_shared<NeedleOptions>();
   CLI::App* nd = ev->add_subcommand("needle", "Needle-in-a-haystack retrieval accuracy (greedy, exact match)");
   nd->option_defaults()->always_capture_default();
-  add_common(nd, no->kv);
-  add_budget(nd, no->kv);
+  add_common(nd, no->kv, true);
   nd->add_option("--tasks", no->tasks_path, "Task file (JSONL, ../shared/models/needle format)")
       ->required()->check(CLI::ExistingFile);
   nd->add_option("-n,--n-predict", no->n_predict, "Greedy tokens generated per task")->check(CLI::PositiveNumber);
@@ -900,7 +856,7 @@ Handler register_eval(CLI::App& app) {
   auto so = std::make_shared<SweepOptions>();
   CLI::App* sw = ev->add_subcommand("sweep", "Policies x budgets x schedules: JSON, CSV, summary table and plots");
   sw->option_defaults()->always_capture_default();
-  add_common(sw, so->kv);
+  add_common(sw, so->kv, false);
   sw->add_option("-f,--file", so->text_path, "Text file for the KL sweep")->check(CLI::ExistingFile);
   sw->add_option("--tasks", so->tasks_path, "Needle task file for the retrieval sweep")->check(CLI::ExistingFile);
   sw->add_option("--policies", so->policies, "Eviction policies")->delimiter(',')->check(CLI::IsMember(kPolicies));
