@@ -179,10 +179,11 @@ void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
   p->prefill_chunk_tokens = f.chunk_tokens > 0  ? uint32_t(f.chunk_tokens)
                             : !f.has_budget()   ? kFullCachePrefillChunk
                                                 : 0u;
-  // kv_sinks 0 in the API means "default 4": a requested 0 sinks is not
-  // expressible there; reject it rather than silently keeping 4.
-  if (f.sink_tokens == 0 && f.has_budget() && f.policy == "streaming")
-    throw std::invalid_argument("--kv-sinks 0 is not supported through the C API (0 means the default, 4)");
+  // kv_sinks 0 in the API means "the default, 4": 0 sinks is not expressible
+  // there; reject it rather than silently keeping 4 (with a budget the sinks
+  // count towards the minimum budget, and streaming keeps them).
+  if (f.sink_tokens == 0 && f.has_budget())
+    throw std::invalid_argument("--kv-sinks 0 is not supported by run/bench (the C API reads 0 as the default, 4)");
 }
 
 void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
