@@ -1026,6 +1026,28 @@ TEST_CASE("api: defkv_decode / defkv_sample / defkv_get_logits misuse", "[api][d
   REQUIRE(defkv_sample(c, &t) == DEFKV_OK);  // the context is still usable
 }
 
+TEST_CASE("api: no sampling from stale logits after a cancelled defkv_eval", "[api][decode]") {
+  const std::vector<int32_t> story = tokenize(model(), story_text());
+  const std::vector<int32_t> prompt(story.begin(), story.begin() + 300);
+  Ctx c(greedy_params());  // full cache: 64-token chunks
+  auto stop_after_first = [](uint64_t done, uint64_t, void*) -> int { return done >= 64 ? 1 : 0; };
+  REQUIRE(defkv_eval(c, prompt.data(), prompt.size(), stop_after_first, nullptr) == DEFKV_ERR_CANCELLED);
+  uint32_t np = 0;
+  REQUIRE(defkv_n_past(c, &np) == DEFKV_OK);
+  REQUIRE(np > 0);
+  REQUIRE(np < prompt.size());
+  int32_t t = -1;
+  size_t n = 0;
+  CHECK(defkv_sample(c, &t) == DEFKV_ERR_BAD_STATE);
+  CHECK(std::string(defkv_last_error(c)).find("cancelled") != std::string::npos);
+  CHECK(defkv_get_logits(c, nullptr, 0, &n) == DEFKV_ERR_BAD_STATE);
+  // The rest of the prompt completes it: then both work, and greedy = argmax.
+  eval(c, std::vector<int32_t>(prompt.begin() + np, prompt.end()));
+  const std::vector<float> l = logits(c);
+  REQUIRE(defkv_sample(c, &t) == DEFKV_OK);
+  CHECK(t == int32_t(std::max_element(l.begin(), l.end()) - l.begin()));
+}
+
 TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
   defkv_model_info mi;
   REQUIRE(defkv_model_get_info(model(), &mi) == DEFKV_OK);

@@ -883,8 +883,10 @@ defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token) {
     BusyGuard busy(ctx);
     if (ctx->pending >= 0)
       raise(DEFKV_ERR_BAD_STATE, "a token sampled by defkv_generate is pending: feed it (defkv_decode/defkv_eval) first");
-    if (ctx->ctx->n_past() == 0)
-      raise(DEFKV_ERR_BAD_STATE, "nothing to sample from: evaluate a prompt with defkv_eval first");
+    if (!ctx->have_logits)
+      raise(DEFKV_ERR_BAD_STATE, ctx->ctx->n_past() == 0
+                                     ? "nothing to sample from: evaluate a prompt with defkv_eval first"
+                                     : "no logits: the last defkv_eval was cancelled before its last token");
     *out_token = ctx->sampler->sample(ctx->ctx->logits());
     ctx->sampled = *out_token;
     return DEFKV_OK;
@@ -897,8 +899,10 @@ defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t ca
   return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
     BusyGuard busy(c);
-    if (c->ctx->n_past() == 0)
-      raise(DEFKV_ERR_BAD_STATE, "no logits yet: evaluate a prompt with defkv_eval first");
+    if (!c->have_logits && c->pending < 0)
+      raise(DEFKV_ERR_BAD_STATE, c->ctx->n_past() == 0
+                                     ? "no logits yet: evaluate a prompt with defkv_eval first"
+                                     : "no logits: the last defkv_eval was cancelled before its last token");
     const std::span<const float> l = c->ctx->logits();
     *n_out = l.size();
     if (capacity < l.size())

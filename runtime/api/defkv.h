@@ -296,13 +296,16 @@ DEFKV_API defkv_status defkv_decode(defkv_context* ctx, int32_t token);
  * context's sampler (its parameters, RNG and repetition history; the RNG
  * advances and the token enters the repetition history, as in
  * defkv_generate). The token is NOT fed: pass it to defkv_decode (or first to
- * defkv_eval) to continue. DEFKV_ERR_BAD_STATE before any evaluation, or while a token
- * sampled by defkv_generate is pending (its logits are not computed yet). */
+ * defkv_eval) to continue. DEFKV_ERR_BAD_STATE before any evaluation, after
+ * a cancelled defkv_eval (the last token's logits were not computed), or
+ * while a token sampled by defkv_generate is pending (its logits are not
+ * computed yet). */
 DEFKV_API defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token);
 
 /* Copies the logits of the last evaluated token [n_vocab] (the ones
  * defkv_sample and defkv_generate sample from). DEFKV_ERR_BAD_STATE before
- * any evaluation. Size query as described under "Errors". */
+ * any evaluation and after a cancelled defkv_eval. Size query as described
+ * under "Errors". */
 DEFKV_API defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t capacity, size_t* n_out);
 
 /* ---- introspection ---- */
