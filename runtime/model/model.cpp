@@ -176,15 +176,21 @@ void Model::init() {
   for (uint32_t l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
     PackedLayer& P = packed_[l];
-    P.wq = quant::pack_for_gemm(L.wq);
-    P.wk = quant::pack_for_gemm(L.wk);
-    P.wv = quant::pack_for_gemm(L.wv);
-    P.wo = quant::pack_for_gemm(L.wo);
-    P.w_gate = quant::pack_for_gemm(L.w_gate);
-    P.w_up = quant::pack_for_gemm(L.w_up);
-    P.w_down = quant::pack_for_gemm(L.w_down);
+    // The packed copy replaces the mapped source on the hot path, so the
+    // source pages leave RSS (weights are not resident twice). W_o's source is
+    // still read by the value-norm hook when a policy needs it: its pages
+    // refault from the page cache on first use and then stay.
+    P.wq = quant::pack_for_gemm(L.wq, /*release_source=*/true);
+    P.wk = quant::pack_for_gemm(L.wk, true);
+    P.wv = quant::pack_for_gemm(L.wv, true);
+    P.wo = quant::pack_for_gemm(L.wo, true);
+    P.w_gate = quant::pack_for_gemm(L.w_gate, true);
+    P.w_up = quant::pack_for_gemm(L.w_up, true);
+    P.w_down = quant::pack_for_gemm(L.w_down, true);
   }
-  output_packed_ = quant::pack_for_gemm(output_);
+  // A tied output head shares token_embd, whose rows get_row reads per token:
+  // keep its source resident.
+  output_packed_ = quant::pack_for_gemm(output_, /*release_source=*/!c.tied_output);
   weight_bytes_ = bytes;
   cfg_ = c;
 }
@@ -303,9 +309,10 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
     const Layer& L = layers_[l];
     const PackedLayer& P = packed_[l];
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.attn_norm, E, c.rms_eps);
-    quant::matmul_packed(P.wq, xn, q, n_tokens, q_dim);
-    quant::matmul_packed(P.wk, xn, k, n_tokens, kv_dim);
-    quant::matmul_packed(P.wv, xn, v, n_tokens, kv_dim);
+    {  // q/k/v share xn: one parallel region, activations quantised once
+      const quant::PackedProduct qkv[3] = {{&P.wq, q, q_dim}, {&P.wk, k, kv_dim}, {&P.wv, v, kv_dim}};
+      quant::matmul_packed_multi(qkv, 3, xn, n_tokens);
+    }
     check_cancel(l, "after q/k/v");
 
     // RoPE on queries and keys.
@@ -348,8 +355,10 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
 
     // SwiGLU feed-forward.
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.ffn_norm, E, c.rms_eps);
-    quant::matmul_packed(P.w_gate, xn, gate, n_tokens, F);
-    quant::matmul_packed(P.w_up, xn, up, n_tokens, F);
+    {
+      const quant::PackedProduct gu[2] = {{&P.w_gate, gate, F}, {&P.w_up, up, F}};
+      quant::matmul_packed_multi(gu, 2, xn, n_tokens);
+    }
     check_cancel(l, "after gate/up");
     for (uint32_t t = 0; t < n_tokens; ++t) K.silu_mul(gate + t * F, up + t * F, F);
     quant::matmul_packed(P.w_down, gate, proj, n_tokens, E);

@@ -178,8 +178,10 @@ class Model {
   quant::Matrix output_;                 // [n_vocab, n_embd]
   const float* output_norm_ = nullptr;   // [n_embd]
   std::vector<Layer> layers_;            // [n_layer]
-  // Load-time packed copies for quant::matmul_packed (q8_0 on AVX-512 VNNI:
-  // as many bytes again as the q8_0 matrices; other dtypes/CPUs: no copy).
+  // Load-time packed copies for quant::matmul_packed (q8_0 on AVX-512 VNNI,
+  // f16 on AVX-512: the size of the source; other dtypes/CPUs: no copy). The
+  // sources' pages are released from RSS after packing (not the token
+  // embedding), so resident weight memory is about one copy.
   struct PackedLayer {
     quant::Packed wq, wk, wv, wo, w_gate, w_up, w_down;
   };
