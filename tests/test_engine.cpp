@@ -639,3 +639,44 @@ TEST_CASE("score_all_queries combines one pass per window of new queries (max fo
     CHECK(changed > 0);
   }
 }
+
+TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is the largest that fits",
+          "[engine][kvmem]") {
+  // Oracle: the pool the cache really allocates (bytes_reserved) and, for the
+  // largest-budget claim, a context with budget_tokens = budget + 1 under the
+  // same options, whose pool must not fit.
+  const model::Model& m = stories();
+  for (quant::DType t : {quant::DType::f16, quant::DType::f32, quant::DType::q8_0})
+    for (bool rmax : {false, true})
+      for (evict::Policy pol : {evict::Policy::snapkv, evict::Policy::defensivekv})
+        for (int64_t mem : {int64_t(200 * 1024), int64_t(300 * 1024), int64_t(300 * 1024 + 777), int64_t(1 << 20)}) {
+          INFO("type " << quant::dtype_name(t) << " running_max " << rmax << " policy " << evict::policy_name(pol)
+                       << " kv_mem " << mem);
+          engine::ContextParams p;
+          p.n_ctx = 4096;
+          p.kv_type = t;
+          p.evict.policy = pol;
+          p.evict.running_max = rmax;
+          p.kv_mem_bytes = mem;
+          engine::Context c(m, p);
+          CHECK(c.cache().bytes_reserved() <= uint64_t(mem));
+          REQUIRE(c.budget_tokens() < p.n_ctx);
+          engine::ContextParams q = p;
+          q.kv_mem_bytes.reset();
+          q.budget_tokens = int64_t(c.budget_tokens());
+          engine::Context same(m, q);  // the same budget given in tokens: the same pool
+          CHECK(same.cache().bytes_reserved() == c.cache().bytes_reserved());
+          q.budget_tokens = int64_t(c.budget_tokens()) + 1;
+          engine::Context more(m, q);
+          CHECK(more.cache().bytes_reserved() > uint64_t(mem));
+        }
+  // The reported case: q8_0 rows (padded to a 32-element block) with the
+  // running-max aux floats at 300K.
+  engine::ContextParams p;
+  p.kv_type = quant::DType::q8_0;
+  p.evict.running_max = true;
+  p.kv_mem_bytes = 300 * 1024;
+  engine::Context c(m, p);
+  CHECK(c.cache().bytes_reserved() <= 300u * 1024);
+  CHECK(c.budget_tokens() > 0);
+}

@@ -31,6 +31,13 @@ bool is_defensive(evict::Policy p) {
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
 
+// Bytes of one KV pool page for this configuration, as the cache lays it out
+// (a one-page cache is built and asked; construction time only).
+uint64_t kv_page_bytes(kv::CacheConfig cc) {
+  cc.capacity_entries = cc.page_tokens;
+  return kv::KvCache(cc).page_bytes();
+}
+
 }  // namespace
 
 const char* schedule_name(Schedule s) {
@@ -101,8 +108,13 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
                     (bounded && p.interim_policy && needs_value_norms(*p.interim_policy))))
     n_aux_ = 1;
   if (budgeted_ && p.evict.running_max && is_defensive(p.evict.policy)) n_aux_ = 2;
-  const size_t row = quant::row_bytes(p.kv_type, p.kv_type == quant::DType::q8_0 ? round_up(d, 32) : d);
-  const uint64_t entry_bytes = 2 * row + sizeof(int32_t) + sizeof(float) * n_aux_;
+  kv::CacheConfig cc;
+  cc.n_layer = L;
+  cc.n_head_kv = Hkv;
+  cc.head_dim = d;
+  cc.type = p.kv_type;
+  cc.page_tokens = p.page_tokens;
+  cc.n_aux = n_aux_;
 
   // Budget in tokens per head.
   if (p.budget_tokens) {
@@ -120,8 +132,14 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   } else if (p.kv_mem_bytes) {
     if (*p.kv_mem_bytes <= 0)
       throw bad("kv_mem_bytes must be positive (got " + std::to_string(*p.kv_mem_bytes) + ")");
-    const uint64_t per_token = entry_bytes * HL;  // one token in every head
-    const uint64_t fit = uint64_t(*p.kv_mem_bytes) / per_token;
+    // The pool is whole pages of the cache's own layout (rows padded to the
+    // q8_0 block, each section of a page aligned), so the budget comes from
+    // the real page size, not a per-entry estimate: the largest per_head
+    // (below) whose round_up(per_head * HL, page) entries fit in whole pages.
+    const uint64_t page_bytes = kv_page_bytes(cc);
+    const uint64_t pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
+    const uint64_t fit = pages * p.page_tokens / HL;  // tokens per head the pages hold
+    const uint64_t per_token = (page_bytes * HL + p.page_tokens - 1) / p.page_tokens;  // for the message
     const uint64_t extra = (bounded ? over_budget : 0) + p.page_tokens;
     const int64_t b = int64_t(fit) - int64_t(extra);
     if (b < int64_t(min_budget))
@@ -142,13 +160,6 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   } else {
     per_head = uint64_t(n_ctx_) + p.page_tokens;
   }
-  kv::CacheConfig cc;
-  cc.n_layer = L;
-  cc.n_head_kv = Hkv;
-  cc.head_dim = d;
-  cc.type = p.kv_type;
-  cc.page_tokens = p.page_tokens;
-  cc.n_aux = n_aux_;
   cc.capacity_entries = round_up(per_head * HL, p.page_tokens);
   cache_ = std::make_unique<kv::KvCache>(cc);
   if (p.kv_mem_bytes && cache_->bytes_reserved() > uint64_t(*p.kv_mem_bytes))
