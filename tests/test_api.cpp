@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 #include <vector>
 
@@ -1179,4 +1180,135 @@ TEST_CASE("api: context params of the first ABI size are accepted; new fields ta
     CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
     CHECK(std::string(defkv_last_error(nullptr)).find("struct_size") != std::string::npos);
   }
+}
+
+TEST_CASE("api: bounded-schedule options (interim policy, score all queries, running-max decay)", "[api][abi]") {
+  defkv_context_params d;
+  defkv_context_params_init(&d);
+  CHECK(d.struct_size == DEFKV_CONTEXT_PARAMS_SIZE_V3);
+  CHECK(d.kv_interim_policy == -1);
+  CHECK(d.kv_score_all_queries == 0);
+  CHECK(d.kv_running_max_decay == 1.0f);
+  CHECK(d.kv_sinks == -1);
+
+  const std::vector<int32_t> prompt = tokenize(model(), story_text().substr(0, 1200));
+  REQUIRE(prompt.size() > 200);  // several prefill chunks: interim rounds happen
+  auto kept = [&](const defkv_context_params& p) {
+    Ctx c(p);
+    eval(c, prompt);
+    const defkv_context_info i = context_info(c);
+    std::vector<std::vector<int32_t>> v;
+    for (uint32_t l = 0; l < 5; ++l)
+      for (uint32_t h = 0; h < 4; ++h) v.push_back(positions(c, l, h));
+    return std::make_pair(i, v);
+  };
+  SECTION("the interim policy reaches the engine") {
+    defkv_context_params p = evicting_params(3);
+    p.kv_policy = DEFKV_POLICY_DEFENSIVEKV;
+    const auto plain = kept(p);
+    CHECK(plain.first.kv_interim_policy == -1);
+    p.kv_interim_policy = DEFKV_POLICY_CRITICALKV;
+    const auto interim = kept(p);
+    CHECK(interim.first.kv_interim_policy == DEFKV_POLICY_CRITICALKV);
+    CHECK(interim.second != plain.second);  // interim rounds scored by mean attention keep other entries
+    // criticalkv everywhere == criticalkv with criticalkv as the interim policy.
+    p.kv_policy = DEFKV_POLICY_CRITICALKV;
+    const auto crit_interim = kept(p);
+    p.kv_interim_policy = -1;
+    CHECK(kept(p).second == crit_interim.second);
+    // oneshot ignores it (as the engine does) and reports none.
+    p.kv_interim_policy = DEFKV_POLICY_CRITICALKV;
+    p.kv_schedule = DEFKV_SCHEDULE_ONESHOT;
+    CHECK(kept(p).first.kv_interim_policy == -1);
+  }
+  SECTION("score_all_queries and the decay reach the engine") {
+    defkv_context_params p = evicting_params(3);
+    p.kv_running_max = 1;
+    const auto base = kept(p);
+    CHECK(base.first.kv_running_max_decay == 1.0f);
+    p.kv_running_max_decay = 0.25f;
+    const auto decayed = kept(p);
+    CHECK(decayed.first.kv_running_max_decay == 0.25f);
+    CHECK(decayed.second != base.second);
+    p.kv_running_max_decay = 1.0f;
+    p.kv_score_all_queries = 1;
+    const auto all = kept(p);
+    CHECK(all.first.kv_score_all_queries == 1);
+    CHECK(all.second != base.second);
+  }
+  SECTION("bad values are refused with the field's name") {
+    defkv_context* c = nullptr;
+    defkv_context_params p = evicting_params(3);
+    p.kv_interim_policy = DEFKV_POLICY_STREAMING;
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("kv_interim_policy must be a scored policy"));
+    p.kv_interim_policy = 17;
+    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+    CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("unknown kv_interim_policy 17"));
+    p.kv_interim_policy = -1;
+    for (float bad : {0.0f, -0.5f, 1.5f, std::nanf("")}) {
+      p.kv_running_max_decay = bad;
+      CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+      CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("kv_running_max_decay must be in (0, 1]"));
+    }
+    CHECK(c == nullptr);
+  }
+  SECTION("a V2 caller (through kv_running_max): its padding is not read as the new fields") {
+    defkv_context_params p = evicting_params(3);
+    p.struct_size = DEFKV_CONTEXT_PARAMS_SIZE_V2;
+    p.kv_pool = 3;
+    p.kv_interim_policy = DEFKV_POLICY_STREAMING;  // garbage an old struct's padding may hold
+    p.kv_score_all_queries = 5;
+    p.kv_running_max_decay = -3;
+    Ctx c(p);
+    const defkv_context_info i = context_info(c);
+    CHECK(i.kv_pool == 3);  // V2 fields are read
+    CHECK(i.kv_interim_policy == -1);
+    CHECK(i.kv_score_all_queries == 0);
+    CHECK(i.kv_running_max_decay == 1.0f);
+  }
+}
+
+TEST_CASE("api: kv_sinks 0 keeps no sinks; -1 (and 0 from an older struct) is the default 4", "[api][abi]") {
+  // Oracle: StreamingLLM's definition. After a bounded prefill of n tokens the
+  // streaming policy keeps the sinks and the newest budget - sinks positions.
+  const std::vector<int32_t> prompt = tokenize(model(), story_text().substr(0, 1200));
+  const int32_t n = int32_t(prompt.size());
+  auto expected = [&](int32_t sinks, int32_t budget) {
+    std::vector<int32_t> v;
+    for (int32_t i = 0; i < sinks; ++i) v.push_back(i);
+    for (int32_t i = n - (budget - sinks); i < n; ++i) v.push_back(i);
+    return v;
+  };
+  for (const auto& [sinks_field, size, want] :
+       {std::tuple<int32_t, uint32_t, int32_t>{0, DEFKV_CONTEXT_PARAMS_SIZE_V3, 0},
+        {-1, DEFKV_CONTEXT_PARAMS_SIZE_V3, 4},
+        {2, DEFKV_CONTEXT_PARAMS_SIZE_V3, 2},
+        {0, DEFKV_CONTEXT_PARAMS_SIZE_V2, 4},
+        {0, DEFKV_CONTEXT_PARAMS_SIZE_V1, 4}}) {
+    INFO("kv_sinks " << sinks_field << " struct_size " << size);
+    defkv_context_params p = evicting_params(3);
+    p.kv_policy = DEFKV_POLICY_STREAMING;
+    p.kv_sinks = sinks_field;
+    p.struct_size = size;
+    Ctx c(p);
+    CHECK(context_info(c).kv_sinks == uint32_t(want));
+    eval(c, prompt);
+    for (uint32_t l = 0; l < 5; ++l)
+      for (uint32_t h = 0; h < 4; ++h) {
+        std::vector<int32_t> got = positions(c, l, h);
+        std::sort(got.begin(), got.end());
+        CHECK(got == expected(want, 48));
+      }
+  }
+  // With 0 sinks the minimum budget is the window alone.
+  defkv_context_params p = evicting_params(3);
+  p.kv_sinks = 0;
+  p.kv_budget_tokens = 16;
+  defkv_context* c = nullptr;
+  CHECK(defkv_context_create(model(), &p, &c) == DEFKV_OK);
+  CHECK(defkv_context_free(c) == DEFKV_OK);
+  p.kv_sinks = -1;
+  CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("window + sinks = 20"));
 }

@@ -67,6 +67,32 @@ void check_policy(const KvFlags& f) {
     throw std::invalid_argument("--kv-policy full never evicts; drop the KV budget or choose an eviction policy");
   if (!f.schedule.empty() && f.schedule != "oneshot" && f.schedule != "bounded")
     throw std::invalid_argument("--kv-schedule: unknown schedule " + f.schedule + " (oneshot or bounded)");
+  // Bounded-schedule options. The engine ignores them with the oneshot
+  // schedule (sweep runs both); a command line that asks for oneshot or has
+  // no budget is told instead of silently running the faithful schedule.
+  const bool budget_flags = f.opt_budget != nullptr;  // sweep sets budgets itself
+  auto refuse_unused = [&](const std::string& flag) {
+    if (budget_flags && !f.has_budget())
+      throw std::invalid_argument(flag + " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
+    if (f.schedule == "oneshot")
+      throw std::invalid_argument(flag + " applies to the bounded schedule only (oneshot evicts once, after "
+                                         "the whole prompt); drop it or use --kv-schedule bounded");
+  };
+  if (!f.interim_policy.empty()) {
+    if (f.interim_policy == "full" || f.interim_policy == "streaming")
+      throw std::invalid_argument("--kv-interim-policy must be a scored policy (snapkv, adakv, criticalkv, "
+                                  "defensivekv or layer-defensivekv), not " + f.interim_policy);
+    evict::Policy ip;
+    if (!evict::parse_policy(f.interim_policy, &ip))
+      throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
+    refuse_unused("--kv-interim-policy");
+  }
+  if (f.score_all_queries) refuse_unused("--kv-score-all-queries");
+  if (!(f.running_max_decay > 0.0f && f.running_max_decay <= 1.0f))
+    throw std::invalid_argument("--kv-running-max-decay must be in (0, 1] (got " +
+                                std::to_string(f.running_max_decay) + ")");
+  if (f.opt_decay && f.opt_decay->count() && !f.running_max)
+    throw std::invalid_argument("--kv-running-max-decay needs --kv-running-max");
 }
 
 }  // namespace
@@ -128,7 +154,7 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
                                    "sinks + most recent")
                        ->check(CLI::IsMember(kPolicies))
                        ->capture_default_str();
-    sub->add_option("--kv-schedule", f.schedule,
+    f.opt_schedule = sub->add_option("--kv-schedule", f.schedule,
                     "When eviction runs. bounded (default with a budget): chunked prefill and decode-time "
                     "evictions keep resident KV under budget + one chunk; oneshot (the paper's): prefill "
                     "everything, compress once, no eviction while decoding")
@@ -155,6 +181,19 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
   sub->add_flag("--kv-running-max", f.running_max,
                 "Defensive policies: keep each entry's worst-case score across eviction rounds instead of "
                 "re-scoring (experimental)");
+  sub->add_option("--kv-interim-policy", f.interim_policy,
+                  "Bounded schedule: score the prefill eviction rounds before a prompt's last chunk with this "
+                  "scored policy (e.g. criticalkv with a defensive --kv-policy); the last round and decoding "
+                  "use --kv-policy (default: --kv-policy everywhere)")
+      ->check(CLI::IsMember({"snapkv", "adakv", "criticalkv", "defensivekv", "layer-defensivekv",
+                             "layer_defensivekv", "full", "streaming"}));
+  sub->add_flag("--kv-score-all-queries", f.score_all_queries,
+                "Bounded schedule: score each eviction round with every query since the previous round "
+                "(in passes of the window), not only the newest window");
+  f.opt_decay = sub->add_option("--kv-running-max-decay", f.running_max_decay,
+                                "With --kv-running-max: the stored worst case is multiplied by F in (0, 1] "
+                                "before each round (1: the plain running max)")
+                    ->capture_default_str();
 }
 
 void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
@@ -171,7 +210,7 @@ void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
                                              : DEFKV_SCHEDULE_DEFAULT;
   p->kv_type = api_type(f.type);
   p->kv_window = uint32_t(f.window_tokens);
-  p->kv_sinks = uint32_t(f.sink_tokens);
+  p->kv_sinks = int32_t(f.sink_tokens);  // 0: no sinks (this header's struct size)
   p->kv_pool = uint32_t(f.pool_kernel);
   p->kv_running_max = f.running_max ? 1 : 0;
   // 0 (the API's default) means 64 tokens for a full cache; the CLI keeps
@@ -179,11 +218,9 @@ void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
   p->prefill_chunk_tokens = f.chunk_tokens > 0  ? uint32_t(f.chunk_tokens)
                             : !f.has_budget()   ? kFullCachePrefillChunk
                                                 : 0u;
-  // kv_sinks 0 in the API means "the default, 4": 0 sinks is not expressible
-  // there; reject it rather than silently keeping 4 (with a budget the sinks
-  // count towards the minimum budget, and streaming keeps them).
-  if (f.sink_tokens == 0 && f.has_budget())
-    throw std::invalid_argument("--kv-sinks 0 is not supported by run/bench (the C API reads 0 as the default, 4)");
+  p->kv_interim_policy = f.interim_policy.empty() ? -1 : api_policy(f.interim_policy);
+  p->kv_score_all_queries = f.score_all_queries ? 1 : 0;
+  p->kv_running_max_decay = f.running_max_decay;
 }
 
 void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
@@ -194,6 +231,15 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
   cp->evict.n_sink = uint32_t(f.sink_tokens);
   cp->evict.running_max = f.running_max;
   cp->chunk_tokens = uint32_t(f.chunk_tokens);
+  cp->interim_policy.reset();
+  if (!f.interim_policy.empty()) {
+    evict::Policy ip;
+    if (!evict::parse_policy(f.interim_policy, &ip))
+      throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
+    cp->interim_policy = ip;
+  }
+  cp->score_all_queries = f.score_all_queries;
+  cp->running_max_decay = f.running_max_decay;
   cp->budget_tokens.reset();
   cp->kv_ratio.reset();
   cp->kv_mem_bytes.reset();

@@ -8,6 +8,8 @@
 //   --kv-schedule S     oneshot | bounded
 //   --kv-type T         f16 | f32 | q8_0
 //   --kv-window W, --kv-pool K, --kv-sinks S, --chunk N, --kv-running-max
+//   bounded-schedule options (engine::ContextParams; docs/eval/RESULTS.md):
+//   --kv-interim-policy P, --kv-score-all-queries, --kv-running-max-decay F
 #pragma once
 
 #include <cstdint>
@@ -38,11 +40,16 @@ struct KvFlags {
   int sink_tokens = 4;        // --kv-sinks
   int chunk_tokens = 0;       // --chunk (0: the default)
   bool running_max = false;   // --kv-running-max
+  std::string interim_policy;   // --kv-interim-policy ("": none)
+  bool score_all_queries = false;  // --kv-score-all-queries
+  float running_max_decay = 1.0f;  // --kv-running-max-decay, in (0, 1]
 
   CLI::Option* opt_budget = nullptr;  // null when the budget flags are not registered
   CLI::Option* opt_ratio = nullptr;
   CLI::Option* opt_mem = nullptr;
   CLI::Option* opt_policy = nullptr;
+  CLI::Option* opt_schedule = nullptr;
+  CLI::Option* opt_decay = nullptr;
 
   // A budget flag was given on the command line.
   bool has_budget() const;

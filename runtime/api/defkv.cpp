@@ -549,6 +549,12 @@ static_assert((offsetof(defkv_context_params, prefill_chunk_tokens) + sizeof(uin
                   DEFKV_CONTEXT_PARAMS_SIZE_V1,
               "DEFKV_CONTEXT_PARAMS_SIZE_V1 must stay the size of the first defkv_context_params");
 
+static_assert(offsetof(defkv_context_params, kv_running_max) + sizeof(int32_t) <= DEFKV_CONTEXT_PARAMS_SIZE_V2 &&
+                  offsetof(defkv_context_params, kv_interim_policy) >= DEFKV_CONTEXT_PARAMS_SIZE_V2 - 4,
+              "DEFKV_CONTEXT_PARAMS_SIZE_V2 must stay the size of the struct through kv_running_max");
+static_assert(sizeof(defkv_context_params) == DEFKV_CONTEXT_PARAMS_SIZE_V3,
+              "a new field needs a new DEFKV_CONTEXT_PARAMS_SIZE_Vn");
+
 defkv_context_params default_params() {
   defkv_context_params p;
   std::memset(&p, 0, sizeof p);
@@ -567,7 +573,35 @@ defkv_context_params default_params() {
   const evict::Params ep;
   p.kv_pool = ep.kernel;
   p.kv_running_max = ep.running_max ? 1 : 0;
+  p.kv_sinks = -1;  // the engine's default
+  p.kv_interim_policy = -1;
+  p.kv_score_all_queries = 0;
+  p.kv_running_max_decay = 1.0f;
   return p;
+}
+
+evict::Policy api_to_policy(int32_t v, const char* field) {
+  switch (v) {
+    case DEFKV_POLICY_DEFENSIVEKV: return evict::Policy::defensivekv;
+    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return evict::Policy::layer_defensivekv;
+    case DEFKV_POLICY_CRITICALKV: return evict::Policy::criticalkv;
+    case DEFKV_POLICY_ADAKV: return evict::Policy::adakv;
+    case DEFKV_POLICY_SNAPKV: return evict::Policy::snapkv;
+    case DEFKV_POLICY_STREAMING: return evict::Policy::streaming;
+  }
+  raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("unknown ") + field + " " + std::to_string(v));
+}
+
+int32_t policy_to_api(evict::Policy p) {
+  switch (p) {
+    case evict::Policy::defensivekv: return DEFKV_POLICY_DEFENSIVEKV;
+    case evict::Policy::layer_defensivekv: return DEFKV_POLICY_LAYER_DEFENSIVEKV;
+    case evict::Policy::criticalkv: return DEFKV_POLICY_CRITICALKV;
+    case evict::Policy::adakv: return DEFKV_POLICY_ADAKV;
+    case evict::Policy::snapkv: return DEFKV_POLICY_SNAPKV;
+    case evict::Policy::streaming: return DEFKV_POLICY_STREAMING;
+    default: return -1;
+  }
 }
 
 // The caller's struct of `size` bytes read over the defaults: fields added
@@ -580,12 +614,22 @@ defkv_context_params read_params(const defkv_context_params* params) {
   if (size < DEFKV_CONTEXT_PARAMS_SIZE_V1)
     raise(DEFKV_ERR_INVALID_ARGUMENT, "params->struct_size = " + std::to_string(size) +
                                           " (initialise params with defkv_context_params_init)");
-  const size_t n = size >= sizeof p ? sizeof p : size_t(DEFKV_CONTEXT_PARAMS_SIZE_V1);
+  // The last whole version the caller's struct covers; its padding may
+  // overlap the next version's first field, so those are reset below.
+  const size_t n = size >= DEFKV_CONTEXT_PARAMS_SIZE_V3   ? size_t(DEFKV_CONTEXT_PARAMS_SIZE_V3)
+                   : size >= DEFKV_CONTEXT_PARAMS_SIZE_V2 ? size_t(DEFKV_CONTEXT_PARAMS_SIZE_V2)
+                                                          : size_t(DEFKV_CONTEXT_PARAMS_SIZE_V1);
   std::memcpy(static_cast<void*>(&p), params, n);
-  if (n < sizeof p) {
-    const defkv_context_params d = default_params();
+  const defkv_context_params d = default_params();
+  if (n < DEFKV_CONTEXT_PARAMS_SIZE_V2) {
     p.kv_pool = d.kv_pool;
     p.kv_running_max = d.kv_running_max;
+  }
+  if (n < DEFKV_CONTEXT_PARAMS_SIZE_V3) {
+    p.kv_interim_policy = d.kv_interim_policy;
+    p.kv_score_all_queries = d.kv_score_all_queries;
+    p.kv_running_max_decay = d.kv_running_max_decay;
+    if (p.kv_sinks == 0) p.kv_sinks = -1;  // older headers: 0 was the default
   }
   p.struct_size = sizeof p;
   return p;
@@ -619,15 +663,19 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     if (p.kv_budget_tokens != 0) cp.budget_tokens = p.kv_budget_tokens;
     if (p.kv_ratio != 0) cp.kv_ratio = p.kv_ratio;
     if (p.kv_mem_bytes != 0) cp.kv_mem_bytes = p.kv_mem_bytes;
-    switch (p.kv_policy) {
-      case DEFKV_POLICY_DEFENSIVEKV: cp.evict.policy = evict::Policy::defensivekv; break;
-      case DEFKV_POLICY_LAYER_DEFENSIVEKV: cp.evict.policy = evict::Policy::layer_defensivekv; break;
-      case DEFKV_POLICY_CRITICALKV: cp.evict.policy = evict::Policy::criticalkv; break;
-      case DEFKV_POLICY_ADAKV: cp.evict.policy = evict::Policy::adakv; break;
-      case DEFKV_POLICY_SNAPKV: cp.evict.policy = evict::Policy::snapkv; break;
-      case DEFKV_POLICY_STREAMING: cp.evict.policy = evict::Policy::streaming; break;
-      default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_policy " + std::to_string(p.kv_policy));
+    cp.evict.policy = api_to_policy(p.kv_policy, "kv_policy");
+    if (p.kv_interim_policy >= 0) {
+      cp.interim_policy = api_to_policy(p.kv_interim_policy, "kv_interim_policy");
+      if (*cp.interim_policy == evict::Policy::streaming)
+        raise(DEFKV_ERR_INVALID_ARGUMENT,
+              "kv_interim_policy must be a scored policy (DEFENSIVEKV, LAYER_DEFENSIVEKV, CRITICALKV, ADAKV "
+              "or SNAPKV), not STREAMING");
     }
+    cp.score_all_queries = p.kv_score_all_queries != 0;
+    if (!(p.kv_running_max_decay > 0.0f && p.kv_running_max_decay <= 1.0f))
+      raise(DEFKV_ERR_INVALID_ARGUMENT,
+            "kv_running_max_decay must be in (0, 1] (got " + std::to_string(p.kv_running_max_decay) + ")");
+    cp.running_max_decay = p.kv_running_max_decay;
     switch (p.kv_schedule) {
       case DEFKV_SCHEDULE_DEFAULT: break;
       case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
@@ -643,7 +691,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     if (p.prefill_chunk_tokens) cp.chunk_tokens = p.prefill_chunk_tokens;
     else if (n_forms(p) == 0) cp.chunk_tokens = 64;
     if (p.kv_window) cp.evict.window = p.kv_window;
-    if (p.kv_sinks) cp.evict.n_sink = p.kv_sinks;
+    if (p.kv_sinks >= 0) cp.evict.n_sink = uint32_t(p.kv_sinks);
     if (p.kv_pool) cp.evict.kernel = p.kv_pool;
     cp.evict.running_max = p.kv_running_max != 0;
     text::SamplerParams sp;
@@ -1015,6 +1063,11 @@ defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info
     i.kv_sinks = ep.evict.n_sink;
     i.kv_pool = ep.evict.kernel;
     i.kv_running_max = ep.evict.running_max ? 1 : 0;
+    i.kv_interim_policy = e.has_budget() && e.schedule() == engine::Schedule::bounded && ep.interim_policy
+                              ? policy_to_api(*ep.interim_policy)
+                              : -1;
+    i.kv_score_all_queries = ep.score_all_queries ? 1 : 0;
+    i.kv_running_max_decay = ep.running_max_decay;
     i.prefill_chunk_tokens = e.chunk_tokens();
     i.decode_slack_tokens = e.decode_slack();
     i.budget_tokens = e.budget_tokens();

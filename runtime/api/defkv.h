@@ -192,7 +192,10 @@ typedef struct defkv_context_params {
   int32_t kv_schedule;       /* defkv_schedule */
   int32_t kv_type;           /* defkv_kv_type */
   uint32_t kv_window;        /* observation window; 0: 32 */
-  uint32_t kv_sinks;         /* streaming: first tokens always kept; 0: 4 */
+  int32_t kv_sinks;          /* first tokens always kept (streaming keeps them; every policy counts
+                                them in the minimum budget); < 0: the default, 4 (set by _init); 0: no
+                                sinks. A struct_size below DEFKV_CONTEXT_PARAMS_SIZE_V3 (callers built
+                                against an older header) reads 0 as the default, 4, as it always did. */
 
   /* Sampling (llama.cpp semantics). temperature <= 0: greedy. */
   float temperature;         /* default 0.8 */
@@ -213,12 +216,31 @@ typedef struct defkv_context_params {
   uint32_t kv_pool;          /* score pooling kernel (odd); 0: 5 */
   int32_t kv_running_max;    /* defensive policies: != 0 keeps each entry's worst-case
                                 score across eviction rounds (experimental); default 0 */
+
+  /* ---- added in DEFKV_CONTEXT_PARAMS_SIZE_V3: bounded-schedule options (the defaults
+   * are the faithful schedule; see docs/eval/RESULTS.md, "Bounded schedule") ---- */
+  int32_t kv_interim_policy; /* < 0 (default, -1): kv_policy everywhere. Else a defkv_kv_policy
+                                scoring the prefill eviction rounds before the last chunk of each
+                                defkv_eval (the last round, whose window is the prompt's end, and
+                                decoding rounds use kv_policy), e.g. DEFKV_POLICY_CRITICALKV with
+                                a defensive kv_policy. Must be a scored policy (not STREAMING).
+                                Ignored by the oneshot schedule and without a budget. */
+  int32_t kv_score_all_queries; /* bounded: != 0 scores each round with every query fed since the
+                                   previous round (in passes of kv_window), not only the newest
+                                   kv_window; default 0 */
+  float kv_running_max_decay;   /* with kv_running_max: the stored worst case is multiplied by this
+                                   before each round, in (0, 1]; default 1 (the plain running max) */
 } defkv_context_params;
 
 /* Size of the struct as the first 0.1 ABI defined it (through prefill_chunk_tokens). The
- * library accepts any struct_size from this up: fields beyond struct_size
- * take their defaults. */
+ * library accepts any struct_size from this up: fields beyond the last whole
+ * version that struct_size covers (V1, V2, V3, ...) take their defaults. */
 #define DEFKV_CONTEXT_PARAMS_SIZE_V1 104
+/* Through kv_running_max (0.1 with kv_pool / kv_running_max). */
+#define DEFKV_CONTEXT_PARAMS_SIZE_V2 112
+/* Through kv_running_max_decay (kv_interim_policy, kv_score_all_queries,
+ * kv_running_max_decay; kv_sinks 0 means no sinks). */
+#define DEFKV_CONTEXT_PARAMS_SIZE_V3 120
 
 /* Fills the first `size` bytes of *p (size = sizeof(defkv_context_params) of
  * the caller's header, at least DEFKV_CONTEXT_PARAMS_SIZE_V1) with the
@@ -345,6 +367,12 @@ typedef struct defkv_context_info {
   uint64_t kv_bytes_reserved;     /* the KV pool */
   int32_t last_stop_reason;       /* defkv_stop_reason of the last defkv_generate */
   uint32_t reserved0;
+  /* Added with DEFKV_CONTEXT_PARAMS_SIZE_V3. */
+  int32_t kv_interim_policy;      /* defkv_kv_policy of the interim prefill rounds; -1: none (also
+                                     when the schedule is oneshot or there is no budget: unused) */
+  int32_t kv_score_all_queries;
+  float kv_running_max_decay;
+  uint32_t reserved1;
 } defkv_context_info;
 DEFKV_API defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info* out);
 
