@@ -170,7 +170,7 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
   sub->add_option("--kv-pool", f.pool_kernel, "Score pooling kernel along positions (odd)")
       ->check(kPositiveInt)
       ->capture_default_str();
-  sub->add_option("--kv-sinks", f.sink_tokens, "Streaming policy: the first tokens, always kept")
+  sub->add_option("--kv-sinks", f.sink_tokens, "Streaming policy: the first tokens, always kept (0: none); every policy counts them in the minimum budget")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   sub->add_option("--chunk", f.chunk_tokens,

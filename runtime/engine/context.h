@@ -10,7 +10,10 @@
 //                  budget is fixed at the first eval(), when the prompt length
 //                  T is known: budget_tokens = floor(T * kv_ratio).
 //   kv_mem_bytes   a ceiling on the KV pool's bytes; the budget is the largest
-//                  number of tokens per head whose pool (see below) fits.
+//                  number of tokens per head whose pool (see below) fits,
+//                  computed from the cache's real page size (padded q8_0
+//                  rows, aligned page sections, aux floats), so the pool's
+//                  bytes_reserved() never exceed it.
 // A budget must be >= window + n_sink (the observation window and the sinks
 // are always kept), else the constructor (or, for kv_ratio, the first eval)
 // throws std::invalid_argument.
