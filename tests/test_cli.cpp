@@ -502,3 +502,27 @@ TEST_CASE("cli: --kv-sinks 0 with a budget works in run and bench; --kv-mem is a
   CHECK(m.exit_code == 0);
   CHECK(m.err.find("exceeds kv_mem_bytes") == std::string::npos);
 }
+
+TEST_CASE("cli: eval needle honours --kv-interim-policy and records it in its JSON", "[cli][kvflags]") {
+  const std::string n = shared_dir() + "/models/needle";
+  const std::string base = "eval needle -m " + n + "/needle-llama-0.9M-f32.gguf --tasks " + n +
+                           "/eval_tasks.jsonl --limit 40 --kv-ratio 0.2 --kv-policy layer-defensivekv "
+                           "--kv-schedule bounded -t 1 --json";
+  Result f = run(base);
+  Result i = run(base + " --kv-interim-policy criticalkv");
+  REQUIRE(f.exit_code == 0);
+  REQUIRE(i.exit_code == 0);
+  const nlohmann::json jf = nlohmann::json::parse(f.out), ji = nlohmann::json::parse(i.out);
+  CHECK(jf["bounded_options"].empty());
+  CHECK(ji["bounded_options"]["interim_policy"] == "criticalkv");
+  REQUIRE(ji["tasks"].size() == 40);
+  // The interim rounds keep other entries: some task's kept needle share differs.
+  bool differs = false;
+  for (size_t k = 0; k < 40; ++k)
+    differs |= ji["tasks"][k]["needle_retained"] != jf["tasks"][k]["needle_retained"];
+  CHECK(differs);
+  Result o = run(std::regex_replace(base, std::regex("--kv-schedule bounded"), "--kv-schedule oneshot") +
+                 " --kv-interim-policy criticalkv");
+  CHECK(o.exit_code > 0);
+  CHECK_THAT(o.err, Catch::Contains("applies to the bounded schedule only"));
+}
