@@ -380,7 +380,7 @@ TEST_CASE("cli: run, bench and eval share the KV flags: same help, --kv-mem size
   REQUIRE(e.exit_code == 0);
   const nlohmann::json j = nlohmann::json::parse(e.out);
   CHECK(j["budget"]["kv_mem_bytes"] == 400 * 1024);
-  for (const std::string cmd : {"run -m " + stories() + " -p hi -n 2", "bench -m " + stories() + " -p 8 -n 2 -r 1",
+  for (const std::string& cmd : {"run -m " + stories() + " -p hi -n 2", "bench -m " + stories() + " -p 8 -n 2 -r 1",
                                  "eval ppl -f " + text + " -m " + stories() + " --max-windows 1"}) {
     INFO(cmd);
     Result bad = run(cmd + " --kv-mem 12X");

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "runtime/api/defkv.h"
+#include "tools/api_util.h"
 #include "tools/bench_replay.h"
 #include "tools/commands.h"
 #include "tools/kv_flags.h"
@@ -63,43 +64,10 @@ struct BenchArgs {
   KvFlags kv;
 };
 
-double peak_rss_mib() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return double(ru.ru_maxrss) / 1024.0;  // KiB on Linux
-}
-
-// Throws the library's message for a failed call.
-void check(defkv_status s, const defkv_context* ctx = nullptr) {
-  if (s != DEFKV_OK) throw std::runtime_error(defkv_last_error(ctx));
-}
-
-struct ModelHandle {
-  defkv_model* m = nullptr;
-  ~ModelHandle() {
-    if (m) defkv_model_free(m);
-  }
-};
-struct ContextHandle {
-  defkv_context* c = nullptr;
-  ~ContextHandle() {
-    if (c) defkv_context_free(c);
-  }
-};
-
 defkv_kv_stats kv_stats(defkv_context* c) {
   defkv_kv_stats s{};
   check(defkv_get_kv_stats(c, &s), c);
   return s;
-}
-
-const char* kv_type_name(int32_t t) {
-  switch (t) {
-    case DEFKV_KV_F16: return "f16";
-    case DEFKV_KV_F32: return "f32";
-    case DEFKV_KV_Q8_0: return "q8_0";
-  }
-  return "?";
 }
 
 struct MeanSd {

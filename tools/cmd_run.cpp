@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "runtime/api/defkv.h"
+#include "tools/api_util.h"
 #include "tools/commands.h"
 #include "tools/kv_flags.h"
 
@@ -48,31 +49,6 @@ std::string read_file(const std::string& path) {
   ss << in.rdbuf();
   return ss.str();
 }
-
-double peak_rss_mib() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return double(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
-}
-
-// Throws the library's message for a failed call.
-void check(defkv_status s, const defkv_context* ctx = nullptr) {
-  if (s != DEFKV_OK) throw std::runtime_error(defkv_last_error(ctx));
-}
-
-// Owning wrappers (the library's handles are freed on every path).
-struct ModelHandle {
-  defkv_model* m = nullptr;
-  ~ModelHandle() {
-    if (m) defkv_model_free(m);
-  }
-};
-struct ContextHandle {
-  defkv_context* c = nullptr;
-  ~ContextHandle() {
-    if (c) defkv_context_free(c);
-  }
-};
 
 // Ctrl-C: the handler only sets a flag; a watcher thread turns it into
 // defkv_cancel() (which is not async-signal-safe).
@@ -152,27 +128,6 @@ int on_progress(uint64_t done, uint64_t total, void*) {
                (unsigned long long)total);
   if (done == total) std::fputs("\r\033[K", stderr);
   return 0;
-}
-
-const char* policy_name(int32_t p) {
-  switch (p) {
-    case DEFKV_POLICY_DEFENSIVEKV: return "defensivekv";
-    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return "layer-defensivekv";
-    case DEFKV_POLICY_CRITICALKV: return "criticalkv";
-    case DEFKV_POLICY_ADAKV: return "adakv";
-    case DEFKV_POLICY_SNAPKV: return "snapkv";
-    case DEFKV_POLICY_STREAMING: return "streaming";
-  }
-  return "?";
-}
-
-const char* kv_type_name(int32_t t) {
-  switch (t) {
-    case DEFKV_KV_F16: return "f16";
-    case DEFKV_KV_F32: return "f32";
-    case DEFKV_KV_Q8_0: return "q8_0";
-  }
-  return "?";
 }
 
 int run(const RunOptions& o) {

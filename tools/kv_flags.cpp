@@ -97,6 +97,27 @@ void check_policy(const KvFlags& f) {
 
 }  // namespace
 
+const char* policy_name(int32_t policy) {
+  switch (policy) {
+    case DEFKV_POLICY_DEFENSIVEKV: return "defensivekv";
+    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return "layer-defensivekv";
+    case DEFKV_POLICY_CRITICALKV: return "criticalkv";
+    case DEFKV_POLICY_ADAKV: return "adakv";
+    case DEFKV_POLICY_SNAPKV: return "snapkv";
+    case DEFKV_POLICY_STREAMING: return "streaming";
+  }
+  return "?";
+}
+
+const char* kv_type_name(int32_t type) {
+  switch (type) {
+    case DEFKV_KV_F16: return "f16";
+    case DEFKV_KV_F32: return "f32";
+    case DEFKV_KV_Q8_0: return "q8_0";
+  }
+  return "?";
+}
+
 bool KvFlags::has_budget() const {
   auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   return given(opt_budget) || given(opt_ratio) || given(opt_mem);
