@@ -97,6 +97,7 @@ class Workspace {
   std::vector<float> up_;        // [max_batch, n_ff]
   std::vector<float> aux_;       // [max_batch, n_head_kv, n_aux] per-entry aux to append
   std::vector<float> vn_l1_;     // [max_batch, n_head] per-query-head value-projection L1 norms
+  std::vector<float> vn_out_;    // [max_batch, n_head_kv] value norms of one forward batch
   quant::ValueNormScratch vn_;   // quant::value_proj_l1 scratch, reserved for max_batch / n_threads
   // Per-thread attention scratch: scores of one page chunk, one dequantised
   // row (q8_0 rows are padded to 32) and the output accumulator.
@@ -124,6 +125,14 @@ struct ForwardHooks {
   // (see the file comment); the cache must have n_aux >= 1. Other aux slots
   // are appended as 0. When false, every aux slot is appended as 0.
   bool aux_value_norm = false;
+  // Deferred value norms (instead of aux_value_norm, which must then be
+  // false): when v_stash is non-null, forward() copies each layer's f32 values
+  // of the batch to v_stash + l * v_stash_layer_floats ([n_tokens, Hkv*d])
+  // and appends aux[0] = NaN ("pending"). The caller computes the norms later,
+  // batched over several calls, with Model::value_norms() and writes them into
+  // the cache. Single-token decode calls cost one W_o read each otherwise.
+  float* v_stash = nullptr;
+  size_t v_stash_layer_floats = 0;  // >= n_tokens * Hkv * d
   // Cancellation: when non-null and true, forward() throws Cancelled at the
   // next check point: the start of each layer and between its ops (after the
   // q/k/v projections, after the value norms, after the cache append +
@@ -164,13 +173,18 @@ class Model {
                kv::KvCache& cache, Workspace& ws, const ForwardHooks& hooks,
                float* logits, bool all_logits) const;
 
+  // The aux[0] value norms (file comment) of n_tokens value rows of layer l,
+  // as forward() computes them with aux_value_norm (bit-identical):
+  //   v: [n_tokens, Hkv*d] f32 ; out: [n_tokens, Hkv].
+  // Any n_tokens (processed in pieces of ws.max_batch()). Threads as forward().
+  void value_norms(uint32_t l, const float* v, uint32_t n_tokens, float* out, Workspace& ws) const;
+
  private:
   Model() = default;
   void init();
   // Attention of n_tokens queries of layer l over the cache.
   void attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const kv::KvCache& cache,
                  Workspace& ws) const;
-  void value_norms(uint32_t l, uint32_t n_tokens, Workspace& ws, uint32_t n_aux) const;
 
   std::unique_ptr<gguf::File> file_;
   Config cfg_;
