@@ -191,6 +191,41 @@ void vnorm_weight(float* x, float* w_out, const float* num, const float* den, si
   }
 }
 
+// Online-softmax step; the row sum in double.
+void attn_softmax_step(float* s, size_t m, size_t n, size_t lds, float* row_max, float* row_sum,
+                       float* corr) {
+  for (size_t r = 0; r < m; ++r) {
+    float* x = s + r * lds;
+    float mx = row_max[r];
+    for (size_t j = 0; j < n; ++j) mx = mx < x[j] ? x[j] : mx;
+    if (mx == -std::numeric_limits<float>::infinity()) {
+      for (size_t j = 0; j < n; ++j) x[j] = 0.0f;
+      corr[r] = 1.0f;
+      continue;
+    }
+    const float c = std::exp(row_max[r] - mx);
+    double sum = 0.0;
+    for (size_t j = 0; j < n; ++j) {
+      x[j] = std::exp(x[j] - mx);
+      sum += x[j];
+    }
+    corr[r] = c;
+    row_sum[r] = float(double(row_sum[r]) * c + sum);
+    row_max[r] = mx;
+  }
+}
+
+// P.V with each output summed in double.
+void attn_accumulate(const float* p, size_t m, size_t n, size_t ldp, const float* v, size_t ldv,
+                     size_t d, const float* corr, float* o, size_t ldo) {
+  for (size_t r = 0; r < m; ++r)
+    for (size_t c = 0; c < d; ++c) {
+      double acc = double(corr ? corr[r] : 1.0f) * double(o[r * ldo + c]);
+      for (size_t j = 0; j < n; ++j) acc += double(p[r * ldp + j]) * double(v[j * ldv + c]);
+      o[r * ldo + c] = float(acc);
+    }
+}
+
 const Kernels& table() {
   static const Kernels t = [] {
     Kernels k{};
@@ -205,6 +240,7 @@ const Kernels& table() {
     k.window_softmax = window_softmax; k.avg_pool = avg_pool;
     k.pool_rescale_max = pool_rescale_max; k.clamp_min = clamp_min;
     k.vnorm_weight = vnorm_weight;
+    k.attn_softmax_step = attn_softmax_step; k.attn_accumulate = attn_accumulate;
     return k;
   }();
   return t;

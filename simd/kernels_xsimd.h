@@ -464,6 +464,98 @@ struct XKernels {
     }
   }
 
+  // ---- blocked attention ----------------------------------------------------
+
+  static void attn_softmax_step(float* s, size_t m, size_t n, size_t lds, float* row_max,
+                                float* row_sum, float* corr) {
+    for (size_t r = 0; r < m; ++r) {
+      float* x = s + r * lds;
+      const float bm = reduce_max(x, n);
+      const float mx = row_max[r] < bm ? bm : row_max[r];
+      if (mx == -INFINITY) {
+        for (size_t j = 0; j < n; ++j) x[j] = 0.0f;
+        corr[r] = 1.0f;
+        continue;
+      }
+      const float c = std::exp(row_max[r] - mx);
+      const B vm(mx);
+      B s0(0.0f);
+      size_t j = 0;
+      for (; j + L <= n; j += L) {
+        const B e = xsimd::exp(B::load_unaligned(x + j) - vm);
+        e.store_unaligned(x + j);
+        s0 += e;
+      }
+      float sum = hsum(s0);
+      for (; j < n; ++j) {
+        x[j] = std::exp(x[j] - mx);
+        sum += x[j];
+      }
+      corr[r] = c;
+      row_sum[r] = row_sum[r] * c + sum;
+      row_max[r] = mx;
+    }
+  }
+
+  // Register block of attn_accumulate: R rows x T vectors of columns from c0;
+  // kPvR * kPvT accumulators + kPvT value vectors + a broadcast fit the
+  // register file (32 zmm: 6 x 4; 16 ymm: 4 x 2; 32 NEON q: 6 x 4).
+  static constexpr size_t kPvT = L == 8 ? 2 : 4;
+  static constexpr size_t kPvR = L == 8 ? 4 : 6;
+
+  template <size_t R, size_t T>
+  static void pv_tile(const float* p, size_t n, size_t ldp, const float* v, size_t ldv,
+                      const float* corr, float* o, size_t ldo, size_t c0) {
+    B acc[R][T];
+#pragma GCC unroll 8
+    for (size_t r = 0; r < R; ++r) {
+      const B cr(corr ? corr[r] : 1.0f);
+#pragma GCC unroll 8
+      for (size_t t = 0; t < T; ++t) acc[r][t] = B::load_unaligned(o + r * ldo + c0 + t * L) * cr;
+    }
+    for (size_t j = 0; j < n; ++j) {
+      B vj[T];
+#pragma GCC unroll 8
+      for (size_t t = 0; t < T; ++t) vj[t] = B::load_unaligned(v + j * ldv + c0 + t * L);
+#pragma GCC unroll 8
+      for (size_t r = 0; r < R; ++r) {
+        const B pr(p[r * ldp + j]);
+#pragma GCC unroll 8
+        for (size_t t = 0; t < T; ++t) acc[r][t] = xsimd::fma(pr, vj[t], acc[r][t]);
+      }
+    }
+#pragma GCC unroll 8
+    for (size_t r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (size_t t = 0; t < T; ++t) acc[r][t].store_unaligned(o + r * ldo + c0 + t * L);
+  }
+
+  // R rows over all columns: full tiles, single vectors, then scalar columns.
+  template <size_t R>
+  static void pv_rows(const float* p, size_t n, size_t ldp, const float* v, size_t ldv, size_t d,
+                      const float* corr, float* o, size_t ldo) {
+    size_t c0 = 0;
+    for (; c0 + kPvT * L <= d; c0 += kPvT * L) pv_tile<R, kPvT>(p, n, ldp, v, ldv, corr, o, ldo, c0);
+    for (; c0 + L <= d; c0 += L) pv_tile<R, 1>(p, n, ldp, v, ldv, corr, o, ldo, c0);
+    for (size_t r = 0; r < R; ++r)
+      for (size_t c = c0; c < d; ++c) {
+        float acc = (corr ? corr[r] : 1.0f) * o[r * ldo + c];
+        for (size_t j = 0; j < n; ++j) acc = std::fma(p[r * ldp + j], v[j * ldv + c], acc);
+        o[r * ldo + c] = acc;
+      }
+  }
+
+  static void attn_accumulate(const float* p, size_t m, size_t n, size_t ldp, const float* v,
+                              size_t ldv, size_t d, const float* corr, float* o, size_t ldo) {
+    size_t r0 = 0;
+    const auto cr = [&](size_t r) { return corr ? corr + r : nullptr; };
+    for (; r0 + kPvR <= m; r0 += kPvR)
+      pv_rows<kPvR>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo);
+    if (m - r0 >= 4) { pv_rows<4>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo); r0 += 4; }
+    if (m - r0 >= 2) { pv_rows<2>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo); r0 += 2; }
+    if (m - r0 >= 1) pv_rows<1>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo);
+  }
+
   static Kernels table(Isa isa) {
     Kernels t{};
     t.isa = isa;
@@ -477,6 +569,7 @@ struct XKernels {
     t.window_softmax = window_softmax; t.avg_pool = avg_pool;
     t.pool_rescale_max = pool_rescale_max; t.clamp_min = clamp_min;
     t.vnorm_weight = vnorm_weight;
+    t.attn_softmax_step = attn_softmax_step; t.attn_accumulate = attn_accumulate;
     return t;
   }
 };

@@ -84,6 +84,24 @@ struct Kernels {
   void (*vnorm_weight)(float* x, float* w_out, const float* num, const float* den, size_t n);
   // The mean / max aggregations over window queries and group heads are
   // add_inplace / axpy / scale and max_inplace above.
+
+  // ---- blocked (flash) attention (callers: runtime/model) ----
+  // One online-softmax step over a block of logits, for each row r < m of
+  // s[m, lds] (its first n columns; -inf marks a masked entry):
+  //   mx = max(row_max[r], max_j s[r, j])
+  //   corr[r] = exp(row_max[r] - mx)   (1 while mx is still -inf)
+  //   s[r, j] <- exp(s[r, j] - mx)     (0 for -inf entries)
+  //   row_sum[r] <- row_sum[r] * corr[r] + sum_j s[r, j];  row_max[r] <- mx
+  // Start a row with row_max = -inf, row_sum = 0.
+  void (*attn_softmax_step)(float* s, size_t m, size_t n, size_t lds, float* row_max,
+                            float* row_sum, float* corr);
+  // Rescale-and-accumulate P.V: for r < m, c < d
+  //   o[r, c] <- corr[r] * o[r, c] + sum_j p[r, j] * v[j, c]   (j < n ascending)
+  // p: [m, ldp], v: [n, ldv], o: [m, ldo]; corr == nullptr means 1.
+  // Register-blocked: a few rows x a few vectors of columns per step, each
+  // row of v loaded once per block of rows.
+  void (*attn_accumulate)(const float* p, size_t m, size_t n, size_t ldp, const float* v,
+                          size_t ldv, size_t d, const float* corr, float* o, size_t ldo);
 };
 
 // Floats of panel scratch Kernels::window_logits needs for n keys of dim d

@@ -183,6 +183,7 @@ TEST_CASE("available tables start with scalar and k() is the best one", "[simd][
     CHECK(t->f16_to_f32); CHECK(t->f32_to_f16); CHECK(t->bf16_to_f32); CHECK(t->f32_to_bf16);
     CHECK(t->window_logits); CHECK(t->window_logits_packed); CHECK(t->window_softmax); CHECK(t->avg_pool);
     CHECK(t->pool_rescale_max); CHECK(t->clamp_min); CHECK(t->vnorm_weight);
+    CHECK(t->attn_softmax_step); CHECK(t->attn_accumulate);
   }
 }
 
@@ -810,5 +811,101 @@ TEST_CASE("scoring kernels handle masked and degenerate rows", "[simd][kernels][
     t->avg_pool(nullptr, nullptr, 0, 5);
     t->pool_rescale_max(nullptr, nullptr, nullptr, 0, 5);
     t->window_logits(nullptr, 0, nullptr, 0, 64, nullptr, 0, nullptr);
+  }
+}
+
+// ---- blocked attention kernels -----------------------------------------------
+
+TEST_CASE("attention softmax step matches a double online softmax", "[simd][kernels][attention]") {
+  std::mt19937 rng(91);
+  for (const Kernels* t : tables()) {
+    INFO("isa " << simd::isa_name(t->isa));
+    REQUIRE(t->attn_softmax_step);
+    for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(16), size_t(17), size_t(33), size_t(64)}) {
+      for (size_t m : {size_t(1), size_t(5), size_t(9)}) {
+        INFO("m " << m << " n " << n);
+        const size_t lds = n + 3;
+        std::vector<float> row_max(m, -INFINITY), row_sum(m, 0.0f), corr(m, -1.0f);
+        std::vector<double> ref_max(m, -INFINITY), ref_sum(m, 0.0);
+        size_t bad = 0;
+        for (int step = 0; step < 3; ++step) {
+          auto s = randv(m * lds, rng, -8.0f, 8.0f);
+          for (size_t r = 0; r < m; ++r)
+            for (size_t j = 0; j < n; ++j)
+              // row 0 fully masked in step 0; others: every third entry
+              if ((r == 0 && step == 0) || (r + j + size_t(step)) % 3 == 0) s[r * lds + j] = -INFINITY;
+          const auto s0 = s;
+          t->attn_softmax_step(s.data(), m, n, lds, row_max.data(), row_sum.data(), corr.data());
+          for (size_t r = 0; r < m; ++r) {
+            double mx = ref_max[r];
+            for (size_t j = 0; j < n; ++j) mx = std::max(mx, double(s0[r * lds + j]));
+            const double c = mx == -INFINITY ? 1.0 : std::exp(ref_max[r] - mx);
+            double sum = 0;
+            for (size_t j = 0; j < n; ++j) {
+              const double x = s0[r * lds + j];
+              const double p = x == -INFINITY ? 0.0 : std::exp(x - mx);
+              sum += p;
+              const double got = s[r * lds + j];
+              bad += !(std::fabs(got - p) <= kExpRelTol * p + 1e-30);
+            }
+            for (size_t j = n; j < lds; ++j) bad += s[r * lds + j] != s0[r * lds + j];
+            bad += !(std::fabs(corr[r] - c) <= kExpRelTol * c);
+            if (mx != -INFINITY) {
+              ref_sum[r] = ref_sum[r] * c + sum;
+              ref_max[r] = mx;
+            }
+            bad += double(row_max[r]) != ref_max[r];
+            bad += !(std::fabs(row_sum[r] - ref_sum[r]) <= (double(n) + 8.0) * kExpRelTol * ref_sum[r] + 1e-30);
+          }
+        }
+        CHECK(bad == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("attention accumulate matches a double P.V on every table", "[simd][kernels][attention]") {
+  std::mt19937 rng(92);
+  for (const Kernels* t : tables()) {
+    INFO("isa " << simd::isa_name(t->isa));
+    REQUIRE(t->attn_accumulate);
+    for (size_t d : {size_t(1), size_t(5), size_t(16), size_t(17), size_t(64), size_t(80)}) {
+      for (size_t m : {size_t(0), size_t(1), size_t(2), size_t(3), size_t(4), size_t(5), size_t(6),
+                       size_t(7), size_t(8), size_t(13), size_t(17)}) {
+        for (size_t n : {size_t(0), size_t(1), size_t(5), size_t(16), size_t(33), size_t(64)}) {
+          for (bool with_corr : {false, true}) {
+            const size_t off = (m + n + d) % (kMaxOffset + 1);
+            const size_t ldp = n + 1, ldv = d + 2, ldo = d + 3;
+            INFO("d " << d << " m " << m << " n " << n << " corr " << with_corr << " off " << off);
+            const auto p_buf = randv(m * ldp + off, rng, 0.0f, 1.0f);
+            const auto v_buf = randv(n * ldv + off, rng);
+            const auto c_buf = randv(m + off, rng, 0.0f, 1.0f);
+            const float* p = p_buf.data() + off;
+            const float* v = v_buf.data() + off;
+            const float* corr = with_corr ? c_buf.data() + off : nullptr;
+            auto o_buf = randv(m * ldo + off, rng);
+            const auto o0 = o_buf;
+            t->attn_accumulate(p, m, n, ldp, v, ldv, d, corr, o_buf.data() + off, ldo);
+            size_t bad = 0;
+            for (size_t r = 0; r < m; ++r) {
+              for (size_t c = 0; c < d; ++c) {
+                const double cr = corr ? corr[r] : 1.0;
+                double exact = cr * o0[off + r * ldo + c], mag = std::fabs(exact);
+                for (size_t j = 0; j < n; ++j) {
+                  const double x = double(p[r * ldp + j]) * v[j * ldv + c];
+                  exact += x;
+                  mag += std::fabs(x);
+                }
+                bad += !(std::fabs(o_buf[off + r * ldo + c] - exact) <= logits_tol(n + 2, mag));
+              }
+              for (size_t c = d; c < ldo && r * ldo + c < m * ldo; ++c)
+                bad += o_buf[off + r * ldo + c] != o0[off + r * ldo + c];  // padding untouched
+            }
+            for (size_t i = 0; i < off; ++i) bad += o_buf[i] != o0[i];
+            CHECK(bad == 0);
+          }
+        }
+      }
+    }
   }
 }

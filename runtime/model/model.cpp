@@ -17,6 +17,10 @@ namespace {
 
 // Attention multiply-adds below which one thread does the work.
 constexpr uint64_t kParallelMinMacs = 1u << 16;
+// Blocked attention: query rows per block (tokens x group heads) and KV
+// entries per block (a multiple of the 16-key panels of window_logits).
+constexpr uint32_t kAttRows = 128;
+constexpr uint32_t kAttKeys = 64;
 
 std::runtime_error err(const std::string& msg) { return std::runtime_error("model: " + msg); }
 
@@ -235,18 +239,31 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
   vn_out_.resize(B * c.n_head_kv);
   quant::value_proj_l1_reserve(vn_, c.n_embd, size_t(c.n_head) * c.head_dim, c.n_head_kv, c.head_dim, B,
                                n_threads_);
-  chunk_ = std::max<uint32_t>(kv_page_tokens, 16);
+  (void)kv_page_tokens;  // blocks gather entries across pages
+  chunk_ = kAttKeys;
   row_pad_ = (c.head_dim + 31) / 32 * 32;
-  t_scores_.resize(size_t(n_threads_) * chunk_);
-  t_row_.resize(size_t(n_threads_) * row_pad_);
+  {
+    const uint32_t G = c.n_head_kv ? c.n_head / c.n_head_kv : 1;
+    att_tokens_ = std::clamp<uint32_t>(kAttRows / std::max<uint32_t>(G, 1), 1, max_batch);
+    att_rows_ = att_tokens_ * std::max<uint32_t>(G, 1);
+    const auto r16 = [](size_t n) { return (n + 15) / 16 * 16; };  // 64-byte slices
+    const size_t d = c.head_dim;
+    t_stride_ = 2 * r16(size_t(att_rows_) * d) + 2 * r16(size_t(chunk_) * d) +
+                r16(simd::window_logits_scratch(chunk_, d)) + 3 * r16(att_rows_);
+    t_scores_.resize(size_t(n_threads_) * att_rows_ * chunk_);
+    t_row_.resize(size_t(n_threads_) * row_pad_);
+    t_att_.resize(size_t(n_threads_) * t_stride_);
+    t_pos_.resize(size_t(n_threads_) * (chunk_ + att_rows_));
+  }
   run_begin_.resize(c.n_head_kv + 1);
 }
 
 size_t Workspace::bytes() const {
   size_t n = rope_cos_.size() + rope_sin_.size() + x_.size() + xn_.size() + q_.size() + k_.size() +
              v_.size() + att_.size() + proj_.size() + gate_.size() + up_.size() + aux_.size() +
-             vn_l1_.size() + vn_out_.size() + t_scores_.size() + t_row_.size();
-  return n * sizeof(float) + vn_.bytes() + runs_.capacity() * sizeof(kv::Run);
+             vn_l1_.size() + vn_out_.size() + t_scores_.size() + t_row_.size() + t_att_.size();
+  return n * sizeof(float) + t_pos_.size() * sizeof(int32_t) + vn_.bytes() +
+         runs_.capacity() * sizeof(kv::Run);
 }
 
 // ----------------------------------------------------------------------------
@@ -409,8 +426,20 @@ void Model::value_norms(uint32_t l, const float* v, uint32_t n_tokens, float* ou
 }
 
 // att[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(d)) v[j] over the live
-// entries j of KV head h / G with pos[j] <= pos[t]. Online softmax over
-// page-sized chunks, so the scratch does not grow with the cache.
+// entries j of KV head h / G with pos[j] <= pos[t].
+//
+// Blocked like a CPU flash attention: a work item is one KV head hk and a
+// block of query rows that share its keys (up to att_tokens tokens x the G
+// heads of the group, or a range of them when there are too few items for
+// the threads, e.g. decode). The item walks the head's live entries,
+// gathering up to `chunk` of them (skipping those past every query of the
+// block) into f32 K / V blocks, converted once for all rows; then
+//   S = Q_scaled . K^T          (window_logits_packed, register-blocked)
+//   S[r, j] = -inf where pos[j] > pos[token of r]   (only blocks that need it)
+//   online softmax step per row (running max / sum, correction factors)
+//   O = corr * O + P . V        (attn_accumulate, register-blocked)
+// and finally att = O / row sum. Entries need not have contiguous positions
+// (eviction) nor be sorted by position: masking is by position only.
 void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const kv::KvCache& cache,
                       Workspace& ws) const {
   const Config& c = cfg_;
@@ -418,6 +447,7 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
   const size_t q_dim = H * d;
   const quant::DType kv_type = cache.config().type;
   const size_t row_bytes = cache.row_bytes();
+  const bool dense_rows = cache.row_elems() == d;  // no padding: spans convert in one call
   const float scale = 1.0f / std::sqrt(float(d));
 
   // Snapshot the runs of this layer's heads (no allocation once the capacity
@@ -432,77 +462,125 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
   const float* qbuf = ws.q_.data();  // [n_tokens, H*d]
   float* out_buf = ws.att_.data();   // [n_tokens, H*d]
   const uint32_t chunk = ws.chunk_;
-  const uint32_t row_pad = ws.row_pad_;
-  const long n_items = long(n_tokens) * long(H);
+  const size_t row_pad = ws.row_pad_;
+  // Items: (query block, KV head, head range), largest query blocks (latest
+  // tokens: most visible keys) first for the dynamic schedule.
+  const size_t tb_tokens = std::min<size_t>(ws.att_tokens_, n_tokens);
+  const size_t n_tb = (n_tokens + tb_tokens - 1) / tb_tokens;
+  size_t n_split = 1;  // head ranges per group
+  while (n_split < G && Hkv * n_tb * n_split < 2 * size_t(ws.n_threads_)) n_split *= 2;
+  n_split = std::min(n_split, G);
+  const long n_items = long(n_tb * Hkv * n_split);
   // Threads only pay off above some work: a parallel region costs a few
   // microseconds (much more when cores are oversubscribed).
   uint64_t live = 0;
   for (const kv::Run& r : ws.runs_) live += r.n;
-  const bool parallel = ws.n_threads_ > 1 && uint64_t(n_tokens) * G * live * d >= kParallelMinMacs;
+  const bool parallel = ws.n_threads_ > 1 && n_items > 1 &&
+                        uint64_t(n_tokens) * G * live * d >= kParallelMinMacs;
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(int(ws.n_threads_)) if (parallel)
   for (long item = 0; item < n_items; ++item) {
     const simd::Kernels& K = simd::k();
-    const size_t t = size_t(item) / H, h = size_t(item) % H, hk = h / G;
+    const size_t tb = n_tb - 1 - size_t(item) / (Hkv * n_split);
+    const size_t hk = (size_t(item) / n_split) % Hkv, split = size_t(item) % n_split;
+    const size_t t0 = tb * tb_tokens, nt = std::min(tb_tokens, size_t(n_tokens) - t0);
+    const size_t g0 = G * split / n_split, ng = G * (split + 1) / n_split - g0;
+    const size_t M = nt * ng;  // query rows of this item
+
     const int tid = omp_get_thread_num();
-    float* s = ws.t_scores_.data() + size_t(tid) * chunk;  // [chunk]
-    float* row = ws.t_row_.data() + size_t(tid) * row_pad; // [row_pad]
-    const float* qv = qbuf + t * q_dim + h * d;            // [d]
-    float* out = out_buf + t * q_dim + h * d;              // [d]
-    std::fill(out, out + d, 0.0f);
-    const int32_t qpos = pos[t];
-    float m = -std::numeric_limits<float>::infinity();
-    float sum = 0.0f;
-    for (uint32_t ri = ws.run_begin_[hk]; ri < ws.run_begin_[hk + 1]; ++ri) {
-      const kv::Run& r = ws.runs_[ri];
-      for (uint32_t off = 0; off < r.n; off += chunk) {
-        const uint32_t nb = std::min(chunk, r.n - off);
-        float mloc = -std::numeric_limits<float>::infinity();
-        for (uint32_t i = 0; i < nb; ++i) {
-          const uint32_t e = off + i;
-          if (r.pos[e] > qpos) {
-            s[i] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          const uint8_t* kr = r.k + size_t(e) * row_bytes;
-          float dot;
-          switch (kv_type) {
-            case quant::DType::f32: dot = K.dot(qv, reinterpret_cast<const float*>(kr), d); break;
-            case quant::DType::f16: dot = K.dot_f16(qv, reinterpret_cast<const uint16_t*>(kr), d); break;
-            default:
-              quant::to_f32(kv_type, kr, row, row_pad);
-              dot = K.dot(qv, row, d);
-              break;
-          }
-          s[i] = dot * scale;
-          mloc = std::max(mloc, s[i]);
-        }
-        if (mloc == -std::numeric_limits<float>::infinity()) continue;
-        if (mloc > m) {
-          if (sum > 0.0f) {
-            const float corr = std::exp(m - mloc);
-            K.scale(out, corr, d);
-            sum *= corr;
-          }
-          m = mloc;
-        }
-        for (uint32_t i = 0; i < nb; ++i) {
-          if (s[i] == -std::numeric_limits<float>::infinity()) continue;
-          const float w = std::exp(s[i] - m);
-          sum += w;
-          const uint8_t* vr = r.v + size_t(off + i) * row_bytes;
-          switch (kv_type) {
-            case quant::DType::f32: K.axpy(w, reinterpret_cast<const float*>(vr), out, d); break;
-            case quant::DType::f16: K.axpy_f16(w, reinterpret_cast<const uint16_t*>(vr), out, d); break;
-            default:
-              quant::to_f32(kv_type, vr, row, row_pad);
-              K.axpy(w, row, out, d);
-              break;
-          }
-        }
+    float* ts = ws.t_att_.data() + size_t(tid) * ws.t_stride_;
+    const auto take = [&ts](size_t n) { float* p = ts; ts += (n + 15) / 16 * 16; return p; };
+    float* qb = take(size_t(ws.att_rows_) * d);      // [M, d] scaled queries
+    float* ob = take(size_t(ws.att_rows_) * d);      // [M, d] output accumulator
+    float* kb = take(size_t(chunk) * d);             // [chunk, d] keys of a block
+    float* vb = take(size_t(chunk) * d);             // [chunk, d] values of a block
+    float* panels = take(simd::window_logits_scratch(chunk, d));
+    float* row_max = take(ws.att_rows_);             // [M]
+    float* row_sum = take(ws.att_rows_);             // [M]
+    float* corr = take(ws.att_rows_);                // [M]
+    float* sb = ws.t_scores_.data() + size_t(tid) * ws.att_rows_ * chunk;  // [M, chunk]
+    float* row = ws.t_row_.data() + size_t(tid) * row_pad;                   // [row_pad]
+    int32_t* kpos = ws.t_pos_.data() + size_t(tid) * (chunk + ws.att_rows_);  // [chunk]
+    int32_t* rpos = kpos + chunk;                                             // [M]
+
+    int32_t qmin = std::numeric_limits<int32_t>::max(), qmax = std::numeric_limits<int32_t>::min();
+    for (size_t tl = 0; tl < nt; ++tl) {
+      const int32_t p = pos[t0 + tl];
+      qmin = std::min(qmin, p);
+      qmax = std::max(qmax, p);
+      const float* qt = qbuf + (t0 + tl) * q_dim + (hk * G + g0) * d;  // [ng, d]
+      for (size_t gi = 0; gi < ng; ++gi) {
+        const size_t r = tl * ng + gi;
+        rpos[r] = p;
+        for (size_t e = 0; e < d; ++e) qb[r * d + e] = qt[gi * d + e] * scale;
       }
     }
-    if (sum > 0.0f) K.scale(out, 1.0f / sum, d);
+    std::fill(ob, ob + M * d, 0.0f);
+    std::fill(row_max, row_max + M, -std::numeric_limits<float>::infinity());
+    std::fill(row_sum, row_sum + M, 0.0f);
+
+    // Converts rows [e0, e0 + n) of one run's K or V into dst [n, d].
+    const auto convert = [&](const uint8_t* base, uint32_t e0, uint32_t n, float* dst) {
+      const uint8_t* src = base + size_t(e0) * row_bytes;
+      if (dense_rows) {
+        quant::to_f32(kv_type, src, dst, size_t(n) * d);
+        return;
+      }
+      for (uint32_t i = 0; i < n; ++i) {
+        quant::to_f32(kv_type, src + size_t(i) * row_bytes, row, row_pad);
+        std::copy(row, row + d, dst + size_t(i) * d);
+      }
+    };
+    uint32_t nb = 0;  // entries gathered in the current block
+    int32_t kmax = std::numeric_limits<int32_t>::min();
+    const auto flush = [&] {
+      simd::pack_window_keys(kb, nb, d, panels);
+      K.window_logits_packed(qb, M, panels, nb, d, sb, chunk);
+      if (kmax > qmin) {  // some row cannot see some key
+        for (size_t r = 0; r < M; ++r) {
+          float* sr = sb + r * chunk;
+          for (uint32_t j = 0; j < nb; ++j)
+            if (kpos[j] > rpos[r]) sr[j] = -std::numeric_limits<float>::infinity();
+        }
+      }
+      K.attn_softmax_step(sb, M, nb, chunk, row_max, row_sum, corr);
+      K.attn_accumulate(sb, M, nb, chunk, vb, d, d, corr, ob, d);
+      nb = 0;
+      kmax = std::numeric_limits<int32_t>::min();
+    };
+    for (uint32_t ri = ws.run_begin_[hk]; ri < ws.run_begin_[hk + 1]; ++ri) {
+      const kv::Run& r = ws.runs_[ri];
+      uint32_t e = 0;
+      while (e < r.n) {
+        if (r.pos[e] > qmax) {  // visible to no query of the block
+          ++e;
+          continue;
+        }
+        // A span of visible entries, up to the room left in the block.
+        uint32_t e1 = e + 1;
+        while (e1 < r.n && e1 - e < chunk - nb && r.pos[e1] <= qmax) ++e1;
+        const uint32_t n = e1 - e;
+        convert(r.k, e, n, kb + size_t(nb) * d);
+        convert(r.v, e, n, vb + size_t(nb) * d);
+        for (uint32_t i = 0; i < n; ++i) {
+          kpos[nb + i] = r.pos[e + i];
+          kmax = std::max(kmax, r.pos[e + i]);
+        }
+        nb += n;
+        e = e1;
+        if (nb == chunk) flush();
+      }
+    }
+    if (nb > 0) flush();
+
+    for (size_t tl = 0; tl < nt; ++tl) {
+      float* ot = out_buf + (t0 + tl) * q_dim + (hk * G + g0) * d;  // [ng, d]
+      for (size_t gi = 0; gi < ng; ++gi) {
+        const size_t r = tl * ng + gi;
+        const float inv = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
+        for (size_t e = 0; e < d; ++e) ot[gi * d + e] = ob[r * d + e] * inv;
+      }
+    }
   }
 }
 
