@@ -680,3 +680,54 @@ TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is 
   CHECK(c.cache().bytes_reserved() <= 300u * 1024);
   CHECK(c.budget_tokens() > 0);
 }
+
+TEST_CASE("bounded decoding defers the value norms and fills them batched, equal to per-token norms",
+          "[engine][vnorm]") {
+  // Oracle: the oneshot schedule computes each decoded token's norm in its own
+  // forward pass (Model::value_norms on one token); the bounded one stashes
+  // the values and computes the norms of all pending tokens in one call.
+  const auto prompt = prompt_tokens(40);
+  engine::ContextParams p;
+  p.n_ctx = 512;
+  p.budget_tokens = 200;  // never reached: no eviction round changes the cache
+  p.evict.policy = evict::Policy::defensivekv;
+  p.schedule = engine::Schedule::oneshot;
+  engine::Context per_token(stories(), p);
+  p.schedule = engine::Schedule::bounded;
+  engine::Context deferred(stories(), p);
+  REQUIRE(deferred.decode_slack() >= 20);
+  const auto a = greedy(per_token, prompt, 20), b = greedy(deferred, prompt, 20);
+  REQUIRE(a == b);
+  auto norms = [](const engine::Context& ctx) {
+    std::map<std::tuple<uint32_t, uint32_t, int32_t>, float> m;
+    const uint32_t na = ctx.cache().config().n_aux;
+    for (uint32_t l = 0; l < 5; ++l)
+      for (uint32_t h = 0; h < 4; ++h)
+        for (const kv::Run& r : ctx.cache().runs(l, h))
+          for (uint32_t i = 0; i < r.n; ++i) m[{l, h, r.pos[i]}] = r.aux[i * na];
+    return m;
+  };
+  // Before a flush, the decoded tokens' norms are pending (NaN), the prompt's are set.
+  const auto pending = norms(deferred);
+  size_t n_nan = 0;
+  for (const auto& [key, v] : pending) {
+    const bool decoded = std::get<2>(key) >= int32_t(prompt.size());
+    n_nan += std::isnan(v);
+    CHECK(std::isnan(v) == decoded);
+  }
+  CHECK(n_nan == 20u * 5 * 4);
+  std::vector<uint8_t> state;
+  deferred.save_state(state);  // flushes
+  const auto want = norms(per_token), got = norms(deferred);
+  REQUIRE(want.size() == got.size());
+  for (const auto& [key, v] : want) {
+    const float g = got.at(key);
+    REQUIRE(v > 0.0f);
+    CHECK(std::fabs(g - v) <= 1e-5f * v);
+  }
+  // A state saved mid-stash restores without pending norms and decodes on.
+  engine::Context restored(stories(), p);
+  restored.load_state(state);
+  for (const auto& [key, v] : norms(restored)) CHECK(!std::isnan(v));
+  CHECK(restored.step(b.back())[0] == deferred.step(b.back())[0]);
+}

@@ -182,6 +182,15 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     hooks_.q_ring_pos = q_ring_pos_.data();
     hooks_.q_ring_len = ring_len_;
     hooks_.aux_value_norm = n_aux_ >= 1;
+    // Bounded decoding defers the value norms of single tokens and computes
+    // them batched before the next round (or when the stash is full): one
+    // W_o pass per token for the norms alone would cost more than the rest
+    // of the token's attention at long context.
+    if (bounded && n_aux_ >= 1) {
+      stash_cap_ = std::min<uint32_t>(slack_, 64);
+      v_stash_.assign(size_t(L) * stash_cap_ * Hkv * d, 0.0f);
+      stash_norms_.assign(size_t(stash_cap_) * Hkv, 0.0f);
+    }
     // Eviction scratch for an average layer; grows only for layer-adaptive
     // distributions that concentrate entries.
     const size_t layer_entries = size_t(std::min<uint64_t>(per_head * Hkv, cc.capacity_entries));
@@ -208,6 +217,7 @@ const Stats& Context::stats() const {
 
 void Context::reset() {
   cache_->clear();
+  n_pending_ = 0;
   n_past_ = 0;
   last_round_end_ = 0;
   prompt_len_ = 0;
@@ -273,6 +283,7 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     prompt_len_ = uint32_t(tokens.size());
   }
   finish_oneshot();  // a oneshot round cancelled during the previous call
+  flush_value_norms();  // pending entries must stay the newest of their heads
   if (prompt_len_ == 0) prompt_len_ = uint32_t(tokens.size());
   const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
   const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
@@ -330,7 +341,25 @@ std::span<const float> Context::step(int32_t token) {
     const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
     if (cache_->entries() + HL > ceiling * HL && over(budget_)) evict_now();
   }
-  run_batch(&token, 1, logits_.data(), false);
+  if (stash_cap_ == 0) {
+    run_batch(&token, 1, logits_.data(), false);
+  } else {
+    if (n_pending_ == stash_cap_) flush_value_norms();
+    const size_t kv_dim = size_t(model_.config().n_head_kv) * model_.config().head_dim;
+    hooks_.aux_value_norm = false;
+    hooks_.v_stash = v_stash_.data() + size_t(n_pending_) * kv_dim;
+    hooks_.v_stash_layer_floats = size_t(stash_cap_) * kv_dim;
+    try {
+      run_batch(&token, 1, logits_.data(), false);
+    } catch (...) {
+      hooks_.aux_value_norm = true;
+      hooks_.v_stash = nullptr;
+      throw;
+    }
+    hooks_.aux_value_norm = true;
+    hooks_.v_stash = nullptr;
+    n_pending_ += 1;
+  }
   if (bounded && over(uint64_t(budget_) + slack_ - 1)) evict_now();
   stats_.decode_tokens += 1;
   stats_.decode_seconds += seconds_since(t0);
@@ -355,6 +384,27 @@ GenerateResult Context::generate(std::span<const int32_t> prompt, uint32_t n_pre
   }
   res.stop = StopReason::n_predict;
   return res;
+}
+
+void Context::flush_value_norms() const {
+  if (n_pending_ == 0) return;
+  const model::Config& mc = model_.config();
+  const uint32_t Hkv = mc.n_head_kv, n = n_pending_;
+  const size_t layer_floats = size_t(stash_cap_) * Hkv * mc.head_dim;
+  float* norms = stash_norms_.data();  // [n, Hkv]
+  for (uint32_t l = 0; l < mc.n_layer; ++l) {
+    model_.value_norms(l, v_stash_.data() + l * layer_floats, n, norms, *ws_);
+    for (uint32_t hk = 0; hk < Hkv; ++hk) {
+      const uint32_t size = cache_->size(l, hk);
+      if (size < n) throw std::logic_error("context: fewer entries than pending value norms");
+      for (uint32_t i = 0; i < n; ++i) {
+        float* a = cache_->aux(l, hk, size - n + i);
+        if (!std::isnan(a[0])) throw std::logic_error("context: pending value norm already set");
+        a[0] = norms[size_t(i) * Hkv + hk];
+      }
+    }
+  }
+  n_pending_ = 0;
 }
 
 }  // namespace defkv::engine

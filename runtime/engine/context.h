@@ -228,6 +228,11 @@ class Context {
                     bool use_max, bool want_max);  // compresses once if the oneshot round is due (or was cancelled)
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
+  // Computes the value norms of the decode tokens whose aux[0] is pending
+  // (stashed values, see ForwardHooks::v_stash), batched, and writes them
+  // into the cache. Logically const: the norms are what forward() would have
+  // appended.
+  void flush_value_norms() const;
 
   const model::Model& model_;
   ContextParams params_;
@@ -252,6 +257,13 @@ class Context {
   std::vector<int32_t> q_ring_pos_;// [ring_len]
   std::vector<int32_t> pos_buf_;   // [chunk] positions of one batch
   std::vector<float> logits_;      // [n_vocab]
+  // Deferred decode value norms (bounded schedule): the f32 values of the
+  // last n_pending_ decoded tokens, whose cache entries are the newest of every
+  // head and carry aux[0] = NaN until flush_value_norms().
+  std::vector<float> v_stash_;          // [n_layer, stash_cap_, n_head_kv * head_dim]
+  mutable std::vector<float> stash_norms_;  // [stash_cap_, n_head_kv] scratch
+  uint32_t stash_cap_ = 0;              // tokens; 0: norms computed per forward
+  mutable uint32_t n_pending_ = 0;
 
   // Eviction scratch.
   std::vector<float> q_win_;                 // [n_head, window, head_dim] ordered by position

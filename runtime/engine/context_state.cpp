@@ -116,6 +116,7 @@ void Context::rollback_batch(uint32_t first_pos, uint32_t n) {
 }
 
 void Context::save_state(std::vector<uint8_t>& out) const {
+  flush_value_norms();  // a state holds no pending norms
   const model::Config& mc = model_.config();
   const kv::CacheConfig& cc = cache_->config();
   Writer w{out};
@@ -270,6 +271,7 @@ void Context::load_state(std::span<const uint8_t> data) {
 
   // Apply.
   cache_->clear();
+  n_pending_ = 0;
   std::vector<float> aux(cc.n_aux);
   for (uint32_t l = 0; l < L; ++l)
     for (uint32_t hk = 0; hk < Hkv; ++hk) {

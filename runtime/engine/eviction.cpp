@@ -13,6 +13,7 @@ namespace defkv::engine {
 
 void Context::evict_now(bool interim) {
   const auto t0 = std::chrono::steady_clock::now();
+  flush_value_norms();
   const model::Config& mc = model_.config();
   const uint32_t L = mc.n_layer, H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_;
   // Interim prefill rounds may use another policy (ContextParams::interim_policy).
