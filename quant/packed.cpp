@@ -25,6 +25,16 @@
 
 namespace defkv::quant {
 
+#if DEFKV_SIMD_X86
+namespace detail {
+// matmul_avx512vnni.cpp (AVX-512 VNNI TU): one token's activations [cols]
+// quantised exactly as quantize_activations does, split into quants [cols],
+// scales [cols/32] and the vpdpbusd correction -128 * sum(q) [cols/32].
+void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
+                                     int32_t* corr);
+}  // namespace detail
+#endif
+
 namespace {
 
 bool packed_kernel_available() {
@@ -47,12 +57,27 @@ T* grow_scratch(size_t n) {
 
 // Work below this many multiply-adds runs on the calling thread (as matmul()).
 constexpr size_t kParallelMinMacs = size_t(1) << 17;
-// Up to this many tokens: row chunks of kDecodeGroups groups; more tokens:
-// tiles of kBatchGroups groups x kTokenBlock tokens.
+// Up to kFewTokens tokens (decode): row chunks of kDecodeGroups groups, split
+// statically (each thread streams one contiguous range of the weights).
+// More tokens: work items of kBatchGroups groups x up to kTokenBlock tokens,
+// handed out dynamically.
 constexpr size_t kFewTokens = 4;
 constexpr size_t kDecodeGroups = 4;
-constexpr size_t kBatchGroups = 4;
-constexpr size_t kTokenBlock = 48;
+// One batch work item = one micro-kernel column (2 groups = 32 rows, whose
+// weights stay in L2: 70 KB at 2048 cols, 191 KB at 5632) x a token block of
+// at most kTokenBlock tokens, cut into equal blocks (a multiple of the 6-token
+// micro tile) so no short last block idles a thread. TinyLlama shapes, 512
+// tokens, 1 thread, GOP/s per CPU second on the loaded dev AMD EPYC
+// (gate+up / down / o / qkv; bench_gemm, two interleaved rounds, all with
+// the AVX-512 activation quantisation):
+//   4 groups x 48 tokens (old)      506 525 536 546 | 473 492 580 553
+//   2 groups x 96                   539 553 581 561 | 542 520 559 552
+//   2 groups x 192                  593 578 602 572 | 580 550 560 556
+//   2 groups x 288                  598 583 578 579 | 585 528 560 580
+//   4 groups x 96                   546 532 562 558 | 554 539 574 569
+constexpr size_t kBatchGroups = 2;
+constexpr size_t kTokenBlock = 192;
+constexpr size_t kMicroTokens = 6;  // the batch micro-kernel's token tile (matmul_avx512vnni.cpp)
 
 }  // namespace
 
@@ -199,6 +224,10 @@ detail::PackedActs quantize_for_packed(const float* x, size_t n, size_t n_tokens
 #pragma omp parallel for schedule(static) if (parallel && n_tokens >= 8)
   for (long long ti = 0; ti < nt; ++ti) {
     const size_t t = size_t(ti);
+#if DEFKV_SIMD_X86
+    // only reached with the packed kernel, i.e. on AVX-512 VNNI
+    detail::avx512vnni_quantize_packed_acts(x + t * n, n, xq + t * n, xd + t * nb, xc + t * nb);
+#else
     detail::BlockQ8x blk;
     for (size_t b = 0; b < nb; ++b) {
       detail::quantize_activations(x + t * n + b * kQ8_0Block, &blk, kQ8_0Block);
@@ -208,6 +237,7 @@ detail::PackedActs quantize_for_packed(const float* x, size_t n, size_t n_tokens
       xd[t * nb + b] = blk.d;
       xc[t * nb + b] = -128 * s;
     }
+#endif
   }
   return {xq, xd, xc};
 }
@@ -258,7 +288,12 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   const Matrix& w0 = jobs[0].p->source;
   const bool q8 = w0.type == DType::q8_0;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
-  const size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
+  size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
+  if (q8 && !few) {
+    // equal blocks, rounded up to whole micro tiles
+    const size_t n_blocks = (n_tokens + token_block - 1) / token_block;
+    token_block = ((n_tokens + n_blocks - 1) / n_blocks + kMicroTokens - 1) / kMicroTokens * kMicroTokens;
+  }
   size_t per_tb = 0;
   for (size_t i = 0; i < n_jobs; ++i) {
     Job& j = jobs[i];
@@ -270,13 +305,22 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   const detail::PackedActs acts = q8 ? quantize_for_packed(x, w0.cols, n_tokens, parallel) : detail::PackedActs{};
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;
   const auto n_items = static_cast<long long>(n_tb * per_tb);
-#pragma omp parallel for schedule(static) if (parallel)
-  for (long long it = 0; it < n_items; ++it) {
+  auto run_item = [&](long long it) {
     const size_t tb = size_t(it) / per_tb;
     size_t c = size_t(it) % per_tb, i = 0;
     while (c >= jobs[i].chunks) c -= jobs[i++].chunks;
     const size_t t0 = tb * token_block;
     run_chunk(jobs[i], acts, x, c, t0, std::min(n_tokens, t0 + token_block));
+  };
+  if (q8 && !few) {
+    // q8_0 batches: items of ~10-100 us, handed out one at a time: on a
+    // shared machine a thread that loses its core no longer holds back half
+    // of the work (a static split waits for it at the join)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (long long it = 0; it < n_items; ++it) run_item(it);
+  } else {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long long it = 0; it < n_items; ++it) run_item(it);
   }
 }
 

@@ -476,6 +476,94 @@ TEST_CASE("pack_for_gemm: packed q8_0 matmul matches matmul_ref and the scalar p
   }
 }
 
+TEST_CASE("pack_for_gemm: q8_0 tails (rows, token tiles, token blocks) match the scalar path", "[quant][packed]") {
+  // rows around the 16-row group and the 2-group micro column; tokens 1..13
+  // (decode chunks, partial 6-token tiles) and batches split into several
+  // equal token blocks (> 192 tokens), with ldy > rows
+  std::mt19937 rng(38);
+  for (size_t rows : {size_t(1), size_t(15), size_t(16), size_t(31), size_t(33), size_t(47), size_t(100)}) {
+    const size_t cols = 64;
+    auto w = make_matrix(DType::q8_0, rows, cols, rng);
+    const auto W = dequant_all(w.m);
+    const quant::Packed p = quant::pack_for_gemm(w.m);
+    std::vector<size_t> token_counts;
+    for (size_t n = 1; n <= 13; ++n) token_counts.push_back(n);
+    for (size_t n : {size_t(191), size_t(193), size_t(389)}) token_counts.push_back(n);
+    for (size_t n_tokens : token_counts) {
+      const size_t ldy = rows + 3;
+      const auto x = randv(n_tokens * cols, rng);
+      std::vector<float> ys(n_tokens * ldy, NAN), y(n_tokens * ldy, NAN);
+      quant::matmul_impl(quant::MatmulImpl::scalar, w.m, x.data(), ys.data(), n_tokens, ldy);
+      quant::matmul_packed(p, x.data(), y.data(), n_tokens, ldy);
+      INFO("rows " << rows << " tokens " << n_tokens);
+      size_t bad = 0, touched = 0;
+      for (size_t tk = 0; tk < n_tokens; ++tk) {
+        for (size_t r = 0; r < rows; ++r) {
+          double sabs = 0;
+          for (size_t c = 0; c < cols; ++c) sabs += std::fabs(W[r * cols + c] * x[tk * cols + c]);
+          bad += !(std::fabs(y[tk * ldy + r] - ys[tk * ldy + r]) <= 2.0 * reduction_tol(cols, 1.1 * sabs));
+        }
+        for (size_t r = rows; r < ldy; ++r) touched += !std::isnan(y[tk * ldy + r]);
+      }
+      CHECK(bad == 0);
+      CHECK(touched == 0);  // padding past rows untouched
+    }
+  }
+}
+
+TEST_CASE("pack_for_gemm: activations are quantised bit-exactly as documented", "[quant][packed]") {
+  // W row r selects column r (q = 1, d = 1): y[t, r] = q_x[t, r] * d_x[t, r/32]
+  // exactly, with d_x = amax/127 and q_x = round-half-even(x / d_x) computed
+  // here independently (ties included: a block with amax 127 has d_x = 1).
+  const size_t n = 64, nb = n / 32;
+  std::vector<quant::BlockQ8_0> blocks(n * nb);
+  for (size_t r = 0; r < n; ++r)
+    for (size_t b = 0; b < nb; ++b) {
+      quant::BlockQ8_0& blk = blocks[r * nb + b];
+      blk.d = simd::f32_to_f16(1.0f);
+      std::memset(blk.qs, 0, sizeof blk.qs);
+      if (b == r / 32) blk.qs[r % 32] = 1;
+    }
+  const quant::Matrix m{DType::q8_0, blocks.data(), n, n};
+  const quant::Packed p = quant::pack_for_gemm(m);
+  std::mt19937 rng(39);
+  for (size_t n_tokens : {size_t(1), size_t(5), size_t(13), size_t(200)}) {
+    auto x = randv(n_tokens * n, rng);
+    for (size_t tk = 0; tk < n_tokens; ++tk) {
+      float* xt = &x[tk * n];
+      switch (tk % 4) {
+        case 0:  // halves: round half to even
+          for (size_t j = 0; j < 32; ++j) xt[j] = (j % 2 ? -1.0f : 1.0f) * (float(j) + 0.5f);
+          xt[31] = 127.0f;
+          break;
+        case 1: std::fill(xt, xt + 32, 0.0f); break;  // zero block: d = 0
+        case 2: xt[7] = -1e3f; break;                  // one large value
+        default: break;
+      }
+    }
+    std::vector<float> y(n_tokens * n), ys(n_tokens * n);
+    quant::matmul_packed(p, x.data(), y.data(), n_tokens, n);
+    quant::matmul_impl(quant::MatmulImpl::scalar, m, x.data(), ys.data(), n_tokens, n);
+    size_t bad = 0, bad_scalar = 0;
+    for (size_t tk = 0; tk < n_tokens; ++tk)
+      for (size_t b = 0; b < nb; ++b) {
+        float amax = 0.0f;
+        for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[tk * n + b * 32 + j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (size_t j = 0; j < 32; ++j) {
+          const float q = std::nearbyint(x[tk * n + b * 32 + j] * id);  // default mode: half to even
+          const float expect = q * d;
+          bad += std::memcmp(&y[tk * n + b * 32 + j], &expect, sizeof expect) != 0 &&
+                 !(expect == 0.0f && y[tk * n + b * 32 + j] == 0.0f);
+          bad_scalar += y[tk * n + b * 32 + j] != ys[tk * n + b * 32 + j];
+        }
+      }
+    INFO("tokens " << n_tokens);
+    CHECK(bad == 0);
+    CHECK(bad_scalar == 0);
+  }
+}
+
 TEST_CASE("pack_for_gemm: int8 extremes (-128, 127) and zero scales", "[quant][packed]") {
   // GGUF files may hold -128 (ggml's quantiser never writes it): the unsigned
   // offset must still give exact block dots.

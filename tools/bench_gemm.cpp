@@ -1,0 +1,218 @@
+// bench_gemm: micro-benchmark of the packed q8_0 / f16 matmul on one
+// TinyLlama-1.1B layer's shapes (E 2048, F 5632, kv 256), the way the model
+// calls them: q/k/v and gate/up through matmul_packed_multi, o and down
+// through matmul_packed. Prints per shape the best of --reps runs in GOP/s
+// (2 * multiply-adds per second) and, for decode, the packed weight stream in
+// GB/s. A checksum of the outputs guards against a benchmark that computes
+// nothing.
+//
+//   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8] [--type q8_0|f16]
+//              [--bf16]   (also time the alternative: q8_0 dequantised to a
+//                          bf16 copy per call + matmul() on it, i.e. oneDNN)
+// Threads: OMP_NUM_THREADS. Decode (1 token) cycles through --copies copies of
+// the layer so the weights come from memory as in a model.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "quant/quant.h"
+
+namespace q = defkv::quant;
+
+namespace {
+
+struct Mat {
+  std::vector<uint8_t> bytes;  // [rows, cols] in type
+  q::Matrix m;
+  q::Packed p;
+};
+
+Mat make(q::DType t, size_t rows, size_t cols, std::mt19937& rng) {
+  Mat a;
+  a.bytes.resize(rows * q::row_bytes(t, cols));
+  uint64_t st = rng() | 1;  // xorshift: matrix set-up must not dominate a profile
+  auto next = [&st] { st ^= st << 13; st ^= st >> 7; st ^= st << 17; return st; };
+  if (t == q::DType::q8_0) {
+    auto* b = reinterpret_cast<q::BlockQ8_0*>(a.bytes.data());
+    for (size_t i = 0; i < rows * cols / q::kQ8_0Block; ++i) {
+      b[i].d = uint16_t(0x2000 + next() % 0x400);  // fp16 ~ 0.008 .. 0.016
+      for (auto& v : b[i].qs) v = int8_t(int(next() % 255) - 127);
+    }
+  } else {
+    std::vector<float> row(cols);
+    for (size_t r = 0; r < rows; ++r) {
+      for (auto& v : row) v = float(int(next() % 2001) - 1000) * 2e-5f;
+      q::from_f32(t, row.data(), a.bytes.data() + r * q::row_bytes(t, cols), cols);
+    }
+  }
+  a.m = q::Matrix{t, a.bytes.data(), rows, cols};
+  a.p = q::pack_for_gemm(a.m);
+  return a;
+}
+
+double cpu_s() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<size_t> parse_list(const char* s) {
+  std::vector<size_t> out;
+  for (const char* p = s; *p;) {
+    out.push_back(size_t(std::strtoul(p, const_cast<char**>(&p), 10)));
+    if (*p == ',') ++p;
+    else break;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<size_t> tokens = {1, 64, 512};
+  size_t E = 2048, F = 5632, KV = 256;
+  int reps = 5;
+  size_t copies = 8;
+  bool bf16 = false;
+  std::string only;  // run one op only (qkv | o | gate+up | down)
+  q::DType type = q::DType::q8_0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) { std::fprintf(stderr, "bench_gemm: %s needs a value\n", a.c_str()); std::exit(2); }
+      return argv[++i];
+    };
+    if (a == "--tokens") tokens = parse_list(next());
+    else if (a == "--reps") reps = std::max(1, std::atoi(next()));
+    else if (a == "--copies") copies = std::max<size_t>(1, size_t(std::atoi(next())));
+    else if (a == "--bf16") bf16 = true;
+    else if (a == "--only") only = next();
+    else if (a == "--small") { E = 256; F = 512; KV = 32; }  // L2-resident shapes: the kernel alone
+    else if (a == "--type") {
+      if (!q::parse_dtype(next(), &type)) { std::fprintf(stderr, "bench_gemm: bad --type\n"); return 2; }
+    } else {
+      std::fprintf(stderr, "usage: bench_gemm [--tokens 1,64,512] [--reps N] [--copies N] [--type q8_0|f16] [--bf16] [--only op] [--small]\n");
+      return 2;
+    }
+  }
+  std::mt19937 rng(7);
+  // per copy: q k v o gate up down
+  const size_t shapes[7][2] = {{E, E}, {KV, E}, {KV, E}, {E, E}, {F, E}, {F, E}, {E, F}};
+  std::vector<std::vector<Mat>> layers;
+  const size_t max_tok = *std::max_element(tokens.begin(), tokens.end());
+  const size_t n_copies = max_tok == 1 || std::count(tokens.begin(), tokens.end(), size_t(1)) ? copies : 1;
+  for (size_t l = 0; l < n_copies; ++l) {
+    layers.emplace_back();
+    for (auto& s : shapes) layers.back().push_back(make(type, s[0], s[1], rng));
+  }
+  std::printf("bench_gemm: %s, %d threads, best of %d\n", q::dtype_name(type), omp_get_max_threads(), reps);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(max_tok * F);
+  for (auto& v : x) v = nd(rng);
+  std::vector<float> y(max_tok * F * 2);
+  std::vector<uint16_t> wbf;  // bf16 scratch for --bf16
+  std::vector<float> rowf;
+
+  struct Op { const char* name; int first; int n; };
+  const Op ops[] = {{"qkv", 0, 3}, {"o", 3, 1}, {"gate+up", 4, 2}, {"down", 6, 1}};
+  for (size_t nt : tokens) {
+    double total_s = 0, total_ops = 0, total_bytes = 0;
+    double total_bf_s = 0, total_cpu_s = 0;
+    for (const Op& op : ops) {
+      if (!only.empty() && only != op.name) continue;
+      double macs = 0, bytes = 0;
+      for (int i = op.first; i < op.first + op.n; ++i) {
+        const q::Matrix& m = layers[0][size_t(i)].m;
+        macs += double(m.rows) * double(m.cols) * double(nt);
+        bytes += double(m.rows * q::row_bytes(type, m.cols));
+      }
+      const size_t cols = layers[0][size_t(op.first)].m.cols;
+      const size_t nl = nt == 1 ? n_copies : 1;
+      auto run_once = [&](size_t l) {
+        const auto& L = layers[l];
+        if (op.n == 1) {
+          q::matmul_packed(L[size_t(op.first)].p, x.data(), y.data(), nt, L[size_t(op.first)].m.rows);
+        } else {
+          q::PackedProduct pr[3];
+          float* yo = y.data();
+          for (int i = 0; i < op.n; ++i) {
+            const auto& M = L[size_t(op.first + i)];
+            pr[i] = {&M.p, yo, M.m.rows};
+            yo += nt * M.m.rows;
+          }
+          q::matmul_packed_multi(pr, size_t(op.n), x.data(), nt);
+        }
+      };
+      run_once(0);
+      double best = 1e30, best_cpu = 1e30;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = now_s(), c0 = cpu_s();
+        for (size_t l = 0; l < nl; ++l) run_once(l);
+        best = std::min(best, (now_s() - t0) / double(nl));
+        best_cpu = std::min(best_cpu, (cpu_s() - c0) / double(nl) / double(omp_get_max_threads()));
+      }
+      double sum = 0;
+      for (size_t i = 0; i < nt * layers[0][size_t(op.first)].m.rows; i += 7) sum += y[i];
+      std::printf("  tokens %4zu %-8s %8.3f ms  %7.1f GOP/s (cpu-time %7.1f)", nt, op.name, best * 1e3,
+                  2 * macs / best * 1e-9, 2 * macs / best_cpu * 1e-9);
+      if (nt <= 4) std::printf("  %6.1f GB/s (cpu-time %6.1f)", bytes / best * 1e-9, bytes / best_cpu * 1e-9);
+      (void)cols;
+      // Alternative: dequantise to bf16 into a reused scratch per call, then
+      // matmul() on the bf16 matrix (oneDNN from 32 tokens).
+      if (bf16 && type == q::DType::q8_0 && nt >= 32) {
+        double best_bf = 1e30, best_conv = 1e30;
+        for (int r = 0; r < reps; ++r) {
+          const double t0 = now_s();
+          float* yo = y.data();
+          double conv = 0;
+          for (int i = op.first; i < op.first + op.n; ++i) {
+            const q::Matrix& m = layers[0][size_t(i)].m;
+            const double c0 = now_s();
+            wbf.resize(m.rows * m.cols);
+            const auto nr = static_cast<long long>(m.rows);
+#pragma omp parallel for schedule(static)
+            for (long long rr = 0; rr < nr; ++rr) {
+              thread_local std::vector<float> tmp;
+              tmp.resize(m.cols);
+              q::to_f32(q::DType::q8_0, static_cast<const uint8_t*>(m.data) + size_t(rr) * q::row_bytes(m.type, m.cols),
+                        tmp.data(), m.cols);
+              q::from_f32(q::DType::bf16, tmp.data(), wbf.data() + size_t(rr) * m.cols, m.cols);
+            }
+            conv += now_s() - c0;
+            const q::Matrix mb{q::DType::bf16, wbf.data(), m.rows, m.cols};
+            q::matmul(mb, x.data(), yo, nt, m.rows);
+            yo += nt * m.rows;
+          }
+          best_bf = std::min(best_bf, now_s() - t0);
+          best_conv = std::min(best_conv, conv);
+        }
+        total_bf_s += best_bf;
+        std::printf("  | bf16 %8.3f ms %7.1f GOP/s (convert %.3f ms)", best_bf * 1e3, 2 * macs / best_bf * 1e-9,
+                    best_conv * 1e3);
+      }
+      std::printf("  [sum %.4g]\n", sum);
+      total_s += best;
+      total_cpu_s += best_cpu;
+      total_ops += 2 * macs;
+      total_bytes += bytes;
+    }
+    std::printf("  tokens %4zu layer    %8.3f ms  %7.1f GOP/s (cpu-time %7.1f)", nt, total_s * 1e3,
+                total_ops / total_s * 1e-9, total_ops / total_cpu_s * 1e-9);
+    if (nt <= 4) std::printf("  %6.1f GB/s (cpu-time %6.1f)", total_bytes / total_s * 1e-9, total_bytes / total_cpu_s * 1e-9);
+    if (total_bf_s > 0) std::printf("  | bf16 %7.1f GOP/s", total_ops / total_bf_s * 1e-9);
+    std::printf("\n");
+  }
+  return 0;
+}
