@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "runtime/api/defkv.h"
+#include "tools/kv_flags.h"
 #include "tools/commands.h"
 
 namespace defkv::cli {
@@ -35,10 +36,7 @@ struct ChatOptions {
   int n_predict = 256;
   int n_threads = 0;
   int n_ctx = 0;
-  int64_t kv_budget = 0;
-  std::string kv_type = "f16";
-  std::string kv_policy = "defensivekv";
-  int kv_window = 0;
+  KvFlags kv;  // the KV flags of run/bench (tools/kv_flags.h)
   float temperature = 0.8f;
   int top_k = 40;
   float top_p = 0.95f;
@@ -219,23 +217,10 @@ int run_chat(const ChatOptions& o) {
   defkv_context_params p;
   defkv_context_params_init(&p);
   p.n_threads = uint32_t(o.n_threads);
-  p.kv_budget_tokens = o.kv_budget;
+  apply_kv_flags(o.kv, &p);
   // With a budget the conversation may run past the model's context length:
   // positions are what bounds it then, not memory.
-  p.n_ctx = o.n_ctx ? uint32_t(o.n_ctx) : (o.kv_budget ? 32768u : 0u);
-  if (o.kv_type == "f16") p.kv_type = DEFKV_KV_F16;
-  else if (o.kv_type == "f32") p.kv_type = DEFKV_KV_F32;
-  else if (o.kv_type == "q8_0") p.kv_type = DEFKV_KV_Q8_0;
-  else throw std::invalid_argument("--kv-type: '" + o.kv_type + "' (f16, f32, q8_0)");
-  const std::pair<const char*, defkv_kv_policy> policies[] = {
-      {"defensivekv", DEFKV_POLICY_DEFENSIVEKV}, {"layer-defensivekv", DEFKV_POLICY_LAYER_DEFENSIVEKV},
-      {"criticalkv", DEFKV_POLICY_CRITICALKV},   {"adakv", DEFKV_POLICY_ADAKV},
-      {"snapkv", DEFKV_POLICY_SNAPKV},           {"streaming", DEFKV_POLICY_STREAMING}};
-  bool found = false;
-  for (const auto& [name, pol] : policies)
-    if (o.kv_policy == name) { p.kv_policy = pol; found = true; }
-  if (!found) throw std::invalid_argument("--kv-policy: unknown policy '" + o.kv_policy + "'");
-  p.kv_window = uint32_t(o.kv_window);
+  p.n_ctx = o.n_ctx ? uint32_t(o.n_ctx) : (o.kv.has_budget() ? 32768u : 0u);
   p.temperature = o.temperature;
   p.top_k = o.top_k;
   p.top_p = o.top_p;
@@ -393,10 +378,9 @@ Handler register_chat(CLI::App& app) {
   sub->add_option("-n,--n-predict", o->n_predict, "Maximum tokens per reply");
   sub->add_option("-t,--threads", o->n_threads, "Threads (0: default)");
   sub->add_option("-c,--ctx", o->n_ctx, "Positions per conversation (default: model's, 32768 with a KV budget)");
-  sub->add_option("--kv-budget", o->kv_budget, "KV budget in tokens per head (bounded cache, eviction)");
-  sub->add_option("--kv-type", o->kv_type, "KV element type: f16, f32, q8_0");
-  sub->add_option("--kv-policy", o->kv_policy, "Eviction policy (defensivekv, layer-defensivekv, criticalkv, adakv, snapkv, streaming)");
-  sub->add_option("--kv-window", o->kv_window, "Observation window (0: 32)");
+  KvFlagSet kv_set;
+  kv_set.ratio_help = "the first turn (system prompt and first message)";
+  add_kv_flags(sub, o->kv, kv_set);
   sub->add_option("--temp", o->temperature, "Temperature (0: greedy)");
   sub->add_option("--top-k", o->top_k, "Top-k (0: off)");
   sub->add_option("--top-p", o->top_p, "Top-p (1: off)");
