@@ -924,6 +924,15 @@ defkv_status defkv_decode(defkv_context* ctx, int32_t token) {
   });
 }
 
+// Raises DEFKV_ERR_BAD_STATE unless the context holds the logits of its last
+// token (none yet: `what_none`; or the last eval was cancelled short of them).
+static void require_logits(const defkv_context* ctx, const char* what_none) {
+  if (ctx->have_logits) return;
+  raise(DEFKV_ERR_BAD_STATE, ctx->ctx->n_past() == 0
+                                 ? std::string(what_none) + ": evaluate a prompt with defkv_eval first"
+                                 : std::string("no logits: the last defkv_eval was cancelled before its last token"));
+}
+
 defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token) {
   DEFKV_CHECK_CTX(ctx);
   return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
@@ -931,10 +940,7 @@ defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token) {
     BusyGuard busy(ctx);
     if (ctx->pending >= 0)
       raise(DEFKV_ERR_BAD_STATE, "a token sampled by defkv_generate is pending: feed it (defkv_decode/defkv_eval) first");
-    if (!ctx->have_logits)
-      raise(DEFKV_ERR_BAD_STATE, ctx->ctx->n_past() == 0
-                                     ? "nothing to sample from: evaluate a prompt with defkv_eval first"
-                                     : "no logits: the last defkv_eval was cancelled before its last token");
+    require_logits(ctx, "nothing to sample from");
     *out_token = ctx->sampler->sample(ctx->ctx->logits());
     ctx->sampled = *out_token;
     return DEFKV_OK;
@@ -947,10 +953,7 @@ defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t ca
   return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
     BusyGuard busy(c);
-    if (!c->have_logits && c->pending < 0)
-      raise(DEFKV_ERR_BAD_STATE, c->ctx->n_past() == 0
-                                     ? "no logits yet: evaluate a prompt with defkv_eval first"
-                                     : "no logits: the last defkv_eval was cancelled before its last token");
+    if (c->pending < 0) require_logits(c, "no logits yet");
     const std::span<const float> l = c->ctx->logits();
     *n_out = l.size();
     if (capacity < l.size())
