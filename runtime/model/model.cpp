@@ -509,12 +509,10 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
       qmin = std::min(qmin, p);
       qmax = std::max(qmax, p);
       const float* qt = qbuf + (t0 + tl) * q_dim + (hk * G + g0) * d;  // [ng, d]
-      for (size_t gi = 0; gi < ng; ++gi) {
-        const size_t r = tl * ng + gi;
-        rpos[r] = p;
-        for (size_t e = 0; e < d; ++e) qb[r * d + e] = qt[gi * d + e] * scale;
-      }
+      for (size_t gi = 0; gi < ng; ++gi) rpos[tl * ng + gi] = p;
+      std::copy(qt, qt + ng * d, qb + tl * ng * d);
     }
+    K.scale(qb, scale, M * d);
     std::fill(ob, ob + M * d, 0.0f);
     std::fill(row_max, row_max + M, -std::numeric_limits<float>::infinity());
     std::fill(row_sum, row_sum + M, 0.0f);
@@ -578,7 +576,8 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
       for (size_t gi = 0; gi < ng; ++gi) {
         const size_t r = tl * ng + gi;
         const float inv = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
-        for (size_t e = 0; e < d; ++e) ot[gi * d + e] = ob[r * d + e] * inv;
+        K.scale(ob + r * d, inv, d);
+        std::copy(ob + r * d, ob + (r + 1) * d, ot + gi * d);
       }
     }
   }
