@@ -26,6 +26,11 @@ namespace {
 constexpr size_t kGroupBytes = kPackRows * kQ8_0Block;  // 512 quant bytes per (group, block)
 // Decode prefetch distance per group stream (2 blocks). Measured 1, 2, 3 KiB
 // on the dev AMD EPYC (1 thread, loaded machine): 1 KiB best, 2 KiB within noise.
+// Again with bench_gemm (1 token, 1 thread, 8 layer copies in model order,
+// loaded machine, two interleaved rounds, layer GB/s): 4 groups + 1 KiB 23.7 /
+// 22.6 (kept); 2 KiB 20.2 / 21.5; 3 KiB 18.2 / 22.0; no prefetch 20.4 / 20.6;
+// 512 B to L1 + 4 KiB to L2 20.0 / 16.7; 8 groups per call 21.3 / 21.3;
+// 2 groups per call 20.6 / 19.9.
 constexpr size_t kPrefetchBytes = 1024;
 
 template <int G, int T>

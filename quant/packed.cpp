@@ -75,6 +75,16 @@ constexpr size_t kDecodeGroups = 4;
 //   2 groups x 192                  593 578 602 572 | 580 550 560 556
 //   2 groups x 288                  598 583 578 579 | 585 528 560 580
 //   4 groups x 96                   546 532 562 558 | 554 539 574 569
+// Not taken: converting the q8_0 weights to bf16 per call (reused scratch)
+// and running oneDNN's bf16 matmul (vdpbf16ps: half the multiply-adds per
+// instruction of vpdpbusd). bench_gemm --bf16, 1 thread, same sitting, wall
+// clock (loaded machine), gate+up / down / o / qkv:
+//   512 tokens: packed 409 365 386 414 GOP/s; bf16 208 224 246 212 (the
+//               conversion alone 15.8 / 3.7 / 1.8 / 2.4 ms; without it bf16
+//               is still <= ~250 GOP/s)
+//   256 tokens: packed 429 426 586 594;       bf16 192 211 183 195
+//    64 tokens: packed 557 569 620 591;       bf16 104 116 155 161
+// so q8_0 batches stay on the int8 kernel at every size.
 constexpr size_t kBatchGroups = 2;
 constexpr size_t kTokenBlock = 192;
 constexpr size_t kMicroTokens = 6;  // the batch micro-kernel's token tile (matmul_avx512vnni.cpp)
