@@ -224,32 +224,39 @@ namespace {
 
 // Activations of one product set, quantised once for every q8_0 matrix
 // sharing them (per 32-block, as matmul()), split into quants / scales /
-// vpdpbusd correction -128 * sum(q).
-detail::PackedActs quantize_for_packed(const float* x, size_t n, size_t n_tokens, bool parallel) {
+// vpdpbusd correction -128 * sum(q). The scratch is the calling thread's.
+struct ActsScratch {
+  int8_t* qs;     // [n_tokens, n]
+  float* d;       // [n_tokens, n/32]
+  int32_t* corr;  // [n_tokens, n/32]
+  detail::PackedActs view() const { return {qs, d, corr}; }
+};
+ActsScratch packed_acts_scratch(size_t n, size_t n_tokens) {
   const size_t nb = n / kQ8_0Block;
-  auto* xq = grow_scratch<int8_t, 0>(n_tokens * n);
-  auto* xd = grow_scratch<float, 1>(n_tokens * nb);
-  auto* xc = grow_scratch<int32_t, 2>(n_tokens * nb);
-  const auto nt = static_cast<long long>(n_tokens);
-#pragma omp parallel for schedule(static) if (parallel && n_tokens >= 8)
-  for (long long ti = 0; ti < nt; ++ti) {
-    const size_t t = size_t(ti);
+  return {grow_scratch<int8_t, 0>(n_tokens * n), grow_scratch<float, 1>(n_tokens * nb),
+          grow_scratch<int32_t, 2>(n_tokens * nb)};
+}
+
+// Quantises token t of x [n_tokens, n] into acts.
+void quantize_token(const float* x, size_t n, size_t t, const ActsScratch& acts) {
+  const size_t nb = n / kQ8_0Block;
+  int8_t* xq = acts.qs + t * n;
+  float* xd = acts.d + t * nb;
+  int32_t* xc = acts.corr + t * nb;
 #if DEFKV_SIMD_X86
-    // only reached with the packed kernel, i.e. on AVX-512 VNNI
-    detail::avx512vnni_quantize_packed_acts(x + t * n, n, xq + t * n, xd + t * nb, xc + t * nb);
+  // only reached with the packed kernel, i.e. on AVX-512 VNNI
+  detail::avx512vnni_quantize_packed_acts(x + t * n, n, xq, xd, xc);
 #else
-    detail::BlockQ8x blk;
-    for (size_t b = 0; b < nb; ++b) {
-      detail::quantize_activations(x + t * n + b * kQ8_0Block, &blk, kQ8_0Block);
-      int32_t s = 0;
-      for (size_t j = 0; j < kQ8_0Block; ++j) s += blk.qs[j];
-      std::memcpy(xq + t * n + b * kQ8_0Block, blk.qs, kQ8_0Block);
-      xd[t * nb + b] = blk.d;
-      xc[t * nb + b] = -128 * s;
-    }
-#endif
+  detail::BlockQ8x blk;
+  for (size_t b = 0; b < nb; ++b) {
+    detail::quantize_activations(x + t * n + b * kQ8_0Block, &blk, kQ8_0Block);
+    int32_t s = 0;
+    for (size_t j = 0; j < kQ8_0Block; ++j) s += blk.qs[j];
+    std::memcpy(xq + b * kQ8_0Block, blk.qs, kQ8_0Block);
+    xd[b] = blk.d;
+    xc[b] = -128 * s;
   }
-  return {xq, xd, xc};
+#endif
 }
 
 // f16 batches: tiles of kF16BatchPanels panels x kF16TokenBlock tokens, the
@@ -312,7 +319,8 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     j.chunks = (j.units + j.per_chunk - 1) / j.per_chunk;
     per_tb += j.chunks;
   }
-  const detail::PackedActs acts = q8 ? quantize_for_packed(x, w0.cols, n_tokens, parallel) : detail::PackedActs{};
+  const ActsScratch scratch = q8 ? packed_acts_scratch(w0.cols, n_tokens) : ActsScratch{};
+  const detail::PackedActs acts = scratch.view();
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;
   const auto n_items = static_cast<long long>(n_tb * per_tb);
   auto run_item = [&](long long it) {
@@ -322,13 +330,23 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     const size_t t0 = tb * token_block;
     run_chunk(jobs[i], acts, x, c, t0, std::min(n_tokens, t0 + token_block));
   };
+  const auto nt = static_cast<long long>(n_tokens);
   if (q8 && !few) {
-    // q8_0 batches: items of ~10-100 us, handed out one at a time: on a
-    // shared machine a thread that loses its core no longer holds back half
-    // of the work (a static split waits for it at the join)
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (long long it = 0; it < n_items; ++it) run_item(it);
+    // q8_0 batches: the activation quantisation and the products in one
+    // parallel region (one fork/join per call); items of ~10-100 us handed out
+    // one at a time: on a shared machine a thread that loses its core no
+    // longer holds back half of the work (a static split waits for it)
+#pragma omp parallel if (parallel)
+    {
+#pragma omp for schedule(static)
+      for (long long t = 0; t < nt; ++t) quantize_token(x, w0.cols, size_t(t), scratch);
+      // (implicit barrier: every token is quantised before any product)
+#pragma omp for schedule(dynamic, 1)
+      for (long long it = 0; it < n_items; ++it) run_item(it);
+    }
   } else {
+    if (q8)
+      for (size_t t = 0; t < n_tokens; ++t) quantize_token(x, w0.cols, t, scratch);
 #pragma omp parallel for schedule(static) if (parallel)
     for (long long it = 0; it < n_items; ++it) run_item(it);
   }
