@@ -3,8 +3,6 @@
 #include "quant/matmul_tile.h"
 #include "quant/q8_ops_x86.h"
 
-#include <cstdlib>
-
 namespace defkv::quant::detail {
 
 void avx512vnni_q8_tile(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
@@ -100,7 +98,11 @@ using PackedMicro = void (*)(const uint8_t*, const uint16_t*, size_t, const Pack
 // 4 groups (64 rows: 4 independent vpdpbusd chains). Standalone timing of this
 // micro-kernel on L2-resident weights (1 thread, dev AMD EPYC with VNNI,
 // nb 64 / 176): 2x6 590 / 640 GOP/s, 2x7 590-615 / 640-650 (within noise, so
-// 6); 4x3 and float accumulators in memory (4x6, 2x8) were slower (<300).
+// 6); 4x3 and float accumulators in memory (4x6, 2x8) were slower (<300); in
+// a quieter moment 2x6 684 / 690, 3x4 653 / 645, 1x12 496 / 505. The bound:
+// a loop of 8 vpdpbusd + cvt + mul + fma per accumulator (this kernel's mix)
+// runs 686-713 GOP/s per core, pure vpdpbusd 830-864: the per-block float
+// scaling costs ~17 %, and cannot be merged across blocks (scales differ).
 constexpr int kMaxT = 6;
 template <int T>
 void fill_t(PackedMicro (&g1)[kMaxT], PackedMicro (&g2)[kMaxT]) {
