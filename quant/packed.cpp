@@ -105,25 +105,15 @@ bool kernel_available(DType t) {
   return t == DType::q8_0 ? packed_kernel_available() : t == DType::f16 ? f16_kernel_available() : false;
 }
 
-// Packed copies of at least one huge page start on a 2 MiB boundary and ask
-// for transparent huge pages on their whole 2 MiB pages (before the packing
-// touches them; the partial last one keeps 4 KiB pages, so RSS does not grow):
-// fewer TLB misses on the weight streams. Dev AMD EPYC (THP "madvise"), loaded:
-// streaming read probe 1 thread 29.6 / 35.0 GB/s on 4 KiB pages vs 34.8 / 39.1
-// on huge pages; bench_gemm 1 thread, three interleaved rounds, layer GOP/s
-// per CPU second, 64 tokens 569 575 595 -> 591 588 621, 256 tokens 572 571
-// 602 -> 579 588 616; TinyLlama load + pp16 wall 9.8 / 8.1 s -> 7.8 / 8.0 s,
-// peak RSS +0.6 MiB.
-constexpr size_t kHugePage = size_t(2) << 20;
-
+// Not done: 2 MiB-aligned copies madvised MADV_HUGEPAGE. Batches gained
+// 2-4 % per core (fewer TLB misses), but one-token decode (4 group streams
+// nb*512 bytes apart) lost: bench_gemm, 1 thread, layer GB/s, four
+// interleaved rounds on the loaded dev AMD EPYC: 4 KiB pages 33.2 33.8 33.0
+// 27.9, huge pages 29.0 28.7 24.7 28.0 (physically contiguous streams at
+// power-of-two distances likely collide in DRAM banks).
 std::shared_ptr<const uint8_t> aligned_buffer(size_t bytes, uint8_t** out) {
-  const size_t align = bytes >= kHugePage ? kHugePage : 64;
-  void* mem = nullptr;
-  if (posix_memalign(&mem, align, (bytes + 63) / 64 * 64) != 0 || mem == nullptr) throw std::bad_alloc();
-  auto* buf = static_cast<uint8_t*>(mem);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == kHugePage) (void)::madvise(buf, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint
-#endif
+  auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+  if (buf == nullptr) throw std::bad_alloc();
   *out = buf;
   return std::shared_ptr<const uint8_t>(buf, [](const uint8_t* q) { std::free(const_cast<uint8_t*>(q)); });
 }
