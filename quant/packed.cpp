@@ -107,10 +107,10 @@ bool kernel_available(DType t) {
 
 // Not done: 2 MiB-aligned copies madvised MADV_HUGEPAGE. Batches gained
 // 2-4 % per core (fewer TLB misses), but one-token decode (4 group streams
-// nb*512 bytes apart) lost: bench_gemm, 1 thread, layer GB/s, four
-// interleaved rounds on the loaded dev AMD EPYC: 4 KiB pages 33.2 33.8 33.0
-// 27.9, huge pages 29.0 28.7 24.7 28.0 (physically contiguous streams at
-// power-of-two distances likely collide in DRAM banks).
+// nb*512 bytes apart) was slower in 4 of 6 interleaved rounds (bench_gemm,
+// 1 thread, layer GB/s, loaded dev AMD EPYC: 4 KiB pages 33.2 33.8 33.0 27.9
+// 33.9 27.0, huge pages 29.0 28.7 24.7 28.0 27.0 32.5); physically contiguous
+// streams at power-of-two distances may collide in DRAM banks.
 std::shared_ptr<const uint8_t> aligned_buffer(size_t bytes, uint8_t** out) {
   auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
   if (buf == nullptr) throw std::bad_alloc();
