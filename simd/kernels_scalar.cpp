@@ -191,23 +191,23 @@ void vnorm_weight(float* x, float* w_out, const float* num, const float* den, si
   }
 }
 
-// Online-softmax step; the row sum in double.
-void attn_softmax_step(float* s, size_t m, size_t n, size_t lds, float* row_max, float* row_sum,
+// Online-softmax step over key-major logits; the row sum in double.
+void attn_softmax_step(float* st, size_t n, size_t m, size_t ldst, float* row_max, float* row_sum,
                        float* corr) {
   for (size_t r = 0; r < m; ++r) {
-    float* x = s + r * lds;
     float mx = row_max[r];
-    for (size_t j = 0; j < n; ++j) mx = mx < x[j] ? x[j] : mx;
+    for (size_t j = 0; j < n; ++j) mx = mx < st[j * ldst + r] ? st[j * ldst + r] : mx;
     if (mx == -std::numeric_limits<float>::infinity()) {
-      for (size_t j = 0; j < n; ++j) x[j] = 0.0f;
+      for (size_t j = 0; j < n; ++j) st[j * ldst + r] = 0.0f;
       corr[r] = 1.0f;
       continue;
     }
     const float c = std::exp(row_max[r] - mx);
     double sum = 0.0;
     for (size_t j = 0; j < n; ++j) {
-      x[j] = std::exp(x[j] - mx);
-      sum += x[j];
+      float& x = st[j * ldst + r];
+      x = std::exp(x - mx);
+      sum += x;
     }
     corr[r] = c;
     row_sum[r] = float(double(row_sum[r]) * c + sum);
@@ -216,12 +216,12 @@ void attn_softmax_step(float* s, size_t m, size_t n, size_t lds, float* row_max,
 }
 
 // P.V with each output summed in double.
-void attn_accumulate(const float* p, size_t m, size_t n, size_t ldp, const float* v, size_t ldv,
+void attn_accumulate(const float* pt, size_t m, size_t n, size_t ldpt, const float* v, size_t ldv,
                      size_t d, const float* corr, float* o, size_t ldo) {
   for (size_t r = 0; r < m; ++r)
     for (size_t c = 0; c < d; ++c) {
       double acc = double(corr ? corr[r] : 1.0f) * double(o[r * ldo + c]);
-      for (size_t j = 0; j < n; ++j) acc += double(p[r * ldp + j]) * double(v[j * ldv + c]);
+      for (size_t j = 0; j < n; ++j) acc += double(pt[j * ldpt + r]) * double(v[j * ldv + c]);
       o[r * ldo + c] = float(acc);
     }
 }

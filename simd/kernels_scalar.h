@@ -33,9 +33,9 @@ void avg_pool(const float* x, float* out, size_t n, size_t k);
 void pool_rescale_max(const float* x, float* tmp, float* acc, size_t n, size_t k);
 void clamp_min(float* x, float lo, size_t n);
 void vnorm_weight(float* x, float* w_out, const float* num, const float* den, size_t n);
-void attn_softmax_step(float* s, size_t m, size_t n, size_t lds, float* row_max, float* row_sum,
+void attn_softmax_step(float* st, size_t n, size_t m, size_t ldst, float* row_max, float* row_sum,
                        float* corr);
-void attn_accumulate(const float* p, size_t m, size_t n, size_t ldp, const float* v, size_t ldv,
+void attn_accumulate(const float* pt, size_t m, size_t n, size_t ldpt, const float* v, size_t ldv,
                      size_t d, const float* corr, float* o, size_t ldo);
 
 const Kernels& table();

@@ -466,30 +466,43 @@ struct XKernels {
 
   // ---- blocked attention ----------------------------------------------------
 
-  static void attn_softmax_step(float* s, size_t m, size_t n, size_t lds, float* row_max,
+  // L rows at a time, all vertical: the max, the exponentials and the sums
+  // run along the keys of a column of rows; tail rows use the scalar formulas.
+  static void attn_softmax_step(float* st, size_t n, size_t m, size_t ldst, float* row_max,
                                 float* row_sum, float* corr) {
-    for (size_t r = 0; r < m; ++r) {
-      float* x = s + r * lds;
-      const float bm = reduce_max(x, n);
-      const float mx = row_max[r] < bm ? bm : row_max[r];
+    const B ninf(-INFINITY), zero(0.0f), one(1.0f);
+    size_t r = 0;
+    for (; r + L <= m; r += L) {
+      const B old = B::load_unaligned(row_max + r);
+      B mx = old;
+      for (size_t j = 0; j < n; ++j) mx = xsimd::max(mx, B::load_unaligned(st + j * ldst + r));
+      const auto dead = mx == ninf;  // every entry so far masked
+      const B ms = xsimd::select(dead, zero, mx);  // exp(-inf - 0) = 0 for those
+      const B c = xsimd::select(dead, one, xsimd::exp(old - ms));
+      B sum(0.0f);
+      for (size_t j = 0; j < n; ++j) {
+        const B e = xsimd::exp(B::load_unaligned(st + j * ldst + r) - ms);
+        e.store_unaligned(st + j * ldst + r);
+        sum += e;
+      }
+      c.store_unaligned(corr + r);
+      xsimd::fma(B::load_unaligned(row_sum + r), c, sum).store_unaligned(row_sum + r);
+      mx.store_unaligned(row_max + r);
+    }
+    for (; r < m; ++r) {
+      float mx = row_max[r];
+      for (size_t j = 0; j < n; ++j) mx = mx < st[j * ldst + r] ? st[j * ldst + r] : mx;
       if (mx == -INFINITY) {
-        for (size_t j = 0; j < n; ++j) x[j] = 0.0f;
+        for (size_t j = 0; j < n; ++j) st[j * ldst + r] = 0.0f;
         corr[r] = 1.0f;
         continue;
       }
       const float c = std::exp(row_max[r] - mx);
-      const B vm(mx);
-      B s0(0.0f);
-      size_t j = 0;
-      for (; j + L <= n; j += L) {
-        const B e = xsimd::exp(B::load_unaligned(x + j) - vm);
-        e.store_unaligned(x + j);
-        s0 += e;
-      }
-      float sum = hsum(s0);
-      for (; j < n; ++j) {
-        x[j] = std::exp(x[j] - mx);
-        sum += x[j];
+      float sum = 0.0f;
+      for (size_t j = 0; j < n; ++j) {
+        float& x = st[j * ldst + r];
+        x = std::exp(x - mx);
+        sum += x;
       }
       corr[r] = c;
       row_sum[r] = row_sum[r] * c + sum;
@@ -504,7 +517,7 @@ struct XKernels {
   static constexpr size_t kPvR = L == 8 ? 4 : 6;
 
   template <size_t R, size_t T>
-  static void pv_tile(const float* p, size_t n, size_t ldp, const float* v, size_t ldv,
+  static void pv_tile(const float* pt, size_t n, size_t ldpt, const float* v, size_t ldv,
                       const float* corr, float* o, size_t ldo, size_t c0) {
     B acc[R][T];
 #pragma GCC unroll 8
@@ -519,7 +532,7 @@ struct XKernels {
       for (size_t t = 0; t < T; ++t) vj[t] = B::load_unaligned(v + j * ldv + c0 + t * L);
 #pragma GCC unroll 8
       for (size_t r = 0; r < R; ++r) {
-        const B pr(p[r * ldp + j]);
+        const B pr(pt[j * ldpt + r]);
 #pragma GCC unroll 8
         for (size_t t = 0; t < T; ++t) acc[r][t] = xsimd::fma(pr, vj[t], acc[r][t]);
       }
@@ -532,28 +545,28 @@ struct XKernels {
 
   // R rows over all columns: full tiles, single vectors, then scalar columns.
   template <size_t R>
-  static void pv_rows(const float* p, size_t n, size_t ldp, const float* v, size_t ldv, size_t d,
+  static void pv_rows(const float* pt, size_t n, size_t ldpt, const float* v, size_t ldv, size_t d,
                       const float* corr, float* o, size_t ldo) {
     size_t c0 = 0;
-    for (; c0 + kPvT * L <= d; c0 += kPvT * L) pv_tile<R, kPvT>(p, n, ldp, v, ldv, corr, o, ldo, c0);
-    for (; c0 + L <= d; c0 += L) pv_tile<R, 1>(p, n, ldp, v, ldv, corr, o, ldo, c0);
+    for (; c0 + kPvT * L <= d; c0 += kPvT * L) pv_tile<R, kPvT>(pt, n, ldpt, v, ldv, corr, o, ldo, c0);
+    for (; c0 + L <= d; c0 += L) pv_tile<R, 1>(pt, n, ldpt, v, ldv, corr, o, ldo, c0);
     for (size_t r = 0; r < R; ++r)
       for (size_t c = c0; c < d; ++c) {
         float acc = (corr ? corr[r] : 1.0f) * o[r * ldo + c];
-        for (size_t j = 0; j < n; ++j) acc = std::fma(p[r * ldp + j], v[j * ldv + c], acc);
+        for (size_t j = 0; j < n; ++j) acc = std::fma(pt[j * ldpt + r], v[j * ldv + c], acc);
         o[r * ldo + c] = acc;
       }
   }
 
-  static void attn_accumulate(const float* p, size_t m, size_t n, size_t ldp, const float* v,
+  static void attn_accumulate(const float* pt, size_t m, size_t n, size_t ldpt, const float* v,
                               size_t ldv, size_t d, const float* corr, float* o, size_t ldo) {
     size_t r0 = 0;
     const auto cr = [&](size_t r) { return corr ? corr + r : nullptr; };
     for (; r0 + kPvR <= m; r0 += kPvR)
-      pv_rows<kPvR>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo);
-    if (m - r0 >= 4) { pv_rows<4>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo); r0 += 4; }
-    if (m - r0 >= 2) { pv_rows<2>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo); r0 += 2; }
-    if (m - r0 >= 1) pv_rows<1>(p + r0 * ldp, n, ldp, v, ldv, d, cr(r0), o + r0 * ldo, ldo);
+      pv_rows<kPvR>(pt + r0, n, ldpt, v, ldv, d, cr(r0), o + r0 * ldo, ldo);
+    if (m - r0 >= 4) { pv_rows<4>(pt + r0, n, ldpt, v, ldv, d, cr(r0), o + r0 * ldo, ldo); r0 += 4; }
+    if (m - r0 >= 2) { pv_rows<2>(pt + r0, n, ldpt, v, ldv, d, cr(r0), o + r0 * ldo, ldo); r0 += 2; }
+    if (m - r0 >= 1) pv_rows<1>(pt + r0, n, ldpt, v, ldv, d, cr(r0), o + r0 * ldo, ldo);
   }
 
   static Kernels table(Isa isa) {

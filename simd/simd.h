@@ -86,21 +86,25 @@ struct Kernels {
   // add_inplace / axpy / scale and max_inplace above.
 
   // ---- blocked (flash) attention (callers: runtime/model) ----
-  // One online-softmax step over a block of logits, for each row r < m of
-  // s[m, lds] (its first n columns; -inf marks a masked entry):
-  //   mx = max(row_max[r], max_j s[r, j])
+  // Logits and probabilities are stored key-major, st[j, r] = st[j * ldst + r]
+  // for keys j < n and query rows r < m, so every per-row reduction is a
+  // vertical vector op over rows (the block comes from window_logits_packed
+  // with the keys as its "queries" and the packed query rows as its panels).
+  // One online-softmax step over such a block (-inf marks a masked entry),
+  // for each row r:
+  //   mx = max(row_max[r], max_j st[j, r])
   //   corr[r] = exp(row_max[r] - mx)   (1 while mx is still -inf)
-  //   s[r, j] <- exp(s[r, j] - mx)     (0 for -inf entries)
-  //   row_sum[r] <- row_sum[r] * corr[r] + sum_j s[r, j];  row_max[r] <- mx
-  // Start a row with row_max = -inf, row_sum = 0.
-  void (*attn_softmax_step)(float* s, size_t m, size_t n, size_t lds, float* row_max,
+  //   st[j, r] <- exp(st[j, r] - mx)   (0 for -inf entries)
+  //   row_sum[r] <- row_sum[r] * corr[r] + sum_j st[j, r];  row_max[r] <- mx
+  // Start a row with row_max = -inf, row_sum = 0. ldst >= m.
+  void (*attn_softmax_step)(float* st, size_t n, size_t m, size_t ldst, float* row_max,
                             float* row_sum, float* corr);
-  // Rescale-and-accumulate P.V: for r < m, c < d
-  //   o[r, c] <- corr[r] * o[r, c] + sum_j p[r, j] * v[j, c]   (j < n ascending)
-  // p: [m, ldp], v: [n, ldv], o: [m, ldo]; corr == nullptr means 1.
-  // Register-blocked: a few rows x a few vectors of columns per step, each
-  // row of v loaded once per block of rows.
-  void (*attn_accumulate)(const float* p, size_t m, size_t n, size_t ldp, const float* v,
+  // Rescale-and-accumulate P.V with key-major probabilities: for r < m, c < d
+  //   o[r, c] <- corr[r] * o[r, c] + sum_j pt[j, r] * v[j, c]   (j < n ascending)
+  // pt: [n, ldpt] (ldpt >= m), v: [n, ldv], o: [m, ldo]; corr == nullptr
+  // means 1. Register-blocked: a few rows x a few vectors of columns per
+  // step, each row of v loaded once per block of rows.
+  void (*attn_accumulate)(const float* pt, size_t m, size_t n, size_t ldpt, const float* v,
                           size_t ldv, size_t d, const float* corr, float* o, size_t ldo);
 };
 

@@ -821,34 +821,33 @@ TEST_CASE("attention softmax step matches a double online softmax", "[simd][kern
   for (const Kernels* t : tables()) {
     INFO("isa " << simd::isa_name(t->isa));
     REQUIRE(t->attn_softmax_step);
-    for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(16), size_t(17), size_t(33), size_t(64)}) {
-      for (size_t m : {size_t(1), size_t(5), size_t(9)}) {
+    for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(16), size_t(33), size_t(64)}) {
+      for (size_t m : {size_t(1), size_t(5), size_t(16), size_t(17), size_t(40)}) {
         INFO("m " << m << " n " << n);
-        const size_t lds = n + 3;
+        const size_t ldst = m + 3;  // key-major: st[j * ldst + r]
         std::vector<float> row_max(m, -INFINITY), row_sum(m, 0.0f), corr(m, -1.0f);
         std::vector<double> ref_max(m, -INFINITY), ref_sum(m, 0.0);
         size_t bad = 0;
         for (int step = 0; step < 3; ++step) {
-          auto s = randv(m * lds, rng, -8.0f, 8.0f);
-          for (size_t r = 0; r < m; ++r)
-            for (size_t j = 0; j < n; ++j)
-              // row 0 fully masked in step 0; others: every third entry
-              if ((r == 0 && step == 0) || (r + j + size_t(step)) % 3 == 0) s[r * lds + j] = -INFINITY;
-          const auto s0 = s;
-          t->attn_softmax_step(s.data(), m, n, lds, row_max.data(), row_sum.data(), corr.data());
+          auto st = randv(n * ldst, rng, -8.0f, 8.0f);
+          for (size_t j = 0; j < n; ++j)
+            for (size_t r = 0; r < m; ++r)
+              // rows 0 and 3 fully masked in step 0; others: every third entry
+              if (((r == 0 || r == 3) && step == 0) || (r + j + size_t(step)) % 3 == 0)
+                st[j * ldst + r] = -INFINITY;
+          const auto st0 = st;
+          t->attn_softmax_step(st.data(), n, m, ldst, row_max.data(), row_sum.data(), corr.data());
           for (size_t r = 0; r < m; ++r) {
             double mx = ref_max[r];
-            for (size_t j = 0; j < n; ++j) mx = std::max(mx, double(s0[r * lds + j]));
+            for (size_t j = 0; j < n; ++j) mx = std::max(mx, double(st0[j * ldst + r]));
             const double c = mx == -INFINITY ? 1.0 : std::exp(ref_max[r] - mx);
             double sum = 0;
             for (size_t j = 0; j < n; ++j) {
-              const double x = s0[r * lds + j];
+              const double x = st0[j * ldst + r];
               const double p = x == -INFINITY ? 0.0 : std::exp(x - mx);
               sum += p;
-              const double got = s[r * lds + j];
-              bad += !(std::fabs(got - p) <= kExpRelTol * p + 1e-30);
+              bad += !(std::fabs(st[j * ldst + r] - p) <= kExpRelTol * p + 1e-30);
             }
-            for (size_t j = n; j < lds; ++j) bad += s[r * lds + j] != s0[r * lds + j];
             bad += !(std::fabs(corr[r] - c) <= kExpRelTol * c);
             if (mx != -INFINITY) {
               ref_sum[r] = ref_sum[r] * c + sum;
@@ -857,6 +856,8 @@ TEST_CASE("attention softmax step matches a double online softmax", "[simd][kern
             bad += double(row_max[r]) != ref_max[r];
             bad += !(std::fabs(row_sum[r] - ref_sum[r]) <= (double(n) + 8.0) * kExpRelTol * ref_sum[r] + 1e-30);
           }
+          for (size_t j = 0; j < n; ++j)
+            for (size_t r = m; r < ldst; ++r) bad += st[j * ldst + r] != st0[j * ldst + r];  // padding
         }
         CHECK(bad == 0);
       }
@@ -875,24 +876,24 @@ TEST_CASE("attention accumulate matches a double P.V on every table", "[simd][ke
         for (size_t n : {size_t(0), size_t(1), size_t(5), size_t(16), size_t(33), size_t(64)}) {
           for (bool with_corr : {false, true}) {
             const size_t off = (m + n + d) % (kMaxOffset + 1);
-            const size_t ldp = n + 1, ldv = d + 2, ldo = d + 3;
+            const size_t ldpt = m + 1, ldv = d + 2, ldo = d + 3;
             INFO("d " << d << " m " << m << " n " << n << " corr " << with_corr << " off " << off);
-            const auto p_buf = randv(m * ldp + off, rng, 0.0f, 1.0f);
+            const auto p_buf = randv(n * ldpt + off, rng, 0.0f, 1.0f);  // key-major pt[j * ldpt + r]
             const auto v_buf = randv(n * ldv + off, rng);
             const auto c_buf = randv(m + off, rng, 0.0f, 1.0f);
-            const float* p = p_buf.data() + off;
+            const float* pt = p_buf.data() + off;
             const float* v = v_buf.data() + off;
             const float* corr = with_corr ? c_buf.data() + off : nullptr;
             auto o_buf = randv(m * ldo + off, rng);
             const auto o0 = o_buf;
-            t->attn_accumulate(p, m, n, ldp, v, ldv, d, corr, o_buf.data() + off, ldo);
+            t->attn_accumulate(pt, m, n, ldpt, v, ldv, d, corr, o_buf.data() + off, ldo);
             size_t bad = 0;
             for (size_t r = 0; r < m; ++r) {
               for (size_t c = 0; c < d; ++c) {
                 const double cr = corr ? corr[r] : 1.0;
                 double exact = cr * o0[off + r * ldo + c], mag = std::fabs(exact);
                 for (size_t j = 0; j < n; ++j) {
-                  const double x = double(p[r * ldp + j]) * v[j * ldv + c];
+                  const double x = double(pt[j * ldpt + r]) * v[j * ldv + c];
                   exact += x;
                   mag += std::fabs(x);
                 }

@@ -249,7 +249,7 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
     const auto r16 = [](size_t n) { return (n + 15) / 16 * 16; };  // 64-byte slices
     const size_t d = c.head_dim;
     t_stride_ = 2 * r16(size_t(att_rows_) * d) + 2 * r16(size_t(chunk_) * d) +
-                r16(simd::window_logits_scratch(chunk_, d)) + 3 * r16(att_rows_);
+                r16(simd::window_logits_scratch(att_rows_, d)) + 3 * r16(att_rows_);
     t_scores_.resize(size_t(n_threads_) * att_rows_ * chunk_);
     t_row_.resize(size_t(n_threads_) * row_pad_);
     t_att_.resize(size_t(n_threads_) * t_stride_);
@@ -433,9 +433,11 @@ void Model::value_norms(uint32_t l, const float* v, uint32_t n_tokens, float* ou
 // heads of the group, or a range of them when there are too few items for
 // the threads, e.g. decode). The item walks the head's live entries,
 // gathering up to `chunk` of them (skipping those past every query of the
-// block) into f32 K / V blocks, converted once for all rows; then
-//   S = Q_scaled . K^T          (window_logits_packed, register-blocked)
-//   S[r, j] = -inf where pos[j] > pos[token of r]   (only blocks that need it)
+// block) into f32 K / V blocks, converted once for all rows; then, with the
+// block's query rows packed once into 16-row panels and the logits kept
+// key-major (S^T, so the softmax reductions over keys are vertical):
+//   S^T = K . Q_scaled^T        (window_logits_packed, register-blocked)
+//   S^T[j, r] = -inf where pos[j] > pos[token of r]  (only blocks that need it)
 //   online softmax step per row (running max / sum, correction factors)
 //   O = corr * O + P . V        (attn_accumulate, register-blocked)
 // and finally att = O / row sum. Entries need not have contiguous positions
@@ -494,11 +496,11 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
     float* ob = take(size_t(ws.att_rows_) * d);      // [M, d] output accumulator
     float* kb = take(size_t(chunk) * d);             // [chunk, d] keys of a block
     float* vb = take(size_t(chunk) * d);             // [chunk, d] values of a block
-    float* panels = take(simd::window_logits_scratch(chunk, d));
+    float* q_panels = take(simd::window_logits_scratch(ws.att_rows_, d));  // Q rows packed
     float* row_max = take(ws.att_rows_);             // [M]
     float* row_sum = take(ws.att_rows_);             // [M]
     float* corr = take(ws.att_rows_);                // [M]
-    float* sb = ws.t_scores_.data() + size_t(tid) * ws.att_rows_ * chunk;  // [M, chunk]
+    float* sb = ws.t_scores_.data() + size_t(tid) * ws.att_rows_ * chunk;  // [chunk, M] key-major
     float* row = ws.t_row_.data() + size_t(tid) * row_pad;                   // [row_pad]
     int32_t* kpos = ws.t_pos_.data() + size_t(tid) * (chunk + ws.att_rows_);  // [chunk]
     int32_t* rpos = kpos + chunk;                                             // [M]
@@ -513,6 +515,7 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
       std::copy(qt, qt + ng * d, qb + tl * ng * d);
     }
     K.scale(qb, scale, M * d);
+    simd::pack_window_keys(qb, M, d, q_panels);
     std::fill(ob, ob + M * d, 0.0f);
     std::fill(row_max, row_max + M, -std::numeric_limits<float>::infinity());
     std::fill(row_sum, row_sum + M, 0.0f);
@@ -532,17 +535,17 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
     uint32_t nb = 0;  // entries gathered in the current block
     int32_t kmax = std::numeric_limits<int32_t>::min();
     const auto flush = [&] {
-      simd::pack_window_keys(kb, nb, d, panels);
-      K.window_logits_packed(qb, M, panels, nb, d, sb, chunk);
+      K.window_logits_packed(kb, nb, q_panels, M, d, sb, M);  // S^T [nb, M]
       if (kmax > qmin) {  // some row cannot see some key
-        for (size_t r = 0; r < M; ++r) {
-          float* sr = sb + r * chunk;
-          for (uint32_t j = 0; j < nb; ++j)
-            if (kpos[j] > rpos[r]) sr[j] = -std::numeric_limits<float>::infinity();
+        for (uint32_t j = 0; j < nb; ++j) {
+          if (kpos[j] <= qmin) continue;
+          float* sj = sb + size_t(j) * M;
+          for (size_t r = 0; r < M; ++r)
+            if (kpos[j] > rpos[r]) sj[r] = -std::numeric_limits<float>::infinity();
         }
       }
-      K.attn_softmax_step(sb, M, nb, chunk, row_max, row_sum, corr);
-      K.attn_accumulate(sb, M, nb, chunk, vb, d, d, corr, ob, d);
+      K.attn_softmax_step(sb, nb, M, M, row_max, row_sum, corr);
+      K.attn_accumulate(sb, M, nb, M, vb, d, d, corr, ob, d);
       nb = 0;
       kmax = std::numeric_limits<int32_t>::min();
     };

@@ -103,17 +103,17 @@ class Workspace {
   // of query rows sharing one KV head: up to att_tokens_ tokens x (a range
   // of) the G heads of the group, row r = token_in_block * n_heads_in_range +
   // head_in_range. Keys/values are gathered (converted to f32) chunk_ entries
-  // at a time; the logits block is [rows, chunk].
+  // at a time; the logits block is key-major, [chunk, rows].
   uint32_t chunk_;               // KV entries per block (multiple of 16)
   uint32_t row_pad_;             // head_dim rounded up to 32
   uint32_t att_tokens_;          // tokens per query block
   uint32_t att_rows_;            // att_tokens * G: query rows per block (max)
   size_t t_stride_;              // floats of one thread's slice of t_att_
-  std::vector<float> t_scores_;  // [n_threads, att_rows, chunk] logits / probabilities
+  std::vector<float> t_scores_;  // [n_threads, chunk, att_rows] logits / probabilities
   std::vector<float> t_row_;     // [n_threads, row_pad] one dequantised padded row
   // [n_threads, t_stride]: per thread q [att_rows, head_dim] (pre-scaled),
   // o [att_rows, head_dim] accumulator, k [chunk, head_dim], v [chunk,
-  // head_dim], key panels [window_logits_scratch(chunk, head_dim)], row max /
+  // head_dim], query panels [window_logits_scratch(att_rows, head_dim)], row max /
   // row sum / correction [att_rows] each.
   std::vector<float> t_att_;
   std::vector<int32_t> t_pos_;   // [n_threads, chunk + att_rows] key / query-row positions
