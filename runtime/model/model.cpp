@@ -250,7 +250,7 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
     const size_t d = c.head_dim;
     t_stride_ = 2 * r16(size_t(att_rows_) * d) + 2 * r16(size_t(chunk_) * d) +
                 r16(simd::window_logits_scratch(att_rows_, d)) + 3 * r16(att_rows_);
-    t_scores_.resize(size_t(n_threads_) * att_rows_ * chunk_);
+    t_scores_.resize(size_t(n_threads_) * r16(att_rows_) * chunk_);
     t_row_.resize(size_t(n_threads_) * row_pad_);
     t_att_.resize(size_t(n_threads_) * t_stride_);
     t_pos_.resize(size_t(n_threads_) * (chunk_ + att_rows_));
@@ -497,10 +497,14 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
     float* kb = take(size_t(chunk) * d);             // [chunk, d] keys of a block
     float* vb = take(size_t(chunk) * d);             // [chunk, d] values of a block
     float* q_panels = take(simd::window_logits_scratch(ws.att_rows_, d));  // Q rows packed
-    float* row_max = take(ws.att_rows_);             // [M]
-    float* row_sum = take(ws.att_rows_);             // [M]
-    float* corr = take(ws.att_rows_);                // [M]
-    float* sb = ws.t_scores_.data() + size_t(tid) * ws.att_rows_ * chunk;  // [chunk, M] key-major
+    float* row_max = take(ws.att_rows_);             // [Mp]
+    float* row_sum = take(ws.att_rows_);             // [Mp]
+    float* corr = take(ws.att_rows_);                // [Mp]
+    // Rows padded to 16 (the widest vector) so the softmax runs vector-wide
+    // even for a few rows (decode: M = G); the padding rows are computed
+    // from zero queries and never read.
+    const size_t Mp = (M + 15) / 16 * 16;
+    float* sb = ws.t_scores_.data() + size_t(tid) * ((ws.att_rows_ + 15) / 16 * 16) * chunk;  // [chunk, Mp] key-major
     float* row = ws.t_row_.data() + size_t(tid) * row_pad;                   // [row_pad]
     int32_t* kpos = ws.t_pos_.data() + size_t(tid) * (chunk + ws.att_rows_);  // [chunk]
     int32_t* rpos = kpos + chunk;                                             // [M]
@@ -517,8 +521,8 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
     K.scale(qb, scale, M * d);
     simd::pack_window_keys(qb, M, d, q_panels);
     std::fill(ob, ob + M * d, 0.0f);
-    std::fill(row_max, row_max + M, -std::numeric_limits<float>::infinity());
-    std::fill(row_sum, row_sum + M, 0.0f);
+    std::fill(row_max, row_max + Mp, -std::numeric_limits<float>::infinity());
+    std::fill(row_sum, row_sum + Mp, 0.0f);
 
     // Converts rows [e0, e0 + n) of one run's K or V into dst [n, d].
     const auto convert = [&](const uint8_t* base, uint32_t e0, uint32_t n, float* dst) {
@@ -535,17 +539,17 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
     uint32_t nb = 0;  // entries gathered in the current block
     int32_t kmax = std::numeric_limits<int32_t>::min();
     const auto flush = [&] {
-      K.window_logits_packed(kb, nb, q_panels, M, d, sb, M);  // S^T [nb, M]
+      K.window_logits_packed(kb, nb, q_panels, Mp, d, sb, Mp);  // S^T [nb, Mp]
       if (kmax > qmin) {  // some row cannot see some key
         for (uint32_t j = 0; j < nb; ++j) {
           if (kpos[j] <= qmin) continue;
-          float* sj = sb + size_t(j) * M;
+          float* sj = sb + size_t(j) * Mp;
           for (size_t r = 0; r < M; ++r)
             if (kpos[j] > rpos[r]) sj[r] = -std::numeric_limits<float>::infinity();
         }
       }
-      K.attn_softmax_step(sb, nb, M, M, row_max, row_sum, corr);
-      K.attn_accumulate(sb, M, nb, M, vb, d, d, corr, ob, d);
+      K.attn_softmax_step(sb, nb, Mp, Mp, row_max, row_sum, corr);
+      K.attn_accumulate(sb, M, nb, Mp, vb, d, d, corr, ob, d);
       nb = 0;
       kmax = std::numeric_limits<int32_t>::min();
     };

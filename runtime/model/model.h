@@ -109,7 +109,7 @@ class Workspace {
   uint32_t att_tokens_;          // tokens per query block
   uint32_t att_rows_;            // att_tokens * G: query rows per block (max)
   size_t t_stride_;              // floats of one thread's slice of t_att_
-  std::vector<float> t_scores_;  // [n_threads, chunk, att_rows] logits / probabilities
+  std::vector<float> t_scores_;  // [n_threads, chunk, att_rows rounded up to 16] logits / probabilities
   std::vector<float> t_row_;     // [n_threads, row_pad] one dequantised padded row
   // [n_threads, t_stride]: per thread q [att_rows, head_dim] (pre-scaled),
   // o [att_rows, head_dim] accumulator, k [chunk, head_dim], v [chunk,
