@@ -106,11 +106,11 @@ bool kernel_available(DType t) {
 }
 
 // Not done: 2 MiB-aligned copies madvised MADV_HUGEPAGE. Batches gained
-// 2-4 % per core (fewer TLB misses), but one-token decode (4 group streams
-// nb*512 bytes apart) was slower in 4 of 6 interleaved rounds (bench_gemm,
-// 1 thread, layer GB/s, loaded dev AMD EPYC: 4 KiB pages 33.2 33.8 33.0 27.9
-// 33.9 27.0, huge pages 29.0 28.7 24.7 28.0 27.0 32.5); physically contiguous
-// streams at power-of-two distances may collide in DRAM banks.
+// 2-4 % per core (fewer TLB misses); one-token decode (4 group streams nb*512
+// bytes apart) was mixed: 2 threads, quiet moments, layer GB/s, 4 KiB pages
+// 51.5 52.4 50.8 51.3 vs huge pages 55.2 53.8 50.0 55.1 (membw 56-63), but
+// 1 thread (loaded, ABBA order) 24.7 30.8 31.1 32.3 32.0 33.0 vs 27.8 30.0
+// 30.1 30.5 26.1 28.4. Not clearly better, so the plain allocation stays.
 std::shared_ptr<const uint8_t> aligned_buffer(size_t bytes, uint8_t** out) {
   auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
   if (buf == nullptr) throw std::bad_alloc();
