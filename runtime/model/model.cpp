@@ -504,11 +504,12 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
     float* row_sum = take(ws.att_rows_);             // [Mp]
     float* corr = take(ws.att_rows_);                // [Mp]
     // Rows padded to 16 (the widest vector) so the softmax runs vector-wide
-    // even for a few rows (decode: M = G); the padding rows are computed
-    // from zero queries and never read.
+    // even for a few rows (decode: M = G); the padding rows come from zero
+    // queries (finite logits), and their results are never used.
     const size_t Mp = (M + 15) / 16 * 16;
-    float* sb = ws.t_scores_.data() + size_t(tid) * ((ws.att_rows_ + 15) / 16 * 16) * chunk;  // [chunk, Mp] key-major
-    float* row = ws.t_row_.data() + size_t(tid) * row_pad;                   // [row_pad]
+    const size_t sb_floats = (ws.att_rows_ + 15) / 16 * 16 * size_t(chunk);
+    float* sb = ws.t_scores_.data() + size_t(tid) * sb_floats;  // [chunk, Mp] key-major
+    float* row = ws.t_row_.data() + size_t(tid) * row_pad;     // [row_pad]
     int32_t* kpos = ws.t_pos_.data() + size_t(tid) * (chunk + ws.att_rows_);  // [chunk]
     int32_t* rpos = kpos + chunk;                                             // [M]
 
