@@ -157,6 +157,12 @@ struct Scratch {
   std::vector<uint32_t> idx;   // stage-1 / selection indices
   std::vector<uint32_t> ptr;   // [Hkv] merge cursors
   std::vector<float> panels;   // window_logits: packed keys [ceil(n/16)][d][16]
+  // score_layer's window attention runs one KV head per OpenMP thread.
+  struct Thread {
+    std::vector<float> logits, pooled, acc, panels;  // as above, per thread
+  };
+  std::vector<Thread> threads;
+  std::vector<double> mass;    // [Hkv] window attention mass per KV head
 };
 
 // Window logits out[r, j] = q[r, :] . k[j, :] (no 1/sqrt(d) scaling).

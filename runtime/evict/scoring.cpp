@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <omp.h>
+
 #include "runtime/evict/evict.h"
 #include "simd/simd.h"
 
@@ -14,6 +16,9 @@ namespace defkv::evict {
 
 namespace {
 
+// Window scoring below this many multiply-adds per layer stays on the
+// calling thread (a parallel region costs microseconds).
+constexpr uint64_t kParallelMinMacs = uint64_t(1) << 20;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -195,39 +200,57 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   // are then used while they are still in cache (W * n floats: 512 KiB at
   // 4000 entries, where the whole group's [G*W, n] would be 4 MiB).
   const float inv_sqrt_d = 1.0f / std::sqrt(float(d));
-  s.logits.resize(size_t(W) * n_max);
-  s.panels.resize(std::max(s.panels.size(), simd::window_logits_scratch(n_max, d)));
-  double window_mass = 0.0;
-  for (uint32_t h = 0; h < H; ++h) {
-    const uint32_t hk = h / G, g = h % G;
+  // KV heads are independent here: OpenMP over them (one Scratch::Thread
+  // each), the window mass summed per KV head then in head order, so the
+  // result does not depend on the thread count.
+  uint64_t macs = 0;
+  for (const HeadView& h : view.heads) macs += uint64_t(h.n) * W * G * d;
+  const int n_thr = macs >= kParallelMinMacs ? std::min<int>(omp_get_max_threads(), int(Hkv)) : 1;
+  if (s.threads.size() < size_t(n_thr)) s.threads.resize(size_t(n_thr));
+  for (int t = 0; t < n_thr; ++t) {
+    Scratch::Thread& ts = s.threads[size_t(t)];
+    ts.logits.resize(std::max(ts.logits.size(), size_t(W) * n_max));
+    ts.pooled.resize(std::max<size_t>(ts.pooled.size(), n_max));
+    ts.acc.resize(std::max<size_t>(ts.acc.size(), n_max));
+    ts.panels.resize(std::max(ts.panels.size(), simd::window_logits_scratch(n_max, d)));
+  }
+  s.mass.assign(Hkv, 0.0);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr) if (n_thr > 1)
+  for (uint32_t hk = 0; hk < Hkv; ++hk) {
+    Scratch::Thread& ts = s.threads[size_t(n_thr > 1 ? omp_get_thread_num() : 0)];
     const HeadView& hv = view.heads[hk];
     const uint32_t n = hv.n, N = n - W;
     if (n == 0) continue;  // then W == 0 too: nothing to score
-    if (g == 0) simd::pack_window_keys(hv.k, n, d, s.panels.data());
-    K.window_logits_packed(view.q_window + size_t(h) * W * d, W, s.panels.data(), n, d,
-                           s.logits.data(), n);  // [W, n]
-    if (need_snap) std::fill_n(s.acc.data(), N, 0.0f);
-    for (uint32_t i = 0; i < W; ++i) {
-      float* row = s.logits.data() + size_t(i) * n;  // [n]
-      const uint32_t c = uint32_t(std::upper_bound(hv.pos, hv.pos + n, view.q_pos[i]) - hv.pos);
-      K.window_softmax(row, n, c, inv_sqrt_d);  // causal: keys after the query get 0
-      window_mass += K.reduce_sum(row + N, W);
-      if (dbg) std::copy_n(row, N, dbg->window_attn[h].data() + size_t(i) * N);
-      if (N == 0) continue;
-      if (need_snap) K.add_inplace(s.acc.data(), row, N);
-      if (need_ave) K.add_inplace(s.ave[hk].data(), row, N);
-      if (need_def) {
-        // Pool the row, rescale it to the unpooled row's mass, max over (g, i).
-        K.pool_rescale_max(row, s.pooled.data(), s.maxv[hk].data(), N, params.kernel);
+    simd::pack_window_keys(hv.k, n, d, ts.panels.data());
+    for (uint32_t g = 0; g < G; ++g) {
+      const uint32_t h = hk * G + g;
+      K.window_logits_packed(view.q_window + size_t(h) * W * d, W, ts.panels.data(), n, d,
+                             ts.logits.data(), n);  // [W, n]
+      if (need_snap) std::fill_n(ts.acc.data(), N, 0.0f);
+      for (uint32_t i = 0; i < W; ++i) {
+        float* row = ts.logits.data() + size_t(i) * n;  // [n]
+        const uint32_t c = uint32_t(std::upper_bound(hv.pos, hv.pos + n, view.q_pos[i]) - hv.pos);
+        K.window_softmax(row, n, c, inv_sqrt_d);  // causal: keys after the query get 0
+        s.mass[hk] += K.reduce_sum(row + N, W);
+        if (dbg) std::copy_n(row, N, dbg->window_attn[h].data() + size_t(i) * N);
+        if (N == 0) continue;
+        if (need_snap) K.add_inplace(ts.acc.data(), row, N);
+        if (need_ave) K.add_inplace(s.ave[hk].data(), row, N);
+        if (need_def) {
+          // Pool the row, rescale it to the unpooled row's mass, max over (g, i).
+          K.pool_rescale_max(row, ts.pooled.data(), s.maxv[hk].data(), N, params.kernel);
+        }
+      }
+      if (need_snap && N > 0) {
+        // SnapKV: mean over the window, pool, mean over the group.
+        K.scale(ts.acc.data(), 1.0f / float(W), N);
+        K.avg_pool(ts.acc.data(), ts.pooled.data(), N, params.kernel);
+        K.axpy(1.0f / float(G), ts.pooled.data(), s.mean[hk].data(), N);
       }
     }
-    if (need_snap && N > 0) {
-      // SnapKV: mean over the window, pool, mean over the group.
-      K.scale(s.acc.data(), 1.0f / float(W), N);
-      K.avg_pool(s.acc.data(), s.pooled.data(), N, params.kernel);
-      K.axpy(1.0f / float(G), s.pooled.data(), s.mean[hk].data(), N);
-    }
   }
+  double window_mass = 0.0;
+  for (uint32_t hk = 0; hk < Hkv; ++hk) window_mass += s.mass[hk];
   const float window_bias = float(window_mass / (double(H) * W));
 
   // Step 2, defensive: running max (optional), then the mean floor.
