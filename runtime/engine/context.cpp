@@ -93,7 +93,16 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
   chunk_ = p.chunk_tokens ? p.chunk_tokens : (bounded ? std::max<uint32_t>(64, 2 * window_) : 256);
   slack_ = p.decode_slack ? p.decode_slack : std::max<uint32_t>(window_, 1);
-  const uint64_t over_budget = std::max(chunk_, slack_);  // tokens per head above the budget (bounded)
+  uint64_t over_budget = std::max(chunk_, slack_);  // tokens per head above the budget (bounded)
+  // Default bounded chunk for a largest budget of b_max tokens per head: a
+  // third of it in multiples of 64, between max(64, 2W) and 256 tokens. Every
+  // round scores every entry, so on long prompts fewer, larger rounds cost
+  // less (TinyLlama, 4k prompt, 20 %: eviction took 9.4 % of the prefill with
+  // 64-token chunks); resident KV stays within budget + a third.
+  const uint32_t min_chunk = chunk_;
+  auto default_chunk = [&](uint64_t b_max) {
+    return uint32_t(std::clamp<uint64_t>(b_max / 3 / 64 * 64, min_chunk, std::max<uint32_t>(min_chunk, 256)));
+  };
 
   if (p.interim_policy) {
     const evict::Policy ip = *p.interim_policy;
@@ -140,8 +149,10 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     const uint64_t pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
     const uint64_t fit = pages * p.page_tokens / HL;  // tokens per head the pages hold
     const uint64_t per_token = (page_bytes * HL + p.page_tokens - 1) / p.page_tokens;  // for the message
-    const uint64_t extra = (bounded ? over_budget : 0) + p.page_tokens;
-    const int64_t b = int64_t(fit) - int64_t(extra);
+    int64_t b = int64_t(fit) - int64_t((bounded ? over_budget : 0) + p.page_tokens);
+    if (bounded && p.chunk_tokens == 0)  // the largest b whose default chunk still fits
+      for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b)
+        if (uint64_t(b) + std::max<uint64_t>(default_chunk(uint64_t(b)), slack_) + p.page_tokens <= fit) break;
     if (b < int64_t(min_budget))
       throw bad("kv_mem_bytes " + std::to_string(*p.kv_mem_bytes) + " holds " + std::to_string(std::max<int64_t>(b, 0)) +
                 " tokens per head after the chunk/slack/page reserve, below window + sinks = " +
@@ -150,6 +161,11 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
       throw bad("kv_mem_bytes with the oneshot schedule must hold the full n_ctx = " + std::to_string(n_ctx_) +
                 " tokens per head (the paper's schedule prefills everything); use the bounded schedule");
     budget_ = uint32_t(std::min<int64_t>(b, n_ctx_));
+  }
+
+  if (bounded && p.chunk_tokens == 0) {
+    chunk_ = default_chunk(p.kv_ratio ? uint64_t(std::ceil(double(n_ctx_) * *p.kv_ratio)) : budget_);
+    over_budget = std::max(chunk_, slack_);
   }
 
   // Pool size (tokens per head), fixed for the context's lifetime.

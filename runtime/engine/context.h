@@ -82,9 +82,12 @@ struct ContextParams {
   // the policy; Policy::full with a budget is rejected (it never evicts).
   evict::Params evict;
   std::optional<Schedule> schedule;  // unset: bounded when a budget is set
-  // Prefill chunk (tokens per forward call). 0: bounded 2*window (min 64),
-  // so each round scores a fresh window and evicts about one chunk; otherwise
-  // 256 (faster prefill, memory is n_ctx anyway).
+  // Prefill chunk (tokens per forward call). 0: bounded, a third of the
+  // largest budget rounded down to a multiple of 64, between max(64,
+  // 2*window) and 256 (a kv_mem budget: max(64, 2*window)); each round
+  // scores a fresh window and evicts about one chunk, and resident KV stays
+  // within budget + a third. Otherwise 256 (faster prefill, memory is n_ctx
+  // anyway).
   uint32_t chunk_tokens = 0;
   // Bounded decoding evicts every decode_slack tokens. 0: = window, so each
   // round's observation window is exactly the tokens decoded since the last.
