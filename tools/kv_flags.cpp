@@ -195,8 +195,9 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   sub->add_option("--chunk", f.chunk_tokens,
-                  "Prefill chunk in tokens per forward pass (0: 2*window, min 64, with the bounded schedule; "
-                  "else 256)")
+                  "Prefill chunk in tokens per forward pass (0: with the bounded schedule a third of the budget "
+                  "in multiples of 64, between max(64, 2*window) and 256, so resident KV stays within budget + a "
+                  "third; else 256)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   sub->add_flag("--kv-running-max", f.running_max,

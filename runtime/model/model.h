@@ -69,8 +69,9 @@ class Workspace {
  public:
   //   max_batch: tokens per forward() call; n_ctx: positions [0, n_ctx);
   //   n_threads: OpenMP threads (0: omp_get_max_threads());
-  //   kv_page_tokens: entries scored per pass in attention; n_aux: the
-  //   cache's aux floats per entry.
+  //   kv_page_tokens: unused (attention gathers entries across pages in
+  //   fixed blocks; kept for source compatibility); n_aux: the cache's aux
+  //   floats per entry.
   Workspace(const Config& cfg, uint32_t max_batch, uint32_t n_ctx, uint32_t n_threads,
             uint32_t kv_page_tokens = 16, uint32_t n_aux = 0);
   uint32_t max_batch() const { return max_batch_; }
