@@ -149,17 +149,18 @@ Budget entries_budget(uint32_t budget_per_head, uint32_t n_head_kv, uint32_t n_l
 // Reusable buffers. Contents are private to this layer; keep one per thread
 // and pass it to every call so buffers only grow during warm-up.
 struct Scratch {
-  std::vector<float> logits;   // [W, n_max] logits / attention of one query head
-  std::vector<float> pooled;   // [n_max]
-  std::vector<float> acc;      // [n_max] per-query-head window sum
+  std::vector<float> pooled;   // [n_max] (aggregation)
   std::vector<std::vector<float>> mean, maxv, ave, denom;  // [Hkv][n_h]
   std::vector<float> flat;     // selection candidates
   std::vector<uint32_t> idx;   // stage-1 / selection indices
   std::vector<uint32_t> ptr;   // [Hkv] merge cursors
-  std::vector<float> panels;   // window_logits: packed keys [ceil(n/16)][d][16]
-  // score_layer's window attention runs one KV head per OpenMP thread.
+  // score_layer's window attention runs one KV head per OpenMP thread, each
+  // with its own buffers.
   struct Thread {
-    std::vector<float> logits, pooled, acc, panels;  // as above, per thread
+    std::vector<float> logits;  // [W, n_max] logits / attention of one query head
+    std::vector<float> pooled;  // [n_max]
+    std::vector<float> acc;     // [n_max] per-query-head window sum
+    std::vector<float> panels;  // window_logits: packed keys [ceil(n/16)][d][16]
   };
   std::vector<Thread> threads;
   std::vector<double> mass;    // [Hkv] window attention mass per KV head

@@ -186,7 +186,6 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   uint32_t n_max = 0;
   for (const HeadView& h : view.heads) n_max = std::max(n_max, h.n);
   s.pooled.resize(n_max);
-  s.acc.resize(n_max);
   if (need_snap) resize_zero(s.mean, view, W, 0.0f);
   if (need_def) resize_zero(s.maxv, view, W, kNegInf);
   if (need_ave) resize_zero(s.ave, view, W, 0.0f);
