@@ -275,12 +275,13 @@ void Context::finish_oneshot() {
   oneshot_done_ = true;
 }
 
-void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all) {
+void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all,
+                        const model::ForwardHooks& hooks) {
   const uint32_t first = n_past_;
   for (uint32_t i = 0; i < n; ++i) pos_buf_[i] = int32_t(first + i);
-  if (hooks_.cancel) save_ring(first, n);
+  if (hooks.cancel) save_ring(first, n);
   try {
-    model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks_, logits, all);
+    model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks, logits, all);
   } catch (const model::Cancelled&) {
     rollback_batch(first, n);  // cache and query ring as before this batch
     throw;
@@ -314,7 +315,7 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     }
     const bool last = off + n == tokens.size();
     float* out = all_logits ? all_logits + off * V : (last ? logits_.data() : nullptr);
-    run_batch(tokens.data() + off, n, out, all_logits != nullptr);
+    run_batch(tokens.data() + off, n, out, all_logits != nullptr, hooks_);
     if (bounded && over(budget_)) evict_now(!last);
     if (progress_) progress_(off + n, tokens.size());
   }
@@ -358,22 +359,15 @@ std::span<const float> Context::step(int32_t token) {
     if (cache_->entries() + HL > ceiling * HL && over(budget_)) evict_now();
   }
   if (stash_cap_ == 0) {
-    run_batch(&token, 1, logits_.data(), false);
-  } else {
+    run_batch(&token, 1, logits_.data(), false, hooks_);
+  } else {  // the token's value norm is deferred (flush_value_norms)
     if (n_pending_ == stash_cap_) flush_value_norms();
     const size_t kv_dim = size_t(model_.config().n_head_kv) * model_.config().head_dim;
-    hooks_.aux_value_norm = false;
-    hooks_.v_stash = v_stash_.data() + size_t(n_pending_) * kv_dim;
-    hooks_.v_stash_layer_floats = size_t(stash_cap_) * kv_dim;
-    try {
-      run_batch(&token, 1, logits_.data(), false);
-    } catch (...) {
-      hooks_.aux_value_norm = true;
-      hooks_.v_stash = nullptr;
-      throw;
-    }
-    hooks_.aux_value_norm = true;
-    hooks_.v_stash = nullptr;
+    model::ForwardHooks h = hooks_;
+    h.aux_value_norm = false;
+    h.v_stash = v_stash_.data() + size_t(n_pending_) * kv_dim;
+    h.v_stash_layer_floats = size_t(stash_cap_) * kv_dim;
+    run_batch(&token, 1, logits_.data(), false, h);
     n_pending_ += 1;
   }
   if (bounded && over(uint64_t(budget_) + slack_ - 1)) evict_now();

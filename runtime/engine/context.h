@@ -223,7 +223,7 @@ class Context {
 
  private:
   void prefill(std::span<const int32_t> tokens, float* all_logits);
-  void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all);
+  void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, const model::ForwardHooks& hooks);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
   void evict_now(bool interim = false);
   void finish_oneshot();
