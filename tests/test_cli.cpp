@@ -41,6 +41,13 @@ std::string shared_dir() { return env_or("DEFKV_SHARED", "../shared"); }
 std::string defkv_bin() { return env_or("DEFKV_BUILD", "build") + "/tools/defkv"; }
 std::string stories() { return shared_dir() + "/models/stories260K/stories260K.gguf"; }
 
+// One short invocation of each command that takes the KV flags (run, bench, eval).
+std::vector<std::string> kv_flag_commands() {
+  const std::string text = shared_dir() + "/models/data/tinystories_sample.txt";
+  return {"run -m " + stories() + " -p hi -n 2", "bench -m " + stories() + " -p 8 -n 2 -r 1",
+          "eval ppl -f " + text + " -m " + stories() + " --max-windows 1"};
+}
+
 fs::path temp_dir() {
   static fs::path dir = [] {
     fs::path d = fs::temp_directory_path() / ("defkv-test-cli-" + std::to_string(::getpid()));
@@ -380,8 +387,7 @@ TEST_CASE("cli: run, bench and eval share the KV flags: same help, --kv-mem size
   REQUIRE(e.exit_code == 0);
   const nlohmann::json j = nlohmann::json::parse(e.out);
   CHECK(j["budget"]["kv_mem_bytes"] == 400 * 1024);
-  for (const std::string& cmd : {"run -m " + stories() + " -p hi -n 2", "bench -m " + stories() + " -p 8 -n 2 -r 1",
-                                 "eval ppl -f " + text + " -m " + stories() + " --max-windows 1"}) {
+  for (const std::string& cmd : kv_flag_commands()) {
     INFO(cmd);
     Result bad = run(cmd + " --kv-mem 12X");
     CHECK(bad.exit_code > 0);
@@ -456,9 +462,7 @@ TEST_CASE("cli: --kv-interim-policy, --kv-score-all-queries, --kv-running-max-de
 }
 
 TEST_CASE("cli: bounded-schedule flags: clear errors in run, bench and eval", "[cli][kvflags]") {
-  const std::string text = shared_dir() + "/models/data/tinystories_sample.txt";
-  for (const std::string& cmd : {"run -m " + stories() + " -p hi -n 2", "bench -m " + stories() + " -p 8 -n 2 -r 1",
-                                 "eval ppl -f " + text + " -m " + stories() + " --max-windows 1"}) {
+  for (const std::string& cmd : kv_flag_commands()) {
     INFO(cmd);
     Result h = run(cmd + " --help");
     CHECK_THAT(h.out, Catch::Contains("--kv-interim-policy") && Catch::Contains("--kv-score-all-queries") &&
