@@ -187,7 +187,9 @@ class Model {
                float* logits, bool all_logits) const;
 
   // The aux[0] value norms (file comment) of n_tokens value rows of layer l,
-  // as forward() computes them with aux_value_norm (bit-identical):
+  // the computation forward() runs with aux_value_norm (bit-identical for the
+  // same batch; quant::value_proj_l1 picks its path by token count, so other
+  // batchings agree to float rounding):
   //   v: [n_tokens, Hkv*d] f32 ; out: [n_tokens, Hkv].
   // Any n_tokens (processed in pieces of ws.max_batch()). Threads as forward().
   void value_norms(uint32_t l, const float* v, uint32_t n_tokens, float* out, Workspace& ws) const;
