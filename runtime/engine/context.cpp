@@ -210,14 +210,17 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     // Eviction scratch for an average layer; grows only for layer-adaptive
     // distributions that concentrate entries.
     const size_t layer_entries = size_t(std::min<uint64_t>(per_head * Hkv, cc.capacity_entries));
-    q_win_.resize(size_t(H) * window_ * d);
     q_win_pos_.resize(window_);
-    g_k_.resize(layer_entries * d);
-    g_pos_.resize(layer_entries);
-    g_aux_.resize(layer_entries * std::max<uint32_t>(n_aux_, 1));
-    g_vnorm_.resize(layer_entries);
-    g_prev_.resize(layer_entries);
-    view_.heads.resize(Hkv);
+    lanes_.resize(std::max<uint32_t>(ws_->n_threads(), 1));
+    for (EvictLane& lane : lanes_) {
+      lane.q_win.resize(size_t(H) * window_ * d);
+      lane.k.resize(layer_entries * d);
+      lane.pos.resize(layer_entries);
+      lane.aux.resize(layer_entries * std::max<uint32_t>(n_aux_, 1));
+      lane.vnorm.resize(layer_entries);
+      lane.prev.resize(layer_entries);
+      lane.view.heads.resize(Hkv);
+    }
     scores_.resize(L);
     new_max_.resize(L);
     keep_.resize(L);

@@ -200,8 +200,10 @@ class Context {
   // running eval(); may throw (e.g. model::Cancelled) to stop it.
   void set_progress(std::function<void(uint64_t done, uint64_t total)> fn);
   // Diagnosis hook: called for every layer of every eviction round right after
-  // that layer is scored (before selection/retain). The pointers are valid
-  // only during the call. Not called when unset (no cost).
+  // that layer is scored (before selection/retain), in layer order: with an
+  // observer set, a round scores its layers on one thread (otherwise they run
+  // in parallel, with the same result). The pointers are valid only during
+  // the call. Not called when unset (no cost).
   struct RoundObservation {
     uint32_t round = 0;          // stats().evict_rounds before this round
     uint32_t layer = 0;
@@ -222,13 +224,18 @@ class Context {
   void load_state(std::span<const uint8_t> data);
 
  private:
+  struct EvictLane;
   void prefill(std::span<const int32_t> tokens, float* all_logits);
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, const model::ForwardHooks& hooks);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
   void evict_now(bool interim = false);
   void finish_oneshot();
-  void score_passes(uint32_t layer, uint32_t n_pass, const evict::Params& ep, const evict::Budget& budget,
-                    bool use_max, bool want_max);  // compresses once if the oneshot round is due (or was cancelled)
+  // Gathers, scores (and, unless layer-wise, selects) layer l of an eviction
+  // round in `lane`; touches only lane, scores_[l], new_max_[l] and keep_[l].
+  void score_round_layer(uint32_t l, EvictLane& lane, const evict::Params& ep, const evict::Budget& budget,
+                         uint32_t n_pass, bool interim);
+  void score_passes(uint32_t layer, EvictLane& lane, uint32_t n_pass, const evict::Params& ep,
+                    const evict::Budget& budget, bool use_max, bool want_max);  // compresses once if the oneshot round is due (or was cancelled)
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
   // Computes the value norms of the decode tokens whose aux[0] is pending
@@ -268,19 +275,23 @@ class Context {
   uint32_t stash_cap_ = 0;              // tokens; 0: norms computed per forward
   mutable uint32_t n_pending_ = 0;
 
-  // Eviction scratch.
-  std::vector<float> q_win_;                 // [n_head, window, head_dim] ordered by position
-  std::vector<int32_t> q_win_pos_;           // [window]
-  std::vector<float> g_k_;                   // [entries of one layer, head_dim]
-  std::vector<int32_t> g_pos_;               // [entries of one layer]
-  std::vector<float> g_aux_;                 // [entries of one layer, n_aux]
-  std::vector<float> g_vnorm_;               // [entries of one layer]
-  std::vector<float> g_prev_;                // [entries of one layer]
+  // Eviction scratch. A round scores its layers in parallel, one layer per
+  // thread at a time; each thread gathers and scores in its own lane.
+  struct EvictLane {
+    std::vector<float> q_win;       // [n_head, window, head_dim] ordered by position
+    std::vector<float> k;           // [entries of one layer, head_dim]
+    std::vector<int32_t> pos;       // [entries of one layer]
+    std::vector<float> aux;         // [entries of one layer, n_aux]
+    std::vector<float> vnorm;       // [entries of one layer]
+    std::vector<float> prev;        // [entries of one layer]
+    evict::Scratch scratch;
+    evict::LayerView view;
+  };
+  std::vector<EvictLane> lanes_;             // [n_threads]
+  std::vector<int32_t> q_win_pos_;           // [window] this round's window positions
   std::vector<std::vector<float>> pass_scores_;   // [n_head_kv][n_h] one extra pass (score_all_queries)
   std::vector<std::vector<float>> pass_max_;      // [n_head_kv][n_h] its defensive max
   std::vector<std::vector<float>> pass_count_;    // [n_head_kv][n_h] passes combined (mean)
-  evict::Scratch ev_scratch_;
-  evict::LayerView view_;
   evict::LayerView pass_view_;               // truncated heads of one extra pass
   std::vector<std::vector<std::vector<float>>> scores_;   // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<float>>> new_max_;  // [n_layer][n_head_kv][n_h]

@@ -6,6 +6,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <exception>
+
+#include <omp.h>
 
 #include "runtime/engine/context.h"
 
@@ -36,17 +39,6 @@ void Context::evict_now(bool interim) {
       throw std::logic_error("context: query ring does not hold position " + std::to_string(p));
     q_win_pos_[i] = p;
   }
-  view_.n_head = H;
-  view_.n_head_kv = Hkv;
-  view_.head_dim = d;
-  view_.n_window = n_window;
-  view_.q_window = q_win_.data();
-  view_.q_pos = q_win_pos_.data();
-  const bool layerwise = ep.policy == evict::Policy::layer_defensivekv;
-  const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
-                                         ep.policy == evict::Policy::layer_defensivekv);
-  const float decay = params_.running_max_decay;
-  const bool defensive_round = ep.policy == evict::Policy::defensivekv || ep.policy == evict::Policy::layer_defensivekv;
   // score_all_queries: pass k >= 1 scores with the queries [end_k - W, end_k),
   // end_k = n_past - k*W, over each head's entries before end_k; only whole
   // windows of queries fed since the last round (and still in the ring).
@@ -67,105 +59,153 @@ void Context::evict_now(bool interim) {
     pass_view_.n_head_kv = Hkv;
     pass_view_.head_dim = d;
     pass_view_.n_window = W;
-    pass_view_.q_window = q_win_.data();
     pass_view_.q_pos = q_win_pos_.data();
     pass_view_.heads.resize(Hkv);
   }
 
+  // Score (and select) the layers in parallel, one per thread at a time: a
+  // layer's result does not depend on the thread that scores it. Extra passes
+  // (score_all_queries) and a round observer run on one thread. Nothing is
+  // evicted until every layer is scored, so a cancel leaves the cache as it was.
+  const bool serial = n_pass > 1 || observer_ != nullptr;
+  const int n_thr = serial ? 1 : int(std::min<size_t>(lanes_.size(), L));
+  std::exception_ptr error;
+  bool failed = false;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr) if (n_thr > 1)
   for (uint32_t l = 0; l < L; ++l) {
-    check_cancel();  // layers already evicted stay evicted (still a valid cache)
-    // Window queries of layer l: [H, n_window, d], ordered by position.
-    for (uint32_t h = 0; h < H; ++h)
-      for (uint32_t i = 0; i < n_window; ++i) {
-        const size_t slot = size_t(q_win_pos_[i]) % R;
-        std::memcpy(q_win_.data() + (size_t(h) * n_window + i) * d,
-                    q_ring_.data() + ((size_t(l) * H + h) * R + slot) * d, d * sizeof(float));
-      }
-    size_t total = 0;
-    for (uint32_t hk = 0; hk < Hkv; ++hk) total += cache_->size(l, hk);
-    if (g_pos_.size() < total) {  // layer-adaptive budgets can concentrate entries
-      g_k_.resize(total * d);
-      g_pos_.resize(total);
-      g_aux_.resize(total * std::max<uint32_t>(n_aux_, 1));
-      g_vnorm_.resize(total);
-      g_prev_.resize(total);
+    bool stop;
+#pragma omp atomic read
+    stop = failed;
+    if (stop) continue;
+    try {
+      check_cancel();
+      score_round_layer(l, lanes_[size_t(n_thr > 1 ? omp_get_thread_num() : 0)], ep, budget, n_pass, interim);
+    } catch (...) {
+#pragma omp critical(defkv_evict_error)
+      if (!error) error = std::current_exception();
+#pragma omp atomic write
+      failed = true;
     }
-    size_t off = 0;
-    for (uint32_t hk = 0; hk < Hkv; ++hk) {
-      const uint32_t n = cache_->size(l, hk);
-      cache_->gather(l, hk, g_k_.data() + off * d, nullptr, g_pos_.data() + off,
-                     n_aux_ ? g_aux_.data() + off * n_aux_ : nullptr);
-      evict::HeadView& hv = view_.heads[hk];
-      hv.n = n;
-      hv.k = g_k_.data() + off * d;
-      hv.pos = g_pos_.data() + off;
-      hv.vnorm = nullptr;
-      hv.prev_max = nullptr;
-      if (n_aux_ >= 1) {
-        for (uint32_t i = 0; i < n; ++i) g_vnorm_[off + i] = g_aux_[(off + i) * n_aux_];
-        hv.vnorm = g_vnorm_.data() + off;
-      }
-      if (want_max) {  // decay < 1: stale maxima fade (running_max_decay)
-        for (uint32_t i = 0; i < n; ++i) g_prev_[off + i] = g_aux_[(off + i) * n_aux_ + 1] * decay;
-        hv.prev_max = g_prev_.data() + off;
-      }
-      off += n;
-    }
-    evict::score_layer(view_, ep, budget, ev_scratch_, scores_[l], nullptr, want_max ? &new_max_[l] : nullptr);
-    if (n_pass > 1) {
-      score_passes(l, n_pass, ep, budget, defensive_round, want_max);
-      // q_win_ now holds older windows: restore this round's window (observer, next layer's copy is fresh anyway)
-      for (uint32_t i = 0; i < n_window; ++i) q_win_pos_[i] = int32_t(n_past_ - n_window + i);
-    }
-    if (observer_) {
-      RoundObservation ob;
-      ob.round = stats_.evict_rounds;
-      ob.layer = l;
-      ob.interim = interim;
-      ob.policy = ep.policy;
-      ob.view = &view_;
-      ob.scores = &scores_[l];
-      observer_(ob);
-    }
+  }
+  if (error) std::rethrow_exception(error);
+
+  const bool layerwise = ep.policy == evict::Policy::layer_defensivekv;
+  const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
+                                         ep.policy == evict::Policy::layer_defensivekv);
+  const float decay = params_.running_max_decay;
+  if (layerwise) evict::select_keep_layers(ep, budget, n_window, scores_, lanes_[0].scratch, keep_);
+  for (uint32_t l = 0; l < L; ++l) {
     if (want_max) {
       // new_max already holds max(this window's m, decayed stored m); NaN: not
       // scored this round (window entries), whose stored value stays.
+      // Entries of one run are contiguous: [n, n_aux] from its first entry's aux.
       for (uint32_t hk = 0; hk < Hkv; ++hk) {
         const std::vector<float>& nm = new_max_[l][hk];
-        for (uint32_t i = 0; i < nm.size(); ++i) {
-          if (std::isnan(nm[i])) continue;
-          float* a = cache_->aux(l, hk, i);
-          a[1] = decay < 1.0f ? nm[i] : std::max(a[1], nm[i]);
+        uint32_t i = 0;
+        for (const kv::Run& r : cache_->runs(l, hk)) {
+          float* a = r.n ? cache_->aux(l, hk, i) : nullptr;
+          for (uint32_t e = 0; e < r.n; ++e, ++i) {
+            if (std::isnan(nm[i])) continue;
+            float& m = a[size_t(e) * n_aux_ + 1];
+            m = decay < 1.0f ? nm[i] : std::max(m, nm[i]);
+          }
         }
       }
     }
-    if (!layerwise) {
-      evict::select_keep(ep, budget, n_window, scores_[l], ev_scratch_, keep_[l]);
-      for (uint32_t hk = 0; hk < Hkv; ++hk) cache_->retain(l, hk, keep_[l][hk].data());
-    }
-  }
-  if (layerwise) {
-    evict::select_keep_layers(ep, budget, n_window, scores_, ev_scratch_, keep_);
-    for (uint32_t l = 0; l < L; ++l)
-      for (uint32_t hk = 0; hk < Hkv; ++hk) cache_->retain(l, hk, keep_[l][hk].data());
+    for (uint32_t hk = 0; hk < Hkv; ++hk) cache_->retain(l, hk, keep_[l][hk].data());
   }
   last_round_end_ = n_past_;
   stats_.evict_rounds += 1;
   stats_.evict_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+void Context::score_round_layer(uint32_t l, EvictLane& lane, const evict::Params& ep, const evict::Budget& budget,
+                                uint32_t n_pass, bool interim) {
+  const model::Config& mc = model_.config();
+  const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, R = ring_len_;
+  const uint32_t n_window = std::min<uint32_t>(window_, n_past_);
+  const bool layerwise = ep.policy == evict::Policy::layer_defensivekv;
+  const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
+                                         ep.policy == evict::Policy::layer_defensivekv);
+  const float decay = params_.running_max_decay;
+  const bool defensive_round = ep.policy == evict::Policy::defensivekv || ep.policy == evict::Policy::layer_defensivekv;
+  evict::LayerView& view = lane.view;
+  view.n_head = H;
+  view.n_head_kv = Hkv;
+  view.head_dim = d;
+  view.n_window = n_window;
+  view.q_window = lane.q_win.data();
+  view.q_pos = q_win_pos_.data();
+  view.heads.resize(Hkv);
+  // Window queries of layer l: [H, n_window, d], ordered by position.
+  for (uint32_t h = 0; h < H; ++h)
+    for (uint32_t i = 0; i < n_window; ++i) {
+      const size_t slot = size_t(q_win_pos_[i]) % R;
+      std::memcpy(lane.q_win.data() + (size_t(h) * n_window + i) * d,
+                  q_ring_.data() + ((size_t(l) * H + h) * R + slot) * d, d * sizeof(float));
+    }
+  size_t total = 0;
+  for (uint32_t hk = 0; hk < Hkv; ++hk) total += cache_->size(l, hk);
+  if (lane.pos.size() < total) {  // layer-adaptive budgets can concentrate entries
+    lane.k.resize(total * d);
+    lane.pos.resize(total);
+    lane.aux.resize(total * std::max<uint32_t>(n_aux_, 1));
+    lane.vnorm.resize(total);
+    lane.prev.resize(total);
+  }
+  size_t off = 0;
+  for (uint32_t hk = 0; hk < Hkv; ++hk) {
+    const uint32_t n = cache_->size(l, hk);
+    cache_->gather(l, hk, lane.k.data() + off * d, nullptr, lane.pos.data() + off,
+                   n_aux_ ? lane.aux.data() + off * n_aux_ : nullptr);
+    evict::HeadView& hv = view.heads[hk];
+    hv.n = n;
+    hv.k = lane.k.data() + off * d;
+    hv.pos = lane.pos.data() + off;
+    hv.vnorm = nullptr;
+    hv.prev_max = nullptr;
+    if (n_aux_ >= 1) {
+      for (uint32_t i = 0; i < n; ++i) lane.vnorm[off + i] = lane.aux[(off + i) * n_aux_];
+      hv.vnorm = lane.vnorm.data() + off;
+    }
+    if (want_max) {  // decay < 1: stale maxima fade (running_max_decay)
+      for (uint32_t i = 0; i < n; ++i) lane.prev[off + i] = lane.aux[(off + i) * n_aux_ + 1] * decay;
+      hv.prev_max = lane.prev.data() + off;
+    }
+    off += n;
+  }
+  evict::score_layer(view, ep, budget, lane.scratch, scores_[l], nullptr, want_max ? &new_max_[l] : nullptr);
+  if (n_pass > 1) {
+    score_passes(l, lane, n_pass, ep, budget, defensive_round, want_max);
+    // q_win_pos_ now holds older windows: restore this round's window
+    for (uint32_t i = 0; i < n_window; ++i) q_win_pos_[i] = int32_t(n_past_ - n_window + i);
+  }
+  if (observer_) {
+    RoundObservation ob;
+    ob.round = stats_.evict_rounds;
+    ob.layer = l;
+    ob.interim = interim;
+    ob.policy = ep.policy;
+    ob.view = &view;
+    ob.scores = &scores_[l];
+    observer_(ob);
+  }
+  if (!layerwise) evict::select_keep(ep, budget, n_window, scores_[l], lane.scratch, keep_[l]);
+}
+
 // Extra scoring passes of one layer (score_all_queries), combined into
 // scores_[l] (max for the defensive policies, mean otherwise) and new_max_[l].
-// view_ holds the layer's gathered heads.
-void Context::score_passes(uint32_t l, uint32_t n_pass, const evict::Params& ep, const evict::Budget& budget,
-                           bool use_max, bool want_max) {
+// lane.view holds the layer's gathered heads.
+void Context::score_passes(uint32_t l, EvictLane& lane, uint32_t n_pass, const evict::Params& ep,
+                           const evict::Budget& budget, bool use_max, bool want_max) {
   const model::Config& mc = model_.config();
   const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_, R = ring_len_;
   std::vector<std::vector<float>>& sc = scores_[l];
+  pass_view_.q_window = lane.q_win.data();
   if (!use_max) {
     pass_count_.resize(Hkv);
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
-      pass_count_[hk].reserve(g_pos_.size());
+      pass_count_[hk].reserve(lane.pos.size());
       pass_count_[hk].assign(sc[hk].size(), 1.0f);
     }
   }
@@ -173,7 +213,7 @@ void Context::score_passes(uint32_t l, uint32_t n_pass, const evict::Params& ep,
     const int32_t end = int32_t(n_past_ - k * W);  // queries [end - W, end)
     bool ok = true;
     for (uint32_t hk = 0; hk < Hkv && ok; ++hk) {
-      const evict::HeadView& hv = view_.heads[hk];
+      const evict::HeadView& hv = lane.view.heads[hk];
       const uint32_t n = uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, end) - hv.pos);
       // The pass's query positions must be the head's last W entries before end.
       ok = n >= W && hv.pos[n - W] == end - int32_t(W);
@@ -185,9 +225,9 @@ void Context::score_passes(uint32_t l, uint32_t n_pass, const evict::Params& ep,
     for (uint32_t i = 0; i < W; ++i) q_win_pos_[i] = end - int32_t(W) + int32_t(i);
     for (uint32_t h = 0; h < H; ++h)
       for (uint32_t i = 0; i < W; ++i)
-        std::memcpy(q_win_.data() + (size_t(h) * W + i) * d,
+        std::memcpy(lane.q_win.data() + (size_t(h) * W + i) * d,
                     q_ring_.data() + ((size_t(l) * H + h) * R + size_t(q_win_pos_[i]) % R) * d, d * sizeof(float));
-    evict::score_layer(pass_view_, ep, budget, ev_scratch_, pass_scores_, nullptr, want_max ? &pass_max_ : nullptr);
+    evict::score_layer(pass_view_, ep, budget, lane.scratch, pass_scores_, nullptr, want_max ? &pass_max_ : nullptr);
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
       const uint32_t N = pass_view_.heads[hk].n - W;  // scored (non-window) entries of this pass
       float* dst = sc[hk].data();
@@ -207,7 +247,7 @@ void Context::score_passes(uint32_t l, uint32_t n_pass, const evict::Params& ep,
   }
   if (!use_max)
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
-      const uint32_t n = view_.heads[hk].n - W;  // window entries keep the layer maximum
+      const uint32_t n = lane.view.heads[hk].n - W;  // window entries keep the layer maximum
       for (uint32_t j = 0; j < n; ++j) sc[hk][j] /= pass_count_[hk][j];
     }
 }

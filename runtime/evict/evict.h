@@ -155,7 +155,7 @@ struct Scratch {
   std::vector<uint32_t> idx;   // stage-1 / selection indices
   std::vector<uint32_t> ptr;   // [Hkv] merge cursors
   // score_layer's window attention runs one KV head per OpenMP thread, each
-  // with its own buffers.
+  // with its own buffers (one thread when called inside a parallel region).
   struct Thread {
     std::vector<float> logits;  // [W, n_max] logits / attention of one query head
     std::vector<float> pooled;  // [n_max]

@@ -204,7 +204,10 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   // result does not depend on the thread count.
   uint64_t macs = 0;
   for (const HeadView& h : view.heads) macs += uint64_t(h.n) * W * G * d;
-  const int n_thr = macs >= kParallelMinMacs ? std::min<int>(omp_get_max_threads(), int(Hkv)) : 1;
+  // Called from inside a parallel region (the engine scores layers in
+  // parallel), the heads of this layer stay on the calling thread.
+  const int n_thr = macs >= kParallelMinMacs && !omp_in_parallel()
+                        ? std::min<int>(omp_get_max_threads(), int(Hkv)) : 1;
   if (s.threads.size() < size_t(n_thr)) s.threads.resize(size_t(n_thr));
   for (int t = 0; t < n_thr; ++t) {
     Scratch::Thread& ts = s.threads[size_t(t)];

@@ -245,21 +245,35 @@ void KvCache::retain(uint32_t layer, uint32_t head, const uint8_t* keep) {
   const size_t aux_bytes = size_t(cfg_.n_aux) * sizeof(float);
   auto entry_base = [&](uint32_t i) { return page_ptr(page_[h.begin + i / P]); };
 
-  // Compact kept entries to the front, in order.
+  // Compact kept entries to the front, in order: each run of kept entries
+  // moves in pieces that stay within one source and one destination page
+  // (memmove: within a page the piece can overlap its destination).
   uint32_t w = 0;
-  for (uint32_t i = 0; i < h.size; ++i) {
-    if (!keep[i]) continue;
-    if (i != w) {
+  for (uint32_t i = 0; i < h.size;) {
+    if (!keep[i]) {
+      ++i;
+      continue;
+    }
+    uint32_t j = i + 1;
+    while (j < h.size && keep[j]) ++j;  // kept run [i, j)
+    if (i == w) {  // still in place
+      w = j;
+      i = j;
+      continue;
+    }
+    while (i < j) {
+      const uint32_t si = i % P, di = w % P;
+      const uint32_t m = std::min({j - i, P - si, P - di});
       const uint8_t* src = entry_base(i);
       uint8_t* dst = entry_base(w);
-      const uint32_t si = i % P, di = w % P;
-      std::memcpy(dst + layout_.k + di * row_bytes_, src + layout_.k + si * row_bytes_, row_bytes_);
-      std::memcpy(dst + layout_.v + di * row_bytes_, src + layout_.v + si * row_bytes_, row_bytes_);
-      std::memcpy(dst + layout_.pos + di * sizeof(int32_t), src + layout_.pos + si * sizeof(int32_t),
-                  sizeof(int32_t));
-      std::memcpy(dst + layout_.aux + di * aux_bytes, src + layout_.aux + si * aux_bytes, aux_bytes);
+      std::memmove(dst + layout_.k + di * row_bytes_, src + layout_.k + si * row_bytes_, m * row_bytes_);
+      std::memmove(dst + layout_.v + di * row_bytes_, src + layout_.v + si * row_bytes_, m * row_bytes_);
+      std::memmove(dst + layout_.pos + di * sizeof(int32_t), src + layout_.pos + si * sizeof(int32_t),
+                   m * sizeof(int32_t));
+      std::memmove(dst + layout_.aux + di * aux_bytes, src + layout_.aux + si * aux_bytes, m * aux_bytes);
+      i += m;
+      w += m;
     }
-    ++w;
   }
 
   // Return emptied tail pages to the pool (last freed is reused first).
