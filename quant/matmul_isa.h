@@ -57,6 +57,11 @@ constexpr size_t kPackRows = 16;
 void avx512vnni_packed_q8_tile(const uint8_t* qs, const uint16_t* d, size_t rows, size_t nb,
                                const PackedActs& x, float* y, size_t ldy, size_t g0, size_t g1,
                                size_t t0, size_t t1);
+// One token's activations [cols] quantised exactly as quantize_activations
+// does, split into quants [cols], scales [cols/32] and the vpdpbusd
+// correction -128 * sum(q) [cols/32] (matmul_avx512vnni.cpp).
+void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
+                                     int32_t* corr);
 
 // Packed f16 (see quant::Packed): panels of kPackRowsF16 rows, per column the
 // panel's 16 fp16 values (lane = row): w[panel, col, 16], 64-byte aligned.

@@ -25,16 +25,6 @@
 
 namespace defkv::quant {
 
-#if DEFKV_SIMD_X86
-namespace detail {
-// matmul_avx512vnni.cpp (AVX-512 VNNI TU): one token's activations [cols]
-// quantised exactly as quantize_activations does, split into quants [cols],
-// scales [cols/32] and the vpdpbusd correction -128 * sum(q) [cols/32].
-void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
-                                     int32_t* corr);
-}  // namespace detail
-#endif
-
 namespace {
 
 bool packed_kernel_available() {
