@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <stdexcept>
+#include <string>
 
 #include "runtime/api/defkv.h"
 
@@ -17,9 +18,12 @@ inline double peak_rss_mib() {
   return double(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-// Throws the library's message for a failed call.
-inline void check(defkv_status s, const defkv_context* ctx = nullptr) {
-  if (s != DEFKV_OK) throw std::runtime_error(defkv_last_error(ctx));
+// Throws the library's message for a failed call, prefixed by `what` failed
+// and the status name when `what` is given.
+inline void check(defkv_status s, const defkv_context* ctx = nullptr, const char* what = nullptr) {
+  if (s == DEFKV_OK) return;
+  if (what == nullptr) throw std::runtime_error(defkv_last_error(ctx));
+  throw std::runtime_error(std::string(what) + ": " + defkv_status_name(s) + ": " + defkv_last_error(ctx));
 }
 
 // Owning wrappers (the library's handles are freed on every path).

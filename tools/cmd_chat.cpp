@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "runtime/api/defkv.h"
+#include "tools/api_util.h"
 #include "tools/kv_flags.h"
 #include "tools/commands.h"
 
@@ -115,11 +116,6 @@ std::string detect_template(const std::string& jinja) {
   if (jinja.find("<|user|>") != std::string::npos && jinja.find("<|assistant|>") != std::string::npos) return "zephyr";
   if (jinja.find("[INST]") != std::string::npos) return "llama2";
   return "plain";
-}
-
-void check(defkv_status s, const defkv_context* ctx, const char* what) {
-  if (s != DEFKV_OK)
-    throw std::runtime_error(std::string(what) + ": " + defkv_status_name(s) + ": " + defkv_last_error(ctx));
 }
 
 std::vector<int32_t> tokenize(defkv_model* m, const std::string& text, bool parse_special) {
