@@ -340,6 +340,20 @@ TEST_CASE("cli: bench reports eviction share, peak RSS and depth; JSON and table
     CHECK(t["kv_entries_end"].get<uint64_t>() <= uint64_t(40 + 64) * 20);
     CHECK(t.contains("breakdown_s"));
   }
+  // The default policy (defensivekv) weights by value norms: the prefill's
+  // W_o norm pass is estimated in the breakdown; decoding defers it into the
+  // (measured) eviction rounds. snapkv computes none.
+  CHECK(tests[0]["breakdown_s"]["value_norms"].get<double>() > 0);
+  CHECK(tests[1]["breakdown_s"]["value_norms"].get<double>() == 0);
+  {
+    Result s = run("bench -m " + stories() + " -p 64 -n 0 -r 1 -t 1 --kv-budget 40 --kv-window 16 --kv-policy snapkv --json");
+    REQUIRE(s.exit_code == 0);
+    const auto js = nlohmann::json::parse(s.out);
+    CHECK(js["breakdown_s"]["value_norms"].get<double>() == 0);
+    Result h = run("bench -m " + stories() + " -p 64 -n 0 -r 1 -t 1 --kv-budget 40 --kv-window 16");
+    REQUIRE(h.exit_code == 0);
+    CHECK_THAT(h.out, Catch::Contains("value norms"));
+  }
   // pp64 in one 64-token chunk exceeds the 40-token budget: one round at least.
   CHECK(tests[0]["evict_rounds"].get<int>() >= 1);
   CHECK(tests[0]["evict_seconds_mean"].get<double>() > 0);

@@ -12,8 +12,10 @@
 // with quant::pack_for_gemm and replayed through quant::matmul_packed (the
 // model's kernels) for one step's worth of work (decode: 1 token + the head;
 // prefill: one chunk of the context's batch size, scaled to -p), the norms
-// through simd rmsnorm; sampling is timed in the loop; eviction is measured;
-// "attention+rest" is the remainder (attention, RoPE, KV append, SwiGLU,
+// through simd rmsnorm, and with a value-weighted policy (criticalkv,
+// defensivekv, layer-defensivekv) the prefill's value norms through
+// quant::value_proj_l1 on W_o; sampling is timed in the loop; eviction is
+// measured; "attention+rest" is the remainder (attention, RoPE, KV append, SwiGLU,
 // residual adds). Peak RSS is read before the replay packs its copies.
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
@@ -159,6 +161,7 @@ struct TestResult {
   double sampling_s = 0, evict_s = 0;   // per repetition (mean), measured
   uint32_t evict_rounds = 0;            // per repetition (last)
   double matmul_s = 0, norms_s = 0;     // replay estimates for one repetition
+  double vnorm_s = 0;                   // pp: value norms computed in the forward (replay estimate)
   double bytes_per_token = 0;           // tg: weights + mean KV
   double gflops = 0;                    // pp: layer matmul FLOP/s (1e9)
   uint64_t kv_entries_end = 0;          // live entries after the last repetition
@@ -314,6 +317,10 @@ int run_model_bench(const BenchArgs& a) {
   const double rss_mib = peak_rss_mib();
 
   // ---- op-breakdown estimate (replay) ----
+  auto uses_vnorm = [](int32_t pol) {
+    return pol == DEFKV_POLICY_DEFENSIVEKV || pol == DEFKV_POLICY_LAYER_DEFENSIVEKV || pol == DEFKV_POLICY_CRITICALKV;
+  };
+  const bool vnorm_policy = budget && (uses_vnorm(info.kv_policy) || uses_vnorm(info.kv_interim_policy));
   if (!a.no_breakdown && !results.empty()) {
     uint32_t max_tokens = 1;
     for (const TestResult& r : results) max_tokens = std::max(max_tokens, r.replay_tokens);
@@ -331,6 +338,9 @@ int run_model_bench(const BenchArgs& a) {
         const double scale = double(a.n_prompt) / chunk;
         r.matmul_s = rp.matmuls(chunk, false) * scale;
         r.norms_s = rp.norms(chunk) * scale;
+        // The value-weighted policies' norms: one W_o pass per prefill chunk
+        // (decoding defers them into the eviction rounds, measured above).
+        if (vnorm_policy) r.vnorm_s = rp.value_norms(chunk, mi.n_head_kv, mi.head_dim) * scale;
       }
     }
   }
@@ -347,7 +357,7 @@ int run_model_bench(const BenchArgs& a) {
     const MeanSd ts = mean_sd(r.tok_s), gb = mean_sd(r.gbps);
     const double total = r.seconds_mean;
     const double evict_share = total > 0 ? r.evict_s / total : 0;
-    const double rest = std::max(0.0, total - r.matmul_s - r.norms_s - r.sampling_s - r.evict_s);
+    const double rest = std::max(0.0, total - r.matmul_s - r.norms_s - r.sampling_s - r.evict_s - r.vnorm_s);
     if (a.json) {
       std::printf("{\"test\": \"%s\", \"model\": \"%s\", \"type\": \"%s\", \"threads\": %u, "
                   "\"kv_type\": \"%s\", \"budget\": %s, \"kv\": \"%s\", \"reps\": %d, \"n_prompt\": %d, "
@@ -367,8 +377,8 @@ int run_model_bench(const BenchArgs& a) {
                     gb.mean / membw->best_gbps);
       if (!a.no_breakdown)
         std::printf(", \"breakdown_s\": {\"matmul\": %.6f, \"norms\": %.6f, \"sampling\": %.6f, "
-                    "\"eviction\": %.6f, \"attention_rest\": %.6f}",
-                    r.matmul_s, r.norms_s, r.sampling_s, r.evict_s, rest);
+                    "\"eviction\": %.6f, \"value_norms\": %.6f, \"attention_rest\": %.6f}",
+                    r.matmul_s, r.norms_s, r.sampling_s, r.evict_s, r.vnorm_s, rest);
       std::printf(", \"logits_sum\": %.9g, \"logits_hash\": \"%016llx\", \"logits_stable\": %s}\n",
                   r.ck.sum, (unsigned long long)r.ck.hash, r.ck_stable ? "true" : "false");
       continue;
@@ -404,11 +414,13 @@ int run_model_bench(const BenchArgs& a) {
                   membw->best_gbps, 100.0 * mean_sd(r.gbps).mean / membw->best_gbps);
     if (!a.no_breakdown && total > 0) {
       const double rest =
-          std::max(0.0, total - r.matmul_s - r.norms_s - r.sampling_s - r.evict_s);
+          std::max(0.0, total - r.matmul_s - r.norms_s - r.sampling_s - r.evict_s - r.vnorm_s);
       auto pct = [&](double s) { return 100.0 * s / total; };
       std::printf("  breakdown (est.): matmul %.1f%%  norms %.1f%%  sampling %.1f%%  eviction "
-                  "%.1f%%  attention+rest %.1f%%\n",
-                  pct(r.matmul_s), pct(r.norms_s), pct(r.sampling_s), pct(r.evict_s), pct(rest));
+                  "%.1f%%  ",
+                  pct(r.matmul_s), pct(r.norms_s), pct(r.sampling_s), pct(r.evict_s));
+      if (r.vnorm_s > 0) std::printf("value norms %.1f%%  ", pct(r.vnorm_s));
+      std::printf("attention+rest %.1f%%\n", pct(rest));
     }
     std::printf("  logits checksum: sum %.9g  hash %016llx%s\n", r.ck.sum,
                 (unsigned long long)r.ck.hash,
@@ -439,7 +451,8 @@ Handler register_bench(CLI::App& app) {
       "then -r timed repetitions: mean ± sd. GB/s (tg) = (weight bytes per token + K/V bytes "
       "of every live entry) / time. evict % = measured eviction time / test time. Peak RSS "
       "(getrusage) covers load and the timed tests; run one process per size to compare sizes. "
-      "The op breakdown replays the model's matmuls (packed, as the model runs them) and norms "
+      "The op breakdown replays the model's matmuls (packed, as the model runs them), norms "
+      "and, for criticalkv / defensivekv / layer-defensivekv, the prefill's value-projection norms "
       "(an estimate; attention+rest is the remainder). With --membw and -m the probe runs "
       "first and tg GB/s is shown as a fraction of it.");
   c->add_flag("--membw", a->membw,
