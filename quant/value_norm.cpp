@@ -129,15 +129,37 @@ void rows_dot(const Matrix& w, size_t r0, size_t r1, const float* v, const Shape
 }
 
 // Many tokens: vt [Hkv, d, ldp] (tokens zero-padded to ldp, a multiple of
-// kLanes); R rows x 2 token vectors per register block.
+// kLanes); R rows x 4 token vectors per register block when Wide (AVX-512:
+// 4R + 4 of its 32 zmm registers), else R rows x 2. Every path adds the same
+// products in the same order, so the result does not depend on the width.
 // (Always inlined, so it is compiled inside each clone of rows_lanes.)
-template <size_t R>
+template <size_t R, bool Wide>
 __attribute__((always_inline)) inline void block_lanes(const float* const* wr, const float* vt, const Shape& s, float* part) {
   const size_t d = s.d, ldp = s.ldp;
   for (size_t h = 0; h < s.H; ++h) {
     const float* vh = vt + (h / s.G) * d * ldp;  // [d, ldp]
     float* ph = part + h * ldp;                  // [ldp]
     size_t t = 0;
+    for (; Wide && t + 4 * kLanes <= ldp; t += 4 * kLanes) {  // half the vt reads per MAC
+      Vec acc[4][R];
+      for (size_t i = 0; i < R; ++i) acc[0][i] = acc[1][i] = acc[2][i] = acc[3][i] = Vec{};
+      for (size_t c = 0; c < d; ++c) {
+        const float* vc = vh + c * ldp + t;
+        const Vec b0 = load(vc), b1 = load(vc + kLanes), b2 = load(vc + 2 * kLanes), b3 = load(vc + 3 * kLanes);
+        for (size_t i = 0; i < R; ++i) {
+          const float a = wr[i][h * d + c];
+          acc[0][i] += a * b0;
+          acc[1][i] += a * b1;
+          acc[2][i] += a * b2;
+          acc[3][i] += a * b3;
+        }
+      }
+      for (size_t j = 0; j < 4; ++j) {
+        Vec sj = load(ph + t + j * kLanes);
+        for (size_t i = 0; i < R; ++i) sj += vabs(acc[j][i]);
+        store(ph + t + j * kLanes, sj);
+      }
+    }
     for (; t + 2 * kLanes <= ldp; t += 2 * kLanes) {
       Vec acc0[R], acc1[R];
       for (size_t i = 0; i < R; ++i) acc0[i] = acc1[i] = Vec{};
@@ -175,15 +197,19 @@ DEFKV_VN_CLONES
 void rows_lanes(const Matrix& w, size_t r0, size_t r1, const float* vt, const Shape& s, float* buf,
                 float* part) {
   const simd::Kernels& K = simd::k();
+  const bool wide = K.isa == simd::Isa::avx512;  // 32 vector registers of 16 floats
   const float* wr[kRowBlock];
   size_t r = r0;
   for (; r + kRowBlock <= r1; r += kRowBlock) {
     for (size_t i = 0; i < kRowBlock; ++i) wr[i] = row_f32(w, r + i, buf + i * w.cols, K);
-    block_lanes<kRowBlock>(wr, vt, s, part);
+    if (wide)
+      block_lanes<kRowBlock, true>(wr, vt, s, part);
+    else
+      block_lanes<kRowBlock, false>(wr, vt, s, part);
   }
   for (; r < r1; ++r) {
     wr[0] = row_f32(w, r, buf, K);
-    block_lanes<1>(wr, vt, s, part);
+    block_lanes<1, false>(wr, vt, s, part);
   }
 }
 

@@ -12,8 +12,9 @@
 // Two f32 paths, compiled per ISA (target_clones on x86-64 GCC):
 //   - few tokens (decode): per row and head, d-long dot products;
 //   - many tokens (prefill): tokens in vector lanes (v transposed once per
-//     call to [Hkv, d, tokens]), 4 rows x 32 tokens per register block, |y|
-//     accumulated lane-wise (no horizontal sums in the inner loop).
+//     call to [Hkv, d, tokens]), 4 rows x 64 tokens per register block (then
+//     32 and 16 for the tail), |y| accumulated lane-wise (no horizontal sums
+//     in the inner loop).
 // DEFKV_FORCE_SCALAR (simd::k().isa == scalar) selects a plain scalar loop.
 // Accumulation is in f32 with the exact dequantised weights (no activation
 // quantisation), so the result differs from a double reference only by float

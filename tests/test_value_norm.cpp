@@ -89,7 +89,7 @@ TEST_CASE("value_proj_l1 matches a double reference (all dtypes, odd shapes, GQA
   // cols = H*d must be a multiple of 32 for q8_0; d = 48 puts head slices
   // across q8_0 block boundaries; E odd exercises row-block tails.
   const Shape shapes[] = {{37, 4, 4, 8}, {45, 6, 2, 16}, {33, 2, 1, 48}, {70, 8, 2, 20}, {129, 4, 1, 64}};
-  const size_t token_counts[] = {1, 2, 5, 6, 7, 16, 17, 33, 70};
+  const size_t token_counts[] = {1, 2, 5, 6, 7, 16, 17, 33, 70, 100};
   std::mt19937 rng(42);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   quant::ValueNormScratch scratch;
