@@ -1,14 +1,15 @@
 // One eviction round over every layer: gather each head's live entries,
-// score them with the window queries (runtime/evict), select and retain.
+// score them with the window queries (runtime/evict) and select, layers in
+// parallel; then update the running maxima and retain.
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 #include <string>
-#include <exception>
-
-#include <omp.h>
 
 #include "runtime/engine/context.h"
 
