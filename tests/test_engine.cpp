@@ -221,10 +221,10 @@ TEST_CASE("bounded schedule: 20,000 tokens with a 256-token budget stay flat in 
   CHECK(c.bytes_reserved() == reserved);
   CHECK(runs_in_pool);
   CHECK(allocs_steady == 0);  // no allocation per decoded token
-  // Eviction rounds: grow-only scratch (scores, keep masks, selection) still
-  // grows when head-wise budgets give one head more entries than it ever had;
-  // reported, not asserted.
-  WARN("allocations during " << ctx.stats().evict_rounds << " eviction rounds after warm-up: " << allocs_evict);
+  // Eviction rounds too: scratch sized by a layer's total entries (steady in
+  // decoding), not by whichever head head-wise budgets made the largest.
+  INFO("allocations during " << ctx.stats().evict_rounds << " eviction rounds after warm-up: " << allocs_evict);
+  CHECK(allocs_evict == 0);
   CHECK(ctx.stats().evict_rounds >= uint32_t(n_gen / S) - 2);
   c.validate();
 }

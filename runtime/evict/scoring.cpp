@@ -85,6 +85,15 @@ void resize_zero(std::vector<std::vector<float>>& vv, const LayerView& v, uint32
   }
 }
 
+// Grow-only buffer holding `need` elements, with capacity for `cap` (>= need).
+// Buffers sized by the largest head get the capacity of the layer total, for
+// the reason above: no allocation once warm while the layer total is steady.
+template <class T>
+void fit(std::vector<T>& v, size_t need, size_t cap) {
+  if (v.capacity() < cap) v.reserve(cap);
+  if (v.size() < need) v.resize(need);
+}
+
 // Value-norm weights w[hk, j] = vnorm[hk, j] / sum over the heads holding the
 // same position. Positions ascend in every head, so a k-way merge matches them.
 // Writes the denominators into s.denom[hk][j] (non-window entries only).
@@ -184,8 +193,13 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   const bool need_ave = need_vn || (dbg != nullptr && have_vnorm);
 
   uint32_t n_max = 0;
-  for (const HeadView& h : view.heads) n_max = std::max(n_max, h.n);
-  s.pooled.resize(n_max);
+  size_t n_total = 0;
+  for (const HeadView& h : view.heads) {
+    n_max = std::max(n_max, h.n);
+    n_total += h.n;
+  }
+  fit(s.pooled, n_max, n_total);
+  if (s.idx.capacity() < n_total) s.idx.reserve(n_total);  // critical_count
   if (need_snap) resize_zero(s.mean, view, W, 0.0f);
   if (need_def) resize_zero(s.maxv, view, W, kNegInf);
   if (need_ave) resize_zero(s.ave, view, W, 0.0f);
@@ -211,10 +225,10 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   if (s.threads.size() < size_t(n_thr)) s.threads.resize(size_t(n_thr));
   for (int t = 0; t < n_thr; ++t) {
     Scratch::Thread& ts = s.threads[size_t(t)];
-    ts.logits.resize(std::max(ts.logits.size(), size_t(W) * n_max));
-    ts.pooled.resize(std::max<size_t>(ts.pooled.size(), n_max));
-    ts.acc.resize(std::max<size_t>(ts.acc.size(), n_max));
-    ts.panels.resize(std::max(ts.panels.size(), simd::window_logits_scratch(n_max, d)));
+    fit(ts.logits, size_t(W) * n_max, size_t(W) * n_total);
+    fit(ts.pooled, n_max, n_total);
+    fit(ts.acc, n_max, n_total);
+    fit(ts.panels, simd::window_logits_scratch(n_max, d), simd::window_logits_scratch(uint32_t(n_total), d));
   }
   s.mass.assign(Hkv, 0.0);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr) if (n_thr > 1)
