@@ -225,6 +225,7 @@ class Context {
 
  private:
   struct EvictLane;
+  struct EvictRound;
   void prefill(std::span<const int32_t> tokens, float* all_logits);
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, const model::ForwardHooks& hooks);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
@@ -232,10 +233,8 @@ class Context {
   void finish_oneshot();
   // Gathers, scores (and, unless layer-wise, selects) layer l of an eviction
   // round in `lane`; touches only lane, scores_[l], new_max_[l] and keep_[l].
-  void score_round_layer(uint32_t l, EvictLane& lane, const evict::Params& ep, const evict::Budget& budget,
-                         uint32_t n_pass, bool interim);
-  void score_passes(uint32_t layer, EvictLane& lane, uint32_t n_pass, const evict::Params& ep,
-                    const evict::Budget& budget, bool use_max, bool want_max);  // compresses once if the oneshot round is due (or was cancelled)
+  void score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& round);
+  void score_passes(uint32_t layer, EvictLane& lane, const EvictRound& round);
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
   // Computes the value norms of the decode tokens whose aux[0] is pending
@@ -288,6 +287,17 @@ class Context {
     evict::LayerView view;
   };
   std::vector<EvictLane> lanes_;             // [n_threads]
+  // What one eviction round does, fixed by evict_now() before its layers run.
+  struct EvictRound {
+    evict::Params ep;         // the policy of this round (interim or not)
+    evict::Budget budget;
+    uint32_t n_window = 0;    // window queries (min(window, n_past))
+    uint32_t n_pass = 1;      // scoring passes (score_all_queries: > 1)
+    bool interim = false;     // scored with interim_policy
+    bool defensive = false;   // defensivekv / layer-defensivekv
+    bool layerwise = false;   // one selection over all layers
+    bool want_max = false;    // the running max is kept (aux[1])
+  };
   std::vector<int32_t> q_win_pos_;           // [window] this round's window positions
   std::vector<std::vector<float>> pass_scores_;   // [n_head_kv][n_h] one extra pass (score_all_queries)
   std::vector<std::vector<float>> pass_max_;      // [n_head_kv][n_h] its defensive max

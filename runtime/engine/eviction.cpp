@@ -20,17 +20,19 @@ void Context::evict_now(bool interim) {
   flush_value_norms();
   const model::Config& mc = model_.config();
   const uint32_t L = mc.n_layer, H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_;
+  EvictRound rd;
   // Interim prefill rounds may use another policy (ContextParams::interim_policy).
-  interim = interim && params_.interim_policy.has_value() && schedule_ == Schedule::bounded;
-  evict::Params ep = params_.evict;
-  if (interim) ep.policy = *params_.interim_policy;
-  const uint32_t n_window = std::min<uint32_t>(W, n_past_);
-
-  evict::Budget budget;
+  rd.interim = interim && params_.interim_policy.has_value() && schedule_ == Schedule::bounded;
+  rd.ep = params_.evict;
+  if (rd.interim) rd.ep.policy = *params_.interim_policy;
+  rd.defensive = rd.ep.policy == evict::Policy::defensivekv || rd.ep.policy == evict::Policy::layer_defensivekv;
+  rd.layerwise = rd.ep.policy == evict::Policy::layer_defensivekv;
+  rd.want_max = n_aux_ >= 2 && rd.defensive;
+  const uint32_t n_window = rd.n_window = std::min<uint32_t>(W, n_past_);
   if (schedule_ == Schedule::oneshot && params_.kv_ratio)
-    budget = evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, Hkv, L);
+    rd.budget = evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, Hkv, L);
   else
-    budget = evict::entries_budget(budget_, Hkv, L);
+    rd.budget = evict::entries_budget(budget_, Hkv, L);
 
   // Window positions, ascending; the ring holds position p in slot p % R.
   const uint32_t R = ring_len_;
@@ -43,7 +45,7 @@ void Context::evict_now(bool interim) {
   // score_all_queries: pass k >= 1 scores with the queries [end_k - W, end_k),
   // end_k = n_past - k*W, over each head's entries before end_k; only whole
   // windows of queries fed since the last round (and still in the ring).
-  uint32_t n_pass = 1;
+  uint32_t& n_pass = rd.n_pass;
   if (R > W && n_window == W) {
     for (;;) {
       if (uint64_t(n_pass + 1) * W > R) break;
@@ -80,7 +82,7 @@ void Context::evict_now(bool interim) {
     if (stop) continue;
     try {
       check_cancel();
-      score_round_layer(l, lanes_[size_t(n_thr > 1 ? omp_get_thread_num() : 0)], ep, budget, n_pass, interim);
+      score_round_layer(l, lanes_[size_t(n_thr > 1 ? omp_get_thread_num() : 0)], rd);
     } catch (...) {
 #pragma omp critical(defkv_evict_error)
       if (!error) error = std::current_exception();
@@ -90,13 +92,10 @@ void Context::evict_now(bool interim) {
   }
   if (error) std::rethrow_exception(error);
 
-  const bool layerwise = ep.policy == evict::Policy::layer_defensivekv;
-  const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
-                                         ep.policy == evict::Policy::layer_defensivekv);
   const float decay = params_.running_max_decay;
-  if (layerwise) evict::select_keep_layers(ep, budget, n_window, scores_, lanes_[0].scratch, keep_);
+  if (rd.layerwise) evict::select_keep_layers(rd.ep, rd.budget, n_window, scores_, lanes_[0].scratch, keep_);
   for (uint32_t l = 0; l < L; ++l) {
-    if (want_max) {
+    if (rd.want_max) {
       // new_max already holds max(this window's m, decayed stored m); NaN: not
       // scored this round (window entries), whose stored value stays.
       // Entries of one run are contiguous: [n, n_aux] from its first entry's aux.
@@ -120,16 +119,11 @@ void Context::evict_now(bool interim) {
   stats_.evict_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void Context::score_round_layer(uint32_t l, EvictLane& lane, const evict::Params& ep, const evict::Budget& budget,
-                                uint32_t n_pass, bool interim) {
+void Context::score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& rd) {
   const model::Config& mc = model_.config();
   const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, R = ring_len_;
-  const uint32_t n_window = std::min<uint32_t>(window_, n_past_);
-  const bool layerwise = ep.policy == evict::Policy::layer_defensivekv;
-  const bool want_max = n_aux_ >= 2 && (ep.policy == evict::Policy::defensivekv ||
-                                         ep.policy == evict::Policy::layer_defensivekv);
+  const uint32_t n_window = rd.n_window;
   const float decay = params_.running_max_decay;
-  const bool defensive_round = ep.policy == evict::Policy::defensivekv || ep.policy == evict::Policy::layer_defensivekv;
   evict::LayerView& view = lane.view;
   view.n_head = H;
   view.n_head_kv = Hkv;
@@ -169,15 +163,15 @@ void Context::score_round_layer(uint32_t l, EvictLane& lane, const evict::Params
       for (uint32_t i = 0; i < n; ++i) lane.vnorm[off + i] = lane.aux[(off + i) * n_aux_];
       hv.vnorm = lane.vnorm.data() + off;
     }
-    if (want_max) {  // decay < 1: stale maxima fade (running_max_decay)
+    if (rd.want_max) {  // decay < 1: stale maxima fade (running_max_decay)
       for (uint32_t i = 0; i < n; ++i) lane.prev[off + i] = lane.aux[(off + i) * n_aux_ + 1] * decay;
       hv.prev_max = lane.prev.data() + off;
     }
     off += n;
   }
-  evict::score_layer(view, ep, budget, lane.scratch, scores_[l], nullptr, want_max ? &new_max_[l] : nullptr);
-  if (n_pass > 1) {
-    score_passes(l, lane, n_pass, ep, budget, defensive_round, want_max);
+  evict::score_layer(view, rd.ep, rd.budget, lane.scratch, scores_[l], nullptr, rd.want_max ? &new_max_[l] : nullptr);
+  if (rd.n_pass > 1) {
+    score_passes(l, lane, rd);
     // q_win_pos_ now holds older windows: restore this round's window
     for (uint32_t i = 0; i < n_window; ++i) q_win_pos_[i] = int32_t(n_past_ - n_window + i);
   }
@@ -185,20 +179,20 @@ void Context::score_round_layer(uint32_t l, EvictLane& lane, const evict::Params
     RoundObservation ob;
     ob.round = stats_.evict_rounds;
     ob.layer = l;
-    ob.interim = interim;
-    ob.policy = ep.policy;
+    ob.interim = rd.interim;
+    ob.policy = rd.ep.policy;
     ob.view = &view;
     ob.scores = &scores_[l];
     observer_(ob);
   }
-  if (!layerwise) evict::select_keep(ep, budget, n_window, scores_[l], lane.scratch, keep_[l]);
+  if (!rd.layerwise) evict::select_keep(rd.ep, rd.budget, n_window, scores_[l], lane.scratch, keep_[l]);
 }
 
 // Extra scoring passes of one layer (score_all_queries), combined into
 // scores_[l] (max for the defensive policies, mean otherwise) and new_max_[l].
 // lane.view holds the layer's gathered heads.
-void Context::score_passes(uint32_t l, EvictLane& lane, uint32_t n_pass, const evict::Params& ep,
-                           const evict::Budget& budget, bool use_max, bool want_max) {
+void Context::score_passes(uint32_t l, EvictLane& lane, const EvictRound& rd) {
+  const bool use_max = rd.defensive, want_max = rd.want_max;
   const model::Config& mc = model_.config();
   const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_, R = ring_len_;
   std::vector<std::vector<float>>& sc = scores_[l];
@@ -210,7 +204,7 @@ void Context::score_passes(uint32_t l, EvictLane& lane, uint32_t n_pass, const e
       pass_count_[hk].assign(sc[hk].size(), 1.0f);
     }
   }
-  for (uint32_t k = 1; k < n_pass; ++k) {
+  for (uint32_t k = 1; k < rd.n_pass; ++k) {
     const int32_t end = int32_t(n_past_ - k * W);  // queries [end - W, end)
     bool ok = true;
     for (uint32_t hk = 0; hk < Hkv && ok; ++hk) {
@@ -228,7 +222,7 @@ void Context::score_passes(uint32_t l, EvictLane& lane, uint32_t n_pass, const e
       for (uint32_t i = 0; i < W; ++i)
         std::memcpy(lane.q_win.data() + (size_t(h) * W + i) * d,
                     q_ring_.data() + ((size_t(l) * H + h) * R + size_t(q_win_pos_[i]) % R) * d, d * sizeof(float));
-    evict::score_layer(pass_view_, ep, budget, lane.scratch, pass_scores_, nullptr, want_max ? &pass_max_ : nullptr);
+    evict::score_layer(pass_view_, rd.ep, rd.budget, lane.scratch, pass_scores_, nullptr, want_max ? &pass_max_ : nullptr);
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
       const uint32_t N = pass_view_.heads[hk].n - W;  // scored (non-window) entries of this pass
       float* dst = sc[hk].data();
