@@ -10,8 +10,10 @@
 //   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8] [--type q8_0|f16]
 //              [--bf16]   (also time the alternative: q8_0 dequantised to a
 //                          bf16 copy per call + matmul() on it, i.e. oneDNN)
+//              [--only qkv|o|gate+up|down] [--small]   (--help: all of them)
 // Threads: OMP_NUM_THREADS. Decode (<= 4 tokens) runs the ops in the model's
 // order through --copies copies of the layer, so the weights come from memory.
+#include <CLI/CLI.hpp>
 #include <omp.h>
 
 #include <algorithm>
@@ -69,16 +71,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::vector<size_t> parse_list(const char* s) {
-  std::vector<size_t> out;
-  for (const char* p = s; *p;) {
-    out.push_back(size_t(std::strtoul(p, const_cast<char**>(&p), 10)));
-    if (*p == ',') ++p;
-    else break;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -88,26 +80,23 @@ int main(int argc, char** argv) {
   size_t copies = 8;
   bool bf16 = false;
   std::string only;  // run one op only (qkv | o | gate+up | down)
+  std::string type_name = "q8_0";
+  bool small = false;
+  CLI::App app{"Micro-benchmark of the packed q8_0 / f16 matmul on one TinyLlama-1.1B layer's shapes "
+               "(threads: OMP_NUM_THREADS)"};
+  app.add_option("--tokens", tokens, "Token counts, comma-separated")->delimiter(',')->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "Best of this many runs")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--copies", copies, "Copies of the layer decode streams through (weights from memory)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--type", type_name, "Weight type")->check(CLI::IsMember({"q8_0", "f16"}))->capture_default_str();
+  app.add_flag("--bf16", bf16, "Also time q8_0 dequantised to a bf16 copy per call + matmul() (oneDNN)");
+  app.add_option("--only", only, "Run one op only")->check(CLI::IsMember({"qkv", "o", "gate+up", "down"}));
+  app.add_flag("--small", small, "L2-resident shapes (E 256, F 512, kv 32): the kernel alone");
+  CLI11_PARSE(app, argc, argv);
+  if (small) { E = 256; F = 512; KV = 32; }
   q::DType type = q::DType::q8_0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) { std::fprintf(stderr, "bench_gemm: %s needs a value\n", a.c_str()); std::exit(2); }
-      return argv[++i];
-    };
-    if (a == "--tokens") tokens = parse_list(next());
-    else if (a == "--reps") reps = std::max(1, std::atoi(next()));
-    else if (a == "--copies") copies = std::max<size_t>(1, size_t(std::atoi(next())));
-    else if (a == "--bf16") bf16 = true;
-    else if (a == "--only") only = next();
-    else if (a == "--small") { E = 256; F = 512; KV = 32; }  // L2-resident shapes: the kernel alone
-    else if (a == "--type") {
-      if (!q::parse_dtype(next(), &type)) { std::fprintf(stderr, "bench_gemm: bad --type\n"); return 2; }
-    } else {
-      std::fprintf(stderr, "usage: bench_gemm [--tokens 1,64,512] [--reps N] [--copies N] [--type q8_0|f16] [--bf16] [--only op] [--small]\n");
-      return 2;
-    }
-  }
+  q::parse_dtype(type_name, &type);  // one of the checked names
   std::mt19937 rng(7);
   // per copy: q k v o gate up down
   const size_t shapes[7][2] = {{E, E}, {KV, E}, {KV, E}, {E, E}, {F, E}, {F, E}, {E, F}};
