@@ -146,7 +146,8 @@ void rope(float* x, size_t n_rot, const float* cos, const float* sin, bool neox)
 // gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in float.
 void gelu_tanh_mul(float* gate, const float* up, size_t n);
 
-// Soft-capping: x[i] = cap * tanh(x[i] / cap) (cap > 0); -inf stays -inf.
+// Soft-capping: x[i] = cap * tanh(x[i] / cap) (cap > 0; -inf becomes -cap,
+// so mask after capping).
 void softcap(float* x, size_t n, float cap);
 
 // 1-D average pooling along x[n] with kernel k (odd), zero padding k/2 and
