@@ -44,22 +44,47 @@ uint64_t layer_entries(const kv::KvCache& c, uint32_t l) {
 void run_policy(const model::Model& m, const std::vector<int32_t>& prompt, evict::Policy pol, engine::Schedule sch,
                 uint32_t n_decode) {
   const model::Config& mc = m.config();
-  const uint32_t L = mc.n_layer, Hkv = mc.n_head_kv, B = 48, W = 32;
-  const uint64_t HL = uint64_t(L) * Hkv;
+  const uint32_t L = mc.n_layer, Hkv = mc.n_head_kv, B = 48, W = 32, P = 16, n_ctx = 256;
   const uint32_t T = uint32_t(prompt.size());
+  // Windowed layers (window < n_ctx) are outside the budget; they hold the
+  // newest positions their window can still see.
+  std::vector<uint32_t> global;
+  for (uint32_t l = 0; l < L; ++l)
+    if (m.layer(l).window == 0 || m.layer(l).window >= n_ctx) global.push_back(l);
+  const uint64_t HL = uint64_t(global.size()) * Hkv;
   engine::ContextParams p;
-  p.n_ctx = 256;
+  p.n_ctx = n_ctx;
   p.kv_type = quant::DType::f32;
   p.budget_tokens = B;
   p.evict.policy = pol;
   p.evict.window = W;
   p.evict.n_sink = 4;
+  p.page_tokens = P;
   p.schedule = sch;
   engine::Context ctx(m, p);
+  auto budgeted = [&] {
+    uint64_t n = 0;
+    for (uint32_t l : global) n += layer_entries(ctx.cache(), l);
+    return n;
+  };
+  auto check_windowed = [&](uint32_t n_past) {
+    for (uint32_t l = 0; l < L; ++l) {
+      const uint32_t w = m.layer(l).window;
+      if (w == 0 || w >= n_ctx) continue;
+      for (uint32_t h = 0; h < Hkv; ++h) {
+        INFO("windowed layer " << l << " head " << h << " n_past " << n_past);
+        const auto pos = ctx.cache().positions(l, h);
+        REQUIRE(pos.size() >= std::min(n_past, w - 1));
+        CHECK(pos.size() <= w + P - 1);
+        for (size_t i = 0; i < pos.size(); ++i) CHECK(pos[i] == int32_t(n_past - pos.size() + i));
+      }
+    }
+  };
   std::span<const float> l = ctx.eval(prompt);
-  CHECK(ctx.cache().entries() == B * HL);
+  CHECK(budgeted() == B * HL);
   CHECK(ctx.stats().evict_rounds >= 1);
-  for (uint32_t ly = 0; ly < L; ++ly) {
+  check_windowed(T);
+  for (uint32_t ly : global) {
     if (pol != evict::Policy::layer_defensivekv) CHECK(layer_entries(ctx.cache(), ly) == uint64_t(B) * Hkv);
     for (uint32_t h = 0; h < Hkv; ++h) {
       const auto pos = ctx.cache().positions(ly, h);
@@ -77,8 +102,9 @@ void run_policy(const model::Model& m, const std::vector<int32_t>& prompt, evict
     REQUIRE(std::all_of(l.begin(), l.end(), [](float x) { return std::isfinite(x); }));
     l = ctx.step(text::argmax(l));
   }
-  if (sch == engine::Schedule::bounded) CHECK(ctx.cache().entries() < uint64_t(B + W) * HL);
-  else CHECK(ctx.cache().entries() == uint64_t(B + n_decode) * HL);
+  if (sch == engine::Schedule::bounded) CHECK(budgeted() < uint64_t(B + W) * HL);
+  else CHECK(budgeted() == uint64_t(B + n_decode) * HL);
+  check_windowed(T + n_decode);
   ctx.cache().validate();
 }
 
@@ -226,6 +252,49 @@ TEST_CASE("value norms go through each architecture's own W_o, value bias includ
       CHECK(worst_aux < 1e-4);
     }
   }
+}
+
+TEST_CASE("windowed layers keep only their window, with or without a budget, in a smaller pool", "[archs][evict][swa]") {
+  auto m = model::Model::load(vectors_dir() + "/gemma2.gguf");
+  const model::Config& c = m->config();
+  REQUIRE(c.n_swa_layers == 13);
+  const auto ids = archs_test::read_ids("gemma2.ids.txt");
+  const uint32_t n_ctx = 2048, P = 16, chunk = 64, w = 64;
+  engine::ContextParams p;
+  p.n_ctx = n_ctx;
+  p.kv_type = quant::DType::f32;
+  p.chunk_tokens = chunk;
+  p.page_tokens = P;
+  engine::Context ctx(*m, p);
+  // 13 global layers reserve n_ctx per head, 13 windowed ones w + one batch.
+  const uint64_t Hkv = c.n_head_kv;
+  CHECK(ctx.cache().config().capacity_entries == 13 * Hkv * (n_ctx + P) + 13 * Hkv * (w + P + chunk + P));
+  std::span<const float> l = ctx.eval(std::vector<int32_t>(ids.begin(), ids.begin() + 150));
+  for (uint32_t i = 0; i < 40; ++i) {
+    l = ctx.step(ids[150 + i]);
+    const uint32_t n_past = 151 + i;
+    for (uint32_t ly = 0; ly < c.n_layer; ++ly)
+      for (uint32_t h = 0; h < Hkv; ++h) {
+        const auto pos = ctx.cache().positions(ly, h);
+        if (m->layer(ly).window == 0) {
+          CHECK(pos.size() == n_past);
+        } else {
+          CHECK(pos.size() >= w - 1);
+          CHECK(pos.size() <= w + P - 1);
+          CHECK(pos.back() == int32_t(n_past - 1));
+          CHECK(pos.front() == int32_t(n_past - pos.size()));
+        }
+      }
+  }
+  CHECK(ctx.stats().kv_entries_peak <= 13 * Hkv * 190 + 13 * Hkv * (w + P - 1 + chunk));
+  // A window as long as the context is no window: phi3-partial-rotary (262144)
+  // keeps everything and is budgeted like llama.
+  auto phi = model::Model::load(vectors_dir() + "/phi3-partial-rotary.gguf");
+  engine::ContextParams pp;
+  pp.n_ctx = 256;
+  engine::Context pc(*phi, pp);
+  pc.eval(std::vector<int32_t>(ids.begin(), ids.begin() + 150));
+  CHECK(pc.cache().entries() == 150ull * phi->config().n_layer * phi->config().n_head_kv);
 }
 
 namespace {

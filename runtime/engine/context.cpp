@@ -70,9 +70,15 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   const model::Config& mc = model.config();
   const ContextParams& p = params_;
   const uint32_t L = mc.n_layer, Hkv = mc.n_head_kv, H = mc.n_head, d = mc.head_dim;
-  const uint64_t HL = uint64_t(Hkv) * L;
 
   n_ctx_ = p.n_ctx ? p.n_ctx : (mc.n_ctx_train ? mc.n_ctx_train : 2048);
+  // Budgets apply to the layers without a sliding window (or with one that
+  // spans the whole context); windowed layers keep what their window can
+  // still see (window_layers.cpp) and have a fixed share of the pool.
+  for (uint32_t l = 0; l < L; ++l)
+    if (layer_window(l) == 0) evict_layers_.push_back(l);
+  const uint64_t HL = uint64_t(Hkv) * evict_layers_.size();  // budgeted (layer, head) pairs
+  const uint64_t HLd = std::max<uint64_t>(HL, 1);             // as a divisor
   if (p.kv_type != quant::DType::f16 && p.kv_type != quant::DType::f32 && p.kv_type != quant::DType::q8_0)
     throw bad(std::string("unsupported KV type ") + quant::dtype_name(p.kv_type) + " (use f16, f32 or q8_0)");
   if (p.page_tokens == 0) throw bad("page_tokens must be > 0");
@@ -146,9 +152,14 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     // the real page size, not a per-entry estimate: the largest per_head
     // (below) whose round_up(per_head * HL, page) entries fit in whole pages.
     const uint64_t page_bytes = kv_page_bytes(cc);
-    const uint64_t pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
-    const uint64_t fit = pages * p.page_tokens / HL;  // tokens per head the pages hold
-    const uint64_t per_token = (page_bytes * HL + p.page_tokens - 1) / p.page_tokens;  // for the message
+    const uint64_t swa_pages = window_pool_entries() / p.page_tokens;
+    const uint64_t all_pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
+    if (all_pages <= swa_pages)
+      throw bad("kv_mem_bytes " + std::to_string(*p.kv_mem_bytes) + " does not cover the sliding-window layers' " +
+                std::to_string(swa_pages * page_bytes) + " bytes");
+    const uint64_t pages = all_pages - swa_pages;
+    const uint64_t fit = pages * p.page_tokens / HLd;  // tokens per head the pages hold
+    const uint64_t per_token = (page_bytes * HLd + p.page_tokens - 1) / p.page_tokens;  // for the message
     int64_t b = int64_t(fit) - int64_t((bounded ? over_budget : 0) + p.page_tokens);
     if (bounded && p.chunk_tokens == 0)  // the largest b whose default chunk still fits
       for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b)
@@ -176,7 +187,7 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   } else {
     per_head = uint64_t(n_ctx_) + p.page_tokens;
   }
-  cc.capacity_entries = round_up(per_head * HL, p.page_tokens);
+  cc.capacity_entries = round_up(per_head * HL, p.page_tokens) + window_pool_entries();
   cache_ = std::make_unique<kv::KvCache>(cc);
   if (p.kv_mem_bytes && cache_->bytes_reserved() > uint64_t(*p.kv_mem_bytes))
     throw std::logic_error("context: KV pool of " + std::to_string(cache_->bytes_reserved()) +
@@ -185,6 +196,7 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
 
   ws_ = std::make_unique<model::Workspace>(mc, chunk_, n_ctx_, p.n_threads, p.page_tokens, n_aux_);
   ws_->reserve_runs(size_t(cc.capacity_entries / p.page_tokens) + Hkv);
+  if (evict_layers_.size() < L) trim_keep_.resize(size_t(window_pool_entries()));
   pos_buf_.resize(chunk_);
   logits_.resize(mc.n_vocab);
 
@@ -210,6 +222,8 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     // Eviction scratch for an average layer; grows only for layer-adaptive
     // distributions that concentrate entries.
     const size_t layer_entries = size_t(std::min<uint64_t>(per_head * Hkv, cc.capacity_entries));
+    scores_g_.resize(evict_layers_.size());
+    keep_g_.resize(evict_layers_.size());
     q_win_pos_.resize(window_);
     lanes_.resize(std::max<uint32_t>(ws_->n_threads(), 1));
     for (EvictLane& lane : lanes_) {
@@ -249,7 +263,7 @@ void Context::reset() {
 
 bool Context::over(uint64_t per_head_tokens) const {
   const model::Config& mc = model_.config();
-  return cache_->entries() > per_head_tokens * mc.n_head_kv * mc.n_layer;
+  return budgeted_entries() > per_head_tokens * mc.n_head_kv * evict_layers_.size();
 }
 
 void Context::note_usage() {
@@ -290,6 +304,7 @@ void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool a
     throw;
   }
   n_past_ += n;
+  trim_windows();
   note_usage();
 }
 
@@ -313,8 +328,8 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     check_cancel();
     if (bounded) {
       const model::Config& mc = model_.config();
-      const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
-      if (cache_->entries() + uint64_t(n) * HL > ceiling * HL && over(budget_)) evict_now(true);
+      const uint64_t HL = uint64_t(mc.n_head_kv) * evict_layers_.size();
+      if (budgeted_entries() + uint64_t(n) * HL > ceiling * HL && over(budget_)) evict_now(true);
     }
     const bool last = off + n == tokens.size();
     float* out = all_logits ? all_logits + off * V : (last ? logits_.data() : nullptr);
@@ -357,9 +372,9 @@ std::span<const float> Context::step(int32_t token) {
     // Safety net: after an eval() that ended between rounds there may not be
     // room for one more token within the ceiling.
     const model::Config& mc = model_.config();
-    const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
+    const uint64_t HL = uint64_t(mc.n_head_kv) * evict_layers_.size();
     const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
-    if (cache_->entries() + HL > ceiling * HL && over(budget_)) evict_now();
+    if (budgeted_entries() + HL > ceiling * HL && over(budget_)) evict_now();
   }
   if (stash_cap_ == 0) {
     run_batch(&token, 1, logits_.data(), false, hooks_);

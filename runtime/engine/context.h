@@ -228,7 +228,13 @@ class Context {
   struct EvictRound;
   void prefill(std::span<const int32_t> tokens, float* all_logits);
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, const model::ForwardHooks& hooks);
-  bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
+  bool over(uint64_t per_head_tokens) const;  // budgeted entries > per_head * Hkv * (budgeted layers)
+  // Sliding-window layers (window_layers.cpp): pool entries they need, entries
+  // of the other (budgeted) layers, and dropping what no later query sees.
+  uint32_t layer_window(uint32_t l) const;  // the layer's window if < n_ctx, else 0
+  uint64_t window_pool_entries() const;
+  uint64_t budgeted_entries() const;
+  void trim_windows();
   void evict_now(bool interim = false);
   void finish_oneshot();
   // Gathers, scores (and, unless layer-wise, selects) layer l of an eviction
@@ -306,6 +312,12 @@ class Context {
   std::vector<std::vector<std::vector<float>>> scores_;   // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<float>>> new_max_;  // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<uint8_t>>> keep_;   // [n_layer][n_head_kv][n_h]
+  // Layers the budget applies to (those without a sliding window), ascending,
+  // and their scores / masks gathered for a layer-wise selection.
+  std::vector<uint32_t> evict_layers_;
+  std::vector<std::vector<std::vector<float>>> scores_g_;
+  std::vector<std::vector<std::vector<uint8_t>>> keep_g_;
+  std::vector<uint8_t> trim_keep_;  // keep mask of one windowed head
 
   mutable Stats stats_;
 

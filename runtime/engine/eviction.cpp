@@ -30,9 +30,9 @@ void Context::evict_now(bool interim) {
   rd.want_max = n_aux_ >= 2 && rd.defensive;
   const uint32_t n_window = rd.n_window = std::min<uint32_t>(W, n_past_);
   if (schedule_ == Schedule::oneshot && params_.kv_ratio)
-    rd.budget = evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, Hkv, L);
+    rd.budget = evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, Hkv, uint32_t(evict_layers_.size()));
   else
-    rd.budget = evict::entries_budget(budget_, Hkv, L);
+    rd.budget = evict::entries_budget(budget_, Hkv, uint32_t(evict_layers_.size()));
 
   // Window positions, ascending; the ring holds position p in slot p % R.
   const uint32_t R = ring_len_;
@@ -71,11 +71,13 @@ void Context::evict_now(bool interim) {
   // (score_all_queries) and a round observer run on one thread. Nothing is
   // evicted until every layer is scored, so a cancel leaves the cache as it was.
   const bool serial = n_pass > 1 || observer_ != nullptr;
-  const int n_thr = serial ? 1 : int(std::min<size_t>(lanes_.size(), L));
+  const uint32_t n_evict = uint32_t(evict_layers_.size());  // windowed layers are not scored
+  const int n_thr = serial ? 1 : int(std::min<size_t>(lanes_.size(), n_evict));
   std::exception_ptr error;
   bool failed = false;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr) if (n_thr > 1)
-  for (uint32_t l = 0; l < L; ++l) {
+  for (uint32_t i = 0; i < n_evict; ++i) {
+    const uint32_t l = evict_layers_[i];
     bool stop;
 #pragma omp atomic read
     stop = failed;
@@ -93,8 +95,17 @@ void Context::evict_now(bool interim) {
   if (error) std::rethrow_exception(error);
 
   const float decay = params_.running_max_decay;
-  if (rd.layerwise) evict::select_keep_layers(rd.ep, rd.budget, n_window, scores_, lanes_[0].scratch, keep_);
-  for (uint32_t l = 0; l < L; ++l) {
+  if (rd.layerwise && n_evict == L) {
+    evict::select_keep_layers(rd.ep, rd.budget, n_window, scores_, lanes_[0].scratch, keep_);
+  } else if (rd.layerwise) {  // the budgeted layers only (vectors swapped in and out: no copy)
+    for (uint32_t i = 0; i < n_evict; ++i) std::swap(scores_g_[i], scores_[evict_layers_[i]]);
+    evict::select_keep_layers(rd.ep, rd.budget, n_window, scores_g_, lanes_[0].scratch, keep_g_);
+    for (uint32_t i = 0; i < n_evict; ++i) {
+      std::swap(scores_g_[i], scores_[evict_layers_[i]]);
+      std::swap(keep_g_[i], keep_[evict_layers_[i]]);
+    }
+  }
+  for (uint32_t l : evict_layers_) {
     if (rd.want_max) {
       // new_max already holds max(this window's m, decayed stored m); NaN: not
       // scored this round (window entries), whose stored value stays.
