@@ -297,6 +297,8 @@ void Model::init() {
   c.act = tr->act;
   c.embd_scale = tr->embd_scale ? std::sqrt(float(c.n_embd)) : 1.0f;
   const bool width_scale = tr->q_scale_width_layers != 0 && c.n_layer == tr->q_scale_width_layers;
+  if (width_scale && c.n_embd < c.n_head)
+    throw err("embedding_length " + std::to_string(c.n_embd) + " is smaller than head_count " + std::to_string(c.n_head));
   c.q_scale = 1.0f / std::sqrt(float(width_scale ? c.n_embd / c.n_head : c.head_dim));
   if (tr->attn_softcap) c.attn_softcap = positive(a + "attn_logit_softcapping", 50.0);
   else refuse_key(a + "attn_logit_softcapping", "attention logit soft-capping");
