@@ -2,7 +2,7 @@
 // qwen3, phi3 with full and partial rotary, gemma2, gemma3) against the
 // reference logits of ../shared/testdata/archs (llama.cpp or an independent
 // numpy forward, see its README): every position, batched prefill and token
-// by token, F32 KV cache, the manifest's tolerance; and bad models (GGUFs
+// by token (and in batches of 48), F32 KV cache, the manifest's tolerance; and bad models (GGUFs
 // rewritten in memory) refused with errors naming the key or tensor.
 #include "tests/archs_util.h"
 
@@ -94,6 +94,14 @@ TEST_CASE("every architecture case matches its reference logits, batched and tok
           std::copy(l.begin(), l.end(), tbt.begin() + long(t * V));
         }
       }
+      std::vector<float> chunked(T * V);
+      {  // batches of 48: windowed layers are trimmed between batches
+        engine::ContextParams pc = p;
+        pc.chunk_tokens = 48;
+        engine::Context ctx(*m, pc);
+        ctx.eval_all_logits(ids, chunked.data());
+      }
+      check_within(compare(chunked.data(), ref), cs["tolerance"], "batches of 48");
       const Cmp cb = compare(batched.data(), ref), ct = compare(tbt.data(), ref);
       WARN(name << ": max abs error batched " << cb.max_abs << ", token by token " << ct.max_abs
                 << " (tolerance " << cs["tolerance"]["max_abs"].get<double>() << ")");

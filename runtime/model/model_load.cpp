@@ -233,7 +233,7 @@ void Model::init() {
   // and other scalings are refused.
   RopeSpec rs;
   rs.freq_base = positive(a + "rope.freq_base", 10000.0);
-  std::string scaling = "none";
+  std::string scaling = "linear";  // llama.cpp's default: a factor without a type is linear
   if (f.find(a + "rope.scaling.type")) scaling = f.get_string(a + "rope.scaling.type");
   if (scaling != "none" && scaling != "linear")
     throw err("RoPE scaling \"" + scaling + "\" (" + a + "rope.scaling.type) is not supported (supported: none, linear)");
