@@ -297,6 +297,29 @@ TEST_CASE("windowed layers keep only their window, with or without a budget, in 
   CHECK(pc.cache().entries() == 150ull * phi->config().n_layer * phi->config().n_head_kv);
 }
 
+TEST_CASE("a saved state with trimmed windowed layers restores and continues identically", "[archs][evict][swa]") {
+  auto m = model::Model::load(vectors_dir() + "/gemma2.gguf");
+  const auto ids = archs_test::read_ids("gemma2.ids.txt");
+  for (bool budget : {false, true}) {
+    INFO("budget " << budget);
+    engine::ContextParams p;
+    p.n_ctx = 256;
+    p.kv_type = quant::DType::f32;
+    if (budget) p.budget_tokens = 48;
+    engine::Context a(*m, p), b(*m, p);
+    a.eval(std::vector<int32_t>(ids.begin(), ids.begin() + 150));
+    std::vector<uint8_t> st;
+    a.save_state(st);
+    b.load_state(st);
+    for (uint32_t i = 150; i < 190; ++i) {
+      const auto la = a.step(ids[i]);
+      const auto lb = b.step(ids[i]);
+      REQUIRE(std::vector<float>(la.begin(), la.end()) == std::vector<float>(lb.begin(), lb.end()));
+    }
+    CHECK(a.cache().entries() == b.cache().entries());
+  }
+}
+
 namespace {
 
 struct TempDir {
