@@ -297,6 +297,27 @@ TEST_CASE("windowed layers keep only their window, with or without a budget, in 
   CHECK(pc.cache().entries() == 150ull * phi->config().n_layer * phi->config().n_head_kv);
 }
 
+TEST_CASE("--kv-mem covers the windowed layers' share and budgets the others", "[archs][evict][swa]") {
+  auto m = model::Model::load(vectors_dir() + "/gemma2.gguf");
+  const auto ids = archs_test::read_ids("gemma2.ids.txt");
+  for (int64_t mem : {int64_t(1) << 20, int64_t(5) << 18}) {  // budgets 56 and 130
+    INFO("kv_mem " << mem);
+    engine::ContextParams p;
+    p.n_ctx = 1024;
+    p.kv_mem_bytes = mem;
+    p.evict.policy = evict::Policy::layer_defensivekv;
+    engine::Context ctx(*m, p);
+    CHECK(ctx.cache().bytes_reserved() <= uint64_t(mem));
+    CHECK(ctx.budget_tokens() >= 36);
+    ctx.eval(std::vector<int32_t>(ids.begin(), ids.begin() + 192));
+    CHECK(ctx.stats().evict_rounds >= 1);
+  }
+  engine::ContextParams small;
+  small.n_ctx = 1024;
+  small.kv_mem_bytes = 200000;
+  CHECK_THROWS_WITH(engine::Context(*m, small), Catch::Contains("sliding-window layers"));
+}
+
 TEST_CASE("a saved state with trimmed windowed layers restores and continues identically", "[archs][evict][swa]") {
   auto m = model::Model::load(vectors_dir() + "/gemma2.gguf");
   const auto ids = archs_test::read_ids("gemma2.ids.txt");

@@ -151,19 +151,26 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     // q8_0 block, each section of a page aligned), so the budget comes from
     // the real page size, not a per-entry estimate: the largest per_head
     // (below) whose round_up(per_head * HL, page) entries fit in whole pages.
+    // Sliding-window layers first take their share for batches of `chunk`
+    // tokens (window_layers.cpp); the rest holds `fit(chunk)` tokens per head
+    // of every other layer.
     const uint64_t page_bytes = kv_page_bytes(cc);
-    const uint64_t swa_pages = window_pool_entries() / p.page_tokens;
     const uint64_t all_pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
-    if (all_pages <= swa_pages)
+    const auto fit_for = [&](uint32_t chunk) -> uint64_t {
+      const uint64_t swa_pages = window_pool_entries(chunk) / p.page_tokens;
+      return all_pages > swa_pages ? (all_pages - swa_pages) * p.page_tokens / HLd : 0;
+    };
+    if (fit_for(chunk_) == 0)
       throw bad("kv_mem_bytes " + std::to_string(*p.kv_mem_bytes) + " does not cover the sliding-window layers' " +
-                std::to_string(swa_pages * page_bytes) + " bytes");
-    const uint64_t pages = all_pages - swa_pages;
-    const uint64_t fit = pages * p.page_tokens / HLd;  // tokens per head the pages hold
+                std::to_string(window_pool_entries(chunk_) / p.page_tokens * page_bytes) + " bytes");
+    const uint64_t fit = fit_for(chunk_);  // tokens per head the pages hold
     const uint64_t per_token = (page_bytes * HLd + p.page_tokens - 1) / p.page_tokens;  // for the message
     int64_t b = int64_t(fit) - int64_t((bounded ? over_budget : 0) + p.page_tokens);
     if (bounded && p.chunk_tokens == 0)  // the largest b whose default chunk still fits
-      for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b)
-        if (uint64_t(b) + std::max<uint64_t>(default_chunk(uint64_t(b)), slack_) + p.page_tokens <= fit) break;
+      for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b) {
+        const uint32_t c = default_chunk(uint64_t(b));
+        if (uint64_t(b) + std::max<uint64_t>(c, slack_) + p.page_tokens <= fit_for(c)) break;
+      }
     if (b < int64_t(min_budget))
       throw bad("kv_mem_bytes " + std::to_string(*p.kv_mem_bytes) + " holds " + std::to_string(std::max<int64_t>(b, 0)) +
                 " tokens per head after the chunk/slack/page reserve, below window + sinks = " +
@@ -187,7 +194,7 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
   } else {
     per_head = uint64_t(n_ctx_) + p.page_tokens;
   }
-  cc.capacity_entries = round_up(per_head * HL, p.page_tokens) + window_pool_entries();
+  cc.capacity_entries = round_up(per_head * HL, p.page_tokens) + window_pool_entries(chunk_);
   cache_ = std::make_unique<kv::KvCache>(cc);
   if (p.kv_mem_bytes && cache_->bytes_reserved() > uint64_t(*p.kv_mem_bytes))
     throw std::logic_error("context: KV pool of " + std::to_string(cache_->bytes_reserved()) +
@@ -196,7 +203,7 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
 
   ws_ = std::make_unique<model::Workspace>(mc, chunk_, n_ctx_, p.n_threads, p.page_tokens, n_aux_);
   ws_->reserve_runs(size_t(cc.capacity_entries / p.page_tokens) + Hkv);
-  if (evict_layers_.size() < L) trim_keep_.resize(size_t(window_pool_entries()));
+  if (evict_layers_.size() < L) trim_keep_.resize(size_t(window_pool_entries(chunk_)));
   pos_buf_.resize(chunk_);
   logits_.resize(mc.n_vocab);
 

@@ -232,7 +232,7 @@ class Context {
   // Sliding-window layers (window_layers.cpp): pool entries they need, entries
   // of the other (budgeted) layers, and dropping what no later query sees.
   uint32_t layer_window(uint32_t l) const;  // the layer's window if < n_ctx, else 0
-  uint64_t window_pool_entries() const;
+  uint64_t window_pool_entries(uint32_t max_batch) const;  // for batches of up to max_batch tokens
   uint64_t budgeted_entries() const;
   void trim_windows();
   void evict_now(bool interim = false);

@@ -21,12 +21,10 @@ uint32_t Context::layer_window(uint32_t l) const {
 }
 
 // Pool entries of the windowed layers: per head, the entries kept between
-// batches plus one batch (the largest chunk this context can use), plus a
-// page for a partly filled first page.
-uint64_t Context::window_pool_entries() const {
+// batches plus one batch, plus a page for a partly filled first page.
+uint64_t Context::window_pool_entries(uint32_t max_batch) const {
   const model::Config& mc = model_.config();
   const uint64_t P = params_.page_tokens;
-  const uint64_t max_batch = params_.chunk_tokens ? params_.chunk_tokens : std::max<uint32_t>(chunk_, 256);
   uint64_t n = 0;
   for (uint32_t l = 0; l < mc.n_layer; ++l)
     if (const uint64_t w = layer_window(l))
