@@ -194,10 +194,14 @@ void Model::init() {
   };
   // A feature key the architecture has none of must not be silently ignored.
   auto refuse_key = [&](const std::string& key, const char* what) {
-    if (const gguf::Value* v = f.find(key)) {
-      if (v->type != gguf::ValueType::array && v->type != gguf::ValueType::string && f.get_float(key) == 0.0) return;
-      throw err("key " + key + " (" + what + ") is not supported for architecture " + arch);
-    }
+    const gguf::Value* v = f.find(key);
+    if (!v) return;
+    bool off = false;  // 0 / false: the feature is off, as if absent
+    if (auto* i = std::get_if<int64_t>(&v->v)) off = *i == 0;
+    else if (auto* u = std::get_if<uint64_t>(&v->v)) off = *u == 0;
+    else if (auto* d = std::get_if<double>(&v->v)) off = *d == 0.0;
+    else if (auto* b = std::get_if<bool>(&v->v)) off = !*b;
+    if (!off) throw err("key " + key + " (" + what + ") is not supported for architecture " + arch);
   };
 
   Config c;
