@@ -529,6 +529,11 @@ defkv_status defkv_detokenize(const defkv_model* model, const int32_t* tokens, s
   });
 }
 
+int defkv_token_is_eog(const defkv_model* model, int32_t token) {
+  if (!reg_has(model, Kind::model)) return 0;
+  return model->impl->tok->is_eog(token) ? 1 : 0;
+}
+
 defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* buf, size_t capacity,
                                size_t* out_len) {
   DEFKV_CHECK_MODEL(model);
@@ -815,7 +820,7 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
     if (!ctx->have_logits && ctx->pending < 0)
       raise(DEFKV_ERR_BAD_STATE, "nothing to continue from: evaluate a prompt with defkv_eval first");
     engine::Context& e = *ctx->ctx;
-    const int32_t eos = ctx->model->tok->eos();
+    const text::Tokenizer& tok_info = *ctx->model->tok;
     text::StreamDecoder dec(*ctx->model->tok, false);
     uint32_t count = 0;
     defkv_status status = DEFKV_OK;
@@ -856,8 +861,9 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
         if (n_generated) *n_generated = count;
         const std::string piece = dec.push(tok);
         const int stop = on_token ? on_token(tok, piece.c_str(), piece.size(), user) : 0;
-        if (tok == eos || stop) {
-          ctx->last_stop = tok == eos ? DEFKV_STOP_EOS : DEFKV_STOP_CALLBACK;
+        const bool end = tok_info.is_eog(tok);
+        if (end || stop) {
+          ctx->last_stop = end ? DEFKV_STOP_EOS : DEFKV_STOP_CALLBACK;
           break;
         }
       }

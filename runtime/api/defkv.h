@@ -148,6 +148,10 @@ DEFKV_API defkv_status defkv_tokenize(const defkv_model* model, const char* text
  * leading space SentencePiece adds after BOS is dropped. */
 DEFKV_API defkv_status defkv_detokenize(const defkv_model* model, const int32_t* tokens, size_t n_tokens,
                                         char* buf, size_t capacity, size_t* out_len);
+/* 1 when the token ends generation (EOS, EOT, <|eot_id|>, <|im_end|>,
+ * <|endoftext|>, ... as llama.cpp's EOG set; defkv_generate stops there),
+ * else 0 (also for a NULL model or an id outside the vocabulary). */
+DEFKV_API int defkv_token_is_eog(const defkv_model* model, int32_t token);
 /* Raw bytes of one token's piece (may be a partial UTF-8 sequence), NUL-terminated. */
 DEFKV_API defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* buf, size_t capacity,
                                          size_t* out_len);
@@ -336,7 +340,7 @@ DEFKV_API defkv_status defkv_get_logits(const defkv_context* ctx, float* logits,
 typedef enum defkv_stop_reason {
   DEFKV_STOP_NONE = 0,          /* no generate call yet (or reset since) */
   DEFKV_STOP_N_PREDICT = 1,     /* n_predict tokens sampled */
-  DEFKV_STOP_EOS = 2,           /* the model's EOS was sampled */
+  DEFKV_STOP_EOS = 2,           /* an end-of-generation token was sampled (defkv_token_is_eog) */
   DEFKV_STOP_CALLBACK = 3,      /* the token callback returned non-zero */
   DEFKV_STOP_CONTEXT_FULL = 4,  /* no position left (DEFKV_ERR_CONTEXT_FULL) */
   DEFKV_STOP_CANCELLED = 5,     /* defkv_cancel (DEFKV_ERR_CANCELLED) */
