@@ -218,6 +218,11 @@ TEST_CASE("api: greedy decoding reproduces the independent numpy golden run", "[
   CHECK(info.n_head_kv == 4);
   CHECK(info.bos == 1);
   CHECK(info.eos == 2);
+  // The stories vocabulary's end-of-generation set is its EOS alone.
+  CHECK(defkv_token_is_eog(model(), 2) == 1);
+  CHECK(defkv_token_is_eog(model(), 1) == 0);
+  CHECK(defkv_token_is_eog(model(), 512) == 0);
+  CHECK(defkv_token_is_eog(nullptr, 2) == 0);
   defkv_context_params p = greedy_params();
   p.kv_type = DEFKV_KV_F32;
   Ctx c(p);
