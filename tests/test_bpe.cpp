@@ -27,10 +27,16 @@ using defkv::text::VocabKind;
 
 namespace {
 
-std::string vectors_dir() {
-  if (const char* e = std::getenv("DEFKV_TOKENIZER_VECTORS")) return e;
+// The shipped test data (for the tests that name particular files).
+std::string shared_vectors() {
   const char* s = std::getenv("DEFKV_SHARED");
   return (s ? std::string(s) : std::string("../shared")) + "/testdata/tokenizers";
+}
+
+// The folder the vector suite walks: $DEFKV_TOKENIZER_VECTORS or the shipped one.
+std::string vectors_dir() {
+  const char* e = std::getenv("DEFKV_TOKENIZER_VECTORS");
+  return e && *e ? std::string(e) : shared_vectors();
 }
 
 std::string slurp(const std::string& path) {
@@ -207,6 +213,7 @@ TEST_CASE("tokenizer vectors: llama.cpp's own cases decode back", "[tokenizer][b
       for (size_t i = 0; i < texts.size(); ++i) {
         INFO(name << " case " << i << " '" << texts[i] << "'");
         if (tok.kind() == VocabKind::bpe) CHECK(pieces(tok, ids[i]) == texts[i]);
+        if (kExpectedVocabs.count(name) == 0) continue;  // the README speaks for these only
         const bool expect_rt = !(cleans && (i == 32 || i == 45));
         CHECK((tok.decode(ids[i], true) == texts[i]) == expect_rt);
       }
@@ -230,11 +237,11 @@ TEST_CASE("chat examples tokenize as llama.cpp did (parse_special)", "[tokenizer
     CHECK(v.tok->decode(want, true) == doc.at("rendered").get<std::string>());
     ++n;
   }
-  CHECK(n == 2);
+  if (!std::getenv("DEFKV_TOKENIZER_VECTORS")) CHECK(n == 2);
 }
 
 TEST_CASE("BPE vocabularies: special ids, add_bos and the end-of-generation set", "[tokenizer][bpe]") {
-  const std::string d = vectors_dir();
+  const std::string d = shared_vectors();
   SECTION("llama-bpe") {
     Vocab v = load(d + "/ggml-vocab-llama-bpe.gguf");
     const Tokenizer& t = *v.tok;
@@ -323,7 +330,7 @@ struct Built {
 };
 
 Built build(const std::vector<std::string>& extra_tokens, const std::vector<std::string>* merges,
-            const std::string& pre, std::vector<int64_t> types = {}) {
+            const std::string& pre, std::vector<int64_t> types = {}, bool add_bos_key = false) {
   std::vector<std::string> toks = byte_tokens();
   toks.insert(toks.end(), extra_tokens.begin(), extra_tokens.end());
   defkv::gguf::Writer w;
@@ -333,6 +340,7 @@ Built build(const std::vector<std::string>& extra_tokens, const std::vector<std:
   w.set("tokenizer.ggml.tokens", strings(toks));
   w.set("tokenizer.ggml.token_type", ints(types));
   if (merges) w.set("tokenizer.ggml.merges", strings(*merges));
+  if (add_bos_key) w.set("tokenizer.ggml.add_bos_token", {defkv::gguf::ValueType::boolean, false});
   Built b;
   b.bytes = w.to_bytes();
   b.file = defkv::gguf::File::from_buffer(b.bytes.data(), b.bytes.size());
@@ -450,4 +458,34 @@ TEST_CASE("Unicode category table", "[tokenizer][bpe]") {
   CHECK(flags(0xE000) == kControl);                 // private use (Co)
   CHECK(flags(0x10FFFF) == kUndefined);             // noncharacter (Cn)
   CHECK(flags(0x110000) == kUndefined);
+}
+
+TEST_CASE("digit runs: llama-bpe groups of three, qwen2 and smollm single digits, gpt-2 whole", "[tokenizer][bpe]") {
+  // ids: 256 "12", 257 "123", 258 "45", 259 "1234", 260 "12345"
+  const std::vector<std::string> extra{"12", "123", "45", "1234", "12345"};
+  std::vector<std::string> merges{"1 2", "12 3", "123 4", "1234 5", "4 5"};
+  auto enc = [&](const std::string& pre) {
+    Built b = build(extra, &merges, pre, {}, true);
+    return Tokenizer::from_gguf(*b.file)->encode("12345", false);
+  };
+  CHECK(enc("llama-bpe") == std::vector<Token>{257, 258});
+  CHECK(enc("qwen2") == std::vector<Token>{'1', '2', '3', '4', '5'});
+  CHECK(enc("smollm") == std::vector<Token>{'1', '2', '3', '4', '5'});
+  CHECK(enc("gpt-2") == std::vector<Token>{260});
+}
+
+TEST_CASE("Phi-3: whitespace after its special tokens is dropped (rstrip), as llama.cpp does", "[tokenizer][bpe]") {
+  // Phi-3's tokenizer.json marks <|user|>, <|end|>, ... rstrip; llama.cpp
+  // applies that by model name, so "<|user|>\nHi" reads as "<|user|>Hi".
+  Vocab v = load(shared_vectors() + "/ggml-vocab-phi-3.gguf");
+  const Tokenizer& t = *v.tok;
+  REQUIRE(t.token_text(32010) == "<|user|>");
+  std::vector<Token> want{32010};
+  for (Token x : t.encode("Hi", false)) want.push_back(x);
+  CHECK(t.encode("<|user|>\n  Hi", false, true) == want);
+  // <s> is not rstrip: the space after it stays text.
+  CHECK(t.encode("<s> Hi", false, true).size() > t.encode("<s>Hi", false, true).size());
+  // <|end|> is an end-of-generation token of Phi-3 (besides EOS <|endoftext|>).
+  CHECK(t.is_eog(32007));
+  CHECK(t.is_eog(32000));
 }
