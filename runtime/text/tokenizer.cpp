@@ -131,8 +131,11 @@ void Tokenizer::load_special(const gguf::File& f) {
   const size_t n_vocab = tokens_.size();
   const bool spm = kind_ == VocabKind::spm;
   auto read_id = [&](const char* key, Token def) -> Token {
-    if (f.find(key) == nullptr) return def;
-    uint64_t v = f.get_uint(key);
+    // An absent key takes the default (SPM: llama.cpp's 1 / 2 / 0), which
+    // must also be a token.
+    const bool present = f.find(key) != nullptr;
+    if (!present && def < 0) return -1;
+    const uint64_t v = present ? f.get_uint(key) : uint64_t(def);
     if (v >= n_vocab) {
       fail(std::string(key) + " = " + std::to_string(v) + " is outside the vocabulary (" +
            std::to_string(n_vocab) + " tokens)");
