@@ -489,3 +489,41 @@ TEST_CASE("Phi-3: whitespace after its special tokens is dropped (rstrip), as ll
   CHECK(t.is_eog(32007));
   CHECK(t.is_eog(32000));
 }
+
+TEST_CASE("byte-level BPE is lossless: valid UTF-8 always, any bytes where all 256 have tokens", "[tokenizer][bpe]") {
+  // Oracle: the input itself. Random strings (fixed seed) built from pieces
+  // the pre-tokenizers care about, then the same with raw random bytes mixed
+  // in. StarCoder's and DeepSeek's vocabularies have no token for bytes that
+  // never occur in UTF-8 (0xC0, 0xFF, ...; llama.cpp drops them too and
+  // refuses such input anyway), so those get valid UTF-8 only.
+  const std::vector<std::string> bits{" ", "  ", "\n", "\r\n", "\t", "'s", "'LL", "123456", "\xe3\x80\x80",
+                                      "\xc2\x85", "abc", "\xe4\xb8\xad", "<|eot_id|>", "<think>", "\xc3\xb6",
+                                      "\xf0\x9f\x98\x80", "\xd9\xa3", ".,!?", "\xef\xbc\x81"};
+  const std::vector<std::string> bad{"\xff", "\xc3", "\xe2\x82", "\xf0\x9f\x98", "\xed\xa0\x80", "\xc0\xaf", "\x80"};
+  uint64_t rng = 0x9E3779B97F4A7C15ull;
+  auto next = [&] { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; };
+  std::vector<std::string> valid, any;
+  for (int i = 0; i < 150; ++i) {
+    std::string s, t;
+    const int n = int(next() % 12);
+    for (int k = 0; k < n; ++k) {
+      const std::string& b = bits[next() % bits.size()];
+      s += b;
+      t += b;
+      if (next() % 3 == 0) t += next() % 2 ? std::string(1, char(next() & 0xFF)) : bad[next() % bad.size()];
+    }
+    valid.push_back(s);
+    any.push_back(t);
+  }
+  for (const char* name : {"llama-bpe", "qwen2", "gpt-2", "starcoder", "deepseek-llm"}) {
+    Vocab v = load(shared_vectors() + "/ggml-vocab-" + name + ".gguf");
+    const bool all_bytes = std::string(name) != "starcoder" && std::string(name) != "deepseek-llm";
+    for (const auto* set : {&valid, &any}) {
+      if (set == &any && !all_bytes) continue;
+      for (const std::string& s : *set) {
+        INFO(name << " '" << s << "'");
+        for (bool parse : {false, true}) CHECK(pieces(*v.tok, v.tok->encode(s, false, parse)) == s);
+      }
+    }
+  }
+}
