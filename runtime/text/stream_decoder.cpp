@@ -5,8 +5,6 @@
 
 namespace defkv::text {
 
-
-
 namespace {
 
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
