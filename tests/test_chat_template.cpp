@@ -174,6 +174,13 @@ TEST_CASE("chat template: recognised families render as their published template
        "<bos><start_of_turn>user\nYou are a concise assistant. Answer in one sentence.\n\nWhat is the capital of "
        "France?<end_of_turn>\n<start_of_turn>model\nThe capital of France is Paris.<end_of_turn>\n<start_of_turn>user\n"
        "And how many people live there?  Give a rough number.<end_of_turn>\n<start_of_turn>model\n"},
+      // trim removes Unicode whitespace as Python's str.strip() does (not U+200B).
+      {"gemma2-it.jinja",
+       {{"user", "\u00a0\u2003Hi\u200b\u3000\x1f\n"}, {"assistant", "\u2028Hello\u0085"}},
+       opts(true, gemma_bos, "<eos>"),
+       "gemma",
+       "<bos><start_of_turn>user\nHi\u200b<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>"
+       "model\n"},
       [] {
         ChatRenderOptions o = opts(true, "<|begin_of_text|>", "<|eot_id|>");
         o.date = "26 Jul 2024";
@@ -252,6 +259,18 @@ TEST_CASE("chat template: unknown or missing templates fall back to plain", "[ch
   CHECK_FALSE(t.recognised);
   CHECK(t.format == ChatFormat::plain);
   CHECK_FALSE(detect_chat_template("").recognised);
+  // Near misses of known families are not taken for them: Phi-4 (ChatML
+  // markers with <|im_sep|>), QwQ-style reasoning ChatML, GLM-Edge (<|user|>
+  // without EOS), Mistral's [INST] without <<SYS>>.
+  for (const char* near : {
+           "{{'<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>'}}",
+           "{%- set content = message.content.split('</think>')[-1] %}{{'<|im_start|>assistant\n<think>\n'}}",
+           "{% if item['role'] == 'user' %}<|user|>\n{{ item['content'] }}{% endif %}<|assistant|>",
+           "{{ bos_token }}{{ '[INST] ' + message['content'] + ' [/INST]' }}",
+       }) {
+    INFO(near);
+    CHECK_FALSE(detect_chat_template(near).recognised);
+  }
   CHECK(render_chat(t, kConv, opts(true)) ==
         "You are a concise assistant. Answer in one sentence.\n\nUser: What is the capital of France?\nAssistant:  The "
         "capital of France is Paris. \nUser: And how many people live there?  Give a rough number.\n\nAssistant:");

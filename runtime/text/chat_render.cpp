@@ -1,7 +1,9 @@
 // Rendering a conversation in each recognised chat format. Every function
 // follows its family's published Jinja template, statement by statement; the
 // comment above each names the template. Jinja's `trim` filter and Python's
-// str.strip() are applied to ASCII whitespace.
+// str.strip() remove what Python calls whitespace (str.isspace), Unicode
+// spaces included, as HF transformers' jinja2 does.
+#include <cstdint>
 #include <ctime>
 #include <stdexcept>
 
@@ -11,9 +13,45 @@ namespace defkv::text {
 namespace {
 
 using Messages = std::vector<ChatMessage>;
-constexpr std::string_view kSpace = " \t\n\r\v\f";
 
-std::string strip(std::string_view s, std::string_view chars = kSpace) {
+// Python's str.isspace() code points.
+bool is_space(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+// Length in bytes of the whitespace character at s[i] (0 if none). Invalid
+// UTF-8 is never whitespace.
+size_t space_at(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return uint32_t(uint8_t(s[k])); };
+  const uint32_t c0 = b(i);
+  if (c0 < 0x80) return is_space(c0) ? 1 : 0;
+  const size_t n = c0 >= 0xf0 ? 4 : c0 >= 0xe0 ? 3 : c0 >= 0xc0 ? 2 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  uint32_t c = c0 & (0x7f >> n);
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(i + k) & 0xc0) != 0x80) return 0;
+    c = (c << 6) | (b(i + k) & 0x3f);
+  }
+  return is_space(c) ? n : 0;
+}
+// Python's str.strip() without arguments (Jinja's trim filter).
+std::string strip(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e) {
+    const size_t n = space_at(s, b);
+    if (n == 0) break;
+    b += n;
+  }
+  while (e > b) {
+    size_t start = e - 1;  // the first byte of the last character
+    while (start > b && (uint8_t(s[start]) & 0xc0) == 0x80 && e - start < 4) --start;
+    const size_t n = space_at(s, start);
+    if (n == 0 || start + n != e) break;
+    e = start;
+  }
+  return std::string(s.substr(b, e - b));
+}
+std::string strip(std::string_view s, std::string_view chars) {
   const size_t b = s.find_first_not_of(chars);
   if (b == std::string_view::npos) return "";
   return std::string(s.substr(b, s.find_last_not_of(chars) - b + 1));

@@ -63,12 +63,14 @@ ChatTemplate detect_chat_template(std::string_view j) {
   if (j.empty()) return t;
   t.recognised = true;
   t.bos = has(j, "bos_token");
-  if (has(j, "<|im_start|>")) {
+  if (has(j, "<|im_start|>") && !has(j, "<|im_sep|>")) {  // <|im_sep|>: Phi-4, another format
     // Qwen3's thinking-aware template: history turns lose their <think>
     // block, the turns after the last user query keep it.
     if (has(j, "reasoning_content") && has(j, "last_query_index")) {
       t.format = ChatFormat::qwen3;
       t.thinking_switch = has(j, "enable_thinking");
+    } else if (has(j, "</think>")) {
+      t = ChatTemplate{};  // another reasoning template (QwQ, DeepSeek-R1 distills): not plain ChatML
     } else {
       t.format = ChatFormat::chatml;
       t.default_system = chatml_default_system(j);
@@ -90,7 +92,7 @@ ChatTemplate detect_chat_template(std::string_view j) {
     t.phi3_legacy = !has(j, "<|system|>") && !has(j, "message['role'] + '|>'");
     t.phi3_skip_empty_system = has(j, "'system' and message['content']");
     t.phi3_eos_at_end = has(j, "eos_token");
-  } else if (has(j, "<|user|>") && has(j, "<|assistant|>")) {
+  } else if (has(j, "<|user|>") && has(j, "<|assistant|>") && has(j, "eos_token")) {
     t.format = ChatFormat::zephyr;
   } else if (has(j, "[INST]") && has(j, "<<SYS>>")) {
     t.format = ChatFormat::llama2;
