@@ -66,8 +66,7 @@ std::string story_text() { return read_text(shared_path("models/data/tinystories
 defkv_context_params greedy_params() {
   defkv_context_params p;
   defkv_context_params_init(&p);
-  p.temperature = 0;
-  p.repeat_penalty = 1;
+  p.temperature = 0;  // the default repeat penalty is off: greedy is plain argmax
   p.n_threads = 1;
   return p;
 }

@@ -50,7 +50,7 @@ struct ChatOptions {
   int top_k = 40;
   float top_p = 0.95f;
   float min_p = 0.05f;
-  float repeat_penalty = 1.1f;
+  float repeat_penalty = 1.0f;
   uint64_t seed = 0xdefc0de;
   bool stats = false;
   bool quiet = false;

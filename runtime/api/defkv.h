@@ -272,7 +272,7 @@ typedef struct defkv_context_params {
   int32_t top_k;             /* default 40; <= 0 disabled */
   float top_p;               /* default 0.95; >= 1 disabled */
   float min_p;               /* default 0.05; <= 0 disabled */
-  float repeat_penalty;      /* default 1.1; 1 disabled */
+  float repeat_penalty;      /* default 1 (disabled, as in llama.cpp) */
   int32_t repeat_last_n;     /* default 64 */
   uint64_t seed;             /* RNG seed; equal seeds give equal outputs */
 
