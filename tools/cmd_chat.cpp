@@ -128,8 +128,9 @@ int on_token(int32_t token, const char* piece, size_t len, void* user) {
 }
 
 int run_chat(const ChatOptions& o) {
-  defkv_model* m = nullptr;
-  check(defkv_model_load_file(o.model_path.c_str(), &m), nullptr, "load model");
+  ModelHandle model;  // freed on every path, after the context
+  check(defkv_model_load_file(o.model_path.c_str(), &model.m), nullptr, "load model");
+  defkv_model* m = model.m;
 
   // --template: auto (the model's), a format name, or a file holding a Jinja template.
   std::optional<std::string> tmpl;
@@ -286,7 +287,7 @@ int run_chat(const ChatOptions& o) {
     std::fflush(stdout);
     // Closed: ended by the end-of-turn token, the stop text or EOS (which the
     // model is fed with the next turn).
-    bool closed = r.stopped_by_marker || (s == DEFKV_OK && ng < uint32_t(o.n_predict));
+    const bool closed = r.stopped_by_marker || (s == DEFKV_OK && ng < uint32_t(o.n_predict));
     const size_t cut = r.stop_text.empty() ? std::string::npos : r.text.find(r.stop_text);
     session.end_turn(r.text.substr(0, cut), r.raw, closed);
     if (s == DEFKV_ERR_CANCELLED) {
@@ -308,7 +309,6 @@ int run_chat(const ChatOptions& o) {
   done.store(true);
   watcher.join();
   defkv_context_free(c);
-  defkv_model_free(m);
   return rc;
 }
 
