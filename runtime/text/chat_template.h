@@ -16,6 +16,14 @@
 //   Assistant: CONTENT\n       (an assistant message)
 //   Assistant:                 (the generation prompt)
 //
+// Why recognition rather than a Jinja engine: no C++ Jinja engine is packaged
+// for Debian, and a hand-written subset would meet the Python-isms of real
+// templates (namespace(), [::-1], str.split/strip, tests, loop variables)
+// one at a time, failing on some and mis-rendering others silently. A
+// recognised family renders what its published template renders (tested
+// against the templates themselves), and anything else is reported as the
+// fallback, so the application can warn instead of feeding a wrong prompt.
+//
 // Only the roles system, user and assistant are accepted. Knows nothing of
 // models beyond the template text and the BOS/EOS token texts it is given.
 #pragma once
