@@ -211,6 +211,22 @@ TEST_CASE("chat template: recognised families render as their published template
   }
 }
 
+TEST_CASE("chat template: a ChatML default system prompt is read from the template's literal", "[chat][template]") {
+  // Qwen2.5-Math's default, with an escaped backslash and braces, in a
+  // single-quoted literal; and a double-quoted one holding an apostrophe.
+  const ChatTemplate math = detect_chat_template(
+      "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+      "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nPlease reason step by step, and put your final "
+      "answer within \\\\boxed{}.<|im_end|>\\n' }}{%- endif %}");
+  CHECK(math.default_system == "Please reason step by step, and put your final answer within \\boxed{}.");
+  const ChatTemplate apostrophe = detect_chat_template(
+      "{{ \"<|im_start|>system\\nYou're helpful.<|im_end|>\\n\" }}{{'<|im_start|>' + message['role']}}");
+  CHECK(apostrophe.default_system == "You're helpful.");
+  // Only a system turn written from a message: no default.
+  CHECK(detect_chat_template("{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>' }}")
+            .default_system.empty());
+}
+
 TEST_CASE("chat template: Qwen3 reasoning and the thinking switch", "[chat][template]") {
   const ChatTemplate t = detect_chat_template(slurp(vectors_dir() + "/ggml-vocab-qwen2.chat_template.jinja"));
   REQUIRE(t.format == ChatFormat::qwen3);

@@ -26,11 +26,13 @@ std::string unescape(std::string_view s) {
 // The default system prompt of a ChatML template: a string literal that
 // writes a whole system turn, '<|im_start|>system\nTEXT<|im_end|>' (Qwen2.5's
 // "You are Qwen, ...", SmolLM2's "You are a helpful AI assistant named
-// SmolLM, ..."). A literal that ends before <|im_end|> (the system turn of a
-// message) has a quote or a Jinja delimiter in between and does not count.
+// SmolLM, ..."). A literal that closes before <|im_end|> (the system turn of
+// a message, '<|im_start|>system\n' + content) does not count.
 std::string chatml_default_system(std::string_view j) {
   const std::string_view head = "<|im_start|>system";
   for (size_t at = j.find(head); at != std::string_view::npos; at = j.find(head, at + 1)) {
+    const char quote = at > 0 ? j[at - 1] : '\0';
+    if (quote != '\'' && quote != '"') continue;
     size_t p = at + head.size();
     if (j.compare(p, 2, "\\n") == 0) p += 2;
     else if (p < j.size() && j[p] == '\n') p += 1;
@@ -38,7 +40,12 @@ std::string chatml_default_system(std::string_view j) {
     const size_t end = j.find("<|im_end|>", p);
     if (end == std::string_view::npos) break;
     const std::string_view body = j.substr(p, end - p);
-    if (body.empty() || body.find_first_of("'\"{}") != std::string_view::npos) continue;
+    bool closed = false;  // an unescaped quote ends the literal inside body
+    for (size_t k = 0; k < body.size() && !closed; ++k) {
+      if (body[k] == '\\') ++k;
+      else closed = body[k] == quote;
+    }
+    if (body.empty() || closed) continue;
     return unescape(body);
   }
   return "";
