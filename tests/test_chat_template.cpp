@@ -277,12 +277,15 @@ TEST_CASE("chat template: unknown or missing templates fall back to plain", "[ch
   CHECK_FALSE(detect_chat_template("").recognised);
   // Near misses of known families are not taken for them: Phi-4 (ChatML
   // markers with <|im_sep|>), QwQ-style reasoning ChatML, GLM-Edge (<|user|>
-  // without EOS), Mistral's [INST] without <<SYS>>.
+  // without EOS), Mistral's [INST] without <<SYS>>, Llama 2 with a default
+  // system prompt.
   for (const char* near : {
            "{{'<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>'}}",
            "{%- set content = message.content.split('</think>')[-1] %}{{'<|im_start|>assistant\n<think>\n'}}",
            "{% if item['role'] == 'user' %}<|user|>\n{{ item['content'] }}{% endif %}<|assistant|>",
            "{{ bos_token }}{{ '[INST] ' + message['content'] + ' [/INST]' }}",
+           "{% elif true == true and not '<<SYS>>' in messages[0]['content'] %}{% set system_message = 'Be "
+           "safe.' %}{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}",
        }) {
     INFO(near);
     CHECK_FALSE(detect_chat_template(near).recognised);

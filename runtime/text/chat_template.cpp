@@ -101,7 +101,9 @@ ChatTemplate detect_chat_template(std::string_view j) {
     t.phi3_eos_at_end = has(j, "eos_token");
   } else if (has(j, "<|user|>") && has(j, "<|assistant|>") && has(j, "eos_token")) {
     t.format = ChatFormat::zephyr;
-  } else if (has(j, "[INST]") && has(j, "<<SYS>>")) {
+  } else if (has(j, "[INST]") && has(j, "<<SYS>>") && !has(j, "set system_message = '")) {
+    // (A Llama 2 template with a default system prompt literal, HF's old
+    // default_chat_template and its fine-tunes, is not this one.)
     t.format = ChatFormat::llama2;
   } else {
     t = ChatTemplate{};  // unknown: plain, not recognised
