@@ -182,6 +182,8 @@ DEFKV_API defkv_status defkv_token_piece(const defkv_model* model, int32_t token
  *
  * tmpl: NULL for the model's own template; else a format name listed above
  * (or "plain") or the text of a Jinja chat template.
+ *
+ * Both calls only read the model: any thread, any time while it is alive.
  */
 typedef struct defkv_chat_message {
   const char* role;     /* "system", "user" or "assistant" */
