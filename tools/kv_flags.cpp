@@ -87,12 +87,6 @@ void check_policy(const KvFlags& f) {
       throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
     refuse_unused("--kv-interim-policy");
   }
-  if (f.score_all_queries) refuse_unused("--kv-score-all-queries");
-  if (!(f.running_max_decay > 0.0f && f.running_max_decay <= 1.0f))
-    throw std::invalid_argument("--kv-running-max-decay must be in (0, 1] (got " +
-                                std::to_string(f.running_max_decay) + ")");
-  if (f.opt_decay && f.opt_decay->count() && !f.running_max)
-    throw std::invalid_argument("--kv-running-max-decay needs --kv-running-max");
 }
 
 }  // namespace
@@ -200,22 +194,12 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
                   "third; else 256)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  sub->add_flag("--kv-running-max", f.running_max,
-                "Defensive policies: keep each entry's worst-case score across eviction rounds instead of "
-                "re-scoring (experimental)");
   sub->add_option("--kv-interim-policy", f.interim_policy,
                   "Bounded schedule: score the prefill eviction rounds before a prompt's last chunk with this "
                   "scored policy (e.g. criticalkv with a defensive --kv-policy); the last round and decoding "
                   "use --kv-policy (default: --kv-policy everywhere)")
       ->check(CLI::IsMember({"snapkv", "adakv", "criticalkv", "defensivekv", "layer-defensivekv",
                              "layer_defensivekv", "full", "streaming"}));
-  sub->add_flag("--kv-score-all-queries", f.score_all_queries,
-                "Bounded schedule: score each eviction round with every query since the previous round "
-                "(in passes of the window), not only the newest window");
-  f.opt_decay = sub->add_option("--kv-running-max-decay", f.running_max_decay,
-                                "With --kv-running-max: the stored worst case is multiplied by F in (0, 1] "
-                                "before each round (1: the plain running max)")
-                    ->capture_default_str();
 }
 
 void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
@@ -232,17 +216,14 @@ void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
                                              : DEFKV_SCHEDULE_DEFAULT;
   p->kv_type = api_type(f.type);
   p->kv_window = uint32_t(f.window_tokens);
-  p->kv_sinks = int32_t(f.sink_tokens);  // 0: no sinks (this header's struct size)
+  p->kv_sinks = int32_t(f.sink_tokens);  // 0: no sinks
   p->kv_pool = uint32_t(f.pool_kernel);
-  p->kv_running_max = f.running_max ? 1 : 0;
   // 0 (the API's default) means 64 tokens for a full cache; the CLI keeps
   // the engine's batching there.
   p->prefill_chunk_tokens = f.chunk_tokens > 0  ? uint32_t(f.chunk_tokens)
                             : !f.has_budget()   ? kFullCachePrefillChunk
                                                 : 0u;
   p->kv_interim_policy = f.interim_policy.empty() ? -1 : api_policy(f.interim_policy);
-  p->kv_score_all_queries = f.score_all_queries ? 1 : 0;
-  p->kv_running_max_decay = f.running_max_decay;
 }
 
 void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
@@ -251,7 +232,6 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
   cp->evict.window = uint32_t(f.window_tokens);
   cp->evict.kernel = uint32_t(f.pool_kernel);
   cp->evict.n_sink = uint32_t(f.sink_tokens);
-  cp->evict.running_max = f.running_max;
   cp->chunk_tokens = uint32_t(f.chunk_tokens);
   cp->interim_policy.reset();
   if (!f.interim_policy.empty()) {
@@ -260,8 +240,6 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
       throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
     cp->interim_policy = ip;
   }
-  cp->score_all_queries = f.score_all_queries;
-  cp->running_max_decay = f.running_max_decay;
   cp->budget_tokens.reset();
   cp->kv_ratio.reset();
   cp->kv_mem_bytes.reset();

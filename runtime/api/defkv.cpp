@@ -544,17 +544,6 @@ defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* bu
 
 namespace {
 
-// The first ABI's struct ended with prefill_chunk_tokens (padded to 8 bytes).
-static_assert((offsetof(defkv_context_params, prefill_chunk_tokens) + sizeof(uint32_t) + 7) / 8 * 8 ==
-                  DEFKV_CONTEXT_PARAMS_SIZE_V1,
-              "DEFKV_CONTEXT_PARAMS_SIZE_V1 must stay the size of the first defkv_context_params");
-
-static_assert(offsetof(defkv_context_params, kv_running_max) + sizeof(int32_t) <= DEFKV_CONTEXT_PARAMS_SIZE_V2 &&
-                  offsetof(defkv_context_params, kv_interim_policy) >= DEFKV_CONTEXT_PARAMS_SIZE_V2 - 4,
-              "DEFKV_CONTEXT_PARAMS_SIZE_V2 must stay the size of the struct through kv_running_max");
-static_assert(sizeof(defkv_context_params) == DEFKV_CONTEXT_PARAMS_SIZE_V3,
-              "a new field needs a new DEFKV_CONTEXT_PARAMS_SIZE_Vn");
-
 defkv_context_params default_params() {
   defkv_context_params p;
   std::memset(&p, 0, sizeof p);
@@ -572,11 +561,8 @@ defkv_context_params default_params() {
   p.seed = sp.seed;
   const evict::Params ep;
   p.kv_pool = ep.kernel;
-  p.kv_running_max = ep.running_max ? 1 : 0;
   p.kv_sinks = -1;  // the engine's default
   p.kv_interim_policy = -1;
-  p.kv_score_all_queries = 0;
-  p.kv_running_max_decay = 1.0f;
   return p;
 }
 
@@ -604,51 +590,24 @@ int32_t policy_to_api(evict::Policy p) {
   }
 }
 
-// The caller's struct of `size` bytes read over the defaults: fields added
-// after the first ABI are taken only when struct_size covers the whole
-// current struct (a first-ABI struct's padding overlaps kv_pool).
+// The caller's struct, which must have this header's layout.
 defkv_context_params read_params(const defkv_context_params* params) {
-  defkv_context_params p = default_params();
-  if (!params) return p;
-  const size_t size = params->struct_size;
-  if (size < DEFKV_CONTEXT_PARAMS_SIZE_V1)
-    raise(DEFKV_ERR_INVALID_ARGUMENT, "params->struct_size = " + std::to_string(size) +
-                                          " (initialise params with defkv_context_params_init)");
-  // The last whole version the caller's struct covers; its padding may
-  // overlap the next version's first field, so those are reset below.
-  const size_t n = size >= DEFKV_CONTEXT_PARAMS_SIZE_V3   ? size_t(DEFKV_CONTEXT_PARAMS_SIZE_V3)
-                   : size >= DEFKV_CONTEXT_PARAMS_SIZE_V2 ? size_t(DEFKV_CONTEXT_PARAMS_SIZE_V2)
-                                                          : size_t(DEFKV_CONTEXT_PARAMS_SIZE_V1);
-  std::memcpy(static_cast<void*>(&p), params, n);
-  const defkv_context_params d = default_params();
-  if (n < DEFKV_CONTEXT_PARAMS_SIZE_V2) {
-    p.kv_pool = d.kv_pool;
-    p.kv_running_max = d.kv_running_max;
-  }
-  if (n < DEFKV_CONTEXT_PARAMS_SIZE_V3) {
-    p.kv_interim_policy = d.kv_interim_policy;
-    p.kv_score_all_queries = d.kv_score_all_queries;
-    p.kv_running_max_decay = d.kv_running_max_decay;
-    if (p.kv_sinks == 0) p.kv_sinks = -1;  // older headers: 0 was the default
-  }
-  p.struct_size = sizeof p;
-  return p;
+  if (!params) return default_params();
+  if (params->struct_size != sizeof(defkv_context_params))
+    raise(DEFKV_ERR_INVALID_ARGUMENT,
+          "params->struct_size = " + std::to_string(params->struct_size) + ", this library's defkv_context_params has " +
+              std::to_string(sizeof(defkv_context_params)) +
+              " bytes (initialise params with defkv_context_params_init; a program built against the header of "
+              "another ABI version must be rebuilt, this library has ABI " + std::to_string(DEFKV_ABI_VERSION) + ")");
+  return *params;
 }
 
 }  // namespace
 
 extern "C" {
 
-void defkv_context_params_init_sized(defkv_context_params* p, size_t size) {
-  if (!p || size < DEFKV_CONTEXT_PARAMS_SIZE_V1) return;
-  const defkv_context_params d = default_params();
-  const size_t n = std::min(size, sizeof d);
-  std::memcpy(static_cast<void*>(p), &d, n);
-  p->struct_size = uint32_t(n);
-}
-
-void(defkv_context_params_init)(defkv_context_params* p) {
-  defkv_context_params_init_sized(p, DEFKV_CONTEXT_PARAMS_SIZE_V1);
+void defkv_context_params_init(defkv_context_params* p) {
+  if (p) *p = default_params();
 }
 
 defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params, defkv_context** out) {
@@ -671,11 +630,6 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
               "kv_interim_policy must be a scored policy (DEFENSIVEKV, LAYER_DEFENSIVEKV, CRITICALKV, ADAKV "
               "or SNAPKV), not STREAMING");
     }
-    cp.score_all_queries = p.kv_score_all_queries != 0;
-    if (!(p.kv_running_max_decay > 0.0f && p.kv_running_max_decay <= 1.0f))
-      raise(DEFKV_ERR_INVALID_ARGUMENT,
-            "kv_running_max_decay must be in (0, 1] (got " + std::to_string(p.kv_running_max_decay) + ")");
-    cp.running_max_decay = p.kv_running_max_decay;
     switch (p.kv_schedule) {
       case DEFKV_SCHEDULE_DEFAULT: break;
       case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
@@ -693,7 +647,6 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     if (p.kv_window) cp.evict.window = p.kv_window;
     if (p.kv_sinks >= 0) cp.evict.n_sink = uint32_t(p.kv_sinks);
     if (p.kv_pool) cp.evict.kernel = p.kv_pool;
-    cp.evict.running_max = p.kv_running_max != 0;
     text::SamplerParams sp;
     sp.temperature = p.temperature;
     sp.top_k = p.top_k;
@@ -1065,12 +1018,9 @@ defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info
     i.kv_window = ep.evict.window;
     i.kv_sinks = ep.evict.n_sink;
     i.kv_pool = ep.evict.kernel;
-    i.kv_running_max = ep.evict.running_max ? 1 : 0;
     i.kv_interim_policy = e.has_budget() && e.schedule() == engine::Schedule::bounded && ep.interim_policy
                               ? policy_to_api(*ep.interim_policy)
                               : -1;
-    i.kv_score_all_queries = ep.score_all_queries ? 1 : 0;
-    i.kv_running_max_decay = ep.running_max_decay;
     i.prefill_chunk_tokens = e.chunk_tokens();
     i.decode_slack_tokens = e.decode_slack();
     i.budget_tokens = e.budget_tokens();

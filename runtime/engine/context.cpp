@@ -25,9 +25,6 @@ bool needs_value_norms(evict::Policy p) {
   return p == evict::Policy::criticalkv || p == evict::Policy::defensivekv ||
          p == evict::Policy::layer_defensivekv;
 }
-bool is_defensive(evict::Policy p) {
-  return p == evict::Policy::defensivekv || p == evict::Policy::layer_defensivekv;
-}
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
 
@@ -109,14 +106,11 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     if (ip == evict::Policy::full || ip == evict::Policy::streaming)
       throw bad(std::string("interim_policy must be a scored policy (got ") + evict::policy_name(ip) + ")");
   }
-  if (!(p.running_max_decay > 0.0f && p.running_max_decay <= 1.0f))
-    throw bad("running_max_decay must be in (0, 1] (got " + std::to_string(p.running_max_decay) + ")");
 
   n_aux_ = 0;
   if (budgeted_ && (needs_value_norms(p.evict.policy) ||
                     (bounded && p.interim_policy && needs_value_norms(*p.interim_policy))))
     n_aux_ = 1;
-  if (budgeted_ && p.evict.running_max && is_defensive(p.evict.policy)) n_aux_ = 2;
   kv::CacheConfig cc;
   cc.n_layer = L;
   cc.n_head_kv = Hkv;
@@ -190,8 +184,6 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
 
   if (budgeted_) {
     ring_len_ = window_;
-    if (bounded && p.score_all_queries)  // every query since the last round, whole windows
-      ring_len_ = uint32_t(round_up(std::max<uint64_t>(over_budget, window_), window_));
     q_ring_.assign(size_t(L) * H * ring_len_ * d, 0.0f);
     q_ring_pos_.assign(ring_len_, -1);
     hooks_.q_ring = q_ring_.data();
@@ -218,11 +210,9 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
       lane.pos.resize(layer_entries);
       lane.aux.resize(layer_entries * std::max<uint32_t>(n_aux_, 1));
       lane.vnorm.resize(layer_entries);
-      lane.prev.resize(layer_entries);
       lane.view.heads.resize(Hkv);
     }
     scores_.resize(L);
-    new_max_.resize(L);
     keep_.resize(L);
   }
   stats_.kv_bytes_reserved = cache_->bytes_reserved();
@@ -238,7 +228,6 @@ void Context::reset() {
   cache_->clear();
   n_pending_ = 0;
   n_past_ = 0;
-  last_round_end_ = 0;
   prompt_len_ = 0;
   oneshot_done_ = false;
   if (params_.kv_ratio) budget_ = 0;

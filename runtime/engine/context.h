@@ -32,8 +32,7 @@
 // Scoring for an eviction round uses the post-RoPE queries of the newest
 // `window` positions (recorded by the model into a ring) and, for the
 // value-weighted policies, value norms stored per entry in aux slot 0 at
-// append time. With evict::Params::running_max the defensive max of earlier
-// rounds is kept per entry in aux slot 1.
+// append time.
 //
 // Memory: everything (KV pool, model scratch, ring, logits) is allocated at
 // construction; eviction scratch is reserved for the average layer and grows
@@ -105,19 +104,6 @@ struct ContextParams {
   // end (docs/eval/RESULTS.md, "Bounded schedule: interim policy"). Must be a
   // scored policy (not full/streaming); ignored by the oneshot schedule.
   std::optional<evict::Policy> interim_policy;
-  // With evict.running_max: each round multiplies the stored worst case by
-  // this factor before combining it with the new window's max (1: the plain
-  // running max; 0 < decay < 1 lets stale maxima fade). Must be in (0, 1].
-  float running_max_decay = 1.0f;
-  // Bounded: score each round with every query fed since the previous round
-  // (up to max(chunk, slack) of them), not only the newest `window`: the query
-  // ring grows to that length and the round scores in passes of `window`
-  // queries (pass k: the queries k windows back, over the entries before
-  // them), combining an entry's passes by max for the defensive policies
-  // (their worst case over more queries) and by mean otherwise. With the
-  // default chunk = 2*window, half of a prompt's queries are otherwise never
-  // observed. Costs one scoring pass per extra window per round.
-  bool score_all_queries = false;
 };
 
 struct Stats {
@@ -232,9 +218,8 @@ class Context {
   void evict_now(bool interim = false);
   void finish_oneshot();
   // Gathers, scores (and, unless layer-wise, selects) layer l of an eviction
-  // round in `lane`; touches only lane, scores_[l], new_max_[l] and keep_[l].
+  // round in `lane`; touches only lane, scores_[l] and keep_[l].
   void score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& round);
-  void score_passes(uint32_t layer, EvictLane& lane, const EvictRound& round);
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
   // Computes the value norms of the decode tokens whose aux[0] is pending
@@ -252,8 +237,7 @@ class Context {
   uint32_t chunk_ = 0;
   uint32_t slack_ = 0;
   uint32_t window_ = 0;
-  uint32_t ring_len_ = 0;       // query ring length: window, or more with score_all_queries
-  uint32_t last_round_end_ = 0; // n_past() at the end of the last eviction round
+  uint32_t ring_len_ = 0;       // query ring length (= window)
   uint32_t n_aux_ = 0;
   bool oneshot_done_ = false;  // the oneshot round completed (a cancelled one is retried)
   uint32_t n_past_ = 0;
@@ -282,7 +266,6 @@ class Context {
     std::vector<int32_t> pos;       // [entries of one layer]
     std::vector<float> aux;         // [entries of one layer, n_aux]
     std::vector<float> vnorm;       // [entries of one layer]
-    std::vector<float> prev;        // [entries of one layer]
     evict::Scratch scratch;
     evict::LayerView view;
   };
@@ -292,19 +275,11 @@ class Context {
     evict::Params ep;         // the policy of this round (interim or not)
     evict::Budget budget;
     uint32_t n_window = 0;    // window queries (min(window, n_past))
-    uint32_t n_pass = 1;      // scoring passes (score_all_queries: > 1)
     bool interim = false;     // scored with interim_policy
-    bool defensive = false;   // defensivekv / layer-defensivekv
     bool layerwise = false;   // one selection over all layers
-    bool want_max = false;    // the running max is kept (aux[1])
   };
   std::vector<int32_t> q_win_pos_;           // [window] this round's window positions
-  std::vector<std::vector<float>> pass_scores_;   // [n_head_kv][n_h] one extra pass (score_all_queries)
-  std::vector<std::vector<float>> pass_max_;      // [n_head_kv][n_h] its defensive max
-  std::vector<std::vector<float>> pass_count_;    // [n_head_kv][n_h] passes combined (mean)
-  evict::LayerView pass_view_;               // truncated heads of one extra pass
   std::vector<std::vector<std::vector<float>>> scores_;   // [n_layer][n_head_kv][n_h]
-  std::vector<std::vector<std::vector<float>>> new_max_;  // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<uint8_t>>> keep_;   // [n_layer][n_head_kv][n_h]
 
   mutable Stats stats_;

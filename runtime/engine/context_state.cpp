@@ -290,7 +290,6 @@ void Context::load_state(std::span<const uint8_t> data) {
   }
   budget_ = budget;
   n_past_ = n_past;
-  last_round_end_ = n_past;  // extra scoring passes only over queries fed after this
   prompt_len_ = prompt_len;
   oneshot_done_ = oneshot_done != 0;
   st.kv_bytes_reserved = cache_->bytes_reserved();

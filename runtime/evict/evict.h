@@ -67,13 +67,6 @@
 //     most recent per_head - that; it does NOT force the window (StreamingLLM
 //     semantics), so pass per_head >= n_sink + W if the window must survive.
 //
-// Running max (Params::running_max, bounded schedule, experimental): the
-// defensive max m[hk, j] of this round is combined with HeadView::prev_max[j]
-// (the value stored from earlier rounds; NaN or negative = none) as
-// max(m, prev_max) before the mean floor. score_layer can output the new m
-// per entry (NaN for window entries, which were not scored this round) so the
-// caller can store it with the entry (e.g. in a KV-cache aux slot).
-//
 // Numerics: logits as one f32 product per KV group ([G*W, d] x [n, d]^T,
 // window_logits below: single-threaded, allocation-free after warm-up); the
 // window softmax, pooling, defensive rescale + max, mean aggregation, mean
@@ -109,7 +102,6 @@ struct Params {
   uint32_t n_sink = 4;         // streaming: first tokens always kept
   float critical_mass = 0.9f;  // CriticalKV stage 1
   float ada_floor = 0.2f;      // AdaKV per-head safeguard fraction
-  bool running_max = false;    // combine HeadView::prev_max into the defensive max
 };
 
 // One KV head's live entries (f32 copies), ascending positions.
@@ -120,8 +112,6 @@ struct HeadView {
   const float* vnorm = nullptr;   // [n] value-projection L1 norm, mean over the group
                                   // (eviction.md step 3, before normalisation); may be
                                   // null for policies that do not use it
-  const float* prev_max = nullptr;  // [n] defensive max m from earlier rounds (NaN or
-                                    // negative: none); read only if Params::running_max
 };
 
 // One layer's scoring input.
@@ -193,15 +183,10 @@ struct Introspection {
 // resized to [n_head_kv][n_h] (capacity reused). Throws std::invalid_argument
 // on inconsistent views (window larger than a head, mismatched window
 // positions, group size not integral, missing vnorm for criticalkv /
-// defensivekv). If new_max is non-null it is always resized to
-// [n_head_kv][n_h] and receives the defensive max m per entry (already
-// combined with prev_max when running_max is on) for the defensive policies;
-// NaN marks entries not scored this round (window entries, every entry of the
-// other policies).
+// defensivekv).
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
                  Scratch& scratch, std::vector<std::vector<float>>& scores,
-                 Introspection* debug = nullptr,
-                 std::vector<std::vector<float>>* new_max = nullptr);
+                 Introspection* debug = nullptr);
 // Convenience: budget = entries_budget(budget_per_head, n_head_kv, 1).
 void score_layer(const LayerView& view, const Params& params, uint32_t budget_per_head,
                  Scratch& scratch, std::vector<std::vector<float>>& scores);

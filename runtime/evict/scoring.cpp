@@ -19,7 +19,6 @@ namespace {
 // Window scoring below this many multiply-adds per layer stays on the
 // calling thread (a parallel region costs microseconds).
 constexpr uint64_t kParallelMinMacs = uint64_t(1) << 20;
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 bool uses_snap(Policy p) {
@@ -174,14 +173,12 @@ void window_logits_ref(const float* q, uint32_t m, const float* k, uint32_t n, u
 }
 
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
-                 Scratch& s, std::vector<std::vector<float>>& scores, Introspection* dbg,
-                 std::vector<std::vector<float>>* new_max) {
+                 Scratch& s, std::vector<std::vector<float>>& scores, Introspection* dbg) {
   validate(view, params);
   const Policy pol = params.policy;
   const uint32_t Hkv = view.n_head_kv, H = view.n_head, d = view.head_dim, W = view.n_window;
   const uint32_t G = H / Hkv;
   resize_zero(scores, view, 0, 0.0f);
-  if (new_max) resize_zero(*new_max, view, 0, kNaN);  // NaN: not scored this round
   if (pol == Policy::full || pol == Policy::streaming) return;
 
   const simd::Kernels& K = simd::k();
@@ -269,17 +266,12 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   for (uint32_t hk = 0; hk < Hkv; ++hk) window_mass += s.mass[hk];
   const float window_bias = float(window_mass / (double(H) * W));
 
-  // Step 2, defensive: running max (optional), then the mean floor.
+  // Step 2, defensive: the mean floor.
   if (need_def) {
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
-      const HeadView& hv = view.heads[hk];
-      const uint32_t N = hv.n - W;
-      float* m = s.maxv[hk].data();
-      // prev_max NaN or negative means none: m >= 0 here (a max over W >= 1
-      // non-negative rows), so max_inplace leaves m for those unchanged.
-      if (params.running_max && hv.prev_max) K.max_inplace(m, hv.prev_max, N);
-      if (new_max && uses_defensive(pol)) std::copy_n(m, N, (*new_max)[hk].data());
+      const uint32_t N = view.heads[hk].n - W;
       if (N == 0) continue;
+      float* m = s.maxv[hk].data();
       K.clamp_min(m, K.reduce_sum(m, N) / float(N), N);  // mean floor
     }
   }
