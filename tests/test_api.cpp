@@ -1030,7 +1030,7 @@ TEST_CASE("api: defkv_decode / defkv_sample / defkv_get_logits misuse", "[api][d
 TEST_CASE("api: no sampling from stale logits after a cancelled defkv_eval", "[api][decode]") {
   const std::vector<int32_t> story = tokenize(model(), story_text());
   const std::vector<int32_t> prompt(story.begin(), story.begin() + 300);
-  Ctx c(greedy_params());  // full cache: 64-token chunks
+  Ctx c(greedy_params());  // full cache: 256-token chunks
   auto stop_after_first = [](uint64_t done, uint64_t, void*) -> int { return done >= 64 ? 1 : 0; };
   REQUIRE(defkv_eval(c, prompt.data(), prompt.size(), stop_after_first, nullptr) == DEFKV_ERR_CANCELLED);
   uint32_t np = 0;
@@ -1062,7 +1062,7 @@ TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
     CHECK(i.kv_schedule == DEFKV_SCHEDULE_ONESHOT);
     CHECK(i.kv_type == DEFKV_KV_F16);
     CHECK(i.kv_row_bytes == mi.head_dim * 2);  // f16
-    CHECK(i.prefill_chunk_tokens == 64);         // the API's full-cache default
+    CHECK(i.prefill_chunk_tokens == 256);        // the engine's full-cache default
     CHECK(i.kv_window == 32);
     CHECK(i.kv_sinks == 4);
     CHECK(i.kv_pool == 5);

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "runtime/api/defkv.h"
+#include "runtime/evict/evict.h"
 #include "tools/api_util.h"
 #include "tools/bench_replay.h"
 #include "tools/commands.h"
@@ -318,7 +319,9 @@ int run_model_bench(const BenchArgs& a) {
 
   // ---- op-breakdown estimate (replay) ----
   auto uses_vnorm = [](int32_t pol) {
-    return pol == DEFKV_POLICY_DEFENSIVEKV || pol == DEFKV_POLICY_LAYER_DEFENSIVEKV || pol == DEFKV_POLICY_CRITICALKV;
+    evict::Policy p;
+    const char* name = defkv_kv_policy_name(pol);
+    return name && evict::parse_policy(name, &p) && evict::traits(p).value_norms;
   };
   const bool vnorm_policy = budget && (uses_vnorm(info.kv_policy) || uses_vnorm(info.kv_interim_policy));
   if (!a.no_breakdown && !results.empty()) {

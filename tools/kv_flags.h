@@ -79,8 +79,4 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp);
 const char* policy_name(int32_t policy);  // defkv_kv_policy
 const char* kv_type_name(int32_t type);   // defkv_kv_type
 
-// The engine's prefill chunk for a full cache (the API defaults to 64 there,
-// to bound cancellation latency; the CLI keeps the engine's batching).
-constexpr uint32_t kFullCachePrefillChunk = 256;
-
 }  // namespace defkv::cli

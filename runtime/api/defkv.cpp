@@ -152,6 +152,18 @@ defkv_status fail(defkv_context* c, defkv_status s, std::string msg) {
   return s;
 }
 
+// The defkv_context_params field of an engine::ContextParams member (ParamError::field).
+std::string api_field(const std::string& f) {
+  static const std::pair<const char*, const char*> names[] = {
+      {"budget_tokens", "kv_budget_tokens"}, {"kv_ratio", "kv_ratio"},       {"kv_mem_bytes", "kv_mem_bytes"},
+      {"kv_type", "kv_type"},                {"evict.policy", "kv_policy"},  {"evict.window", "kv_window"},
+      {"evict.kernel", "kv_pool"},           {"evict.n_sink", "kv_sinks"},   {"interim_policy", "kv_interim_policy"},
+      {"chunk_tokens", "prefill_chunk_tokens"}};
+  for (const auto& [engine_name, api_name] : names)
+    if (f == engine_name) return api_name;
+  return f;
+}
+
 // Runs f, mapping every exception to a status and a message.
 template <class F>
 defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_status, F&& f) {
@@ -163,6 +175,8 @@ defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_stat
     return fail(e.status == DEFKV_ERR_BUSY ? nullptr : c, e.status, where + e.msg);
   } catch (const model::Cancelled& e) {
     return fail(c, DEFKV_ERR_CANCELLED, where + e.what());
+  } catch (const engine::ParamError& e) {
+    return fail(c, DEFKV_ERR_INVALID_ARGUMENT, where + api_field(e.field) + " " + e.rest);
   } catch (const engine::StateMismatch& e) {
     return fail(c, DEFKV_ERR_MISMATCH, where + e.what());
   } catch (const gguf::Error& e) {
@@ -248,10 +262,6 @@ void check_tokens(const ModelImpl& m, const int32_t* tokens, size_t n) {
     if (tokens[i] < 0 || uint32_t(tokens[i]) >= V)
       raise(DEFKV_ERR_INVALID_ARGUMENT, "token " + std::to_string(i) + " = " + std::to_string(tokens[i]) +
                                             " is outside the vocabulary [0, " + std::to_string(V) + ")");
-}
-
-int n_forms(const defkv_context_params& p) {
-  return int(p.kv_budget_tokens != 0) + int(p.kv_ratio != 0) + int(p.kv_mem_bytes != 0);
 }
 
 void check_cancel(const defkv_context* c) {
@@ -566,28 +576,28 @@ defkv_context_params default_params() {
   return p;
 }
 
+// defkv_kv_policy <-> evict::Policy (names and traits: evict::policies()).
+constexpr std::pair<int32_t, evict::Policy> kApiPolicies[] = {
+    {DEFKV_POLICY_DEFENSIVEKV, evict::Policy::defensivekv}, {DEFKV_POLICY_LAYER_DEFENSIVEKV, evict::Policy::layer_defensivekv},
+    {DEFKV_POLICY_CRITICALKV, evict::Policy::criticalkv},   {DEFKV_POLICY_ADAKV, evict::Policy::adakv},
+    {DEFKV_POLICY_SNAPKV, evict::Policy::snapkv},           {DEFKV_POLICY_STREAMING, evict::Policy::streaming}};
+
+bool api_policy(int32_t v, evict::Policy* out) {
+  for (const auto& [api, pol] : kApiPolicies)
+    if (api == v) { *out = pol; return true; }
+  return false;
+}
+
 evict::Policy api_to_policy(int32_t v, const char* field) {
-  switch (v) {
-    case DEFKV_POLICY_DEFENSIVEKV: return evict::Policy::defensivekv;
-    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return evict::Policy::layer_defensivekv;
-    case DEFKV_POLICY_CRITICALKV: return evict::Policy::criticalkv;
-    case DEFKV_POLICY_ADAKV: return evict::Policy::adakv;
-    case DEFKV_POLICY_SNAPKV: return evict::Policy::snapkv;
-    case DEFKV_POLICY_STREAMING: return evict::Policy::streaming;
-  }
-  raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("unknown ") + field + " " + std::to_string(v));
+  evict::Policy p;
+  if (!api_policy(v, &p)) raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("unknown ") + field + " " + std::to_string(v));
+  return p;
 }
 
 int32_t policy_to_api(evict::Policy p) {
-  switch (p) {
-    case evict::Policy::defensivekv: return DEFKV_POLICY_DEFENSIVEKV;
-    case evict::Policy::layer_defensivekv: return DEFKV_POLICY_LAYER_DEFENSIVEKV;
-    case evict::Policy::criticalkv: return DEFKV_POLICY_CRITICALKV;
-    case evict::Policy::adakv: return DEFKV_POLICY_ADAKV;
-    case evict::Policy::snapkv: return DEFKV_POLICY_SNAPKV;
-    case evict::Policy::streaming: return DEFKV_POLICY_STREAMING;
-    default: return -1;
-  }
+  for (const auto& [api, pol] : kApiPolicies)
+    if (pol == p) return api;
+  return -1;
 }
 
 // The caller's struct, which must have this header's layout.
@@ -623,13 +633,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     if (p.kv_ratio != 0) cp.kv_ratio = p.kv_ratio;
     if (p.kv_mem_bytes != 0) cp.kv_mem_bytes = p.kv_mem_bytes;
     cp.evict.policy = api_to_policy(p.kv_policy, "kv_policy");
-    if (p.kv_interim_policy >= 0) {
-      cp.interim_policy = api_to_policy(p.kv_interim_policy, "kv_interim_policy");
-      if (*cp.interim_policy == evict::Policy::streaming)
-        raise(DEFKV_ERR_INVALID_ARGUMENT,
-              "kv_interim_policy must be a scored policy (DEFENSIVEKV, LAYER_DEFENSIVEKV, CRITICALKV, ADAKV "
-              "or SNAPKV), not STREAMING");
-    }
+    if (p.kv_interim_policy >= 0) cp.interim_policy = api_to_policy(p.kv_interim_policy, "kv_interim_policy");
     switch (p.kv_schedule) {
       case DEFKV_SCHEDULE_DEFAULT: break;
       case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
@@ -642,8 +646,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
       case DEFKV_KV_Q8_0: cp.kv_type = quant::DType::q8_0; break;
       default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_type " + std::to_string(p.kv_type));
     }
-    if (p.prefill_chunk_tokens) cp.chunk_tokens = p.prefill_chunk_tokens;
-    else if (n_forms(p) == 0) cp.chunk_tokens = 64;
+    cp.chunk_tokens = p.prefill_chunk_tokens;
     if (p.kv_window) cp.evict.window = p.kv_window;
     if (p.kv_sinks >= 0) cp.evict.n_sink = uint32_t(p.kv_sinks);
     if (p.kv_pool) cp.evict.kernel = p.kv_pool;
@@ -981,6 +984,16 @@ defkv_status defkv_kv_positions(const defkv_context* ctx, uint32_t layer, uint32
                                             std::to_string(mc.n_head_kv) + " KV heads");
     return put_array(c->ctx->cache().positions(layer, head), positions, capacity, n_out);
   });
+}
+
+const char* defkv_kv_policy_name(int32_t policy) {
+  evict::Policy p;
+  return api_policy(policy, &p) ? evict::policy_name(p) : nullptr;
+}
+
+int32_t defkv_kv_policy_from_name(const char* name) {
+  evict::Policy p;
+  return name && evict::parse_policy(name, &p) ? policy_to_api(p) : -1;
 }
 
 const char* defkv_stop_reason_name(int32_t reason) {

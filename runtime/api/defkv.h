@@ -168,6 +168,13 @@ typedef enum defkv_kv_policy {
   DEFKV_POLICY_STREAMING = 5
 } defkv_kv_policy;
 
+/* The policy's name as the defkv CLI spells it ("defensivekv", "layer-defensivekv",
+ * ...); NULL for an unknown value. */
+DEFKV_API const char* defkv_kv_policy_name(int32_t policy);
+/* The defkv_kv_policy of a name (also "layer_defensivekv"); -1 for an unknown name
+ * and for "full" (no budget means no eviction). */
+DEFKV_API int32_t defkv_kv_policy_from_name(const char* name);
+
 typedef enum defkv_schedule {
   DEFKV_SCHEDULE_DEFAULT = 0,  /* bounded when a budget is set */
   DEFKV_SCHEDULE_BOUNDED = 1,  /* evict during prefill and decoding: resident KV stays within budget + one chunk */
@@ -210,9 +217,9 @@ typedef struct defkv_context_params {
   int32_t repeat_last_n;     /* default 64 */
   uint64_t seed;             /* RNG seed; equal seeds give equal outputs */
 
-  /* Tokens per forward pass while evaluating a prompt. 0: the default, 64
-   * without a KV budget (it also bounds how long a cancelled prefill takes
-   * to return), the schedule's own (2 x window, at least 64) with one. */
+  /* Tokens per forward pass while evaluating a prompt. 0: the engine's
+   * default, 256 without a bounded budget; with one, a third of the budget in
+   * multiples of 64, between max(64, 2 x window) and 256. */
   uint32_t prefill_chunk_tokens;
 
   uint32_t kv_pool;          /* score pooling kernel (odd); 0: 5 */

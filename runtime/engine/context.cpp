@@ -21,35 +21,7 @@ double seconds_since(Clock::time_point t0) {
 
 std::invalid_argument bad(const std::string& msg) { return std::invalid_argument("context: " + msg); }
 
-bool needs_value_norms(evict::Policy p) {
-  return p == evict::Policy::criticalkv || p == evict::Policy::defensivekv ||
-         p == evict::Policy::layer_defensivekv;
-}
-
-uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
-
-// Bytes of one KV pool page for this configuration, as the cache lays it out
-// (a one-page cache is built and asked; construction time only).
-uint64_t kv_page_bytes(kv::CacheConfig cc) {
-  cc.capacity_entries = cc.page_tokens;
-  return kv::KvCache(cc).page_bytes();
-}
-
 }  // namespace
-
-const char* schedule_name(Schedule s) {
-  switch (s) {
-    case Schedule::oneshot: return "oneshot";
-    case Schedule::bounded: return "bounded";
-  }
-  return "?";
-}
-
-bool parse_schedule(std::string_view s, Schedule* out) {
-  if (s == "oneshot") { *out = Schedule::oneshot; return true; }
-  if (s == "bounded") { *out = Schedule::bounded; return true; }
-  return false;
-}
 
 const char* stop_reason_name(StopReason r) {
   switch (r) {
@@ -63,114 +35,21 @@ const char* stop_reason_name(StopReason r) {
 
 // ----------------------------------------------------------------------------
 
-Context::Context(const model::Model& model, const ContextParams& params) : model_(model), params_(params) {
+Context::Context(const model::Model& model, const ContextParams& params)
+    : model_(model), params_(params), plan_(plan_context(model.config(), params)) {
   const model::Config& mc = model.config();
   const ContextParams& p = params_;
   const uint32_t L = mc.n_layer, Hkv = mc.n_head_kv, H = mc.n_head, d = mc.head_dim;
-  const uint64_t HL = uint64_t(Hkv) * L;
-
-  n_ctx_ = p.n_ctx ? p.n_ctx : (mc.n_ctx_train ? mc.n_ctx_train : 2048);
-  if (p.kv_type != quant::DType::f16 && p.kv_type != quant::DType::f32 && p.kv_type != quant::DType::q8_0)
-    throw bad(std::string("unsupported KV type ") + quant::dtype_name(p.kv_type) + " (use f16, f32 or q8_0)");
-  if (p.page_tokens == 0) throw bad("page_tokens must be > 0");
-
-  const int n_forms = int(p.budget_tokens.has_value()) + int(p.kv_ratio.has_value()) + int(p.kv_mem_bytes.has_value());
-  if (n_forms > 1) throw bad("set at most one KV budget form (budget_tokens, kv_ratio or kv_mem_bytes)");
-  budgeted_ = n_forms == 1;
-  window_ = p.evict.window;
-  const uint64_t min_budget = uint64_t(p.evict.window) + p.evict.n_sink;
-  if (budgeted_) {
-    if (p.evict.policy == evict::Policy::full)
-      throw bad("policy 'full' never evicts; drop the KV budget or choose an eviction policy");
-    if (p.evict.window == 0) throw bad("the observation window must be > 0");
-    if (p.evict.kernel == 0 || p.evict.kernel % 2 == 0)
-      throw bad("the pooling kernel must be odd and > 0 (got " + std::to_string(p.evict.kernel) + ")");
-  }
-  schedule_ = p.schedule.value_or(budgeted_ ? Schedule::bounded : Schedule::oneshot);
-  const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
-  chunk_ = p.chunk_tokens ? p.chunk_tokens : (bounded ? std::max<uint32_t>(64, 2 * window_) : 256);
-  slack_ = p.decode_slack ? p.decode_slack : std::max<uint32_t>(window_, 1);
-  uint64_t over_budget = std::max(chunk_, slack_);  // tokens per head above the budget (bounded)
-  // Default bounded chunk for a largest budget of b_max tokens per head: a
-  // third of it in multiples of 64, between max(64, 2W) and 256 tokens. Every
-  // round scores every entry, so on long prompts fewer, larger rounds cost
-  // less (TinyLlama, 4k prompt, 20 %: eviction took 9.4 % of the prefill with
-  // 64-token chunks); resident KV stays within budget + a third.
-  const uint32_t min_chunk = chunk_;
-  auto default_chunk = [&](uint64_t b_max) {
-    return uint32_t(std::clamp<uint64_t>(b_max / 3 / 64 * 64, min_chunk, std::max<uint32_t>(min_chunk, 256)));
-  };
-
-  if (p.interim_policy) {
-    const evict::Policy ip = *p.interim_policy;
-    if (ip == evict::Policy::full || ip == evict::Policy::streaming)
-      throw bad(std::string("interim_policy must be a scored policy (got ") + evict::policy_name(ip) + ")");
-  }
-
-  n_aux_ = 0;
-  if (budgeted_ && (needs_value_norms(p.evict.policy) ||
-                    (bounded && p.interim_policy && needs_value_norms(*p.interim_policy))))
-    n_aux_ = 1;
-  kv::CacheConfig cc;
-  cc.n_layer = L;
-  cc.n_head_kv = Hkv;
-  cc.head_dim = d;
-  cc.type = p.kv_type;
-  cc.page_tokens = p.page_tokens;
-  cc.n_aux = n_aux_;
-
-  // Budget in tokens per head.
-  if (p.budget_tokens) {
-    if (*p.budget_tokens <= 0)
-      throw bad("the KV budget must be a positive number of tokens (got " + std::to_string(*p.budget_tokens) + ")");
-    if (uint64_t(*p.budget_tokens) < min_budget)
-      throw bad("a KV budget of " + std::to_string(*p.budget_tokens) + " tokens is smaller than window + sinks = " +
-                std::to_string(min_budget) + " (always kept)");
-    budget_ = uint32_t(std::min<int64_t>(*p.budget_tokens, n_ctx_));
-  } else if (p.kv_ratio) {
-    const double r = *p.kv_ratio;
-    if (!(r > 0.0 && r <= 1.0))
-      throw bad("kv_ratio is the fraction of the prompt kept and must be in (0, 1] (got " + std::to_string(r) + ")");
-    budget_ = 0;  // fixed by the first eval()
-  } else if (p.kv_mem_bytes) {
-    if (*p.kv_mem_bytes <= 0)
-      throw bad("kv_mem_bytes must be positive (got " + std::to_string(*p.kv_mem_bytes) + ")");
-    // The pool is whole pages of the cache's own layout (rows padded to the
-    // q8_0 block, each section of a page aligned), so the budget comes from
-    // the real page size, not a per-entry estimate: the largest per_head
-    // (below) whose round_up(per_head * HL, page) entries fit in whole pages.
-    const uint64_t page_bytes = kv_page_bytes(cc);
-    const uint64_t pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
-    const uint64_t fit = pages * p.page_tokens / HL;  // tokens per head the pages hold
-    const uint64_t per_token = (page_bytes * HL + p.page_tokens - 1) / p.page_tokens;  // for the message
-    int64_t b = int64_t(fit) - int64_t((bounded ? over_budget : 0) + p.page_tokens);
-    if (bounded && p.chunk_tokens == 0)  // the largest b whose default chunk still fits
-      for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b)
-        if (uint64_t(b) + std::max<uint64_t>(default_chunk(uint64_t(b)), slack_) + p.page_tokens <= fit) break;
-    if (b < int64_t(min_budget))
-      throw bad("kv_mem_bytes " + std::to_string(*p.kv_mem_bytes) + " holds " + std::to_string(std::max<int64_t>(b, 0)) +
-                " tokens per head after the chunk/slack/page reserve, below window + sinks = " +
-                std::to_string(min_budget) + " (one token costs " + std::to_string(per_token) + " bytes)");
-    if (!bounded && fit < uint64_t(n_ctx_) + p.page_tokens)
-      throw bad("kv_mem_bytes with the oneshot schedule must hold the full n_ctx = " + std::to_string(n_ctx_) +
-                " tokens per head (the paper's schedule prefills everything); use the bounded schedule");
-    budget_ = uint32_t(std::min<int64_t>(b, n_ctx_));
-  }
-
-  if (bounded && p.chunk_tokens == 0) {
-    chunk_ = default_chunk(p.kv_ratio ? uint64_t(std::ceil(double(n_ctx_) * *p.kv_ratio)) : budget_);
-    over_budget = std::max(chunk_, slack_);
-  }
-
-  // Pool size (tokens per head), fixed for the context's lifetime.
-  uint64_t per_head;
-  if (bounded) {
-    const uint64_t b_max = p.kv_ratio ? uint64_t(std::ceil(double(n_ctx_) * *p.kv_ratio)) : budget_;
-    per_head = std::min<uint64_t>(b_max + over_budget, n_ctx_) + p.page_tokens;
-  } else {
-    per_head = uint64_t(n_ctx_) + p.page_tokens;
-  }
-  cc.capacity_entries = round_up(per_head * HL, p.page_tokens);
+  n_ctx_ = plan_.n_ctx;
+  schedule_ = plan_.schedule;
+  budgeted_ = plan_.budgeted;
+  budget_ = plan_.budget;
+  chunk_ = plan_.chunk;
+  slack_ = plan_.slack;
+  window_ = plan_.window;
+  n_aux_ = plan_.n_aux;
+  const bool bounded = plan_.bounded;
+  const kv::CacheConfig& cc = plan_.cache;
   cache_ = std::make_unique<kv::KvCache>(cc);
   if (p.kv_mem_bytes && cache_->bytes_reserved() > uint64_t(*p.kv_mem_bytes))
     throw std::logic_error("context: KV pool of " + std::to_string(cache_->bytes_reserved()) +
@@ -201,7 +80,7 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     }
     // Eviction scratch for an average layer; grows only for layer-adaptive
     // distributions that concentrate entries.
-    const size_t layer_entries = size_t(std::min<uint64_t>(per_head * Hkv, cc.capacity_entries));
+    const size_t layer_entries = size_t(cc.capacity_entries / L);
     q_win_pos_.resize(window_);
     lanes_.resize(std::max<uint32_t>(ws_->n_threads(), 1));
     for (EvictLane& lane : lanes_) {
@@ -236,6 +115,16 @@ void Context::reset() {
   stats_.kv_bytes_reserved = cache_->bytes_reserved();
 }
 
+// Bounded: the pool holds budget + max(chunk, slack) tokens per head (the
+// ceiling). A batch of n tokens that would go past it is preceded by a round.
+void Context::make_room(uint32_t n_tokens, bool interim) {
+  if (!plan_.bounded) return;
+  const model::Config& mc = model_.config();
+  const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
+  const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
+  if (cache_->entries() + uint64_t(n_tokens) * HL > ceiling * HL && over(budget_)) evict_now(interim);
+}
+
 bool Context::over(uint64_t per_head_tokens) const {
   const model::Config& mc = model_.config();
   return cache_->entries() > per_head_tokens * mc.n_head_kv * mc.n_layer;
@@ -245,16 +134,6 @@ void Context::note_usage() {
   const size_t b = cache_->bytes_in_use();
   stats_.kv_bytes_peak = std::max(stats_.kv_bytes_peak, b);
   stats_.kv_entries_peak = std::max(stats_.kv_entries_peak, cache_->entries());
-}
-
-void Context::fix_ratio_budget(uint32_t prompt_tokens) {
-  const uint64_t min_budget = uint64_t(params_.evict.window) + params_.evict.n_sink;
-  const uint64_t b = uint64_t(std::floor(double(prompt_tokens) * *params_.kv_ratio));
-  if (b < min_budget)
-    throw bad("kv_ratio " + std::to_string(*params_.kv_ratio) + " of a " + std::to_string(prompt_tokens) +
-              "-token prompt gives a budget of " + std::to_string(b) + " tokens, below window + sinks = " +
-              std::to_string(min_budget));
-  budget_ = uint32_t(b);
 }
 
 // The oneshot compression is due after the first prompt has been fed
@@ -288,23 +167,18 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     throw std::length_error("context: " + std::to_string(tokens.size()) + " tokens at position " +
                             std::to_string(n_past_) + " exceed n_ctx = " + std::to_string(n_ctx_));
   if (budgeted_ && params_.kv_ratio && budget_ == 0) {
-    fix_ratio_budget(uint32_t(tokens.size()));
+    budget_ = ratio_budget(params_, uint32_t(tokens.size()));
     prompt_len_ = uint32_t(tokens.size());
   }
   finish_oneshot();  // a oneshot round cancelled during the previous call
   flush_value_norms();  // pending entries must stay the newest of their heads
   if (prompt_len_ == 0) prompt_len_ = uint32_t(tokens.size());
-  const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
-  const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
+  const bool bounded = plan_.bounded;
   const uint32_t V = model_.config().n_vocab;
   for (size_t off = 0; off < tokens.size(); off += chunk_) {
     const uint32_t n = uint32_t(std::min<size_t>(chunk_, tokens.size() - off));
     check_cancel();
-    if (bounded) {
-      const model::Config& mc = model_.config();
-      const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
-      if (cache_->entries() + uint64_t(n) * HL > ceiling * HL && over(budget_)) evict_now(true);
-    }
+    make_room(n, /*interim=*/true);
     const bool last = off + n == tokens.size();
     float* out = all_logits ? all_logits + off * V : (last ? logits_.data() : nullptr);
     run_batch(tokens.data() + off, n, out, all_logits != nullptr, hooks_);
@@ -341,15 +215,8 @@ std::span<const float> Context::step(int32_t token) {
     throw std::length_error("context: full (n_ctx = " + std::to_string(n_ctx_) + " positions)");
   const auto t0 = Clock::now();
   finish_oneshot();
-  const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
-  if (bounded) {
-    // Safety net: after an eval() that ended between rounds there may not be
-    // room for one more token within the ceiling.
-    const model::Config& mc = model_.config();
-    const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
-    const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
-    if (cache_->entries() + HL > ceiling * HL && over(budget_)) evict_now();
-  }
+  const bool bounded = plan_.bounded;
+  make_room(1, /*interim=*/false);  // an eval() may have ended between rounds
   if (stash_cap_ == 0) {
     run_batch(&token, 1, logits_.data(), false, hooks_);
   } else {  // the token's value norm is deferred (flush_value_norms)

@@ -1,33 +1,8 @@
 // Inference context: one sequence's KV cache, scratch, KV-budget schedule and
 // generation loop over a shared, immutable model::Model.
 //
-// KV budget (at most one form; none = full cache, no eviction):
-//   budget_tokens  entries per (layer, KV head) on average, i.e. "tokens per
-//                  head"; head- and layer-adaptive policies distribute
-//                  budget_tokens * n_head_kv * n_layer entries unevenly.
-//   kv_ratio       fraction of the prompt KEPT (paper style "cache size":
-//                  0.2 keeps 20 %, i.e. kvpress compression_ratio 0.8). The
-//                  budget is fixed at the first eval(), when the prompt length
-//                  T is known: budget_tokens = floor(T * kv_ratio).
-//   kv_mem_bytes   a ceiling on the KV pool's bytes; the budget is the largest
-//                  number of tokens per head whose pool (see below) fits,
-//                  computed from the cache's real page size (padded q8_0
-//                  rows, aligned page sections, aux floats), so the pool's
-//                  bytes_reserved() never exceed it.
-// A budget must be >= window + n_sink (the observation window and the sinks
-// are always kept), else the constructor (or, for kv_ratio, the first eval)
-// throws std::invalid_argument.
-//
-// Schedules (eviction.md "Schedules"):
-//   oneshot  the paper's: prefill the whole prompt, compress once to the
-//            budget, then decode with no further eviction. Pool: n_ctx per head.
-//   bounded  (default when a budget is set) chunked prefill; after each chunk
-//            the cache is evicted back to the budget if it exceeds it; during
-//            decoding, once the cache holds budget + decode_slack tokens per
-//            head it is evicted back to the budget. The pool is sized once:
-//            (budget + max(chunk, slack) + page_tokens) tokens per head, so
-//            resident KV never exceeds budget + one chunk for any length.
-// Without a budget the pool holds n_ctx tokens per head.
+// Parameters, budgets and schedules: runtime/engine/params.h; how they are
+// resolved into sizes: runtime/engine/plan.h.
 //
 // Scoring for an eviction round uses the post-RoPE queries of the newest
 // `window` positions (recorded by the model into a ring) and, for the
@@ -50,6 +25,8 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/engine/params.h"
+#include "runtime/engine/plan.h"
 #include "runtime/evict/evict.h"
 #include "runtime/kv/kv_cache.h"
 #include "runtime/model/model.h"
@@ -60,50 +37,6 @@ namespace defkv::engine {
 // A saved state that does not fit this context (other model geometry or KV parameters).
 struct StateMismatch : std::runtime_error {
   using std::runtime_error::runtime_error;
-};
-
-enum class Schedule { oneshot, bounded };
-const char* schedule_name(Schedule s);
-bool parse_schedule(std::string_view s, Schedule* out);
-
-struct ContextParams {
-  uint32_t n_threads = 0;  // 0: OpenMP default (omp_get_max_threads)
-  uint32_t n_ctx = 0;      // positions [0, n_ctx); 0: the model's context_length (2048 if unknown)
-
-  // KV budget, at most one set (see the file comment). Signed so that a zero
-  // or negative request is reported instead of wrapping.
-  std::optional<int64_t> budget_tokens;
-  std::optional<double> kv_ratio;
-  std::optional<int64_t> kv_mem_bytes;
-
-  quant::DType kv_type = quant::DType::f16;  // f16 | f32 | q8_0
-  // Policy and its parameters. Without a budget no eviction happens whatever
-  // the policy; Policy::full with a budget is rejected (it never evicts).
-  evict::Params evict;
-  std::optional<Schedule> schedule;  // unset: bounded when a budget is set
-  // Prefill chunk (tokens per forward call). 0: bounded, a third of the
-  // largest budget rounded down to a multiple of 64, between max(64,
-  // 2*window) and 256 (a kv_mem budget: max(64, 2*window)); each round
-  // scores a fresh window and evicts about one chunk, and resident KV stays
-  // within budget + a third. Otherwise 256 (faster prefill, memory is n_ctx
-  // anyway).
-  uint32_t chunk_tokens = 0;
-  // Bounded decoding evicts every decode_slack tokens. 0: = window, so each
-  // round's observation window is exactly the tokens decoded since the last.
-  uint32_t decode_slack = 0;
-  uint32_t page_tokens = 16;  // KV pool page size in entries
-
-  // ---- bounded-schedule options (defaults = the faithful schedule above) ----
-  // Policy for the INTERIM eviction rounds of a prefill: every round of an
-  // eval()/eval_all_logits() call except the one after its last chunk (whose
-  // observation window is the tail of the fed text, e.g. the question).
-  // Decoding rounds and that last round use evict.policy. Unset: evict.policy
-  // everywhere. Example: defensivekv with interim_policy = criticalkv keeps
-  // entries by their mean attention while the window is arbitrary context and
-  // applies the worst-case (defensive) score only when it sees the prompt's
-  // end (docs/eval/RESULTS.md, "Bounded schedule: interim policy"). Must be a
-  // scored policy (not full/streaming); ignored by the oneshot schedule.
-  std::optional<evict::Policy> interim_policy;
 };
 
 struct Stats {
@@ -215,12 +148,12 @@ class Context {
   void prefill(std::span<const int32_t> tokens, float* all_logits);
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, const model::ForwardHooks& hooks);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
+  void make_room(uint32_t n_tokens, bool interim);
   void evict_now(bool interim = false);
   void finish_oneshot();
   // Gathers, scores (and, unless layer-wise, selects) layer l of an eviction
   // round in `lane`; touches only lane, scores_[l] and keep_[l].
   void score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& round);
-  void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
   // Computes the value norms of the decode tokens whose aux[0] is pending
   // (stashed values, see ForwardHooks::v_stash), batched, and writes them
@@ -230,6 +163,7 @@ class Context {
 
   const model::Model& model_;
   ContextParams params_;
+  Plan plan_;
   uint32_t n_ctx_ = 0;
   Schedule schedule_ = Schedule::oneshot;
   bool budgeted_ = false;       // a budget was requested (eviction enabled)

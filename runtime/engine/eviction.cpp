@@ -24,7 +24,7 @@ void Context::evict_now(bool interim) {
   rd.interim = interim && params_.interim_policy.has_value() && schedule_ == Schedule::bounded;
   rd.ep = params_.evict;
   if (rd.interim) rd.ep.policy = *params_.interim_policy;
-  rd.layerwise = rd.ep.policy == evict::Policy::layer_defensivekv;
+  rd.layerwise = evict::traits(rd.ep.policy).layer_wise;
   const uint32_t n_window = rd.n_window = std::min<uint32_t>(W, n_past_);
   if (schedule_ == Schedule::oneshot && params_.kv_ratio)
     rd.budget = evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, Hkv, L);

@@ -85,14 +85,28 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <vector>
 
 namespace defkv::evict {
 
 enum class Policy { full, streaming, snapkv, adakv, criticalkv, defensivekv, layer_defensivekv };
-const char* policy_name(Policy p);  // "full", ..., "layer-defensivekv"
-// Accepts policy_name() spellings and "layer_defensivekv". False if unknown.
+
+// One row per policy (runtime/evict/policy.cpp): the single table of names
+// and of what callers need to know about a policy.
+struct PolicyTraits {
+  Policy policy;
+  const char* name;  // "full", ..., "layer-defensivekv" (CLI and report spelling)
+  bool scored;       // window-attention scores (not full / streaming)
+  bool value_norms;  // weights scores by each entry's value-projection norm (KV aux slot)
+  bool defensive;    // defensive aggregation (worst case + mean floor) instead of SnapKV's mean
+  bool layer_wise;   // one selection over all layers (select_keep_layers)
+};
+std::span<const PolicyTraits> policies();  // every policy, in enum order
+const PolicyTraits& traits(Policy p);
+const char* policy_name(Policy p);  // traits(p).name
+// Accepts the table's names and "layer_defensivekv". False if unknown.
 bool parse_policy(std::string_view s, Policy* out);
 
 struct Params {

@@ -21,13 +21,9 @@ namespace {
 constexpr uint64_t kParallelMinMacs = uint64_t(1) << 20;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-bool uses_snap(Policy p) {
-  return p == Policy::snapkv || p == Policy::adakv || p == Policy::criticalkv;
-}
-bool uses_defensive(Policy p) {
-  return p == Policy::defensivekv || p == Policy::layer_defensivekv;
-}
-bool uses_vnorm(Policy p) { return p == Policy::criticalkv || uses_defensive(p); }
+bool uses_snap(Policy p) { return traits(p).scored && !traits(p).defensive; }
+bool uses_defensive(Policy p) { return traits(p).defensive; }
+bool uses_vnorm(Policy p) { return traits(p).value_norms; }
 
 [[noreturn]] void bad(const std::string& what) {
   throw std::invalid_argument("evict::score_layer: " + what);
@@ -49,7 +45,7 @@ void validate(const LayerView& v, const Params& p) {
     if (h.n > 0 && (h.k == nullptr || h.pos == nullptr))
       bad("head " + std::to_string(hk) + " has no keys or positions");
   }
-  if (p.policy == Policy::full || p.policy == Policy::streaming) return;
+  if (!traits(p.policy).scored) return;
   if (p.kernel % 2 == 0)
     bad("pooling kernel " + std::to_string(p.kernel) + " is not odd");
   if (v.n_window == 0 || v.q_window == nullptr || v.q_pos == nullptr)
@@ -179,7 +175,7 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   const uint32_t Hkv = view.n_head_kv, H = view.n_head, d = view.head_dim, W = view.n_window;
   const uint32_t G = H / Hkv;
   resize_zero(scores, view, 0, 0.0f);
-  if (pol == Policy::full || pol == Policy::streaming) return;
+  if (!traits(pol).scored) return;
 
   const simd::Kernels& K = simd::k();
   const bool need_snap = uses_snap(pol) || dbg != nullptr;
