@@ -623,7 +623,7 @@ TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is 
 TEST_CASE("bounded decoding defers the value norms and fills them batched, equal to per-token norms",
           "[engine][vnorm]") {
   // Oracle: the oneshot schedule computes each decoded token's norm in its own
-  // forward pass (Model::value_norms on one token); the bounded one stashes
+  // forward pass (quant::value_norms on one token); the bounded one stashes
   // the values and computes the norms of all pending tokens in one call.
   const auto prompt = prompt_tokens(40);
   engine::ContextParams p;

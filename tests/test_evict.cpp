@@ -86,6 +86,28 @@ struct MaskDiff {
 
 }  // namespace
 
+// Value-projection L1 norms of one KV head (docs/eviction.md step 3, before
+// the normalisation across heads), in double over f32 dot products: the
+// oracle input for the reference vectors.
+//   out[j] = mean_{g<G} || W_o[:, h*d:(h+1)*d] . v[j] ||_1,  h = hk*G + g
+static void vnorm_reference(const float* v, uint32_t n, const float* wo, uint32_t n_embd, uint32_t n_head,
+                            uint32_t n_head_kv, uint32_t head_dim, uint32_t hk, float* out) {
+  const defkv::simd::Kernels& K = defkv::simd::k();
+  const uint32_t G = n_head / n_head_kv;
+  const size_t row = size_t(n_head) * head_dim;  // W_o row length
+  for (uint32_t j = 0; j < n; ++j) {
+    const float* vj = v + size_t(j) * head_dim;
+    double acc = 0.0;
+    for (uint32_t g = 0; g < G; ++g) {
+      const size_t col = size_t(hk * G + g) * head_dim;
+      double l1 = 0.0;
+      for (uint32_t e = 0; e < n_embd; ++e) l1 += std::fabs(K.dot(wo + e * row + col, vj, head_dim));
+      acc += l1;
+    }
+    out[j] = float(acc / G);
+  }
+}
+
 TEST_CASE("policy names round-trip", "[evict]") {
   for (ev::Policy p : {ev::Policy::full, ev::Policy::streaming, ev::Policy::snapkv,
                        ev::Policy::adakv, ev::Policy::criticalkv, ev::Policy::defensivekv,
@@ -156,7 +178,7 @@ TEST_CASE("eviction test vectors", "[evict][vectors]") {
       view.q_window = q;
       view.q_pos = q_pos.data();
       for (uint32_t hk = 0; hk < Hkv; ++hk) {
-        ev::value_norms(v + size_t(hk) * T * d, T, wo, E, H, Hkv, d, hk, vnorm[hk].data());
+        vnorm_reference(v + size_t(hk) * T * d, T, wo, E, H, Hkv, d, hk, vnorm[hk].data());
         view.heads.push_back({T, k + size_t(hk) * T * d, pos.data(), vnorm[hk].data()});
       }
 

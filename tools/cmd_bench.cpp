@@ -14,7 +14,7 @@
 // prefill: one chunk of the context's batch size, scaled to -p), the norms
 // through simd rmsnorm, and with a value-weighted policy (criticalkv,
 // defensivekv, layer-defensivekv) the prefill's value norms through
-// quant::value_proj_l1 on W_o; sampling is timed in the loop; eviction is
+// quant::value_norms on W_o; sampling is timed in the loop; eviction is
 // measured; "attention+rest" is the remainder (attention, RoPE, KV append, SwiGLU,
 // residual adds). Peak RSS is read before the replay packs its copies.
 #include <CLI/CLI.hpp>

@@ -61,23 +61,14 @@ Context::Context(const model::Model& model, const ContextParams& params)
   pos_buf_.resize(chunk_);
   logits_.resize(mc.n_vocab);
 
+  // Bounded decoding defers the value norms of single tokens and computes
+  // them batched before the next round (or when the stash is full): one W_o
+  // pass per token for the norms alone would cost more than the rest of the
+  // token's attention at long context. 64 tokens bound the stash's memory.
+  const uint32_t stash = bounded ? std::min<uint32_t>(slack_, 64) : 0;
+  recorder_ = std::make_unique<LayerRecorder>(model, budgeted_ ? window_ : 0, n_aux_ > kAuxValueNorm, stash, chunk_,
+                                              ws_->n_threads());
   if (budgeted_) {
-    ring_len_ = window_;
-    q_ring_.assign(size_t(L) * H * ring_len_ * d, 0.0f);
-    q_ring_pos_.assign(ring_len_, -1);
-    hooks_.q_ring = q_ring_.data();
-    hooks_.q_ring_pos = q_ring_pos_.data();
-    hooks_.q_ring_len = ring_len_;
-    hooks_.aux_value_norm = n_aux_ >= 1;
-    // Bounded decoding defers the value norms of single tokens and computes
-    // them batched before the next round (or when the stash is full): one
-    // W_o pass per token for the norms alone would cost more than the rest
-    // of the token's attention at long context.
-    if (bounded && n_aux_ >= 1) {
-      stash_cap_ = std::min<uint32_t>(slack_, 64);
-      v_stash_.assign(size_t(L) * stash_cap_ * Hkv * d, 0.0f);
-      stash_norms_.assign(size_t(stash_cap_) * Hkv, 0.0f);
-    }
     // Eviction scratch for an average layer; grows only for layer-adaptive
     // distributions that concentrate entries.
     const size_t layer_entries = size_t(cc.capacity_entries / L);
@@ -97,20 +88,20 @@ Context::Context(const model::Model& model, const ContextParams& params)
   stats_.kv_bytes_reserved = cache_->bytes_reserved();
 }
 
-const Stats& Context::stats() const {
-  stats_.kv_bytes_in_use = cache_->bytes_in_use();
-  stats_.kv_bytes_reserved = cache_->bytes_reserved();
-  return stats_;
+Stats Context::stats() const {
+  Stats s = stats_;
+  s.kv_bytes_in_use = cache_->bytes_in_use();
+  s.kv_bytes_reserved = cache_->bytes_reserved();
+  return s;
 }
 
 void Context::reset() {
   cache_->clear();
-  n_pending_ = 0;
+  recorder_->clear();
   n_past_ = 0;
   prompt_len_ = 0;
   oneshot_done_ = false;
   if (params_.kv_ratio) budget_ = 0;
-  std::fill(q_ring_pos_.begin(), q_ring_pos_.end(), -1);
   stats_ = Stats{};
   stats_.kv_bytes_reserved = cache_->bytes_reserved();
 }
@@ -146,17 +137,21 @@ void Context::finish_oneshot() {
   oneshot_done_ = true;
 }
 
-void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all,
-                        const model::ForwardHooks& hooks) {
+void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, bool defer) {
   const uint32_t first = n_past_;
   for (uint32_t i = 0; i < n; ++i) pos_buf_[i] = int32_t(first + i);
-  if (hooks.cancel) save_ring(first, n);
+  model::ForwardHooks hooks;
+  hooks.observer = budgeted_ ? recorder_.get() : nullptr;
+  hooks.cancel = cancel_;
+  recorder_->defer_next(defer);
+  if (cancel_) recorder_->save_ring(first, n);
   try {
     model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks, logits, all);
   } catch (const model::Cancelled&) {
     rollback_batch(first, n);  // cache and query ring as before this batch
     throw;
   }
+  recorder_->commit_batch();
   n_past_ += n;
   note_usage();
 }
@@ -181,7 +176,7 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
     make_room(n, /*interim=*/true);
     const bool last = off + n == tokens.size();
     float* out = all_logits ? all_logits + off * V : (last ? logits_.data() : nullptr);
-    run_batch(tokens.data() + off, n, out, all_logits != nullptr, hooks_);
+    run_batch(tokens.data() + off, n, out, all_logits != nullptr, /*defer=*/false);
     if (bounded && over(budget_)) evict_now(!last);
     if (progress_) progress_(off + n, tokens.size());
   }
@@ -217,18 +212,8 @@ std::span<const float> Context::step(int32_t token) {
   finish_oneshot();
   const bool bounded = plan_.bounded;
   make_room(1, /*interim=*/false);  // an eval() may have ended between rounds
-  if (stash_cap_ == 0) {
-    run_batch(&token, 1, logits_.data(), false, hooks_);
-  } else {  // the token's value norm is deferred (flush_value_norms)
-    if (n_pending_ == stash_cap_) flush_value_norms();
-    const size_t kv_dim = size_t(model_.config().n_head_kv) * model_.config().head_dim;
-    model::ForwardHooks h = hooks_;
-    h.aux_value_norm = false;
-    h.v_stash = v_stash_.data() + size_t(n_pending_) * kv_dim;
-    h.v_stash_layer_floats = size_t(stash_cap_) * kv_dim;
-    run_batch(&token, 1, logits_.data(), false, h);
-    n_pending_ += 1;
-  }
+  if (recorder_->stash_full()) flush_value_norms();
+  run_batch(&token, 1, logits_.data(), false, /*defer=*/true);  // the norm may wait (recorder.h)
   if (bounded && over(uint64_t(budget_) + slack_ - 1)) evict_now();
   stats_.decode_tokens += 1;
   stats_.decode_seconds += seconds_since(t0);
@@ -253,27 +238,6 @@ GenerateResult Context::generate(std::span<const int32_t> prompt, uint32_t n_pre
   }
   res.stop = StopReason::n_predict;
   return res;
-}
-
-void Context::flush_value_norms() const {
-  if (n_pending_ == 0) return;
-  const model::Config& mc = model_.config();
-  const uint32_t Hkv = mc.n_head_kv, n = n_pending_;
-  const size_t layer_floats = size_t(stash_cap_) * Hkv * mc.head_dim;
-  float* norms = stash_norms_.data();  // [n, Hkv]
-  for (uint32_t l = 0; l < mc.n_layer; ++l) {
-    model_.value_norms(l, v_stash_.data() + l * layer_floats, n, norms, *ws_);
-    for (uint32_t hk = 0; hk < Hkv; ++hk) {
-      const uint32_t size = cache_->size(l, hk);
-      if (size < n) throw std::logic_error("context: fewer entries than pending value norms");
-      for (uint32_t i = 0; i < n; ++i) {
-        float* a = cache_->aux(l, hk, size - n + i);
-        if (!std::isnan(a[0])) throw std::logic_error("context: pending value norm already set");
-        a[0] = norms[size_t(i) * Hkv + hk];
-      }
-    }
-  }
-  n_pending_ = 0;
 }
 
 }  // namespace defkv::engine

@@ -5,9 +5,9 @@
 // resolved into sizes: runtime/engine/plan.h.
 //
 // Scoring for an eviction round uses the post-RoPE queries of the newest
-// `window` positions (recorded by the model into a ring) and, for the
-// value-weighted policies, value norms stored per entry in aux slot 0 at
-// append time.
+// `window` positions and, for the value-weighted policies, value norms stored
+// per entry in aux slot kAuxValueNorm; the engine's layer observer records
+// both during forward() (recorder.h).
 //
 // Memory: everything (KV pool, model scratch, ring, logits) is allocated at
 // construction; eviction scratch is reserved for the average layer and grows
@@ -27,6 +27,7 @@
 
 #include "runtime/engine/params.h"
 #include "runtime/engine/plan.h"
+#include "runtime/engine/recorder.h"
 #include "runtime/evict/evict.h"
 #include "runtime/kv/kv_cache.h"
 #include "runtime/model/model.h"
@@ -105,7 +106,7 @@ class Context {
   const model::Model& model() const { return model_; }
   // Read-only view of the cache, for introspection (sizes, positions, bytes).
   const kv::KvCache& cache() const { return *cache_; }
-  const Stats& stats() const;  // refreshes the KV byte counters
+  Stats stats() const;  // with the KV byte counters of now
 
   // ---- embedding-API support (runtime/engine/context_state.cpp) ----
   // Cancellation: once *flag is true, eval()/step() stop at the next check
@@ -136,7 +137,8 @@ class Context {
   std::span<const float> logits() const { return {logits_.data(), logits_.size()}; }
   // Appends the conversation state: counters, budget, query ring, logits and
   // every cache entry as stored (rows, original position, aux) per head.
-  void save_state(std::vector<uint8_t>& out) const;
+  // Pending value norms are computed first (a state holds none).
+  void save_state(std::vector<uint8_t>& out);
   // Validates `data` completely, then replaces the state. Throws StateMismatch
   // when it was saved by a context with another geometry/KV parameters and
   // std::runtime_error when malformed; the context is unchanged on a throw.
@@ -146,7 +148,9 @@ class Context {
   struct EvictLane;
   struct EvictRound;
   void prefill(std::span<const int32_t> tokens, float* all_logits);
-  void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, const model::ForwardHooks& hooks);
+  // One forward() over n tokens at n_past(); defer: a decode token whose
+  // value norm may wait in the recorder's stash.
+  void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, bool defer);
   bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
   void make_room(uint32_t n_tokens, bool interim);
   void evict_now(bool interim = false);
@@ -155,11 +159,8 @@ class Context {
   // round in `lane`; touches only lane, scores_[l] and keep_[l].
   void score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& round);
   void note_usage();
-  // Computes the value norms of the decode tokens whose aux[0] is pending
-  // (stashed values, see ForwardHooks::v_stash), batched, and writes them
-  // into the cache. Logically const: the norms are what forward() would have
-  // appended.
-  void flush_value_norms() const;
+  // Computes the value norms the recorder holds pending, into the cache.
+  void flush_value_norms() { recorder_->flush(*cache_); }
 
   const model::Model& model_;
   ContextParams params_;
@@ -171,7 +172,6 @@ class Context {
   uint32_t chunk_ = 0;
   uint32_t slack_ = 0;
   uint32_t window_ = 0;
-  uint32_t ring_len_ = 0;       // query ring length (= window)
   uint32_t n_aux_ = 0;
   bool oneshot_done_ = false;  // the oneshot round completed (a cancelled one is retried)
   uint32_t n_past_ = 0;
@@ -179,18 +179,10 @@ class Context {
 
   std::unique_ptr<kv::KvCache> cache_;
   std::unique_ptr<model::Workspace> ws_;
-  model::ForwardHooks hooks_;
-  std::vector<float> q_ring_;      // [n_layer, n_head, ring_len, head_dim]
-  std::vector<int32_t> q_ring_pos_;// [ring_len]
+  // The layer observer: query window and value norms (recorder.h).
+  std::unique_ptr<LayerRecorder> recorder_;
   std::vector<int32_t> pos_buf_;   // [chunk] positions of one batch
   std::vector<float> logits_;      // [n_vocab]
-  // Deferred decode value norms (bounded schedule): the f32 values of the
-  // last n_pending_ decoded tokens, whose cache entries are the newest of every
-  // head and carry aux[0] = NaN until flush_value_norms().
-  std::vector<float> v_stash_;          // [n_layer, stash_cap_, n_head_kv * head_dim]
-  mutable std::vector<float> stash_norms_;  // [stash_cap_, n_head_kv] scratch
-  uint32_t stash_cap_ = 0;              // tokens; 0: norms computed per forward
-  mutable uint32_t n_pending_ = 0;
 
   // Eviction scratch. A round scores its layers in parallel, one layer per
   // thread at a time; each thread gathers and scores in its own lane.
@@ -216,17 +208,14 @@ class Context {
   std::vector<std::vector<std::vector<float>>> scores_;   // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<uint8_t>>> keep_;   // [n_layer][n_head_kv][n_h]
 
-  mutable Stats stats_;
+  Stats stats_;
 
   // Embedding-API support (context_state.cpp).
-  void save_ring(uint32_t first_pos, uint32_t n);   // before a forward over [first_pos, first_pos + n)
   void rollback_batch(uint32_t first_pos, uint32_t n);  // undo a forward cancelled midway
   void check_cancel() const;                        // throws model::Cancelled when requested
   const std::atomic<bool>* cancel_ = nullptr;
   std::function<void(uint64_t, uint64_t)> progress_;
   std::function<void(const RoundObservation&)> observer_;
-  std::vector<float> ring_save_;        // [n_layer, n_head, min(n, window), head_dim]
-  std::vector<int32_t> ring_save_pos_;  // [min(n, window)]
 };
 
 }  // namespace defkv::engine

@@ -31,11 +31,10 @@ void Context::evict_now(bool interim) {
   else
     rd.budget = evict::entries_budget(budget_, Hkv, L);
 
-  // Window positions, ascending; the ring holds position p in slot p % R.
-  const uint32_t R = ring_len_;
+  // Window positions, ascending.
   for (uint32_t i = 0; i < n_window; ++i) {
     const int32_t p = int32_t(n_past_ - n_window + i);
-    if (q_ring_pos_[size_t(p) % R] != p)
+    if (!recorder_->holds(p))
       throw std::logic_error("context: query ring does not hold position " + std::to_string(p));
     q_win_pos_[i] = p;
   }
@@ -75,7 +74,7 @@ void Context::evict_now(bool interim) {
 
 void Context::score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& rd) {
   const model::Config& mc = model_.config();
-  const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, R = ring_len_;
+  const uint32_t H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim;
   const uint32_t n_window = rd.n_window;
   evict::LayerView& view = lane.view;
   view.n_head = H;
@@ -87,11 +86,9 @@ void Context::score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& r
   view.heads.resize(Hkv);
   // Window queries of layer l: [H, n_window, d], ordered by position.
   for (uint32_t h = 0; h < H; ++h)
-    for (uint32_t i = 0; i < n_window; ++i) {
-      const size_t slot = size_t(q_win_pos_[i]) % R;
-      std::memcpy(lane.q_win.data() + (size_t(h) * n_window + i) * d,
-                  q_ring_.data() + ((size_t(l) * H + h) * R + slot) * d, d * sizeof(float));
-    }
+    for (uint32_t i = 0; i < n_window; ++i)
+      std::memcpy(lane.q_win.data() + (size_t(h) * n_window + i) * d, recorder_->query(l, h, q_win_pos_[i]),
+                  d * sizeof(float));
   size_t total = 0;
   for (uint32_t hk = 0; hk < Hkv; ++hk) total += cache_->size(l, hk);
   if (lane.pos.size() < total) {  // layer-adaptive budgets can concentrate entries

@@ -219,13 +219,4 @@ void select_keep_layers(const Params& params, const Budget& budget, uint32_t n_w
                         Scratch& scratch,
                         std::vector<std::vector<std::vector<uint8_t>>>& keep);
 
-// Value-projection L1 norms for one KV head (eviction.md step 3, before the
-// normalisation across heads):
-//   out[j] = mean_{g<G} || W_o[:, h*d:(h+1)*d] . v[j] ||_1,  h = hk*G + g
-// v: [n, head_dim]; wo: [n_embd, n_head*head_dim] row-major (attn_output.weight
-// as GGUF stores it, ne = {n_head*head_dim, n_embd}); out: [n].
-void value_norms(const float* v, uint32_t n, const float* wo, uint32_t n_embd,
-                 uint32_t n_head, uint32_t n_head_kv, uint32_t head_dim, uint32_t hk,
-                 float* out);
-
 }  // namespace defkv::evict

@@ -333,24 +333,4 @@ void score_layer(const LayerView& view, const Params& params, uint32_t budget_pe
   score_layer(view, params, entries_budget(budget_per_head, view.n_head_kv, 1), scratch, scores);
 }
 
-void value_norms(const float* v, uint32_t n, const float* wo, uint32_t n_embd, uint32_t n_head,
-                 uint32_t n_head_kv, uint32_t head_dim, uint32_t hk, float* out) {
-  if (n_head_kv == 0 || n_head % n_head_kv != 0 || hk >= n_head_kv)
-    throw std::invalid_argument("evict::value_norms: bad head counts");
-  const simd::Kernels& K = simd::k();
-  const uint32_t G = n_head / n_head_kv;
-  const size_t row = size_t(n_head) * head_dim;  // W_o row length
-  for (uint32_t j = 0; j < n; ++j) {
-    const float* vj = v + size_t(j) * head_dim;  // [head_dim]
-    double acc = 0.0;
-    for (uint32_t g = 0; g < G; ++g) {
-      const size_t col = size_t(hk * G + g) * head_dim;
-      double l1 = 0.0;
-      for (uint32_t e = 0; e < n_embd; ++e) l1 += std::fabs(K.dot(wo + e * row + col, vj, head_dim));
-      acc += l1;
-    }
-    out[j] = float(acc / G);
-  }
-}
-
 }  // namespace defkv::evict
