@@ -1,4 +1,4 @@
-// Per-head value-projection L1 norms (DefensiveKV eviction, eviction.md step 3):
+// Per-head value-projection L1 norms (DefensiveKV eviction, docs/eviction.md step 3):
 //
 //   l1[t, h] = sum_{r < E} | sum_{c < d} W[r, h*d + c] * v[t, (h/G)*d + c] |
 //

@@ -20,7 +20,7 @@
 // are always kept), else the constructor (or, for kv_ratio, the first eval)
 // throws std::invalid_argument.
 //
-// Schedules (eviction.md "Schedules"):
+// Schedules (docs/eviction.md "Schedules"):
 //   oneshot  the paper's: prefill the whole prompt, compress once to the
 //            budget, then decode with no further eviction. Pool: n_ctx per head.
 //   bounded  (default when a budget is set) chunked prefill; after each chunk

@@ -1,6 +1,6 @@
 // Eviction policy: decides which KV entries to keep. Pure functions over
 // views of the cache; knows nothing of the model or of cache storage.
-// Specification: ../shared/docs/eviction.md (the reference's behaviour).
+// Specification: docs/eviction.md (the algorithm, with the reference's parameters).
 //
 // Heads may hold different numbers of entries (head-wise budgets) and layers
 // may differ (layer-wise budgets). Within a head, entries are in ascending
@@ -22,7 +22,7 @@
 // select_keep_layers() once with all layers' scores ([n_layer][n_head_kv][n_h]);
 // it also accepts every other policy (then it selects layer by layer).
 //
-// Which scorer each policy uses (eviction.md steps 1-4):
+// Which scorer each policy uses (docs/eviction.md steps 1-4):
 //   full, streaming     no scoring (scores are sized and zero-filled)
 //   snapkv, adakv       SnapKV mean aggregation
 //   criticalkv          SnapKV mean aggregation * value-norm weight + stage 1
@@ -124,7 +124,7 @@ struct HeadView {
   const float* k = nullptr;       // [n, head_dim] post-RoPE keys
   const int32_t* pos = nullptr;   // [n] absolute positions
   const float* vnorm = nullptr;   // [n] value-projection L1 norm, mean over the group
-                                  // (eviction.md step 3, before normalisation); may be
+                                  // (docs/eviction.md step 3, before normalisation); may be
                                   // null for policies that do not use it
 };
 

@@ -1,4 +1,4 @@
-// Eviction scoring (eviction.md steps 1-4): observation-window attention,
+// Eviction scoring (docs/eviction.md steps 1-4): observation-window attention,
 // SnapKV / defensive aggregation, CriticalKV value-norm weighting and stage 1,
 // window padding. One layer per call; buffers live in Scratch.
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Eviction selection (eviction.md step 4): per-head, head-adaptive and
+// Eviction selection (docs/eviction.md step 4): per-head, head-adaptive and
 // layer-adaptive top-k in linear time, streaming, full; budget helpers.
 #include <algorithm>
 #include <cmath>
