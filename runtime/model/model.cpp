@@ -18,10 +18,8 @@ namespace {
 // Attention multiply-adds below which one thread does the work.
 constexpr uint64_t kParallelMinMacs = 1u << 16;
 // Blocked attention: query rows per block (tokens x group heads) and KV
-// entries per block (a multiple of the 16-key panels of window_logits).
-// TinyLlama pp1024 on the dev AMD EPYC (AVX-512), attention CPU samples:
-// 128 x 64 = 1678, 256 x 64 = 1749, 128 x 32 = 1523, 128 x 16 = 1567 (the
-// [keys, rows] logits block stays in L1 at 32 keys; +-5 % noise).
+// entries per block (a multiple of the 16-key panels of window_logits); at
+// 32 keys the [keys, rows] logits block stays in L1 (docs/tuning.md).
 constexpr uint32_t kAttRows = 128;
 constexpr uint32_t kAttKeys = 32;
 
