@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "runtime/engine/context.h"
+#include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
 #include "runtime/text/tokenizer.h"
@@ -90,7 +91,7 @@ std::vector<int32_t> greedy(const std::string& path, uint32_t n) {
   sp.temperature = 0;
   defkv::text::Sampler sampler(sp);
   std::vector<int32_t> prompt{1};  // BOS
-  return ctx.generate(prompt, n, sampler, /*eos=*/-1).tokens;
+  return defkv::engine::generate(ctx, prompt, n, sampler, /*eos=*/-1).tokens;
 }
 
 std::vector<float> logits_after_bos(const std::string& path) {

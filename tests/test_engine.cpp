@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "runtime/engine/context.h"
+#include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
 #include "runtime/text/sampler.h"
@@ -383,6 +384,99 @@ TEST_CASE("oneshot with the paper's ratio keeps what the eviction vectors keep",
   }
 }
 
+TEST_CASE("plan_context: budget, chunk, slack and pool from the model config and the params", "[engine][plan]") {
+  // Oracle: the rules as docs/eviction.md ("Schedules") and params.h state
+  // them, computed here by hand for a config that is not a real model.
+  model::Config mc;
+  mc.n_layer = 3;
+  mc.n_head = 8;
+  mc.n_head_kv = 2;
+  mc.head_dim = 16;
+  mc.n_ctx_train = 1000;
+  const uint64_t HL = 2 * 3;
+  // The pool: tokens per head (+ one page of 16 per head), in whole pages.
+  auto pool = [&](uint64_t tokens_per_head) { return (tokens_per_head * HL + 15) / 16 * 16; };
+  {  // no budget: every position, the full-cache chunk, no aux
+    const engine::Plan pl = engine::plan_context(mc, engine::ContextParams{});
+    CHECK(pl.n_ctx == 1000);
+    CHECK_FALSE(pl.budgeted);
+    CHECK(pl.schedule == engine::Schedule::oneshot);
+    CHECK(pl.chunk == 256);
+    CHECK(pl.n_aux == 0);
+    CHECK(pl.cache.capacity_entries == pool(1000 + 16));  // n_ctx + one page per head
+  }
+  {  // a fixed budget, bounded: chunk = a third of it in multiples of 64, in [max(64, 2W), 256]
+    for (const auto& [budget, chunk] : {std::pair<int64_t, uint32_t>{100, 64}, {400, 128}, {600, 192}, {900, 256}}) {
+      INFO("budget " << budget);
+      engine::ContextParams p;
+      p.budget_tokens = budget;
+      const engine::Plan pl = engine::plan_context(mc, p);
+      CHECK(pl.bounded);
+      CHECK(pl.budget == std::min<uint32_t>(uint32_t(budget), 1000));
+      CHECK(pl.chunk == chunk);
+      CHECK(pl.slack == 32);  // = window
+      CHECK(pl.n_aux == 1);   // defensivekv weights by value norms
+      CHECK(pl.ceiling_tokens() == pl.budget + std::max<uint32_t>(chunk, 32));
+      CHECK(pl.cache.capacity_entries == pool(std::min<uint64_t>(pl.budget + chunk, 1000) + 16));
+    }
+    engine::ContextParams p;
+    p.budget_tokens = 100;
+    p.evict.window = 48;  // min chunk max(64, 2 * 48) = 96
+    p.chunk_tokens = 0;
+    CHECK(engine::plan_context(mc, p).chunk == 96);
+    p.chunk_tokens = 40;  // given: used as is
+    p.decode_slack = 50;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    CHECK(pl.chunk == 40);
+    CHECK(pl.ceiling_tokens() == 150);  // budget + max(chunk, slack)
+    CHECK(pl.cache.capacity_entries == pool(150 + 16));
+  }
+  {  // kv_ratio: the budget waits for the prompt; the pool holds ceil(ratio * n_ctx) + chunk
+    engine::ContextParams p;
+    p.kv_ratio = 0.5;
+    p.evict.policy = evict::Policy::snapkv;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    CHECK(pl.budget == 0);
+    CHECK(pl.budget_max == 500);
+    CHECK(pl.chunk == 128);  // 500 / 3 = 166 -> 128
+    CHECK(pl.n_aux == 0);    // snapkv needs no value norms
+    CHECK(pl.cache.capacity_entries == pool(500 + 128 + 16));
+    CHECK(engine::ratio_budget(p, 300) == 150);
+    CHECK_THROWS_AS(engine::ratio_budget(p, 40), engine::ParamError);  // 20 < window + sinks
+  }
+  {  // oneshot: the pool holds every position
+    engine::ContextParams p;
+    p.budget_tokens = 64;
+    p.schedule = engine::Schedule::oneshot;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    CHECK_FALSE(pl.bounded);
+    CHECK(pl.chunk == 256);
+    CHECK(pl.cache.capacity_entries == pool(1000 + 16));
+  }
+  {  // kv_mem_bytes: the largest budget whose pool fits; one more token per head does not
+    engine::ContextParams p;
+    p.kv_mem_bytes = 96 * 1024;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    REQUIRE(pl.budget >= 36);
+    CHECK(kv::KvCache(pl.cache).bytes_reserved() <= 96u * 1024);
+    engine::ContextParams q;
+    q.budget_tokens = int64_t(pl.budget) + 1;
+    CHECK(kv::KvCache(engine::plan_context(mc, q).cache).bytes_reserved() > 96u * 1024);
+  }
+  {  // a ParamError names the field
+    engine::ContextParams p;
+    p.budget_tokens = 64;
+    p.interim_policy = evict::Policy::streaming;
+    try {
+      engine::plan_context(mc, p);
+      FAIL("streaming accepted as the interim policy");
+    } catch (const engine::ParamError& e) {
+      CHECK(e.field == "interim_policy");
+      CHECK_THAT(e.rest, Catch::Contains("scored policy"));
+    }
+  }
+}
+
 TEST_CASE("bad budgets and parameters give clear errors", "[engine][errors]") {
   const model::Model& m = stories();
   auto params = [] {
@@ -457,7 +551,7 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   sp.repeat_penalty = 1;
   text::Sampler s(sp);
   std::vector<int32_t> seen;
-  auto res = ctx.generate(std::vector<int32_t>{1}, 10, s, 2, [&](int32_t t) {
+  auto res = engine::generate(ctx, std::vector<int32_t>{1}, 10, s, 2, [&](int32_t t) {
     seen.push_back(t);
     return true;
   });
@@ -467,18 +561,18 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   CHECK(res.tokens[0] == 403);  // golden first token after BOS ("Once")
   ctx.reset();
   s.reset();
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, -1);
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, -1);
   CHECK(res.stop == engine::StopReason::context_full);
   CHECK(ctx.n_past() == 40);
   ctx.reset();
   s.reset();
   // Pretend the first greedy token is EOS.
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, 403);
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, 403);
   CHECK(res.stop == engine::StopReason::eos);
   CHECK(res.tokens == std::vector<int32_t>{403});
   ctx.reset();
   s.reset();
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
   CHECK(res.stop == engine::StopReason::callback);
   CHECK(res.tokens.size() == 1);
 }

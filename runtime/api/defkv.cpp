@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "runtime/engine/context.h"
+#include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
 #include "runtime/text/sampler.h"
@@ -771,63 +772,47 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
     if (!ctx->have_logits && ctx->pending < 0)
       raise(DEFKV_ERR_BAD_STATE, "nothing to continue from: evaluate a prompt with defkv_eval first");
     engine::Context& e = *ctx->ctx;
-    const int32_t eos = ctx->model->tok->eos();
     text::StreamDecoder dec(*ctx->model->tok, false);
     uint32_t count = 0;
-    defkv_status status = DEFKV_OK;
-    ctx->last_stop = DEFKV_STOP_N_PREDICT;
     ctx->sampled = -1;
+    auto on_tok = [&](int32_t tok) {
+      ++count;
+      if (n_generated) *n_generated = count;
+      const std::string piece = dec.push(tok);
+      return !(on_token && on_token(tok, piece.c_str(), piece.size(), user));
+    };
     auto flush = [&] {
       const std::string rest = dec.flush();
       if (!rest.empty() && on_token) on_token(-1, rest.c_str(), rest.size(), user);
     };
+    // The loop leaves the last sampled token pending (not fed); the logits
+    // are the ones to sample from exactly when no token is pending.
+    engine::StopReason stop;
     try {
-      for (; count < n_predict;) {
-        if (ctx->pending >= 0) {
-          if (e.n_past() >= e.n_ctx()) {
-            status = fail(ctx, DEFKV_ERR_CONTEXT_FULL,
-                          "defkv_generate: the context is full (n_ctx = " + std::to_string(e.n_ctx()) + ")");
-            ctx->last_stop = DEFKV_STOP_CONTEXT_FULL;
-            break;
-          }
-          check_cancel(ctx);
-          const uint32_t past0 = e.n_past();
-          try {
-            e.step(ctx->pending);
-          } catch (...) {
-            if (e.n_past() > past0) {  // fed; cancelled in the eviction after it
-              ctx->pending = -1;
-              ctx->have_logits = true;
-            }
-            throw;
-          }
-          ctx->pending = -1;
-          ctx->have_logits = true;
-        }
-        check_cancel(ctx);
-        const int32_t tok = ctx->sampler->sample(e.logits());
-        ctx->pending = tok;
-        ctx->have_logits = false;
-        ++count;
-        if (n_generated) *n_generated = count;
-        const std::string piece = dec.push(tok);
-        const int stop = on_token ? on_token(tok, piece.c_str(), piece.size(), user) : 0;
-        if (tok == eos || stop) {
-          ctx->last_stop = tok == eos ? DEFKV_STOP_EOS : DEFKV_STOP_CALLBACK;
-          break;
-        }
-      }
+      stop = engine::generate(e, *ctx->sampler, n_predict, ctx->model->tok->eos(), ctx->pending, on_tok).stop;
     } catch (const model::Cancelled&) {
+      ctx->have_logits = ctx->pending < 0;
       ctx->last_stop = DEFKV_STOP_CANCELLED;
       flush();
       throw;
     } catch (...) {
+      ctx->have_logits = ctx->pending < 0;
       ctx->last_stop = DEFKV_STOP_ERROR;
       flush();
       throw;
     }
+    ctx->have_logits = ctx->pending < 0;
     flush();
-    return status;
+    switch (stop) {
+      case engine::StopReason::n_predict: ctx->last_stop = DEFKV_STOP_N_PREDICT; break;
+      case engine::StopReason::eos: ctx->last_stop = DEFKV_STOP_EOS; break;
+      case engine::StopReason::callback: ctx->last_stop = DEFKV_STOP_CALLBACK; break;
+      case engine::StopReason::context_full:
+        ctx->last_stop = DEFKV_STOP_CONTEXT_FULL;
+        return fail(ctx, DEFKV_ERR_CONTEXT_FULL,
+                    "defkv_generate: the context is full (n_ctx = " + std::to_string(e.n_ctx()) + ")");
+    }
+    return DEFKV_OK;
   });
 }
 

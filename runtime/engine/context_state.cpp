@@ -63,7 +63,7 @@ void Context::set_cancel_flag(const std::atomic<bool>* flag) {
 
 void Context::set_progress(std::function<void(uint64_t, uint64_t)> fn) { progress_ = std::move(fn); }
 
-void Context::set_round_observer(std::function<void(const RoundObservation&)> fn) { observer_ = std::move(fn); }
+void Context::set_round_observer(RoundObserver fn) { observer_ = std::move(fn); }
 
 void Context::check_cancel() const {
   if (cancel_ && cancel_->load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
@@ -94,8 +94,8 @@ void Context::save_state(std::vector<uint8_t>& out) {
   w.put(kVersion);
   for (uint32_t v : {mc.n_layer, mc.n_head_kv, mc.n_head, mc.head_dim, mc.n_vocab}) w.put(v);
   for (uint32_t v : {uint32_t(cc.type), cc.page_tokens, cc.n_aux, uint32_t(cache_->row_bytes())}) w.put(v);
-  for (uint32_t v : {uint32_t(budgeted_), uint32_t(schedule_), uint32_t(params_.evict.policy), window_, chunk_,
-                     slack_, n_ctx_})
+  for (uint32_t v : {uint32_t(plan_.budgeted), uint32_t(plan_.schedule), uint32_t(params_.evict.policy), plan_.window, plan_.chunk,
+                     plan_.slack, plan_.n_ctx})
     w.put(v);
   w.put(uint8_t(params_.kv_ratio.has_value()));
   w.put(params_.kv_ratio.value_or(0.0));
@@ -156,34 +156,34 @@ void Context::load_state(std::span<const uint8_t> data) {
   expect_eq(r.get<uint32_t>("n_aux"), cc.n_aux, "KV aux floats per entry (policy)");
   expect_eq(r.get<uint32_t>("row_bytes"), cache_->row_bytes(), "KV row bytes");
   const uint32_t budgeted = r.get<uint32_t>("budgeted");
-  if (budgeted != uint32_t(budgeted_))
+  if (budgeted != uint32_t(plan_.budgeted))
     throw StateMismatch(std::string("context state: saved by a context ") + (budgeted ? "with" : "without") +
-                        " a KV budget, this context has " + (budgeted_ ? "one" : "none"));
+                        " a KV budget, this context has " + (plan_.budgeted ? "one" : "none"));
   const uint32_t schedule = r.get<uint32_t>("schedule");
-  if (schedule != uint32_t(schedule_))
+  if (schedule != uint32_t(plan_.schedule))
     throw StateMismatch(std::string("context state: saved with the ") + schedule_name(Schedule(schedule & 1)) +
-                        " schedule, this context uses " + schedule_name(schedule_));
+                        " schedule, this context uses " + schedule_name(plan_.schedule));
   const uint32_t policy = r.get<uint32_t>("policy");
-  if (budgeted_ && policy != uint32_t(params_.evict.policy))
+  if (plan_.budgeted && policy != uint32_t(params_.evict.policy))
     throw StateMismatch(std::string("context state: saved with policy ") +
                         (policy <= uint32_t(evict::Policy::layer_defensivekv) ? evict::policy_name(evict::Policy(policy)) : "?") +
                         ", this context uses " + evict::policy_name(params_.evict.policy));
-  expect_eq(r.get<uint32_t>("window"), window_, "observation window");
-  expect_eq(r.get<uint32_t>("chunk"), chunk_, "prefill chunk tokens");
-  expect_eq(r.get<uint32_t>("slack"), slack_, "decode slack");
+  expect_eq(r.get<uint32_t>("window"), plan_.window, "observation window");
+  expect_eq(r.get<uint32_t>("chunk"), plan_.chunk, "prefill chunk tokens");
+  expect_eq(r.get<uint32_t>("slack"), plan_.slack, "decode slack");
   (void)r.get<uint32_t>("n_ctx");  // informational: positions are checked against this n_ctx below
   const uint8_t has_ratio = r.get<uint8_t>("has_ratio");
   const double ratio = r.get<double>("ratio");
   if (bool(has_ratio) != params_.kv_ratio.has_value() || (has_ratio && ratio != *params_.kv_ratio))
     throw StateMismatch("context state: saved with another kv_ratio setting");
   const uint32_t budget = r.get<uint32_t>("budget");
-  if (budgeted_ && !params_.kv_ratio) expect_eq(budget, budget_, "KV budget tokens per head");
+  if (plan_.budgeted && !params_.kv_ratio) expect_eq(budget, budget_, "KV budget tokens per head");
   const uint32_t n_past = r.get<uint32_t>("n_past");
   const uint32_t prompt_len = r.get<uint32_t>("prompt_len");
   const uint32_t oneshot_done = r.get<uint32_t>("oneshot_done");
-  if (n_past > n_ctx_)
+  if (n_past > plan_.n_ctx)
     throw StateMismatch("context state: " + std::to_string(n_past) + " positions used, this context's n_ctx is " +
-                        std::to_string(n_ctx_));
+                        std::to_string(plan_.n_ctx));
   if (oneshot_done > 1) throw std::runtime_error("context state: corrupt flag");
   Stats st{};
   st.prompt_tokens = r.get<uint64_t>("stats");
