@@ -23,6 +23,7 @@
 #include "runtime/engine/context.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
+#include "runtime/text/sampler.h"
 #include "simd/simd.h"
 
 using namespace defkv;
