@@ -575,6 +575,12 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
   CHECK(res.stop == engine::StopReason::callback);
   CHECK(res.tokens.size() == 1);
+  ctx.reset();
+  s.reset();
+  // An end-of-generation predicate (as Tokenizer::is_eog gives) stops the same way.
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, [](int32_t t) { return t == 403; });
+  CHECK(res.stop == engine::StopReason::eos);
+  CHECK(res.tokens == std::vector<int32_t>{403});
 }
 
 TEST_CASE("a oneshot compression cancelled midway is retried by the next eval() or step()", "[engine][cancel]") {

@@ -13,8 +13,8 @@ const char* stop_reason_name(StopReason r) {
   return "?";
 }
 
-GenerateResult generate(Context& ctx, text::Sampler& sampler, uint32_t n_predict, int32_t eos, int32_t& pending,
-                        const std::function<bool(int32_t)>& on_token) {
+GenerateResult generate(Context& ctx, text::Sampler& sampler, uint32_t n_predict, const TokenFn& is_end,
+                        int32_t& pending, const TokenFn& on_token) {
   GenerateResult res;
   res.tokens.reserve(n_predict);
   while (res.tokens.size() < n_predict) {
@@ -38,7 +38,7 @@ GenerateResult generate(Context& ctx, text::Sampler& sampler, uint32_t n_predict
     pending = tok;
     res.tokens.push_back(tok);
     const bool go_on = on_token ? on_token(tok) : true;
-    if (eos >= 0 && tok == eos) {
+    if (is_end && is_end(tok)) {
       res.stop = StopReason::eos;
       return res;
     }
@@ -52,11 +52,16 @@ GenerateResult generate(Context& ctx, text::Sampler& sampler, uint32_t n_predict
 }
 
 GenerateResult generate(Context& ctx, std::span<const int32_t> prompt, uint32_t n_predict, text::Sampler& sampler,
-                        int32_t eos, const std::function<bool(int32_t)>& on_token) {
+                        const TokenFn& is_end, const TokenFn& on_token) {
   for (int32_t t : prompt) sampler.accept(t);
   ctx.eval(prompt);
   int32_t pending = -1;
-  return generate(ctx, sampler, n_predict, eos, pending, on_token);
+  return generate(ctx, sampler, n_predict, is_end, pending, on_token);
+}
+
+GenerateResult generate(Context& ctx, std::span<const int32_t> prompt, uint32_t n_predict, text::Sampler& sampler,
+                        int32_t eos, const TokenFn& on_token) {
+  return generate(ctx, prompt, n_predict, sampler, [eos](int32_t t) { return eos >= 0 && t == eos; }, on_token);
 }
 
 }  // namespace defkv::engine
