@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "runtime/engine/context.h"
+#include "runtime/engine/params.h"
 
 namespace defkv::cli {
 namespace {
