@@ -1,7 +1,9 @@
 // KV-cache flags shared by `defkv run`, `defkv bench` and `defkv eval`:
-// registration (one help text per flag), validation, and conversion to the
-// C API's defkv_context_params (run, bench) or engine::ContextParams (eval,
-// which drives the evaluation library directly).
+// registration (one help text per flag), conversion to the C API's
+// defkv_context_params (run, bench) or engine::ContextParams (eval, which
+// drives the evaluation library directly), and validation: the engine's
+// (engine::validate_params, its message naming the flag) plus the refusal of
+// flags that would do nothing.
 //
 //   --kv-budget N | --kv-ratio R | --kv-mem SIZE   at most one: the KV budget
 //   --kv-policy P       eviction policy (needs a budget unless 'full')
