@@ -198,27 +198,27 @@ TEST_CASE("value norms go through each architecture's own W_o, value bias includ
       if (f.find_tensor("blk.0.attn_v.bias")) bv = tensor_f64(f, "blk.0.attn_v.bias");
       const double escale = c.arch.rfind("gemma", 0) == 0 ? std::sqrt(double(E)) : 1.0;
 
-      kv::CacheConfig cc;
-      cc.n_layer = c.n_layer;
-      cc.n_head_kv = c.n_head_kv;
-      cc.head_dim = c.head_dim;
-      cc.type = quant::DType::f32;
-      cc.n_aux = 1;
-      cc.capacity_entries = uint64_t(32) * c.n_layer * c.n_head_kv;
-      kv::KvCache cache(cc);
-      model::Workspace ws(c, 16, 64, 0, cc.page_tokens, cc.n_aux);
-      model::ForwardHooks hooks;
-      hooks.aux_value_norm = true;
+      // A context whose policy weights by value norm, with a budget never
+      // reached: the engine's layer observer stores aux[0] with every entry.
+      engine::ContextParams p;
+      p.n_ctx = 64;
+      p.kv_type = quant::DType::f32;
+      p.budget_tokens = 60;
+      p.evict.policy = evict::Policy::defensivekv;
+      p.schedule = engine::Schedule::oneshot;
+      engine::Context ctx(*m, p);
       const auto ids = archs_test::read_ids(cs["ids"].get<std::string>());
       const uint32_t n = 12;
-      std::vector<int32_t> pos(n);
-      for (uint32_t i = 0; i < n; ++i) pos[i] = int32_t(i);
-      m->forward(ids.data(), pos.data(), n, cache, ws, hooks, nullptr, false);
-
+      ctx.eval(std::vector<int32_t>(ids.begin(), ids.begin() + n));
+      const kv::KvCache& cache = ctx.cache();
+      REQUIRE(cache.config().n_aux >= 1);
       double worst_v = 0, worst_aux = 0;
       for (uint32_t hk = 0; hk < Hkv; ++hk) {
-        std::vector<float> v(n * d), aux(n);
-        cache.gather(0, hk, nullptr, v.data(), nullptr, aux.data());
+        REQUIRE(cache.size(0, hk) == n);
+        const uint32_t A = cache.config().n_aux;
+        std::vector<float> v(n * d), aux_all(n * A), aux(n);
+        cache.gather(0, hk, nullptr, v.data(), nullptr, aux_all.data());
+        for (uint32_t t = 0; t < n; ++t) aux[t] = aux_all[t * A];
         for (uint32_t t = 0; t < n; ++t) {
           std::vector<double> x(E), ref_v(d);
           double ss = 0;

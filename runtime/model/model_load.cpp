@@ -337,6 +337,7 @@ void Model::init() {
     layers_[l].window = swa[l] ? c.sliding_window : 0;
     layers_[l].rope_table = swa[l] && tr->rope_base_swa ? 1 : 0;
     cfg_.n_swa_layers += swa[l];
+    cfg_.layer_window.push_back(layers_[l].window);
   }
   output_norm_ = vec("output_norm.weight", c.n_embd, &bytes);
   if (f.find_tensor("output.weight")) {
@@ -361,7 +362,7 @@ void Model::init() {
     PackedLayer& P = packed_[l];
     // The packed copy replaces the mapped source on the hot path, so the
     // source pages leave RSS (weights are not resident twice). W_o's source is
-    // still read by the value-norm hook when a policy needs it: its pages
+    // still read when a caller computes value norms (layer(l).wo): its pages
     // refault from the page cache on first use and then stay.
     P.wq = quant::pack_for_gemm(L.wq, /*release_source=*/true);
     P.wk = quant::pack_for_gemm(L.wk, true);
