@@ -24,6 +24,10 @@ static_assert(sizeof(BlockQ8x) == 36);
 // qs = nearest integer of x/d. Portable; defined in matmul.cpp.
 void quantize_activations(const float* x, BlockQ8x* xq, size_t n);
 
+// One low-bit weight row (nb blocks) . quantised activations (nb blocks of
+// the type's activation format, see quant/blocks.h).
+using BlockDot = float (*)(const void* row, const void* acts, size_t nb);
+
 struct MatmulTiles {
   const char* name;
   // y[t*ldy + r] = W[r, :] . x[t, :] for r in [r0, r1), t in [t0, t1);
@@ -34,6 +38,9 @@ struct MatmulTiles {
   // per token).
   void (*q8_tile)(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
                   size_t r1, size_t t0, size_t t1);
+  // This ISA's block dot for a low-bit type, or nullptr (then the scalar one
+  // is used). May itself be nullptr.
+  BlockDot (*low_bit_dot)(DType t);
 };
 
 #if DEFKV_SIMD_X86

@@ -41,7 +41,7 @@ struct Q8OpsNeon {
 // 32 q registers: 4x4 accumulators.
 const MatmulTiles& neon_tiles() {
   static const MatmulTiles t{"neon", &float_tile<simd::detail::Neon, 4, 4>,
-                             &Q8Tile<Q8OpsNeon, 4, 4>::tile};
+                             &Q8Tile<Q8OpsNeon, 4, 4>::tile, nullptr};
   return t;
 }
 

@@ -35,6 +35,7 @@ uint32_t llama_ftype(DType t) {
     case DType::f16: return 1;    // MOSTLY_F16
     case DType::q8_0: return 7;   // MOSTLY_Q8_0
     case DType::bf16: return 32;  // MOSTLY_BF16
+    default: break;
   }
   throw std::logic_error("llama_ftype: unknown dtype");
 }

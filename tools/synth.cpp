@@ -247,8 +247,8 @@ uint32_t llama_file_type(DType t) {  // llama.cpp LLAMA_FTYPE_*
     case DType::f16: return 1;
     case DType::q8_0: return 7;
     case DType::bf16: return 32;
+    default: return 0;
   }
-  return 0;
 }
 
 gguf::Value u32v(uint64_t v) { return gguf::Value{gguf::ValueType::u32, v}; }
