@@ -195,8 +195,8 @@ TEST_CASE("quantised llama files match llama.cpp (int8 path) and the exact dequa
         CHECK(d.max_abs <= tl["max_abs"].get<double>());
         CHECK(d.mean_abs <= tl["mean_abs"].get<double>());
         CHECK(d.top1 >= tl["top1_agreement"].get<double>());
-        WARN(name << (tbt ? " tbt" : " batch") << " int8 path vs llama.cpp: max " << d.max_abs << " mean "
-                  << d.mean_abs << " top-1 " << d.top1);
+        WARN(name.substr(12) << (tbt ? " tbt" : " batch") << " int8 vs llama.cpp: max " << d.max_abs << " mean "
+                              << d.mean_abs << " top1 " << d.top1);
       }
 
       auto md = model::Model::load(dequantised_copy(path, name));
@@ -206,8 +206,8 @@ TEST_CASE("quantised llama files match llama.cpp (int8 path) and the exact dequa
                   << d.top1);
         CHECK(d.max_abs <= te["max_abs"].get<double>());
         for (int p : d.top1_mismatch) CHECK(std::find(near_ties.begin(), near_ties.end(), p) != near_ties.end());
-        WARN(name << (tbt ? " tbt" : " batch") << " exact path vs .exact.logits: max " << d.max_abs << " mean "
-                  << d.mean_abs << " top-1 " << d.top1);
+        WARN(name.substr(12) << (tbt ? " tbt" : " batch") << " exact vs .exact: max " << d.max_abs << " mean "
+                              << d.mean_abs << " top1 " << d.top1);
       }
     }
   }
