@@ -133,10 +133,17 @@ std::vector<uint8_t> convert(const gguf::TensorInfo& t, DType to) {
   const size_t in_row = quant::row_bytes(from, cols);
   const size_t out_row = quant::row_bytes(to, cols);
   std::vector<uint8_t> out(rows * out_row);
-  std::vector<float> buf(cols);  // [cols] one row in f32
-  for (size_t r = 0; r < rows; ++r) {
-    quant::to_f32(from, t.data + r * in_row, buf.data(), cols);
-    quant::from_f32(to, buf.data(), out.data() + r * out_row, cols);
+  // rows are independent (the K-quant search is ~100x the cost of a copy):
+  // threads over rows, each with its own f32 row
+  const auto n = static_cast<long long>(rows);
+#pragma omp parallel
+  {
+    std::vector<float> buf(cols);  // [cols] one row in f32
+#pragma omp for schedule(static)
+    for (long long r = 0; r < n; ++r) {
+      quant::to_f32(from, t.data + size_t(r) * in_row, buf.data(), cols);
+      quant::from_f32(to, buf.data(), out.data() + size_t(r) * out_row, cols);
+    }
   }
   return out;
 }
