@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "quant/matmul_isa.h"
+#include "quant/packed_q4k.h"
 #include "quant/quant.h"
 #include "simd/simd.h"
 
@@ -92,7 +93,13 @@ bool f16_kernel_available() {
 }
 
 bool kernel_available(DType t) {
-  return t == DType::q8_0 ? packed_kernel_available() : t == DType::f16 ? f16_kernel_available() : false;
+  switch (t) {
+    case DType::q8_0:
+    case DType::q4_K:
+    case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
+    case DType::f16: return f16_kernel_available();
+    default: return false;
+  }
 }
 
 // Not done: 2 MiB-aligned copies madvised MADV_HUGEPAGE. Batches gained
@@ -168,8 +175,16 @@ Packed pack_for_gemm(const Matrix& w) {
   if (w.rows == 0 || w.cols == 0 || !kernel_available(w.type)) return p;
   if (w.data == nullptr) throw std::invalid_argument("pack_for_gemm: weight matrix has no data");
   (void)row_bytes(w.type, w.cols);  // validates block alignment
-  if (w.type == DType::q8_0) pack_q8_0(w, p);
-  else pack_f16(w, p);
+  if (w.type == DType::q8_0) {
+    pack_q8_0(w, p);
+  } else if (w.type == DType::q4_K || w.type == DType::q6_K) {
+    uint8_t* buf = nullptr;
+    p.bytes = detail::k_packed_bytes(w.type, w.rows, w.cols);
+    p.data = aligned_buffer(p.bytes, &buf);
+    detail::pack_k(w, buf);
+  } else {
+    pack_f16(w, p);
+  }
   return p;
 }
 
@@ -276,12 +291,16 @@ struct Job {
   size_t chunks;     // work items per token block
 };
 
-void run_chunk(const Job& j, const detail::PackedActs& acts, const float* x, size_t chunk, size_t t0,
-               size_t t1) {
+void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_k, const float* x, size_t chunk,
+               size_t t0, size_t t1) {
 #if DEFKV_SIMD_X86
   const Matrix& w = j.p->source;
   const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
-  if (w.type == DType::q8_0) {
+  if (w.type == DType::q6_K) {
+    detail::avx512vnni_packed_q6k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q4_K) {
+    detail::avx512vnni_packed_q4k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q8_0) {
     const size_t nb = w.cols / kQ8_0Block;
     const uint8_t* qs = j.p->data.get();
     const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * kQ8_0Block);
@@ -291,7 +310,7 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const float* x, siz
                                    j.y, j.ldy, u0, u1, t0, t1);
   }
 #else
-  (void)j, (void)acts, (void)x, (void)chunk, (void)t0, (void)t1;
+  (void)j, (void)acts, (void)acts_k, (void)x, (void)chunk, (void)t0, (void)t1;
 #endif
 }
 
@@ -299,7 +318,9 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const float* x, siz
 // OpenMP parallel loop: work items = token blocks x (chunks of job 0, job 1, ...).
 void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool parallel) {
   const Matrix& w0 = jobs[0].p->source;
-  const bool q8 = w0.type == DType::q8_0;
+  const bool q4k = w0.type == DType::q4_K || w0.type == DType::q6_K;  // Q8_K activations
+  // the K-quants are scheduled as q8_0 (groups of 16 rows, int8 activations)
+  const bool q8 = w0.type == DType::q8_0 || q4k;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
   size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
   if (q8 && !few) {
@@ -315,8 +336,15 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     j.chunks = (j.units + j.per_chunk - 1) / j.per_chunk;
     per_tb += j.chunks;
   }
-  const ActsScratch scratch = q8 ? packed_acts_scratch(w0.cols, n_tokens) : ActsScratch{};
+  const ActsScratch scratch = q8 && !q4k ? packed_acts_scratch(w0.cols, n_tokens) : ActsScratch{};
   const detail::PackedActs acts = scratch.view();
+  // q4_K: Q8_K activation super-blocks [n_tokens, cols/256]
+  const size_t nsb = w0.cols / kQK_K;
+  ActQ8K* acts_k = q4k ? grow_scratch<ActQ8K, 3>(n_tokens * nsb) : nullptr;
+  auto quantize = [&](size_t t) {
+    if (q4k) quantize_acts(w0.type, x + t * w0.cols, acts_k + t * nsb, w0.cols);
+    else quantize_token(x, w0.cols, t, scratch);
+  };
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;
   const auto n_items = static_cast<long long>(n_tb * per_tb);
   auto run_item = [&](long long it) {
@@ -324,7 +352,7 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     size_t c = size_t(it) % per_tb, i = 0;
     while (c >= jobs[i].chunks) c -= jobs[i++].chunks;
     const size_t t0 = tb * token_block;
-    run_chunk(jobs[i], acts, x, c, t0, std::min(n_tokens, t0 + token_block));
+    run_chunk(jobs[i], acts, acts_k, x, c, t0, std::min(n_tokens, t0 + token_block));
   };
   const auto nt = static_cast<long long>(n_tokens);
   if (q8 && !few) {
@@ -335,14 +363,14 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
 #pragma omp parallel if (parallel)
     {
 #pragma omp for schedule(static)
-      for (long long t = 0; t < nt; ++t) quantize_token(x, w0.cols, size_t(t), scratch);
+      for (long long t = 0; t < nt; ++t) quantize(size_t(t));
       // (implicit barrier: every token is quantised before any product)
 #pragma omp for schedule(dynamic, 1)
       for (long long it = 0; it < n_items; ++it) run_item(it);
     }
   } else {
     if (q8)
-      for (size_t t = 0; t < n_tokens; ++t) quantize_token(x, w0.cols, t, scratch);
+      for (size_t t = 0; t < n_tokens; ++t) quantize(t);
 #pragma omp parallel for schedule(static) if (parallel)
     for (long long it = 0; it < n_items; ++it) run_item(it);
   }

@@ -124,7 +124,14 @@ void get_row(const Matrix& w, size_t r, float* out);
 // f16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16 fp16
 // values (one vcvtph2ps = 16 rows of one column); f32 FMAs, results agree with
 // matmul_ref up to float accumulation order.
-// Memory: bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
+// q4_K / q6_K (AVX-512 VNNI): the same 16-row groups, per (group, 256-column
+// super-block) the quants nibble-packed 8 columns per zmm lane group (q6_K's
+// top two bits beside them) plus the rows' sub-block scales, mins and fp16
+// super-block scales (quant/packed_q4k.h); vpdpbusd against Q8_K activations
+// quantised exactly as matmul() does, so results agree with matmul() up to
+// float accumulation order. Size: the original blocks plus 64 B (q4_K) or
+// 32 B (q6_K) per 16 x 256 weights.
+// Memory (q8_0, f16): bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
 // the original tensor (plus < 16 rows of padding); the mmapped original is not
 // read again by matmul_packed (see release_source below to drop its pages).
 // Other dtypes, other CPUs, and DEFKV_FORCE_SCALAR: no copy is made

@@ -340,8 +340,24 @@ TEST_CASE("every matmul implementation agrees with the scalar one on low-bit wei
       quant::matmul(w, x.data(), got.data(), n_tok, rows);
       for (size_t i = 0; i < got.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-4f * (1 + std::fabs(want[i])));
       const quant::Packed p = quant::pack_for_gemm(w);
+      if (p.packed()) {
+        // a re-laid-out copy of about the source's size (16-row groups, +64 B per 16 blocks)
+        const size_t groups = (rows + 15) / 16, src_per_group = 16 * rb;
+        CHECK(p.bytes <= groups * src_per_group * 1.03);
+      }
       quant::matmul_packed(p, x.data(), got.data(), n_tok, rows);
       for (size_t i = 0; i < got.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-4f * (1 + std::fabs(want[i])));
+      // two products sharing x in one parallel region (q/k/v, gate/up)
+      std::vector<float> got2(n_tok * (rows + 3), -7.0f);
+      const quant::PackedProduct prods[2] = {{&p, got.data(), rows}, {&p, got2.data(), rows + 3}};
+      std::fill(got.begin(), got.end(), -7.0f);
+      quant::matmul_packed_multi(prods, 2, x.data(), n_tok);
+      for (size_t t = 0; t < n_tok; ++t)
+        for (size_t r = 0; r < rows; ++r) {
+          const float w0 = want[t * rows + r];
+          CHECK(std::fabs(got[t * rows + r] - w0) <= 1e-4f * (1 + std::fabs(w0)));
+          CHECK(std::fabs(got2[t * (rows + 3) + r] - w0) <= 1e-4f * (1 + std::fabs(w0)));
+        }
     }
   }
 }
