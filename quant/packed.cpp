@@ -95,6 +95,7 @@ bool f16_kernel_available() {
 bool kernel_available(DType t) {
   switch (t) {
     case DType::q8_0:
+    case DType::q4_0:
     case DType::q4_K:
     case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
     case DType::f16: return f16_kernel_available();
@@ -144,6 +145,38 @@ void pack_q8_0(const Matrix& w, Packed& p) {
   }
 }
 
+// q4_0 (layout in packed_q4_0_avx512vnni.cpp): a Q4_0 block's byte j holds
+// the levels of columns j and j + 16, which is the packed byte for k = j / 4,
+// i = j % 4, so the quants move 4 bytes at a time.
+void pack_q4_0(const Matrix& w, Packed& p) {
+  const size_t nb = w.cols / kQK, G = n_groups(w.rows);
+  const size_t rb = row_bytes(w.type, w.cols);
+  const size_t qs_bytes = G * nb * detail::kPackRows * (kQK / 2);
+  const size_t bytes = qs_bytes + G * nb * detail::kPackRows * sizeof(uint16_t);
+  uint8_t* buf = nullptr;
+  p.data = aligned_buffer(bytes, &buf);
+  p.bytes = bytes;
+  auto* d = reinterpret_cast<uint16_t*>(buf + qs_bytes);
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  const auto ng = static_cast<long long>(G);
+#pragma omp parallel for schedule(static)
+  for (long long gi = 0; gi < ng; ++gi) {
+    const size_t g = size_t(gi);
+    for (size_t r = 0; r < detail::kPackRows; ++r) {
+      const size_t row = g * detail::kPackRows + r;
+      const auto* blocks = row < w.rows ? reinterpret_cast<const BlockQ4_0*>(src + row * rb) : nullptr;
+      for (size_t b = 0; b < nb; ++b) {
+        uint8_t* q = buf + (g * nb + b) * detail::kPackRows * (kQK / 2);
+        for (size_t k = 0; k < 4; ++k) {
+          if (blocks) std::memcpy(q + k * 64 + r * 4, blocks[b].qs + 4 * k, 4);
+          else std::memset(q + k * 64 + r * 4, 0, 4);
+        }
+        d[(g * nb + b) * detail::kPackRows + r] = blocks ? blocks[b].d : uint16_t(0);
+      }
+    }
+  }
+}
+
 size_t n_panels_f16(size_t rows) { return (rows + detail::kPackRowsF16 - 1) / detail::kPackRowsF16; }
 
 // f16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
@@ -177,6 +210,8 @@ Packed pack_for_gemm(const Matrix& w) {
   (void)row_bytes(w.type, w.cols);  // validates block alignment
   if (w.type == DType::q8_0) {
     pack_q8_0(w, p);
+  } else if (w.type == DType::q4_0) {
+    pack_q4_0(w, p);
   } else if (w.type == DType::q4_K || w.type == DType::q6_K) {
     uint8_t* buf = nullptr;
     p.bytes = detail::k_packed_bytes(w.type, w.rows, w.cols);
@@ -300,6 +335,11 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
     detail::avx512vnni_packed_q6k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
   } else if (w.type == DType::q4_K) {
     detail::avx512vnni_packed_q4k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q4_0) {
+    const size_t nb = w.cols / kQK;
+    const uint8_t* qs = j.p->data.get();
+    const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * (kQK / 2));
+    detail::avx512vnni_packed_q4_0_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
   } else if (w.type == DType::q8_0) {
     const size_t nb = w.cols / kQ8_0Block;
     const uint8_t* qs = j.p->data.get();
@@ -320,7 +360,7 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   const Matrix& w0 = jobs[0].p->source;
   const bool q4k = w0.type == DType::q4_K || w0.type == DType::q6_K;  // Q8_K activations
   // the K-quants are scheduled as q8_0 (groups of 16 rows, int8 activations)
-  const bool q8 = w0.type == DType::q8_0 || q4k;
+  const bool q8 = w0.type == DType::q8_0 || w0.type == DType::q4_0 || q4k;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
   size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
   if (q8 && !few) {

@@ -124,6 +124,9 @@ void get_row(const Matrix& w, size_t r, float* out);
 // f16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16 fp16
 // values (one vcvtph2ps = 16 rows of one column); f32 FMAs, results agree with
 // matmul_ref up to float accumulation order.
+// q4_0 (AVX-512 VNNI): as q8_0, with the 4-bit levels nibble-packed (two
+// columns 16 apart per byte) and the level offset 8 applied through the
+// activation sums; the size of the original tensor.
 // q4_K / q6_K (AVX-512 VNNI): the same 16-row groups, per (group, 256-column
 // super-block) the quants nibble-packed 8 columns per zmm lane group (q6_K's
 // top two bits beside them) plus the rows' sub-block scales, mins and fp16
