@@ -354,7 +354,19 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
 #endif
 }
 
-// Runs every job (all packed, same type and cols) over all tokens in ONE
+// Packed types that share one activation format can share one quantisation
+// (e.g. a Q4_K_M layer's q/k in Q4_K and v in Q6_K).
+int act_kind(DType t) {
+  switch (t) {
+    case DType::q8_0:
+    case DType::q4_0: return 0;  // PackedActs (per 32-block)
+    case DType::q4_K:
+    case DType::q6_K: return 1;  // Q8_K super-blocks
+    default: return 2 + int(t);  // f16: the f32 activations themselves
+  }
+}
+
+// Runs every job (all packed, same activation kind and cols) over all tokens in ONE
 // OpenMP parallel loop: work items = token blocks x (chunks of job 0, job 1, ...).
 void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool parallel) {
   const Matrix& w0 = jobs[0].p->source;
@@ -447,7 +459,8 @@ void matmul_packed_multi(const PackedProduct* products, size_t n_products, const
     if (w.cols != w0.cols)
       throw std::invalid_argument("matmul_packed_multi: matrices with different column counts (" +
                                   std::to_string(w0.cols) + " and " + std::to_string(w.cols) + ")");
-    shared = shared && products[i].w->packed() && w.type == w0.type && kernel_available(w.type) && w.rows != 0;
+    shared = shared && products[i].w->packed() && act_kind(w.type) == act_kind(w0.type) &&
+             kernel_available(w.type) && w.rows != 0;
     macs += w.rows * w.cols * n_tokens;
   }
   if (!shared) {

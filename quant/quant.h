@@ -177,7 +177,8 @@ struct PackedProduct {
 // once and ALL products in ONE OpenMP parallel region (one fork/join instead
 // of n_products). Results are identical to calling matmul_packed on each.
 // Falls back to one matmul_packed per product when they are not all packed
-// with the same dtype (or more than 8). Throws std::invalid_argument on
+// with dtypes sharing one activation format (q8_0 with q4_0, q4_K with q6_K,
+// f16 alone), or more than 8. Throws std::invalid_argument on
 // different column counts.
 void matmul_packed_multi(const PackedProduct* products, size_t n_products, const float* x,
                          size_t n_tokens);

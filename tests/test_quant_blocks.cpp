@@ -362,6 +362,42 @@ TEST_CASE("every matmul implementation agrees with the scalar one on low-bit wei
   }
 }
 
+TEST_CASE("matmul_packed_multi shares the activations across Q4_K and Q6_K (and Q8_0 with Q4_0)", "[quant][blocks][matmul]") {
+  std::mt19937 rng(31);
+  const size_t cols = 512;
+  for (auto types : {std::vector<DType>{DType::q4_K, DType::q6_K, DType::q4_K},
+                     std::vector<DType>{DType::q8_0, DType::q4_0}, std::vector<DType>{DType::q4_K, DType::q8_0}}) {
+    std::vector<std::vector<uint8_t>> bytes;
+    std::vector<quant::Packed> packs;
+    std::vector<size_t> rows;
+    for (size_t i = 0; i < types.size(); ++i) {
+      rows.push_back(16 * (i + 1) + 5);
+      const auto w = randv(rows[i] * cols, rng, 0.3f);
+      const size_t rb = quant::row_bytes(types[i], cols);
+      bytes.emplace_back(rows[i] * rb);
+      for (size_t r = 0; r < rows[i]; ++r) quant::from_f32(types[i], w.data() + r * cols, bytes.back().data() + r * rb, cols);
+    }
+    for (size_t i = 0; i < types.size(); ++i) packs.push_back(quant::pack_for_gemm({types[i], bytes[i].data(), rows[i], cols}));
+    for (size_t n_tok : {1u, 9u}) {
+      const auto x = randv(n_tok * cols, rng);
+      std::vector<std::vector<float>> got(types.size()), want(types.size());
+      std::vector<quant::PackedProduct> prods;
+      for (size_t i = 0; i < types.size(); ++i) {
+        got[i].assign(n_tok * rows[i], 0.0f);
+        want[i].assign(n_tok * rows[i], 0.0f);
+        prods.push_back({&packs[i], got[i].data(), rows[i]});
+        quant::matmul_impl(quant::MatmulImpl::scalar, packs[i].source, x.data(), want[i].data(), n_tok, rows[i]);
+      }
+      quant::matmul_packed_multi(prods.data(), prods.size(), x.data(), n_tok);
+      for (size_t i = 0; i < types.size(); ++i)
+        for (size_t k = 0; k < got[i].size(); ++k) {
+          INFO(quant::dtype_name(types[i]) << " tokens " << n_tok);
+          CHECK(std::fabs(got[i][k] - want[i][k]) <= 1e-4f * (1 + std::fabs(want[i][k])));
+        }
+    }
+  }
+}
+
 TEST_CASE("matmul_ref, get_row and matmul_cols read low-bit rows exactly", "[quant][blocks]") {
   std::mt19937 rng(29);
   const size_t rows = 5, cols = 512;
