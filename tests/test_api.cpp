@@ -2,7 +2,8 @@
 // UBSan by scripts/test.d/api-sanitizers.sh), greedy decoding against the
 // independent numpy golden file, streaming UTF-8, save -> restore -> continue
 // equals continuing (with and without eviction), corrupt / foreign states,
-// cancellation in prefill, eviction and decoding, concurrent contexts.
+// cancellation in prefill, eviction and decoding, concurrent contexts, chat
+// template rendering (defkv_chat_apply_template).
 //
 // Uses only the C API (like an application would).
 #include <catch2/catch.hpp>
@@ -65,8 +66,7 @@ std::string story_text() { return read_text(shared_path("models/data/tinystories
 defkv_context_params greedy_params() {
   defkv_context_params p;
   defkv_context_params_init(&p);
-  p.temperature = 0;
-  p.repeat_penalty = 1;
+  p.temperature = 0;  // the default repeat penalty is off: greedy is plain argmax
   p.n_threads = 1;
   return p;
 }
@@ -218,6 +218,11 @@ TEST_CASE("api: greedy decoding reproduces the independent numpy golden run", "[
   CHECK(info.n_head_kv == 4);
   CHECK(info.bos == 1);
   CHECK(info.eos == 2);
+  // The stories vocabulary's end-of-generation set is its EOS alone.
+  CHECK(defkv_token_is_eog(model(), 2) == 1);
+  CHECK(defkv_token_is_eog(model(), 1) == 0);
+  CHECK(defkv_token_is_eog(model(), 512) == 0);
+  CHECK(defkv_token_is_eog(nullptr, 2) == 0);
   defkv_context_params p = greedy_params();
   p.kv_type = DEFKV_KV_F32;
   Ctx c(p);
@@ -1311,4 +1316,127 @@ TEST_CASE("api: kv_sinks 0 keeps no sinks; -1 (and 0 from an older struct) is th
   p.kv_sinks = -1;
   CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
   CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("window + sinks = 20"));
+}
+
+// ---- chat templates ----
+
+namespace {
+
+std::string apply_template(const char* tmpl, const std::vector<defkv_chat_message>& ms, uint32_t flags) {
+  size_t n = 0;
+  REQUIRE(defkv_chat_apply_template(model(), tmpl, ms.data(), ms.size(), flags, nullptr, 0, &n) ==
+          DEFKV_ERR_BUFFER_TOO_SMALL);
+  std::string buf(n + 1, '\x7f');
+  size_t n2 = 0;
+  REQUIRE(defkv_chat_apply_template(model(), tmpl, ms.data(), ms.size(), flags, buf.data(), buf.size(), &n2) ==
+          DEFKV_OK);
+  REQUIRE(n2 == n);
+  REQUIRE(buf[n] == '\0');
+  buf.resize(n);
+  return buf;
+}
+
+}  // namespace
+
+TEST_CASE("api: defkv_chat_apply_template renders the chat examples and reports its format", "[api][chat]") {
+  // The Qwen3 and Llama 3 examples of the shared tokenizer data, rendered with
+  // their templates given as text (stories260K has none of its own).
+  for (const std::string stem : {"ggml-vocab-qwen2", "ggml-vocab-llama-bpe"}) {
+    INFO(stem);
+    const nlohmann::json ex =
+        nlohmann::json::parse(read_text(shared_path("testdata/tokenizers/" + stem + ".chat_example.json")));
+    const std::string jinja = read_text(shared_path("testdata/tokenizers/" + stem + ".chat_template.jinja"));
+    std::vector<std::string> roles, contents;
+    for (const auto& m : ex.at("messages")) {
+      roles.push_back(m.at("role"));
+      contents.push_back(m.at("content"));
+    }
+    std::vector<defkv_chat_message> ms;
+    for (size_t i = 0; i < roles.size(); ++i) ms.push_back({roles[i].c_str(), contents[i].c_str()});
+    std::string want = ex.at("rendered");
+    // BOS is the model's: stories260K's "<s>" where Llama 3 has <|begin_of_text|>.
+    const std::string llama3_bos = "<|begin_of_text|>";
+    if (want.compare(0, llama3_bos.size(), llama3_bos) == 0) want = "<s>" + want.substr(llama3_bos.size());
+    CHECK(apply_template(jinja.c_str(), ms, DEFKV_CHAT_ADD_GENERATION_PROMPT) == want);
+    if (ex.contains("variants"))
+      CHECK(apply_template(jinja.c_str(), ms, DEFKV_CHAT_ADD_GENERATION_PROMPT | DEFKV_CHAT_DISABLE_THINKING) ==
+            ex.at("variants").at(0).at("rendered").get<std::string>());
+    defkv_chat_template_info info{};
+    info.struct_size = sizeof info;
+    REQUIRE(defkv_chat_template_get_info(model(), jinja.c_str(), &info) == DEFKV_OK);
+    CHECK(info.recognised == 1);
+    CHECK(info.has_template == 1);
+    CHECK(std::string(info.format) == (stem == "ggml-vocab-qwen2" ? "qwen3" : "llama3"));
+    CHECK(info.writes_bos == (stem == "ggml-vocab-qwen2" ? 0 : 1));
+  }
+
+  // A format by name uses the model's BOS/EOS texts.
+  const std::vector<defkv_chat_message> conv = {{"user", "Hi"}, {"assistant", "Hello."}, {"user", "Bye"}};
+  CHECK(apply_template("llama2", conv, DEFKV_CHAT_ADD_GENERATION_PROMPT) ==
+        "<s>[INST] Hi [/INST] Hello. </s><s>[INST] Bye [/INST]");
+  CHECK(apply_template("zephyr", conv, 0) == "<|user|>\nHi</s>\n<|assistant|>\nHello.</s>\n<|user|>\nBye</s>\n");
+  defkv_chat_template_info info{};
+  info.struct_size = sizeof info;
+  REQUIRE(defkv_chat_template_get_info(model(), "zephyr", &info) == DEFKV_OK);
+  CHECK(std::string(info.end_of_turn) == "</s>");
+
+  // The model has no template: the plain fallback, reported as such.
+  CHECK(apply_template(nullptr, conv, DEFKV_CHAT_ADD_GENERATION_PROMPT) ==
+        "User: Hi\nAssistant: Hello.\nUser: Bye\nAssistant:");
+  REQUIRE(defkv_chat_template_get_info(model(), nullptr, &info) == DEFKV_OK);
+  CHECK(info.recognised == 0);
+  CHECK(info.has_template == 0);
+  CHECK(std::string(info.format) == "plain");
+  CHECK(std::string(info.stop_text) == "\nUser:");
+  CHECK(std::string(info.end_of_turn).empty());
+  // An unknown template text: plain too, but there was a template.
+  REQUIRE(defkv_chat_template_get_info(model(), "{{ messages[0]['content'] }}", &info) == DEFKV_OK);
+  CHECK(info.recognised == 0);
+  CHECK(info.has_template == 1);
+  // An empty conversation renders the generation prompt only.
+  CHECK(apply_template("chatml", {}, DEFKV_CHAT_ADD_GENERATION_PROMPT) == "<|im_start|>assistant\n");
+}
+
+TEST_CASE("api: defkv_chat_apply_template rejects bad input with a message", "[api][chat]") {
+  const std::vector<defkv_chat_message> conv = {{"user", "Hi"}, {"assistant", "Hello."}};
+  char buf[256];
+  size_t n = 0;
+  auto call = [&](const defkv_model* m, const char* tmpl, const defkv_chat_message* ms, size_t count, uint32_t flags,
+                  char* b, size_t cap, size_t* out) {
+    return defkv_chat_apply_template(m, tmpl, ms, count, flags, b, cap, out);
+  };
+  CHECK(call(nullptr, "chatml", conv.data(), conv.size(), 0, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_HANDLE);
+  CHECK(call(model(), "chatml", nullptr, 2, 0, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(defkv_last_error(nullptr)).find("messages is NULL") != std::string::npos);
+  CHECK(call(model(), "chatml", conv.data(), conv.size(), 0, buf, sizeof buf, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(call(model(), "chatml", conv.data(), conv.size(), 4, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(defkv_last_error(nullptr)).find("unknown flags 4") != std::string::npos);
+
+  const std::vector<defkv_chat_message> null_role = {{"user", "Hi"}, {nullptr, "x"}};
+  CHECK(call(model(), "chatml", null_role.data(), 2, 0, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(defkv_last_error(nullptr)).find("message 1: role is NULL") != std::string::npos);
+  const std::vector<defkv_chat_message> null_content = {{"user", nullptr}};
+  CHECK(call(model(), "chatml", null_content.data(), 1, 0, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(defkv_last_error(nullptr)).find("message 0: content is NULL") != std::string::npos);
+  const std::vector<defkv_chat_message> tool = {{"user", "Hi"}, {"tool", "42"}};
+  CHECK(call(model(), "chatml", tool.data(), 2, 0, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(defkv_last_error(nullptr)).find("message 1: unknown role 'tool'") != std::string::npos);
+  const std::vector<defkv_chat_message> twice = {{"user", "Hi"}, {"user", "Hi"}};
+  CHECK(call(model(), "gemma", twice.data(), 2, 0, buf, sizeof buf, &n) == DEFKV_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(defkv_last_error(nullptr)).find("must alternate") != std::string::npos);
+
+  // Buffer too small: nothing written, the size needed reported.
+  const std::string want = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n";
+  std::memset(buf, 'x', sizeof buf);
+  CHECK(call(model(), "chatml", conv.data(), conv.size(), 0, buf, want.size(), &n) == DEFKV_ERR_BUFFER_TOO_SMALL);
+  CHECK(n == want.size());
+  CHECK(buf[0] == 'x');
+  CHECK(call(model(), "chatml", conv.data(), conv.size(), 0, buf, want.size() + 1, &n) == DEFKV_OK);
+  CHECK(std::string(buf) == want);
+
+  defkv_chat_template_info info{};
+  CHECK(defkv_chat_template_get_info(model(), nullptr, &info) == DEFKV_ERR_INVALID_ARGUMENT);  // struct_size 0
+  CHECK(defkv_chat_template_get_info(model(), nullptr, nullptr) == DEFKV_ERR_INVALID_ARGUMENT);
+  info.struct_size = sizeof info;
+  CHECK(defkv_chat_template_get_info(nullptr, nullptr, &info) == DEFKV_ERR_INVALID_HANDLE);
 }

@@ -586,3 +586,86 @@ TEST_CASE("cli: eval needle honours --kv-interim-policy and records it in its JS
   CHECK(o.exit_code > 0);
   CHECK_THAT(o.err, Catch::Contains("applies to the bounded schedule only"));
 }
+
+TEST_CASE("cli: tokenize prints llama.cpp's ids for each flag setting, and the pieces", "[cli][tokenize]") {
+  const std::string dir = shared_dir() + "/testdata/tokenizers";
+  // Oracle: the .extra.json rows (llama.cpp's ids). Flags: --no-bos = no
+  // add_special, --special = parse_special.
+  for (const char* vocab : {"llama-bpe", "qwen2"}) {
+    const std::string gguf = dir + "/ggml-vocab-" + vocab + ".gguf";
+    const auto doc = nlohmann::json::parse(read_file(gguf + ".extra.json"));
+    for (int idx : {0, 53, 73, 76}) {
+      const auto& c = doc.at("cases").at(size_t(idx));
+      const fs::path in = temp_dir() / "tokenize_input.txt";
+      std::ofstream(in, std::ios::binary) << c.at("text").get<std::string>();
+      for (auto [flags, key] : {std::pair{"--no-bos", "plain"}, std::pair{"--no-bos --special", "special"},
+                                std::pair{"--special", "add_special"}}) {
+        INFO(vocab << " case " << idx << " " << flags);
+        Result r = run("tokenize -m " + gguf + " -f " + in.string() + " --ids " + flags);
+        REQUIRE(r.exit_code == 0);
+        std::string want = "[";
+        for (const auto& id : c.at(key)) want += (want.size() > 1 ? ", " : "") + std::to_string(id.get<int>());
+        CHECK(r.out == want + "]\n");
+      }
+    }
+  }
+  // Without --ids: llama-tokenize's "%6d -> 'piece'" lines, control tokens as text.
+  Result r = run("tokenize -m " + dir + "/ggml-vocab-llama-bpe.gguf -p 'Hello world<|eot_id|>' --special");
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "128000 -> '<|begin_of_text|>'\n  9906 -> 'Hello'\n  1917 -> ' world'\n128009 -> '<|eot_id|>'\n");
+  // SentencePiece vocabularies take the same path.
+  r = run("tokenize -m " + shared_dir() + "/models/tokenizers/ggml-vocab-llama-spm.gguf -p 'Hello world' --ids");
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "[1, 15043, 3186]\n");
+}
+
+TEST_CASE("cli: tokenize errors: no text, two texts, an unsupported vocabulary", "[cli][tokenize]") {
+  const std::string gguf = shared_dir() + "/testdata/tokenizers/ggml-vocab-qwen2.gguf";
+  Result r = run("tokenize -m " + gguf);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.err, Catch::Contains("-p TEXT or -f FILE"));
+  r = run("tokenize -m " + gguf + " -p a -f " + gguf);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.err, Catch::Contains("excludes"));
+  r = run("tokenize -m " + (temp_dir() / "missing.gguf").string() + " -p a");
+  CHECK(r.exit_code != 0);
+
+  defkv::gguf::Writer w;
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", "default");
+  defkv::gguf::Array toks;
+  toks.elem_type = defkv::gguf::ValueType::string;
+  toks.strings = {"a", "b"};
+  w.set("tokenizer.ggml.tokens", {defkv::gguf::ValueType::array, toks});
+  const fs::path bad = temp_dir() / "bad_pre.gguf";
+  w.write(bad.string());
+  r = run("tokenize -m " + bad.string() + " -p ab");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("defkv: error: tokenizer: unsupported pre-tokenizer tokenizer.ggml.pre = 'default'"));
+}
+
+TEST_CASE("cli: run tokenizes byte-level BPE prompts through the C API, BOS as the GGUF says", "[cli][tokenize]") {
+  // Tiny random-weight llama models carrying the Llama 3 and Qwen3
+  // vocabularies. Oracle: llama.cpp's add_special ids (.extra.json), whose
+  // count run reports; the echo is the prompt text again.
+  const std::string dir = shared_dir() + "/testdata/tokenizers";
+  for (auto [vocab, n_vocab] : {std::pair{"llama-bpe", 128256}, std::pair{"qwen2", 151936}}) {
+    const std::string gguf = dir + "/ggml-vocab-" + vocab + ".gguf";
+    const fs::path model = temp_dir() / (std::string(vocab) + "-tiny.gguf");
+    Result s = run("synth " + model.string() + " --dim 32 --layers 1 --heads 2 --ffn 64 --tied --type f32 -q -t 1" +
+                   " --vocab " + std::to_string(n_vocab) + " --vocab-from " + gguf);
+    REQUIRE(s.exit_code == 0);
+    const auto doc = nlohmann::json::parse(read_file(gguf + ".extra.json"));
+    for (int idx : {0, 27}) {
+      const auto& c = doc.at("cases").at(size_t(idx));
+      const std::string text = c.at("text").get<std::string>();
+      const fs::path in = temp_dir() / "run_prompt.txt";
+      std::ofstream(in, std::ios::binary) << text;
+      INFO(vocab << " case " << idx);
+      Result r = run("run -m " + model.string() + " -f " + in.string() + " -n 1 --temp 0 -t 1");
+      REQUIRE(r.exit_code == 0);
+      CHECK(r.out.rfind(text, 0) == 0);
+      CHECK_THAT(r.err, Catch::Contains("prompt " + std::to_string(c.at("add_special").size()) + " tok"));
+    }
+  }
+}

@@ -482,6 +482,12 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   res = ctx.generate(std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
   CHECK(res.stop == engine::StopReason::callback);
   CHECK(res.tokens.size() == 1);
+  ctx.reset();
+  s.reset();
+  // An end-of-generation predicate (as Tokenizer::is_eog gives) stops the same way.
+  res = ctx.generate(std::vector<int32_t>{1}, 100, s, [](int32_t t) { return t == 403; });
+  CHECK(res.stop == engine::StopReason::eos);
+  CHECK(res.tokens == std::vector<int32_t>{403});
 }
 
 TEST_CASE("running max keeps each entry's worst-case score across rounds", "[engine][running_max]") {

@@ -127,6 +127,17 @@ TEST_CASE("greedy sampling equals argmax", "[sampler]") {
   CHECK(neg.sample(std::vector<float>{0.5f, 4.0f, 4.0f, -1.0f}) == 1);
 }
 
+TEST_CASE("default parameters at temperature 0 are plain greedy (no repeat penalty)", "[sampler]") {
+  // llama.cpp's convention: the repetition penalty is off unless asked for, so
+  // a token already in the history still wins when it is the argmax.
+  SamplerParams p;
+  p.temperature = 0.0f;
+  Sampler s(p);
+  for (int i = 0; i < 8; ++i) s.accept(2);
+  const std::vector<float> l{1.0f, 0.5f, 1.05f, -2.0f};
+  for (int i = 0; i < 4; ++i) CHECK(s.sample(l) == 2);
+}
+
 TEST_CASE("top-k = 1 always picks the argmax", "[sampler]") {
   SamplerParams p = plain(1.5f);
   p.top_k = 1;

@@ -209,14 +209,11 @@ TEST_CASE("parse_special cuts control-token text out of the input", "[tokenizer]
   CHECK(mid == want_mid);
 }
 
-TEST_CASE("non-llama tokenizer models are rejected by name", "[tokenizer]") {
-  auto f = defkv::gguf::File::open(shared_dir() + "/models/tokenizers/ggml-vocab-gpt-2.gguf");
-  try {
-    Tokenizer::from_gguf(*f);
-    FAIL("gpt2 vocabulary was accepted");
-  } catch (const std::runtime_error& e) {
-    CHECK_THAT(e.what(), Catch::Contains("unsupported tokenizer model 'gpt2'"));
-  }
+TEST_CASE("gpt2 vocabularies load as byte-level BPE", "[tokenizer]") {
+  Loaded l = load("tokenizers/ggml-vocab-gpt-2.gguf");
+  CHECK(l.tok->kind() == defkv::text::VocabKind::bpe);
+  CHECK(l.tok->pre() == "gpt-2");
+  CHECK(l.tok->n_vocab() == 50257);
 }
 
 TEST_CASE("stories260K: golden greedy ids decode to the golden text", "[tokenizer]") {

@@ -1,13 +1,16 @@
 // `defkv chat`: interactive multi-turn chat in the terminal. Uses only the C
 // API (defkv.h), like an application embedding the library would.
 //
-// Chat template: taken from the GGUF's tokenizer.chat_template when it is one
-// of the common ones (llama-2 [INST], llama-3 headers, ChatML, Zephyr,
-// Gemma), otherwise a plain "User:/Assistant:" format; --template overrides.
-// Replies stream as they are sampled. Ctrl-C cancels the current reply (or
-// prompt evaluation) without exiting. /save FILE and /load FILE persist the
-// conversation (the KV cache state, evicted entries included). With a KV
-// budget the conversation can outgrow it: eviction keeps the cache bounded.
+// Chat template: the library renders the conversation with the model's
+// tokenizer.chat_template (defkv_chat_apply_template); --template names a
+// format or a Jinja file instead. A template the library does not recognise
+// falls back to its plain "User:/Assistant:" format, with a warning. Each
+// turn feeds only the text the rendering adds to what the model has seen
+// (tools/chat_session.h). Replies stream as they are sampled. Ctrl-C cancels
+// the current reply (or prompt evaluation) without exiting. /save FILE and
+// /load FILE persist the conversation (the KV cache state, evicted entries
+// included, and the conversation's text in FILE.chat). With a KV budget the
+// conversation can outgrow it: eviction keeps the cache bounded.
 #include <CLI/CLI.hpp>
 #include <signal.h>
 #include <unistd.h>
@@ -16,7 +19,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
+#include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -24,6 +30,7 @@
 
 #include "runtime/api/defkv.h"
 #include "tools/api_util.h"
+#include "tools/chat_session.h"
 #include "tools/kv_flags.h"
 #include "tools/commands.h"
 
@@ -34,6 +41,7 @@ struct ChatOptions {
   std::string model_path;
   std::string system;
   std::string tmpl = "auto";
+  bool no_think = false;
   int n_predict = 256;
   int n_threads = 0;
   int n_ctx = 0;
@@ -42,94 +50,25 @@ struct ChatOptions {
   int top_k = 40;
   float top_p = 0.95f;
   float min_p = 0.05f;
-  float repeat_penalty = 1.1f;
+  float repeat_penalty = 1.0f;
   uint64_t seed = 0xdefc0de;
   bool stats = false;
   bool quiet = false;
 };
 
-// One chat format: the text around a user message and the markers that end
-// an assistant turn.
-struct Template {
-  std::string name;
-  std::string system_prefix, system_suffix;  // around the system prompt (first turn only)
-  std::string user_prefix, user_suffix;      // around each user message; user_suffix opens the reply
-  std::string end_of_turn;                   // text of the token that ends a reply ("" = EOS only)
-  std::string after_turn;                    // fed after the end-of-turn token before the next user turn
-  bool bos_each_turn = false;                // llama-2: <s> starts every [INST] turn
-  std::string stop_text;                     // plain format: a reply also ends at this text
-};
-
-Template make_template(const std::string& name) {
-  Template t;
-  t.name = name;
-  if (name == "llama2") {
-    t.system_prefix = "[INST] <<SYS>>\n";
-    t.system_suffix = "\n<</SYS>>\n\n";
-    t.user_prefix = "[INST] ";
-    t.user_suffix = " [/INST]";
-    t.bos_each_turn = true;  // and the reply ends with </s> (EOS)
-  } else if (name == "llama3") {
-    t.system_prefix = "<|start_header_id|>system<|end_header_id|>\n\n";
-    t.system_suffix = "<|eot_id|>";
-    t.user_prefix = "<|start_header_id|>user<|end_header_id|>\n\n";
-    t.user_suffix = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-    t.end_of_turn = "<|eot_id|>";
-  } else if (name == "chatml") {
-    t.system_prefix = "<|im_start|>system\n";
-    t.system_suffix = "<|im_end|>\n";
-    t.user_prefix = "<|im_start|>user\n";
-    t.user_suffix = "<|im_end|>\n<|im_start|>assistant\n";
-    t.end_of_turn = "<|im_end|>";
-    t.after_turn = "\n";
-  } else if (name == "zephyr") {
-    t.system_prefix = "<|system|>\n";
-    t.system_suffix = "</s>\n";
-    t.user_prefix = "<|user|>\n";
-    t.user_suffix = "</s>\n<|assistant|>\n";
-    t.end_of_turn = "</s>";
-    t.after_turn = "\n";
-  } else if (name == "gemma") {
-    t.user_prefix = "<start_of_turn>user\n";
-    t.user_suffix = "<end_of_turn>\n<start_of_turn>model\n";
-    t.end_of_turn = "<end_of_turn>";
-    t.after_turn = "\n";
-  } else if (name == "plain") {
-    t.system_suffix = "\n\n";
-    t.user_prefix = "User: ";
-    t.user_suffix = "\nAssistant:";
-    t.after_turn = "\n";
-    t.stop_text = "\nUser:";
-  } else {
-    throw std::invalid_argument("unknown chat template '" + name +
-                                "' (auto, llama2, llama3, chatml, zephyr, gemma, plain)");
-  }
-  return t;
-}
-
-// Recognises the common Jinja chat templates by their markers.
-std::string detect_template(const std::string& jinja) {
-  if (jinja.empty()) return "plain";
-  if (jinja.find("<|im_start|>") != std::string::npos) return "chatml";
-  if (jinja.find("<|start_header_id|>") != std::string::npos) return "llama3";
-  if (jinja.find("<start_of_turn>") != std::string::npos) return "gemma";
-  if (jinja.find("<|user|>") != std::string::npos && jinja.find("<|assistant|>") != std::string::npos) return "zephyr";
-  if (jinja.find("[INST]") != std::string::npos) return "llama2";
-  return "plain";
-}
-
-std::vector<int32_t> tokenize(defkv_model* m, const std::string& text, bool parse_special) {
+std::vector<int32_t> tokenize(defkv_model* m, const std::string& text, bool add_bos, bool parse_special) {
+  const int64_t len = int64_t(text.size());
   size_t n = 0;
-  check(defkv_tokenize(m, text.data(), int64_t(text.size()), 0, parse_special, nullptr, 0, &n), nullptr, "tokenize");
+  check(defkv_tokenize(m, text.data(), len, add_bos, parse_special, nullptr, 0, &n), nullptr, "tokenize");
   std::vector<int32_t> t(n);
-  if (n) check(defkv_tokenize(m, text.data(), int64_t(text.size()), 0, parse_special, t.data(), n, &n), nullptr, "tokenize");
+  if (n) check(defkv_tokenize(m, text.data(), len, add_bos, parse_special, t.data(), n, &n), nullptr, "tokenize");
   return t;
 }
 
 // The id of a marker that is one special token, or -1.
 int32_t single_token(defkv_model* m, const std::string& text) {
   if (text.empty()) return -1;
-  std::vector<int32_t> t = tokenize(m, text, true);
+  std::vector<int32_t> t = tokenize(m, text, false, true);
   // The tokenizer adds a leading space piece before text; drop it if present.
   if (t.size() == 2) {
     char buf[16];
@@ -145,7 +84,8 @@ extern "C" void on_sigint(int) { g_sigint = 1; }
 struct ReplyState {
   int32_t stop_token = -1;
   std::string stop_text;
-  std::string text;       // the reply so far
+  std::string text;       // the reply so far, as shown
+  std::string raw;        // every byte generated (the first space included)
   bool first = true;      // strip the leading space of the first piece
   bool stopped_by_marker = false;
   size_t printed = 0;     // bytes of text written to stdout
@@ -158,6 +98,7 @@ int on_token(int32_t token, const char* piece, size_t len, void* user) {
     return 1;
   }
   std::string s(piece, len);
+  r->raw += s;
   if (r->first && !s.empty()) {
     if (s[0] == ' ') s.erase(0, 1);
     r->first = false;
@@ -187,28 +128,42 @@ int on_token(int32_t token, const char* piece, size_t len, void* user) {
 }
 
 int run_chat(const ChatOptions& o) {
-  defkv_model* m = nullptr;
-  check(defkv_model_load_file(o.model_path.c_str(), &m), nullptr, "load model");
-  defkv_model_info info;
-  check(defkv_model_get_info(m, &info), nullptr, "model info");
+  ModelHandle model;  // freed on every path, after the context
+  check(defkv_model_load_file(o.model_path.c_str(), &model.m), nullptr, "load model");
+  defkv_model* m = model.m;
 
-  std::string tname = o.tmpl;
-  if (tname == "auto") {
-    size_t n = 0;
-    std::string jinja;
-    if (defkv_model_meta_string(m, "tokenizer.chat_template", nullptr, 0, &n) == DEFKV_ERR_BUFFER_TOO_SMALL) {
-      jinja.resize(n + 1);
-      check(defkv_model_meta_string(m, "tokenizer.chat_template", jinja.data(), jinja.size(), &n), nullptr,
-            "chat template");
-      jinja.resize(n);
+  // --template: auto (the model's), a format name, or a file holding a Jinja template.
+  std::optional<std::string> tmpl;
+  bool by_name = false;
+  if (o.tmpl != "auto") {
+    std::ifstream f(o.tmpl, std::ios::binary);
+    if (f) {
+      std::stringstream ss;
+      ss << f.rdbuf();
+      tmpl = ss.str();
+    } else if (o.tmpl.find('/') == std::string::npos && o.tmpl.find('.') == std::string::npos) {
+      tmpl = o.tmpl;  // a format name
+      by_name = true;
+    } else {
+      throw std::invalid_argument("--template: cannot open " + o.tmpl);
     }
-    tname = detect_template(jinja);
   }
-  const Template t = make_template(tname);
-  const int32_t eot = single_token(m, t.end_of_turn);
-  if (!t.end_of_turn.empty() && eot < 0 && t.end_of_turn != "</s>")
+  ChatSession session(m, tmpl, o.no_think ? DEFKV_CHAT_DISABLE_THINKING : 0u, o.system);
+  const defkv_chat_template_info& ti = session.info();
+  if (by_name && !ti.recognised)  // the library took it for an (unknown) template text
+    throw std::invalid_argument("unknown chat template '" + o.tmpl +
+                                "' (auto, chatml, qwen3, llama2, llama3, zephyr, phi3, gemma, plain, or a file)");
+  if (!ti.recognised && ti.has_template)
+    std::fprintf(stderr, "defkv chat: warning: the chat template is not one the library recognises; using the plain "
+                         "User:/Assistant: format\n");
+  else if (!ti.has_template)
+    std::fprintf(stderr, "defkv chat: warning: the model has no tokenizer.chat_template; using the plain "
+                         "User:/Assistant: format\n");
+  const std::string end_of_turn = ti.end_of_turn;
+  const int32_t eot = single_token(m, end_of_turn);
+  if (!end_of_turn.empty() && eot < 0)
     std::fprintf(stderr, "defkv chat: warning: the model has no single token for %s; replies end at EOS only\n",
-                 t.end_of_turn.c_str());
+                 end_of_turn.c_str());
 
   defkv_context_params p;
   defkv_context_params_init(&p);
@@ -249,8 +204,7 @@ int run_chat(const ChatOptions& o) {
   if (!o.quiet)
     std::fprintf(stderr,
                  "defkv chat: template %s%s; /save FILE, /load FILE, /reset, /stats, /quit. Ctrl-C cancels a reply.\n",
-                 t.name.c_str(), o.tmpl == "auto" ? " (auto)" : "");
-  bool reply_open = false;  // the last reply was cut short: close its turn first
+                 ti.format, o.tmpl == "auto" ? " (auto)" : "");
   std::string line;
   int rc = 0;
   for (;;) {
@@ -273,12 +227,19 @@ int run_chat(const ChatOptions& o) {
         }
         s = cmd == "/save" ? defkv_state_save_file(c, arg.c_str()) : defkv_state_load_file(c, arg.c_str());
         if (s == DEFKV_OK) {
+          try {
+            if (cmd == "/save") session.save(arg);
+            else if (!session.load(arg))
+              std::fprintf(stderr, "(no %s.chat beside the state: the conversation's text is unknown, later turns "
+                                   "are rendered as a new conversation)\n", arg.c_str());
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "error: %s\n", e.what());
+          }
           std::printf("(%s %s)\n", cmd == "/save" ? "saved to" : "loaded", arg.c_str());
-          if (cmd == "/load") reply_open = false;
         }
       } else if (cmd == "/reset") {
         s = defkv_reset(c);
-        reply_open = false;
+        session.reset();
         if (s == DEFKV_OK) std::printf("(conversation cleared)\n");
       } else if (cmd == "/stats") {
         defkv_kv_stats st;
@@ -296,36 +257,23 @@ int run_chat(const ChatOptions& o) {
       continue;
     }
 
-    // Build this turn's tokens.
+    // This turn's text: what the rendered conversation adds to what the
+    // model has seen. BOS is added by the tokenizer (when the model asks for
+    // it) at the start, unless the template writes it.
     uint32_t n_past = 0;
     check(defkv_n_past(c, &n_past), c, "n_past");
-    std::vector<int32_t> toks;
-    auto add_text = [&](const std::string& s) {
-      const std::vector<int32_t> v = tokenize(m, s, true);
-      toks.insert(toks.end(), v.begin(), v.end());
-    };
-    if (n_past > 0 && reply_open) {  // close a reply that was cut short
-      if (eot >= 0) toks.push_back(eot);
-      else if (t.bos_each_turn || t.end_of_turn == "</s>") toks.push_back(info.eos);
+    std::string delta;
+    try {
+      delta = session.begin_turn(line);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      continue;
     }
-    if (n_past > 0) add_text(t.after_turn);
-    if (n_past == 0 || t.bos_each_turn) {
-      if (info.bos >= 0) toks.push_back(info.bos);
-    }
-    std::string turn;
-    if (n_past == 0 && !o.system.empty()) {
-      if (t.name == "llama2")
-        turn = t.system_prefix + o.system + t.system_suffix + line + t.user_suffix;
-      else
-        turn = t.system_prefix + o.system + t.system_suffix + t.user_prefix + line + t.user_suffix;
-    } else {
-      turn = t.user_prefix + line + t.user_suffix;
-    }
-    add_text(turn);
+    const std::vector<int32_t> toks = tokenize(m, delta, n_past == 0 && !ti.writes_bos, true);
 
     ReplyState r;
     r.stop_token = eot;
-    r.stop_text = t.stop_text;
+    r.stop_text = ti.stop_text;
     busy.store(true);
     g_sigint = 0;
     const auto t0 = std::chrono::steady_clock::now();
@@ -337,7 +285,11 @@ int run_chat(const ChatOptions& o) {
     if (r.printed < r.text.size() && !r.stopped_by_marker) std::fwrite(r.text.data() + r.printed, 1, r.text.size() - r.printed, stdout);
     std::fputs("\n", stdout);
     std::fflush(stdout);
-    reply_open = !r.stopped_by_marker;
+    // Closed: ended by the end-of-turn token, the stop text or EOS (which the
+    // model is fed with the next turn).
+    const bool closed = r.stopped_by_marker || (s == DEFKV_OK && ng < uint32_t(o.n_predict));
+    const size_t cut = r.stop_text.empty() ? std::string::npos : r.text.find(r.stop_text);
+    session.end_turn(r.text.substr(0, cut), r.raw, closed);
     if (s == DEFKV_ERR_CANCELLED) {
       std::fprintf(stderr, "(cancelled)\n");
     } else if (s == DEFKV_ERR_CONTEXT_FULL) {
@@ -348,9 +300,7 @@ int run_chat(const ChatOptions& o) {
       break;
     }
     if (s == DEFKV_OK) {
-      // Ended at EOS: the turn is closed by it (llama-2, zephyr, plain).
       defkv_kv_stats st;
-      if (defkv_get_kv_stats(c, &st) == DEFKV_OK && ng < uint32_t(o.n_predict)) reply_open = false;
       if (o.stats && defkv_get_kv_stats(c, &st) == DEFKV_OK)
         std::fprintf(stderr, "[%u tokens in %.2f s; positions %u; KV %.1f KiB, %u eviction rounds]\n", ng, secs,
                      st.n_past, double(st.bytes_in_use) / 1024, st.evict_rounds);
@@ -359,7 +309,6 @@ int run_chat(const ChatOptions& o) {
   done.store(true);
   watcher.join();
   defkv_context_free(c);
-  defkv_model_free(m);
   return rc;
 }
 
@@ -370,7 +319,10 @@ Handler register_chat(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("chat", "Interactive multi-turn chat (streams replies; Ctrl-C cancels a reply)");
   sub->add_option("-m,--model", o->model_path, "GGUF model")->required();
   sub->add_option("--system", o->system, "System prompt");
-  sub->add_option("--template", o->tmpl, "Chat format: auto (from the GGUF), llama2, llama3, chatml, zephyr, gemma, plain");
+  sub->add_option("--template", o->tmpl,
+                  "Chat template: auto (the GGUF's tokenizer.chat_template), a format (chatml, qwen3, llama2, "
+                  "llama3, zephyr, phi3, gemma, plain) or a file holding a Jinja chat template");
+  sub->add_flag("--no-think", o->no_think, "Qwen3: answer without reasoning (enable_thinking = false)");
   sub->add_option("-n,--n-predict", o->n_predict, "Maximum tokens per reply");
   sub->add_option("-t,--threads", o->n_threads, "Threads (0: default)");
   sub->add_option("-c,--ctx", o->n_ctx, "Positions per conversation (default: model's, 32768 with a KV budget)");

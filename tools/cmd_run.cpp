@@ -99,14 +99,13 @@ std::string detokenize(const defkv_model* m, const std::vector<int32_t>& t) {
 // Streams generated text to stdout.
 struct Printer {
   const defkv_model* model;
-  int32_t eos;
   bool printed_any;             // text was printed (the prompt echo): spaces are kept
-  std::vector<int32_t> tokens;  // generated so far (EOS excluded)
+  std::vector<int32_t> tokens;  // generated so far (end-of-generation tokens excluded)
 };
 
 int on_token(int32_t token, const char* text, size_t len, void* user) {
   auto* p = static_cast<Printer*>(user);
-  if (token >= 0 && token == p->eos) return 0;
+  if (token >= 0 && defkv_token_is_eog(p->model, token)) return 0;
   if (token >= 0) p->tokens.push_back(token);
   if (len == 0) return 0;
   std::string_view s(text, len);
@@ -153,15 +152,17 @@ int run(const RunOptions& o) {
     check(defkv_tokenize(model.m, text.data(), int64_t(text.size()), 1, 0, prompt.data(), prompt.size(), &n));
     prompt.resize(n);
   }
-  if (mi.bos >= 0 && (prompt.empty() || prompt.front() != mi.bos)) prompt.insert(prompt.begin(), mi.bos);
+  // BOS as the vocabulary asks (tokenizer.ggml.add_bos_token: Llama yes,
+  // Qwen no); an empty prompt starts from BOS when there is one.
+  if (prompt.empty() && mi.bos >= 0) prompt.push_back(mi.bos);
   if (prompt.empty()) throw std::invalid_argument("empty prompt and the model has no BOS token to start from");
 
-  // Echo the prompt as the model reads it (BOS skipped), then stream the continuation.
-  const std::string echo = detokenize(model.m, std::vector<int32_t>(prompt.begin() + 1, prompt.end()));
+  // Echo the prompt as the model reads it (control tokens print nothing), then stream the continuation.
+  const std::string echo = detokenize(model.m, prompt);
   std::fputs(echo.c_str(), stdout);
   std::fflush(stdout);
 
-  Printer printer{model.m, mi.eos, !echo.empty(), {}};
+  Printer printer{model.m, !echo.empty(), {}};
   defkv_status st_eval = DEFKV_OK, st_gen = DEFKV_OK;
   {
     CancelOnSigint sig(ctx.c);
@@ -227,7 +228,7 @@ Handler register_run(CLI::App& app) {
   auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text (default: empty, generate from BOS)");
   auto* f = sub->add_option("-f,--file", o->prompt_file, "Read the prompt from this file")->check(CLI::ExistingFile);
   p->excludes(f);
-  sub->add_option("-n,--n-predict", o->n_predict, "Tokens to generate (stops earlier at EOS)")->check(CLI::NonNegativeNumber);
+  sub->add_option("-n,--n-predict", o->n_predict, "Tokens to generate (stops earlier at an end-of-generation token)")->check(CLI::NonNegativeNumber);
   sub->add_option("-t,--threads", o->n_threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--ctx", o->n_ctx, "Maximum positions (prompt + generated); 0: the model's context_length")
       ->check(CLI::NonNegativeNumber);

@@ -16,5 +16,6 @@ Handler register_synth(CLI::App&);
 Handler register_bench(CLI::App&);
 Handler register_chat(CLI::App&);
 Handler register_eval(CLI::App&);
+Handler register_tokenize(CLI::App&);
 
 }  // namespace defkv::cli

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   add(defkv::cli::register_bench);
   add(defkv::cli::register_chat);
   add(defkv::cli::register_eval);
+  add(defkv::cli::register_tokenize);
 
   // CLI11 reports an unknown first word only as "a subcommand is required";
   // name it instead.

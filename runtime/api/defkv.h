@@ -148,9 +148,85 @@ DEFKV_API defkv_status defkv_tokenize(const defkv_model* model, const char* text
  * leading space SentencePiece adds after BOS is dropped. */
 DEFKV_API defkv_status defkv_detokenize(const defkv_model* model, const int32_t* tokens, size_t n_tokens,
                                         char* buf, size_t capacity, size_t* out_len);
+/* 1 when the token ends generation (EOS, EOT, <|eot_id|>, <|im_end|>,
+ * <|endoftext|>, ... as llama.cpp's EOG set; defkv_generate stops there),
+ * else 0 (also for a NULL model or an id outside the vocabulary). */
+DEFKV_API int defkv_token_is_eog(const defkv_model* model, int32_t token);
 /* Raw bytes of one token's piece (may be a partial UTF-8 sequence), NUL-terminated. */
 DEFKV_API defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* buf, size_t capacity,
                                          size_t* out_len);
+
+/* ---- chat templates ---- */
+/*
+ * Renders a conversation into the prompt text the model was trained on, as
+ * the model's Jinja chat template (GGUF tokenizer.chat_template) renders it
+ * with HF transformers, byte for byte. The template is recognised by its
+ * markers (like llama.cpp's llama_chat_apply_template); these families are
+ * known, with the variants their published templates have:
+ *
+ *   chatml  ChatML, with the default system prompt the template writes when
+ *           the conversation has none (Qwen2.5, SmolLM2)
+ *   qwen3   Qwen3 (thinking: see DEFKV_CHAT_DISABLE_THINKING)
+ *   llama3  Llama 3, 3.1, 3.2 (3.1/3.2: "Cutting Knowledge Date" header; the
+ *           date is today's where the template calls strftime_now)
+ *   llama2  Llama 2 chat ([INST], <<SYS>>)
+ *   zephyr  Zephyr, TinyLlama chat
+ *   phi3    Phi-3, Phi-3.5 (<|user|> ... <|end|>)
+ *   gemma   Gemma 2 and 3 (a system message is folded into the first user
+ *           turn, as Gemma 3's template does; Gemma 2's template rejects it)
+ *
+ * A template that is not recognised, or none, falls back to "plain":
+ *   "SYSTEM\n\n" "User: CONTENT\n" "Assistant: CONTENT\n" ... "Assistant:"
+ * defkv_chat_template_get_info tells whether the fallback applies, so the
+ * application can warn.
+ *
+ * The rendering contains the special tokens' texts (BOS where the template
+ * writes it, "<|im_end|>", ...): tokenize it with parse_special = 1, and
+ * with add_bos = 0 when info.writes_bos is set.
+ *
+ * tmpl: NULL for the model's own template; else a format name listed above
+ * (or "plain") or the text of a Jinja chat template.
+ *
+ * Both calls only read the model: any thread, any time while it is alive.
+ */
+typedef struct defkv_chat_message {
+  const char* role;     /* "system", "user" or "assistant" */
+  const char* content;  /* NUL-terminated UTF-8 */
+} defkv_chat_message;
+
+/* Flags of defkv_chat_apply_template. */
+#define DEFKV_CHAT_ADD_GENERATION_PROMPT 1u /* end with the header that opens the assistant's reply
+                                               (llama2 has none; Meta's first Llama 3 template
+                                               always writes it) */
+#define DEFKV_CHAT_DISABLE_THINKING 2u      /* Qwen3: enable_thinking = false (an empty <think> block
+                                               after the generation prompt: the model answers without
+                                               reasoning). Ignored by templates without the switch. */
+
+/* Writes the rendered conversation, NUL-terminated, into buf (size query as
+ * described under "Errors"). DEFKV_ERR_INVALID_ARGUMENT, with a message
+ * naming the message index, for a NULL role or content, a role other than
+ * system/user/assistant, a conversation the template rejects (Gemma and
+ * Llama 2: user and assistant turns must alternate), messages NULL with
+ * n_messages > 0, or an unknown flag. */
+DEFKV_API defkv_status defkv_chat_apply_template(const defkv_model* model, const char* tmpl,
+                                                 const defkv_chat_message* messages, size_t n_messages,
+                                                 uint32_t flags, char* buf, size_t capacity, size_t* out_len);
+
+/* Which format defkv_chat_apply_template uses for (model, tmpl). Versioned
+ * like defkv_context_info: set struct_size = sizeof(defkv_chat_template_info)
+ * first. */
+typedef struct defkv_chat_template_info {
+  uint32_t struct_size;
+  int32_t recognised;      /* 1: a known format; 0: the plain fallback (warn the user) */
+  int32_t has_template;    /* 1: tmpl was given or the model has tokenizer.chat_template */
+  int32_t writes_bos;      /* 1: the rendering writes the BOS text itself */
+  char format[16];         /* "chatml", "qwen3", ..., "plain" */
+  char end_of_turn[64];    /* text that closes an assistant turn ("<|im_end|>"; the EOS text for
+                              llama2 and zephyr; "" for plain) */
+  char stop_text[16];      /* plain: a reply ends at this text ("\nUser:"); else "" */
+} defkv_chat_template_info;
+DEFKV_API defkv_status defkv_chat_template_get_info(const defkv_model* model, const char* tmpl,
+                                                    defkv_chat_template_info* out);
 
 /* ---- contexts ---- */
 
@@ -202,7 +278,7 @@ typedef struct defkv_context_params {
   int32_t top_k;             /* default 40; <= 0 disabled */
   float top_p;               /* default 0.95; >= 1 disabled */
   float min_p;               /* default 0.05; <= 0 disabled */
-  float repeat_penalty;      /* default 1.1; 1 disabled */
+  float repeat_penalty;      /* default 1 (disabled, as in llama.cpp) */
   int32_t repeat_last_n;     /* default 64 */
   uint64_t seed;             /* RNG seed; equal seeds give equal outputs */
 
@@ -336,7 +412,7 @@ DEFKV_API defkv_status defkv_get_logits(const defkv_context* ctx, float* logits,
 typedef enum defkv_stop_reason {
   DEFKV_STOP_NONE = 0,          /* no generate call yet (or reset since) */
   DEFKV_STOP_N_PREDICT = 1,     /* n_predict tokens sampled */
-  DEFKV_STOP_EOS = 2,           /* the model's EOS was sampled */
+  DEFKV_STOP_EOS = 2,           /* an end-of-generation token was sampled (defkv_token_is_eog) */
   DEFKV_STOP_CALLBACK = 3,      /* the token callback returned non-zero */
   DEFKV_STOP_CONTEXT_FULL = 4,  /* no position left (DEFKV_ERR_CONTEXT_FULL) */
   DEFKV_STOP_CANCELLED = 5,     /* defkv_cancel (DEFKV_ERR_CANCELLED) */

@@ -381,6 +381,12 @@ std::span<const float> Context::step(int32_t token) {
 
 GenerateResult Context::generate(std::span<const int32_t> prompt, uint32_t n_predict, text::Sampler& sampler,
                                  int32_t eos, const std::function<bool(int32_t)>& on_token) {
+  return generate(prompt, n_predict, sampler, [eos](int32_t t) { return eos >= 0 && t == eos; }, on_token);
+}
+
+GenerateResult Context::generate(std::span<const int32_t> prompt, uint32_t n_predict, text::Sampler& sampler,
+                                 const std::function<bool(int32_t)>& is_end,
+                                 const std::function<bool(int32_t)>& on_token) {
   GenerateResult res;
   res.tokens.reserve(n_predict);
   for (int32_t t : prompt) sampler.accept(t);
@@ -389,7 +395,7 @@ GenerateResult Context::generate(std::span<const int32_t> prompt, uint32_t n_pre
     const int32_t tok = sampler.sample(logits);
     res.tokens.push_back(tok);
     const bool go_on = on_token ? on_token(tok) : true;
-    if (eos >= 0 && tok == eos) { res.stop = StopReason::eos; return res; }
+    if (is_end(tok)) { res.stop = StopReason::eos; return res; }
     if (!go_on) { res.stop = StopReason::callback; return res; }
     if (i + 1 == n_predict) break;
     if (n_past_ >= n_ctx_) { res.stop = StopReason::context_full; return res; }

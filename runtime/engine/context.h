@@ -167,6 +167,11 @@ class Context {
   // tokens are fed to the sampler's repetition history.
   GenerateResult generate(std::span<const int32_t> prompt, uint32_t n_predict, text::Sampler& sampler,
                           int32_t eos, const std::function<bool(int32_t)>& on_token = {});
+  // As above, stopping (StopReason::eos) at every token for which is_end is
+  // true, e.g. text::Tokenizer::is_eog (EOS, EOT, <|im_end|>, ...).
+  GenerateResult generate(std::span<const int32_t> prompt, uint32_t n_predict, text::Sampler& sampler,
+                          const std::function<bool(int32_t)>& is_end,
+                          const std::function<bool(int32_t)>& on_token = {});
 
   // Empties the cache; the next eval() starts at position 0 (a kv_ratio
   // budget is recomputed from the next prompt).

@@ -121,7 +121,7 @@ NeedleOutcome run_needle_task(engine::Context& ctx, const text::Tokenizer& tok, 
                               uint32_t n_predict) {
   NeedleOutcome out;
   std::vector<int32_t> prompt = tok.encode(task.prompt, true);
-  if (prompt.empty() || prompt.front() != tok.bos()) prompt.insert(prompt.begin(), tok.bos());
+  if (tok.bos() >= 0 && (prompt.empty() || prompt.front() != tok.bos())) prompt.insert(prompt.begin(), tok.bos());
   out.prompt_tokens = uint32_t(prompt.size());
   ctx.reset();
   // Greedy decode by hand (argmax, no penalty) so the kept entries after the
@@ -132,7 +132,7 @@ NeedleOutcome run_needle_task(engine::Context& ctx, const text::Tokenizer& tok, 
   text::StreamDecoder dec(tok, false);
   for (uint32_t i = 0; i < n_predict; ++i) {
     const int32_t t = text::argmax(logits);
-    if (t == tok.eos()) break;
+    if (tok.is_eog(t)) break;
     out.output += dec.push(t);
     if (out.output.size() >= task.answer.size() && out.output.compare(0, task.answer.size(), task.answer) != 0)
       break;  // already wrong

@@ -16,7 +16,7 @@ struct SamplerParams {
   int32_t top_k = 40;         // <= 0: disabled
   float top_p = 0.95f;        // >= 1: disabled
   float min_p = 0.05f;        // <= 0: disabled
-  float repeat_penalty = 1.1f;// 1: disabled (llama.cpp semantics)
+  float repeat_penalty = 1.0f;// 1: disabled, the default as in llama.cpp, so temperature 0 is plain greedy
   int32_t repeat_last_n = 64; // window of recent tokens the penalty sees (0: none; < 0 rejected)
   uint64_t seed = 0xdefc0de;
 };

@@ -1,48 +1,22 @@
-// SentencePiece "llama" tokenizer, following llama.cpp's llm_tokenizer_spm:
-//  1. special tokens (user-defined always, control/unknown with parse_special)
-//     are cut out of the text first, longest text first;
-//  2. each remaining raw fragment gets a ' ' prefix when it starts the text or
-//     follows a special token (add_space_prefix), ' ' becomes U+2581;
-//  3. the fragment is split into UTF-8 characters and adjacent symbols are
-//     merged while their concatenation is a vocabulary token, highest score
-//     first (ties: leftmost);
-//  4. final symbols not in the vocabulary are emitted as <0xNN> byte tokens.
-#include "runtime/text/tokenizer.h"
-
+// Loading a GGUF vocabulary, cutting special tokens out of the text, and
+// pieces / decoding; the per-model encoders are in spm.cpp and bpe.cpp.
+// Follows llama.cpp's llama_vocab (load, tokenizer_st_partition,
+// token_to_piece, detokenize).
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
-#include <queue>
-#include <stdexcept>
 
 #include "runtime/gguf/gguf.h"
+#include "runtime/text/tokenizer.h"
+#include "runtime/text/vocab_types.h"
 
 namespace defkv::text {
 
+using namespace detail;
+
 namespace {
 
-// GGUF tokenizer.ggml.token_type values (llama.cpp llama_token_type).
-enum : int32_t {
-  kTypeUndefined = 0,
-  kTypeNormal = 1,
-  kTypeUnknown = 2,
-  kTypeControl = 3,
-  kTypeUserDefined = 4,
-  kTypeUnused = 5,
-  kTypeByte = 6,
-};
-
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK
-
-[[noreturn]] void fail(const std::string& msg) {
-  throw std::runtime_error("tokenizer: " + msg);
-}
-
-// Byte length of the UTF-8 sequence a lead byte announces (llama.cpp
-// unicode_len_utf8: continuation / invalid bytes count as 1).
-size_t utf8_len(unsigned char c) {
-  static constexpr uint8_t lookup[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-  return lookup[c >> 4];
-}
 
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   std::string out;
@@ -75,37 +49,34 @@ int parse_byte_token(const std::string& text) {
   return v;
 }
 
-struct Symbol {
-  int prev;
-  int next;
-  size_t offset;  // into the escaped fragment text
-  size_t n;       // bytes; 0 once merged into its left neighbour
-};
-
-struct Bigram {
-  int left;
-  int right;
-  float score;
-  size_t size;  // bytes of the merged text (detects stale entries)
-};
-
-struct BigramLess {
-  // priority_queue pops the "largest": highest score, then lowest left index.
-  bool operator()(const Bigram& l, const Bigram& r) const {
-    return l.score < r.score || (l.score == r.score && l.left > r.left);
-  }
-};
+// isspace() in the C locale, as llama.cpp's rstrip uses it.
+bool c_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const gguf::File& f) {
   const std::string& model = f.get_string("tokenizer.ggml.model");
-  if (model != "llama") {
-    fail("unsupported tokenizer model '" + model +
-         "' (only SentencePiece 'llama' vocabularies are supported)");
-  }
   std::unique_ptr<Tokenizer> t(new Tokenizer());
+  if (model == "llama") {
+    t->kind_ = VocabKind::spm;
+  } else if (model == "gpt2") {
+    t->kind_ = VocabKind::bpe;
+    if (f.find("tokenizer.ggml.pre") == nullptr) {
+      fail("tokenizer.ggml.pre is missing: a gpt2 (byte-level BPE) vocabulary needs its pre-tokenizer name");
+    }
+    t->pre_name_ = f.get_string("tokenizer.ggml.pre");
+    t->pre_ = pre_config(t->pre_name_);
+  } else {
+    fail("unsupported tokenizer model tokenizer.ggml.model = '" + model +
+         "' (supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE))");
+  }
+  t->load_common(f);
+  if (t->kind_ == VocabKind::bpe) t->load_bpe(f);
+  t->load_special(f);
+  return t;
+}
 
+void Tokenizer::load_common(const gguf::File& f) {
   const gguf::Array& tokens = f.get_array("tokenizer.ggml.tokens");
   if (tokens.elem_type != gguf::ValueType::string) {
     fail("tokenizer.ggml.tokens is not an array of strings");
@@ -113,9 +84,12 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const gguf::File& f) {
   const size_t n_vocab = tokens.strings.size();
   if (n_vocab == 0) fail("tokenizer.ggml.tokens is empty");
   if (n_vocab > size_t(INT32_MAX)) fail("vocabulary too large");
-  t->tokens_ = tokens.strings;
+  tokens_ = tokens.strings;
+  // An empty token text could never be matched; llama.cpp renames it.
+  for (size_t i = 0; i < n_vocab; ++i)
+    if (tokens_[i].empty()) tokens_[i] = "[EMPTY_" + std::to_string(i) + "]";
 
-  t->scores_.assign(n_vocab, 0.0f);
+  scores_.assign(n_vocab, 0.0f);
   if (f.find("tokenizer.ggml.scores") != nullptr) {
     const gguf::Array& scores = f.get_array("tokenizer.ggml.scores");
     if (scores.size() != n_vocab) {
@@ -123,67 +97,131 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const gguf::File& f) {
            " entries, expected " + std::to_string(n_vocab));
     }
     if (!scores.floats.empty()) {
-      for (size_t i = 0; i < n_vocab; ++i) t->scores_[i] = float(scores.floats[i]);
+      for (size_t i = 0; i < n_vocab; ++i) scores_[i] = float(scores.floats[i]);
     } else if (!scores.ints.empty()) {
-      for (size_t i = 0; i < n_vocab; ++i) t->scores_[i] = float(scores.ints[i]);
+      for (size_t i = 0; i < n_vocab; ++i) scores_[i] = float(scores.ints[i]);
     } else {
       fail("tokenizer.ggml.scores is not numeric");
     }
   }
 
-  t->types_.assign(n_vocab, kTypeNormal);
+  types_.assign(n_vocab, kTypeNormal);
   if (f.find("tokenizer.ggml.token_type") != nullptr) {
     const gguf::Array& types = f.get_array("tokenizer.ggml.token_type");
     if (types.size() != n_vocab || types.ints.size() != n_vocab) {
       fail("tokenizer.ggml.token_type has " + std::to_string(types.size()) +
            " entries (must be integers, one per token: " + std::to_string(n_vocab) + ")");
     }
-    for (size_t i = 0; i < n_vocab; ++i) t->types_[i] = int32_t(types.ints[i]);
+    for (size_t i = 0; i < n_vocab; ++i) {
+      const int64_t ty = types.ints[i];
+      if (ty < kTypeUndefined || ty > kTypeByte) {
+        fail("tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + std::to_string(ty) +
+             " is out of range (token types are 0..6)");
+      }
+      types_[i] = int32_t(ty);
+    }
   }
 
+  // Text -> id; on duplicate texts the last id wins (as in llama.cpp).
+  index_.reserve(n_vocab * 2);
+  for (size_t i = 0; i < n_vocab; ++i) index_[tokens_[i]] = Token(i);
+}
+
+void Tokenizer::load_special(const gguf::File& f) {
+  const size_t n_vocab = tokens_.size();
+  const bool spm = kind_ == VocabKind::spm;
   auto read_id = [&](const char* key, Token def) -> Token {
-    uint64_t v = f.get_uint_or(key, uint64_t(def));
+    // An absent key takes the default (SPM: llama.cpp's 1 / 2 / 0), which
+    // must also be a token.
+    const bool present = f.find(key) != nullptr;
+    if (!present && def < 0) return -1;
+    const uint64_t v = present ? f.get_uint(key) : uint64_t(def);
     if (v >= n_vocab) {
       fail(std::string(key) + " = " + std::to_string(v) + " is outside the vocabulary (" +
            std::to_string(n_vocab) + " tokens)");
     }
     return Token(v);
   };
-  t->bos_ = read_id("tokenizer.ggml.bos_token_id", 1);
-  t->eos_ = read_id("tokenizer.ggml.eos_token_id", 2);
-  t->unk_ = read_id("tokenizer.ggml.unknown_token_id", 0);
-  t->add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token", true);
-  t->add_eos_ = f.get_bool_or("tokenizer.ggml.add_eos_token", false);
-  t->add_space_prefix_ = f.get_bool_or("tokenizer.ggml.add_space_prefix", true);
+  bos_ = read_id("tokenizer.ggml.bos_token_id", spm ? 1 : -1);
+  eos_ = read_id("tokenizer.ggml.eos_token_id", spm ? 2 : -1);
+  unk_ = read_id("tokenizer.ggml.unknown_token_id", spm ? 0 : -1);
+  add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token", spm ? true : pre_.add_bos);
+  add_eos_ = f.get_bool_or("tokenizer.ggml.add_eos_token", false);
+  add_space_prefix_ = f.get_bool_or("tokenizer.ggml.add_space_prefix", spm);
+  if (add_bos_ && bos_ < 0) fail("tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is missing");
+  if (add_eos_ && eos_ < 0) fail("tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is missing");
 
-  // Text -> id; on duplicate texts the last id wins (as in llama.cpp).
-  t->index_.reserve(n_vocab * 2);
-  for (size_t i = 0; i < n_vocab; ++i) t->index_[t->tokens_[i]] = Token(i);
+  // Tokens llama.cpp recognises by text when the GGUF lacks their ids; each
+  // such token is treated as a control token.
+  auto find_text = [&](std::initializer_list<std::string_view> texts) -> Token {
+    for (std::string_view s : texts) {
+      auto it = index_.find(std::string(s));
+      if (it != index_.end()) return it->second;
+    }
+    return -1;
+  };
+  auto by_key_or_text = [&](const char* key, std::initializer_list<std::string_view> texts) -> Token {
+    Token id = read_id(key, -1);
+    if (id < 0) {
+      id = find_text(texts);
+      if (id >= 0) types_[size_t(id)] = kTypeControl;
+    }
+    return id;
+  };
+  eot_ = by_key_or_text("tokenizer.ggml.eot_token_id",
+                        {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
+                         "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"});
+  const Token eom = by_key_or_text("tokenizer.ggml.eom_token_id", {"<|eom_id|>"});
+  by_key_or_text("tokenizer.ggml.fim_pre_token_id",
+                 {"<|fim_prefix|>", "<fim-prefix>", "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "begin\xEF\xBD\x9C>", "<PRE>"});
+  by_key_or_text("tokenizer.ggml.fim_suf_token_id",
+                 {"<|fim_suffix|>", "<fim-suffix>", "<\xEF\xBD\x9C" "fim\xE2\x96\x81hole\xEF\xBD\x9C>", "<SUF>"});
+  by_key_or_text("tokenizer.ggml.fim_mid_token_id",
+                 {"<|fim_middle|>", "<fim-middle>", "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "end\xEF\xBD\x9C>", "<MID>"});
+  const Token fim_pad = by_key_or_text("tokenizer.ggml.fim_pad_token_id", {"<|fim_pad|>", "<fim-pad>", "<PAD>"});
+  const Token fim_rep = by_key_or_text("tokenizer.ggml.fim_rep_token_id",
+                                       {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>"});
+  const Token fim_sep = by_key_or_text("tokenizer.ggml.fim_sep_token_id", {"<|file_sep|>"});
 
-  // Byte fallback: <0xNN>, else the one-byte token, else <unk>.
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
-    auto it = t->index_.find(buf);
-    if (it == t->index_.end()) it = t->index_.find(std::string(1, char(b)));
-    t->byte_tokens_[b] = it != t->index_.end() ? it->second : t->unk_;
+  eog_.assign(n_vocab, 0);
+  for (Token id : {eos_, eot_, eom, fim_pad, fim_rep, fim_sep})
+    if (id >= 0) eog_[size_t(id)] = 1;
+  for (std::string_view s : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                             "<|eom_id|>", "<EOT>"}) {
+    auto it = index_.find(std::string(s));
+    if (it == index_.end()) continue;
+    eog_[size_t(it->second)] = 1;
+    types_[size_t(it->second)] = kTypeControl;
+  }
+
+  // Byte tokens: SPM falls back to <0xNN> (else the one-byte token, else
+  // <unk>); BPE has a token per mapped byte (set by load_bpe).
+  if (spm) {
+    for (int b = 0; b < 256; ++b) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+      auto it = index_.find(buf);
+      if (it == index_.end()) it = index_.find(std::string(1, char(b)));
+      byte_tokens_[b] = it != index_.end() ? it->second : unk_;
+    }
   }
 
   // Decoded piece of every token (llama.cpp token_to_piece, special=false).
-  t->pieces_.resize(n_vocab);
+  pieces_.resize(n_vocab);
   for (size_t i = 0; i < n_vocab; ++i) {
-    const std::string& text = t->tokens_[i];
-    switch (t->types_[i]) {
+    const std::string& text = tokens_[i];
+    switch (types_[i]) {
       case kTypeNormal:
-        t->pieces_[i] = replace_all(text, kSpace, " ");
+        pieces_[i] = spm ? replace_all(text, kSpace, " ") : bpe_token_bytes(text);
         break;
       case kTypeUserDefined:
-        t->pieces_[i] = text;
+        pieces_[i] = text;
         break;
       case kTypeByte: {
+        if (!spm) break;  // llama.cpp gives byte-type tokens of a BPE vocabulary no text
         int b = parse_byte_token(text);
         if (b < 0) fail("byte token " + std::to_string(i) + " has text '" + text + "', expected <0xNN>");
-        t->pieces_[i] = std::string(1, char(b));
+        pieces_[i] = std::string(1, char(b));
         break;
       }
       default:  // unknown, control, unused, undefined: no text
@@ -191,71 +229,26 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const gguf::File& f) {
     }
   }
 
-  // Tokens cut out of the raw text before SPM, longest text first (ties by id
-  // so the order is deterministic).
+  // Tokens cut out of the raw text before encoding, longest text first (ties
+  // by id so the order is deterministic).
   for (size_t i = 0; i < n_vocab; ++i) {
-    int32_t ty = t->types_[i];
-    if ((ty == kTypeControl || ty == kTypeUserDefined || ty == kTypeUnknown) &&
-        !t->tokens_[i].empty()) {
-      t->special_.push_back(Token(i));
-    }
+    int32_t ty = types_[i];
+    if (ty == kTypeControl || ty == kTypeUserDefined || ty == kTypeUnknown) special_.push_back(Token(i));
   }
-  std::stable_sort(t->special_.begin(), t->special_.end(), [&](Token a, Token b) {
-    return t->tokens_[size_t(a)].size() > t->tokens_[size_t(b)].size();
+  std::stable_sort(special_.begin(), special_.end(), [&](Token a, Token b) {
+    return tokens_[size_t(a)].size() > tokens_[size_t(b)].size();
   });
-  return t;
-}
 
-void Tokenizer::encode_spm(std::string_view text, std::vector<Token>& out) const {
-  // One symbol per UTF-8 character (an invalid byte is its own symbol).
-  std::vector<Symbol> symbols;
-  symbols.reserve(text.size());
-  for (size_t offs = 0; offs < text.size();) {
-    size_t n = std::min(utf8_len(static_cast<unsigned char>(text[offs])), text.size() - offs);
-    int index = int(symbols.size());
-    symbols.push_back({index - 1, offs + n == text.size() ? -1 : index + 1, offs, n});
-    offs += n;
-  }
-
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
-  std::string scratch;
-  auto try_add = [&](int left, int right) {
-    if (left < 0 || right < 0) return;
-    const Symbol& l = symbols[size_t(left)];
-    const Symbol& r = symbols[size_t(right)];
-    scratch.assign(text.substr(l.offset, l.n + r.n));
-    auto it = index_.find(scratch);
-    if (it == index_.end()) return;
-    queue.push({left, right, scores_[size_t(it->second)], scratch.size()});
-  };
-  for (int i = 1; i < int(symbols.size()); ++i) try_add(i - 1, i);
-
-  while (!queue.empty()) {
-    Bigram b = queue.top();
-    queue.pop();
-    Symbol& l = symbols[size_t(b.left)];
-    Symbol& r = symbols[size_t(b.right)];
-    // Stale: one side was merged away or grew since this pair was queued.
-    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;
-    l.n += r.n;
-    r.n = 0;
-    l.next = r.next;
-    if (r.next >= 0) symbols[size_t(r.next)].prev = b.left;
-    try_add(l.prev, b.left);
-    try_add(b.left, l.next);
-  }
-
-  // Every merged symbol is a vocabulary token by construction; only single
-  // characters can be missing, and those fall back to bytes.
-  for (int i = symbols.empty() ? -1 : 0; i != -1; i = symbols[size_t(i)].next) {
-    const Symbol& s = symbols[size_t(i)];
-    scratch.assign(text.substr(s.offset, s.n));
-    auto it = index_.find(scratch);
-    if (it != index_.end()) {
-      out.push_back(it->second);
-    } else {
-      for (char c : scratch) out.push_back(byte_tokens_[static_cast<unsigned char>(c)]);
-    }
+  // llama.cpp strips the whitespace after Phi-3's special tokens (their
+  // tokenizer.json marks them rstrip), chosen by the model name.
+  rstrip_.assign(n_vocab, 0);
+  std::string name = f.find("general.name") ? f.get_string("general.name") : "";
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  if (name.find("phi-3") != std::string::npos || name.find("phi3") != std::string::npos) {
+    for (Token id : special_) rstrip_[size_t(id)] = 1;
+    if (Token id = find_text({"</s>"}); id >= 0) rstrip_[size_t(id)] = 1;
+    for (std::string_view s : {"<unk>", "<s>", "<|endoftext|>"})
+      if (Token id = find_text({s}); id >= 0) rstrip_[size_t(id)] = 0;
   }
 }
 
@@ -292,6 +285,8 @@ std::vector<Token> Tokenizer::encode(std::string_view text, bool add_special,
         if (hit > pos) next.push_back({-1, fr.offset + pos, hit - pos});
         next.push_back({id, 0, 0});
         pos = hit + st.size();
+        if (rstrip_[size_t(id)])
+          while (pos < raw.size() && c_space(raw[pos])) ++pos;
       }
       if (pos < raw.size()) next.push_back({-1, fr.offset + pos, raw.size() - pos});
     }
@@ -309,6 +304,10 @@ std::vector<Token> Tokenizer::encode(std::string_view text, bool add_special,
       prev_special = true;
       continue;
     }
+    if (kind_ == VocabKind::bpe) {
+      encode_bpe(text.substr(fr.offset, fr.length), out);
+      continue;
+    }
     buf.clear();
     if (add_space_prefix_ && prev_special) buf.push_back(' ');
     buf.append(text.substr(fr.offset, fr.length));
@@ -320,15 +319,20 @@ std::vector<Token> Tokenizer::encode(std::string_view text, bool add_special,
   return out;
 }
 
-std::string Tokenizer::piece(Token t) const {
+std::string Tokenizer::piece(Token t) const { return piece(t, false); }
+
+std::string Tokenizer::piece(Token t, bool special) const {
   if (t < 0 || size_t(t) >= pieces_.size()) {
     fail("token id " + std::to_string(t) + " is outside the vocabulary (" +
          std::to_string(pieces_.size()) + " tokens)");
   }
+  const int32_t ty = types_[size_t(t)];
+  if (special && (ty == kTypeControl || ty == kTypeUnknown)) return tokens_[size_t(t)];
   return pieces_[size_t(t)];
 }
 
 std::string Tokenizer::decode(const std::vector<Token>& tokens) const {
+  if (kind_ == VocabKind::bpe) return decode(tokens, false);
   std::string out;
   bool strip = add_space_prefix_;  // the space encode() prefixed
   for (Token t : tokens) {
@@ -342,74 +346,14 @@ std::string Tokenizer::decode(const std::vector<Token>& tokens) const {
   return out;
 }
 
-// ---- StreamDecoder ----------------------------------------------------------
-
-namespace {
-
-constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
-
-// Checks the UTF-8 sequence starting at s[0]. Returns:
-//   > 0: length of a complete valid sequence;
-//   0:   a valid but incomplete prefix (all of s) — wait for more bytes;
-//   < 0: invalid; -k means the maximal invalid subpart is k bytes (k >= 1).
-int check_utf8(std::string_view s) {
-  const auto c0 = static_cast<unsigned char>(s[0]);
-  if (c0 < 0x80) return 1;
-  int len;
-  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  if (c0 >= 0xC2 && c0 <= 0xDF) {
-    len = 2;
-  } else if (c0 >= 0xE0 && c0 <= 0xEF) {
-    len = 3;
-    if (c0 == 0xE0) lo = 0xA0;       // no overlong forms
-    if (c0 == 0xED) hi = 0x9F;       // no surrogates
-  } else if (c0 >= 0xF0 && c0 <= 0xF4) {
-    len = 4;
-    if (c0 == 0xF0) lo = 0x90;       // no overlong forms
-    if (c0 == 0xF4) hi = 0x8F;       // <= U+10FFFF
-  } else {
-    return -1;  // continuation byte or never-valid lead byte
-  }
-  for (int i = 1; i < len; ++i) {
-    if (size_t(i) >= s.size()) return 0;
-    const auto c = static_cast<unsigned char>(s[size_t(i)]);
-    const unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-    if (c < l || c > h) return -i;
-  }
-  return len;
-}
-
-}  // namespace
-
-std::string StreamDecoder::push(Token t) {
-  std::string p = tok_->piece(t);
-  if (first_) {
-    if (p.empty()) return {};  // control tokens before the text
-    first_ = false;
-    if (tok_->add_space_prefix() && p[0] == ' ') p.erase(0, 1);
-  }
-  pending_ += p;
+std::string Tokenizer::decode(const std::vector<Token>& tokens, bool special) const {
   std::string out;
-  size_t i = 0;
-  while (i < pending_.size()) {
-    int r = check_utf8(std::string_view(pending_).substr(i));
-    if (r == 0) break;  // hold back the incomplete tail
-    if (r > 0) {
-      out.append(pending_, i, size_t(r));
-      i += size_t(r);
-    } else {
-      out += kReplacement;
-      i += size_t(-r);
-    }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    std::string p = piece(tokens[i], special);
+    if (i == 0 && add_space_prefix_ && !p.empty() && p[0] == ' ') p.erase(0, 1);
+    out += p;
   }
-  pending_.erase(0, i);
-  return out;
-}
-
-std::string StreamDecoder::flush() {
-  std::string out;
-  if (!pending_.empty()) out = kReplacement;  // a truncated sequence
-  pending_.clear();
+  if (kind_ == VocabKind::bpe && pre_.clean_spaces) clean_spaces(out);
   return out;
 }
 
