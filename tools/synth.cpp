@@ -289,7 +289,8 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
   ModelShape shape = opts.shape;
   if (opts.type != DType::f32 && opts.type != DType::f16 && opts.type != DType::bf16 &&
       opts.type != DType::q8_0)
-    throw std::invalid_argument("synth: unsupported weight type");
+    throw std::invalid_argument(std::string("synth: weight type ") + quant::dtype_name(opts.type) +
+                                " is not generated (f32|f16|bf16|q8_0); write f16 and use `defkv quantize`");
   shape.validate(opts.type);
 
   SynthResult res;
