@@ -94,7 +94,7 @@ int run_synth(const SynthArgs& a) {
     opts.vocab.from_path = a.vocab_from;
   } else if (!a.synthetic_vocab) {
     opts.vocab.from_path = tools::default_vocab_file(shape.n_vocab);
-    if (opts.vocab.from_path.empty() && (shape.n_vocab == 32000 || shape.n_vocab == 512))
+    if (opts.vocab.from_path.empty() && tools::known_vocab_file(shape.n_vocab))
       std::fprintf(stderr,
                    "synth: note: the shared tokenizer for vocab %u was not found (set "
                    "DEFKV_SHARED); using a synthetic SPM vocabulary\n",
@@ -148,7 +148,8 @@ Handler register_synth(CLI::App& app) {
       "Vocabulary: --vocab-from copies tokenizer.* from a GGUF (its token count must equal "
       "the vocab). Default: vocab 32000 uses ../shared/models/tokenizers/"
       "ggml-vocab-llama-spm.gguf (TinyLlama's real vocab), vocab 512 the stories260K "
-      "tokenizer; any other size gets a synthetic llama-SPM vocab (<unk> <s> </s>, 256 byte "
+      "tokenizer, 128256 / 151936 / 32064 the Llama 3 / Qwen / Phi-3 vocabularies of "
+      "../shared/testdata/tokenizers; any other size gets a synthetic llama-SPM vocab (<unk> <s> </s>, 256 byte "
       "tokens, then letter-string filler pieces): self-consistent, but not the model's real "
       "tokenizer.\nThe file is written tensor by tensor (memory stays small); progress on "
       "stderr.");

@@ -40,19 +40,20 @@ const std::vector<ModelShape>& known_shapes() {
        "TinyLlama-1.1B (Llama-2 vocab, untied head)."},
       {"llama-3.2-1b", 2048, 16, 32, 8, 8192, 128256, 8192, 0, 500000.0f, 1e-5f, true,
        "Llama-3.2-1B: tied head, Llama 3 RoPE scaling (rope_freqs.weight: factor 32, "
-       "original context 8192); context metadata capped to 8192 (real: 131072); synthetic SPM "
-       "vocab (real: tiktoken BPE)."},
+       "original context 8192); context metadata capped to 8192 (real: 131072); the real Llama 3 "
+       "byte-level BPE vocab and chat template when the shared tokenizer files are found."},
       {"qwen2.5-0.5b", 896, 24, 14, 2, 4864, 151936, 8192, 0, 1000000.0f, 1e-6f, true,
        "Qwen2.5-0.5B: qwen2 architecture (q/k/v biases, NeoX RoPE), tied head; context "
-       "metadata capped to 8192 (real: 32768); synthetic SPM vocab (real: BPE)."},
+       "metadata capped to 8192 (real: 32768); the real Qwen byte-level BPE vocab when found."},
       {"qwen3-0.6b", 1024, 28, 16, 8, 3072, 151936, 8192, 128, 1000000.0f, 1e-6f, true,
        "Qwen3-0.6B: qwen3 architecture (per-head q/k RMSNorm, head dim 128, NeoX RoPE), tied "
-       "head; context metadata capped to 8192 (real: 40960); synthetic SPM vocab (real: BPE)."},
+       "head; context metadata capped to 8192 (real: 40960); the real Qwen3 byte-level BPE vocab and "
+       "chat template when found."},
       {"phi-3.5-mini", 3072, 32, 32, 32, 8192, 32064, 8192, 0, 10000.0f, 1e-5f, false,
        "Phi-3.5-mini: phi3 architecture (fused attn_qkv and gate/up, NeoX RoPE), untied head, "
        "sliding_window 262144 as in its GGUF; the LongRoPE factors are not written (defkv "
        "refuses LongRoPE), so RoPE is plain base 10000; context metadata capped to 8192 "
-       "(real: 131072); synthetic SPM vocab (real: Llama-2 SPM + 64 added tokens)."},
+       "(real: 131072); the real Phi-3 SPM vocab (32,064 tokens) when found."},
       {"smollm2-360m", 960, 32, 15, 5, 2560, 49152, 8192, 0, 100000.0f, 1e-5f, true,
        "SmolLM2-360M: tied head; synthetic SPM vocab (real: GPT-2-style BPE)."},
       {"smollm2-135m", 576, 30, 9, 3, 1536, 49152, 8192, 0, 100000.0f, 1e-5f, true,
@@ -289,13 +290,23 @@ std::string find_shared_dir() {
   return {};
 }
 
+const char* known_vocab_file(uint32_t n_vocab) {
+  // The real tokenizers of the named shapes, as the shared folder holds them.
+  switch (n_vocab) {
+    case 512: return "models/stories260K/stories260K.gguf";
+    case 32000: return "models/tokenizers/ggml-vocab-llama-spm.gguf";
+    case 32064: return "testdata/tokenizers/ggml-vocab-phi-3.gguf";
+    case 128256: return "testdata/tokenizers/ggml-vocab-llama-bpe.gguf";
+    case 151936: return "testdata/tokenizers/ggml-vocab-qwen2.gguf";
+    default: return nullptr;
+  }
+}
+
 std::string default_vocab_file(uint32_t n_vocab) {
+  const char* rel = known_vocab_file(n_vocab);
   const std::string shared = find_shared_dir();
-  if (shared.empty()) return {};
-  fs::path p;
-  if (n_vocab == 32000) p = fs::path(shared) / "models/tokenizers/ggml-vocab-llama-spm.gguf";
-  else if (n_vocab == 512) p = fs::path(shared) / "models/stories260K/stories260K.gguf";
-  else return {};
+  if (!rel || shared.empty()) return {};
+  const fs::path p = fs::path(shared) / rel;
   std::error_code ec;
   return fs::is_regular_file(p, ec) ? p.string() : std::string();
 }

@@ -148,9 +148,11 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
 // Where the shared models live: $DEFKV_SHARED, else ../shared relative to the
 // working directory, else relative to the defkv executable. Empty if none.
 std::string find_shared_dir();
-// The default vocabulary file for a vocab size: the Llama-2 SPM vocab for
-// 32000, the stories260K tokenizer for 512; empty (synthesize) otherwise or
-// when the shared directory is missing.
+// The shared folder's file (relative to it) with the real tokenizer of a
+// named shape's vocabulary size, or null when there is none.
+const char* known_vocab_file(uint32_t n_vocab);
+// That file's path in the shared directory; empty (synthesize) when there is
+// none or the shared directory is missing.
 std::string default_vocab_file(uint32_t n_vocab);
 
 }  // namespace defkv::tools
