@@ -117,6 +117,10 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
                     (bounded && p.interim_policy && needs_value_norms(*p.interim_policy))))
     n_aux_ = 1;
   if (budgeted_ && p.evict.running_max && is_defensive(p.evict.policy)) n_aux_ = 2;
+  has_vnorm_ = n_aux_ >= 1;
+  has_rmax_ = n_aux_ >= 2;
+  lookahead_ = bounded && p.evict.policy != evict::Policy::streaming;  // streaming scores nothing
+  if (lookahead_) la_slot_ = n_aux_++;  // the entry's lookahead score
   kv::CacheConfig cc;
   cc.n_layer = L;
   cc.n_head_kv = Hkv;
@@ -197,12 +201,12 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     hooks_.q_ring = q_ring_.data();
     hooks_.q_ring_pos = q_ring_pos_.data();
     hooks_.q_ring_len = ring_len_;
-    hooks_.aux_value_norm = n_aux_ >= 1;
+    hooks_.aux_value_norm = has_vnorm_;
     // Bounded decoding defers the value norms of single tokens and computes
     // them batched before the next round (or when the stash is full): one
     // W_o pass per token for the norms alone would cost more than the rest
     // of the token's attention at long context.
-    if (bounded && n_aux_ >= 1) {
+    if (bounded && has_vnorm_) {
       stash_cap_ = std::min<uint32_t>(slack_, 64);
       v_stash_.assign(size_t(L) * stash_cap_ * Hkv * d, 0.0f);
       stash_norms_.assign(size_t(stash_cap_) * Hkv, 0.0f);
@@ -223,6 +227,7 @@ Context::Context(const model::Model& model, const ContextParams& params) : model
     }
     scores_.resize(L);
     new_max_.resize(L);
+    if (lookahead_) init_lookahead();
     keep_.resize(L);
   }
   stats_.kv_bytes_reserved = cache_->bytes_reserved();
@@ -241,6 +246,8 @@ void Context::reset() {
   last_round_end_ = 0;
   prompt_len_ = 0;
   oneshot_done_ = false;
+  sink_tokens_.clear();
+  la_active_ = false;
   if (params_.kv_ratio) budget_ = 0;
   std::fill(q_ring_pos_.begin(), q_ring_pos_.end(), -1);
   stats_ = Stats{};
@@ -308,6 +315,11 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
   const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
   const uint64_t ceiling = uint64_t(budget_) + std::max(chunk_, slack_);
   const uint32_t V = model_.config().n_vocab;
+  for (size_t i = 0; n_past_ + i < params_.evict.n_sink && i < tokens.size(); ++i)
+    if (sink_tokens_.size() == n_past_ + i) sink_tokens_.push_back(tokens[i]);
+  // The lookahead is for this call's interim rounds only.
+  struct LaOff { bool& a; ~LaOff() { a = false; } } la_off{la_active_};
+  if (bounded && lookahead_ && tokens.size() > chunk_) probe_lookahead(tokens);
   for (size_t off = 0; off < tokens.size(); off += chunk_) {
     const uint32_t n = uint32_t(std::min<size_t>(chunk_, tokens.size() - off));
     check_cancel();
@@ -352,6 +364,7 @@ std::span<const float> Context::step(int32_t token) {
     throw std::length_error("context: full (n_ctx = " + std::to_string(n_ctx_) + " positions)");
   const auto t0 = Clock::now();
   finish_oneshot();
+  if (n_past_ < params_.evict.n_sink && sink_tokens_.size() == n_past_) sink_tokens_.push_back(token);
   const bool bounded = budgeted_ && schedule_ == Schedule::bounded;
   if (bounded) {
     // Safety net: after an eval() that ended between rounds there may not be

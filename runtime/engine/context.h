@@ -242,6 +242,10 @@ class Context {
   void score_passes(uint32_t layer, EvictLane& lane, const EvictRound& round);
   void fix_ratio_budget(uint32_t prompt_tokens);
   void note_usage();
+  // Lookahead (runtime/engine/lookahead.cpp).
+  void init_lookahead();
+  void probe_lookahead(std::span<const int32_t> tokens);
+  void lookahead_layer(uint32_t l, EvictLane& lane, const EvictRound& round);
   // Computes the value norms of the decode tokens whose aux[0] is pending
   // (stashed values, see ForwardHooks::v_stash), batched, and writes them
   // into the cache. Logically const: the norms are what forward() would have
@@ -302,6 +306,7 @@ class Context {
     bool defensive = false;   // defensivekv / layer-defensivekv
     bool layerwise = false;   // one selection over all layers
     bool want_max = false;    // the running max is kept (aux[1])
+    bool lookahead = false;   // interim round ranked by the stored lookahead scores
   };
   std::vector<int32_t> q_win_pos_;           // [window] this round's window positions
   std::vector<std::vector<float>> pass_scores_;   // [n_head_kv][n_h] one extra pass (score_all_queries)
@@ -313,6 +318,27 @@ class Context {
   std::vector<std::vector<std::vector<uint8_t>>> keep_;   // [n_layer][n_head_kv][n_h]
 
   mutable Stats stats_;
+
+  // Lookahead: before a bounded prefill that will have interim rounds, the
+  // last `window` tokens of the fed text are run once at their true
+  // positions over the sinks only (a scratch cache), and their queries score
+  // every entry once with a fixed normaliser (evict/lookahead.h), stored in
+  // aux slot la_slot_. Interim rounds rank by that score.
+  bool has_vnorm_ = false;             // aux[0] holds value norms
+  bool has_rmax_ = false;              // aux[1] holds the running max
+  bool lookahead_ = false;             // the mechanism is on (bounded schedule)
+  bool la_active_ = false;             // this prefill has probe queries
+  uint32_t la_slot_ = 0;               // aux slot of the lookahead score
+  int64_t la_from_ = 0;                // entries at positions >= this are (re)scored next round
+  uint32_t la_n_query_ = 0;
+  std::unique_ptr<kv::KvCache> la_cache_;  // sinks + probe tokens
+  std::vector<float> la_ring_;         // [n_layer, n_head, window, head_dim] probe query ring
+  std::vector<int32_t> la_ring_pos_;   // [window]
+  std::vector<float> la_q_;            // [n_layer, n_head, n_query, head_dim] by position
+  std::vector<int32_t> la_q_pos_;      // [n_query]
+  std::vector<float> la_lse_;          // [n_layer, n_head, n_query]
+  std::vector<int32_t> sink_tokens_;   // the first n_sink tokens of the sequence
+  std::vector<int32_t> la_tok_, la_pos_;  // probe batch
 
   // Embedding-API support (context_state.cpp).
   void save_ring(uint32_t first_pos, uint32_t n);   // before a forward over [first_pos, first_pos + n)

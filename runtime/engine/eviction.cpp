@@ -21,13 +21,15 @@ void Context::evict_now(bool interim) {
   const model::Config& mc = model_.config();
   const uint32_t L = mc.n_layer, H = mc.n_head, Hkv = mc.n_head_kv, d = mc.head_dim, W = window_;
   EvictRound rd;
-  // Interim prefill rounds may use another policy (ContextParams::interim_policy).
-  rd.interim = interim && params_.interim_policy.has_value() && schedule_ == Schedule::bounded;
+  // Interim prefill rounds rank by the lookahead when the prefill has one
+  // (context.h); otherwise they may use another policy (interim_policy).
+  rd.lookahead = interim && la_active_ && schedule_ == Schedule::bounded;
+  rd.interim = interim && !rd.lookahead && params_.interim_policy.has_value() && schedule_ == Schedule::bounded;
   rd.ep = params_.evict;
   if (rd.interim) rd.ep.policy = *params_.interim_policy;
   rd.defensive = rd.ep.policy == evict::Policy::defensivekv || rd.ep.policy == evict::Policy::layer_defensivekv;
   rd.layerwise = rd.ep.policy == evict::Policy::layer_defensivekv;
-  rd.want_max = n_aux_ >= 2 && rd.defensive;
+  rd.want_max = has_rmax_ && rd.defensive;
   const uint32_t n_window = rd.n_window = std::min<uint32_t>(W, n_past_);
   if (schedule_ == Schedule::oneshot && params_.kv_ratio)
     rd.budget = evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, Hkv, L);
@@ -46,7 +48,7 @@ void Context::evict_now(bool interim) {
   // end_k = n_past - k*W, over each head's entries before end_k; only whole
   // windows of queries fed since the last round (and still in the ring).
   uint32_t& n_pass = rd.n_pass;
-  if (R > W && n_window == W) {
+  if (R > W && n_window == W && !rd.lookahead) {
     for (;;) {
       if (uint64_t(n_pass + 1) * W > R) break;
       const uint64_t end = uint64_t(n_past_) - uint64_t(n_pass) * W;
@@ -115,6 +117,8 @@ void Context::evict_now(bool interim) {
     for (uint32_t hk = 0; hk < Hkv; ++hk) cache_->retain(l, hk, keep_[l][hk].data());
   }
   last_round_end_ = n_past_;
+  // The newest kernel/2 entries were pooled without their right neighbours.
+  if (rd.lookahead) la_from_ = int64_t(n_past_) - int64_t(params_.evict.kernel / 2);
   stats_.evict_rounds += 1;
   stats_.evict_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -159,7 +163,7 @@ void Context::score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& r
     hv.pos = lane.pos.data() + off;
     hv.vnorm = nullptr;
     hv.prev_max = nullptr;
-    if (n_aux_ >= 1) {
+    if (has_vnorm_) {
       for (uint32_t i = 0; i < n; ++i) lane.vnorm[off + i] = lane.aux[(off + i) * n_aux_];
       hv.vnorm = lane.vnorm.data() + off;
     }
@@ -169,7 +173,15 @@ void Context::score_round_layer(uint32_t l, EvictLane& lane, const EvictRound& r
     }
     off += n;
   }
-  evict::score_layer(view, rd.ep, rd.budget, lane.scratch, scores_[l], nullptr, rd.want_max ? &new_max_[l] : nullptr);
+  if (rd.lookahead) {
+    lookahead_layer(l, lane, rd);
+    if (rd.want_max) {  // not scored by a window: stored maxima stay
+      new_max_[l].resize(Hkv);
+      for (uint32_t hk = 0; hk < Hkv; ++hk) new_max_[l][hk].assign(view.heads[hk].n, std::nanf(""));
+    }
+  } else {
+    evict::score_layer(view, rd.ep, rd.budget, lane.scratch, scores_[l], nullptr, rd.want_max ? &new_max_[l] : nullptr);
+  }
   if (rd.n_pass > 1) {
     score_passes(l, lane, rd);
     // q_win_pos_ now holds older windows: restore this round's window
