@@ -22,7 +22,7 @@ void lookahead_scores(const LookaheadQueries& lq, uint32_t hk, const float* k, c
   if (first > n) throw std::invalid_argument("lookahead_scores: first > n");
   const auto& K = simd::k();
   const uint32_t G = lq.n_head / lq.n_head_kv, d = lq.head_dim, half = kernel / 2, nq = lq.n_query;
-  const bool use_max = policy == Policy::defensivekv || policy == Policy::layer_defensivekv;
+  const bool use_max = traits(policy).defensive;
   const uint32_t m = n - first;
   std::fill(out, out + m, 0.0f);
   if (m == 0 || nq == 0) return;
