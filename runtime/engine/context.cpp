@@ -197,10 +197,10 @@ void Context::evict_now(bool interim) {
   flush_value_norms();
   const model::Config& mc = model_.config();
   RoundSpec spec;
-  // Interim prefill rounds rank by the prefill's lookahead when it has one;
-  // otherwise they may use another policy (ContextParams::interim_policy).
+  // Interim prefill rounds use ContextParams::interim_policy when set, else
+  // rank by the prefill's lookahead when it has one.
+  spec.interim = interim && params_.interim_policy.has_value() && plan_.bounded;
   if (interim && lookahead_ && lookahead_->active()) spec.lookahead = lookahead_.get();
-  spec.interim = interim && !spec.lookahead && params_.interim_policy.has_value() && plan_.bounded;
   spec.params = params_.evict;
   if (spec.interim) spec.params.policy = *params_.interim_policy;
   spec.n_past = n_past_;

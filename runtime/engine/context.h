@@ -92,6 +92,9 @@ class Context {
   const model::Model& model() const { return model_; }
   // Read-only view of the cache, for introspection (sizes, positions, bytes).
   const kv::KvCache& cache() const { return *cache_; }
+  // The last prefill's lookahead probe (lookahead.h), null when the plan has
+  // none; introspection.
+  const Lookahead* lookahead() const { return lookahead_.get(); }
   Stats stats() const;  // with the KV byte counters of now
   // The logits of the last evaluated token [n_vocab] (as eval()/step() returned).
   std::span<const float> logits() const { return {logits_.data(), logits_.size()}; }

@@ -41,7 +41,7 @@ struct Plan {
   uint32_t window = 0;         // observation window (queries kept for a round)
   uint32_t n_aux = 0;          // aux floats per KV entry (AuxSlot)
   bool value_norms = false;    // kAuxValueNorm is filled
-  bool lookahead = false;      // bounded with a scored policy: interim rounds use a Lookahead
+  bool lookahead = false;      // bounded, a scored policy, no interim_policy: interim rounds use a Lookahead
   kv::CacheConfig cache;       // the pool, capacity_entries included
   // Bounded: entries per head may reach budget + max(chunk, slack) before a
   // round brings them back (the ceiling the pool is sized for).
