@@ -45,8 +45,7 @@ struct QueryTap final : model::LayerObserver {
   std::vector<std::vector<float>> q;  // [layer] -> [n_tokens, n_head, head_dim]
   void on_layer(const model::LayerTensors& t) override {
     if (q.size() <= t.layer) q.resize(t.layer + 1);
-    const auto& c = cfg;
-    q[t.layer].assign(t.q, t.q + size_t(t.n_tokens) * c->n_head * c->head_dim);
+    q[t.layer].assign(t.q, t.q + size_t(t.n_tokens) * cfg->n_head * cfg->head_dim);
   }
   const model::Config* cfg = nullptr;
 };
@@ -79,7 +78,7 @@ TEST_CASE("lookahead_scores follow their definition", "[lookahead][evict]") {
         std::vector<float> out(n - first), scratch;
         evict::lookahead_scores(lq, hk, k.data(), pos.data(), n, first, pol, 5, out.data(), scratch);
         for (uint32_t j = first; j < n; ++j) {
-          double agg = pol == evict::Policy::defensivekv ? 0.0 : 0.0;
+          double agg = 0.0;
           for (uint32_t g = 0; g < G; ++g)
             for (uint32_t i = 0; i < nq; ++i) {
               const uint32_t h = hk * G + g;
