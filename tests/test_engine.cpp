@@ -415,7 +415,9 @@ TEST_CASE("plan_context: budget, chunk, slack and pool from the model config and
       CHECK(pl.budget == std::min<uint32_t>(uint32_t(budget), 1000));
       CHECK(pl.chunk == chunk);
       CHECK(pl.slack == 32);  // = window
-      CHECK(pl.n_aux == 1);   // defensivekv weights by value norms
+      CHECK(pl.value_norms);  // defensivekv weights by value norms
+      CHECK(pl.lookahead);    // bounded, scored: the lookahead's slot too
+      CHECK(pl.n_aux == 2);
       CHECK(pl.ceiling_tokens() == pl.budget + std::max<uint32_t>(chunk, 32));
       CHECK(pl.cache.capacity_entries == pool(std::min<uint64_t>(pl.budget + chunk, 1000) + 16));
     }
@@ -439,8 +441,15 @@ TEST_CASE("plan_context: budget, chunk, slack and pool from the model config and
     CHECK(pl.budget == 0);
     CHECK(pl.budget_max == 500);
     CHECK(pl.chunk == 128);  // 500 / 3 = 166 -> 128
-    CHECK(pl.n_aux == 0);    // snapkv needs no value norms
+    CHECK(!pl.value_norms);  // snapkv needs no value norms
+    CHECK(pl.n_aux == 2);    // slot 1: the lookahead score (slot 0 unused)
     CHECK(pl.cache.capacity_entries == pool(500 + 128 + 16));
+    p.interim_policy = evict::Policy::adakv;  // an interim policy replaces the lookahead
+    CHECK(engine::plan_context(mc, p).n_aux == 0);
+    p.interim_policy.reset();
+    p.evict.policy = evict::Policy::streaming;  // scores nothing: no lookahead
+    CHECK(engine::plan_context(mc, p).n_aux == 0);
+    p.evict.policy = evict::Policy::snapkv;
     CHECK(engine::ratio_budget(p, 300) == 150);
     CHECK_THROWS_AS(engine::ratio_budget(p, 40), engine::ParamError);  // 20 < window + sinks
   }
@@ -663,8 +672,7 @@ TEST_CASE("bounded interim_policy scores every prefill round but the last with t
   CHECK(rounds.back().second == evict::Policy::layer_defensivekv);
 
   engine::ContextParams q = p;
-  q.evict.policy = evict::Policy::criticalkv;
-  q.interim_policy.reset();
+  q.evict.policy = evict::Policy::criticalkv;  // its interim rounds too: window scores, no lookahead
   engine::Context oracle(stories(), q);
   oracle.eval(std::vector<int32_t>(prompt.begin(), prompt.begin() + 256));
   REQUIRE(after_4.size() == 20);

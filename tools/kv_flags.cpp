@@ -195,8 +195,8 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
       ->capture_default_str();
   sub->add_option("--kv-interim-policy", f.interim_policy,
                   "Bounded schedule: score the prefill eviction rounds before a prompt's last chunk with this "
-                  "scored policy (e.g. criticalkv with a defensive --kv-policy); the last round and decoding "
-                  "use --kv-policy (default: --kv-policy everywhere)")
+                  "scored policy's window instead of the default lookahead of the prompt's tail (the same as "
+                  "--kv-policy: the window-scored schedule); the last round and decoding use --kv-policy")
       ->check(CLI::IsMember([] {
         std::vector<std::string> v = policy_names();
         v.push_back("layer_defensivekv");

@@ -301,12 +301,14 @@ typedef struct defkv_context_params {
 
   uint32_t kv_pool;          /* score pooling kernel (odd); 0: 5 */
   /* Bounded schedule (docs/eval/RESULTS.md, "Bounded schedule"): */
-  int32_t kv_interim_policy; /* < 0 (default, -1): kv_policy everywhere. Else a defkv_kv_policy
-                                scoring the prefill eviction rounds before the last chunk of each
-                                defkv_eval (the last round, whose window is the prompt's end, and
-                                decoding rounds use kv_policy), e.g. DEFKV_POLICY_CRITICALKV with
-                                a defensive kv_policy. Must be a scored policy (not STREAMING).
-                                Ignored by the oneshot schedule and without a budget. */
+  int32_t kv_interim_policy; /* < 0 (default, -1): the prefill eviction rounds before the last
+                                chunk of each defkv_eval rank entries by a lookahead of the fed
+                                text's last window tokens. Else a defkv_kv_policy scoring those
+                                rounds with its own window instead (the last round, whose window
+                                is the prompt's end, and decoding rounds use kv_policy); kv_policy
+                                itself gives the window-scored schedule the lookahead replaced.
+                                Must be a scored policy (not STREAMING). Ignored by the oneshot
+                                schedule and without a budget. */
 } defkv_context_params;
 
 /* Fills *p with the defaults and sets struct_size. */

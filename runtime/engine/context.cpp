@@ -38,12 +38,14 @@ Context::Context(const model::Model& model, const ContextParams& params)
   // pass per token for the norms alone would cost more than the rest of the
   // token's attention at long context. 64 tokens bound the stash's memory.
   const uint32_t stash = plan_.bounded ? std::min<uint32_t>(plan_.slack, 64) : 0;
-  recorder_ = std::make_unique<LayerRecorder>(model, plan_.budgeted ? plan_.window : 0, plan_.n_aux > kAuxValueNorm,
+  recorder_ = std::make_unique<LayerRecorder>(model, plan_.budgeted ? plan_.window : 0, plan_.value_norms,
                                               stash, plan_.chunk, ws_->n_threads());
   if (plan_.evict_layers.size() < mc.n_layer) trim_keep_.resize(size_t(cc.capacity_entries));
   if (plan_.budgeted)
-    round_ = std::make_unique<EvictRound>(mc, plan_.window, plan_.n_aux, ws_->n_threads(),
+    round_ = std::make_unique<EvictRound>(mc, plan_.window, plan_.n_aux, plan_.value_norms, ws_->n_threads(),
                                           size_t(cc.capacity_entries / mc.n_layer));
+  if (plan_.lookahead)
+    lookahead_ = std::make_unique<Lookahead>(model, params_.evict, cc.page_tokens, plan_.chunk, ws_->n_threads());
   stats_.kv_bytes_reserved = cache_->bytes_reserved();
 }
 
@@ -57,6 +59,7 @@ Stats Context::stats() const {
 void Context::reset() {
   cache_->clear();
   recorder_->clear();
+  if (lookahead_) lookahead_->clear();
   n_past_ = 0;
   prompt_len_ = 0;
   oneshot_done_ = false;
@@ -99,6 +102,16 @@ void Context::prefill(std::span<const int32_t> tokens, float* all_logits) {
   finish_oneshot();     // a oneshot round cancelled during the previous call
   flush_value_norms();  // pending entries must stay the newest of their heads
   if (prompt_len_ == 0) prompt_len_ = uint32_t(tokens.size());
+  // A prefill with interim rounds probes its tail first; the lookahead
+  // serves this call's interim rounds only.
+  struct Deactivate {
+    Lookahead* la;
+    ~Deactivate() { if (la) la->deactivate(); }
+  } deactivate{lookahead_.get()};
+  if (lookahead_) {
+    lookahead_->note_tokens(n_past_, tokens);
+    if (tokens.size() > plan_.chunk) lookahead_->probe(*ws_, n_past_, tokens, cancel_);
+  }
   const uint32_t V = model_.config().n_vocab, chunk = plan_.chunk;
   for (size_t off = 0; off < tokens.size(); off += chunk) {
     const uint32_t n = uint32_t(std::min<size_t>(chunk, tokens.size() - off));
@@ -122,6 +135,7 @@ std::span<const float> Context::step(int32_t token) {
     throw std::length_error("context: full (n_ctx = " + std::to_string(plan_.n_ctx) + " positions)");
   const auto t0 = Clock::now();
   finish_oneshot();
+  if (lookahead_) lookahead_->note_tokens(n_past_, {&token, 1});
   make_room(1, /*interim=*/false);  // an eval() may have ended between rounds
   if (recorder_->stash_full()) flush_value_norms();
   run_batch(&token, 1, logits_.data(), false, /*defer=*/true);  // the norm may wait (recorder.h)
@@ -185,8 +199,10 @@ void Context::evict_now(bool interim) {
   flush_value_norms();
   const model::Config& mc = model_.config();
   RoundSpec spec;
-  // Interim prefill rounds may use another policy (ContextParams::interim_policy).
+  // Interim prefill rounds use ContextParams::interim_policy when set, else
+  // rank by the prefill's lookahead when it has one.
   spec.interim = interim && params_.interim_policy.has_value() && plan_.bounded;
+  if (interim && lookahead_ && lookahead_->active()) spec.lookahead = lookahead_.get();
   spec.params = params_.evict;
   if (spec.interim) spec.params.policy = *params_.interim_policy;
   spec.n_past = n_past_;
@@ -198,6 +214,7 @@ void Context::evict_now(bool interim) {
                     : evict::entries_budget(budget_, mc.n_head_kv, n_evict);
   spec.layers = &plan_.evict_layers;
   round_->run(*cache_, *recorder_, spec, [this] { check_cancel(); }, observer_);
+  if (spec.lookahead) lookahead_->scored_until(n_past_);
   stats_.evict_rounds += 1;
   stats_.evict_seconds += seconds_since(t0);
 }

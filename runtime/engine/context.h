@@ -92,6 +92,9 @@ class Context {
   const model::Model& model() const { return model_; }
   // Read-only view of the cache, for introspection (sizes, positions, bytes).
   const kv::KvCache& cache() const { return *cache_; }
+  // The last prefill's lookahead probe (lookahead.h), null when the plan has
+  // none; introspection.
+  const Lookahead* lookahead() const { return lookahead_.get(); }
   Stats stats() const;  // with the KV byte counters of now
   // The logits of the last evaluated token [n_vocab] (as eval()/step() returned).
   std::span<const float> logits() const { return {logits_.data(), logits_.size()}; }
@@ -155,6 +158,7 @@ class Context {
   std::unique_ptr<model::Workspace> ws_;
   std::unique_ptr<LayerRecorder> recorder_;  // the layer observer (recorder.h)
   std::unique_ptr<EvictRound> round_;        // null without a budget
+  std::unique_ptr<Lookahead> lookahead_;     // bounded with a scored policy (lookahead.h)
   std::vector<int32_t> pos_buf_;   // [chunk] positions of one batch
   std::vector<float> logits_;      // [n_vocab]
   Stats stats_;

@@ -13,9 +13,10 @@
 
 namespace defkv::engine {
 
-EvictRound::EvictRound(const model::Config& mc, uint32_t window, uint32_t n_aux, uint32_t n_threads,
+EvictRound::EvictRound(const model::Config& mc, uint32_t window, uint32_t n_aux, bool value_norms, uint32_t n_threads,
                        size_t layer_entries)
-    : n_layer_(mc.n_layer), n_head_(mc.n_head), n_head_kv_(mc.n_head_kv), head_dim_(mc.head_dim), n_aux_(n_aux) {
+    : n_layer_(mc.n_layer), n_head_(mc.n_head), n_head_kv_(mc.n_head_kv), head_dim_(mc.head_dim), n_aux_(n_aux),
+      value_norms_(value_norms) {
   const size_t d = head_dim_;
   q_win_pos_.resize(window);
   lanes_.resize(std::max<uint32_t>(n_threads, 1));
@@ -83,7 +84,7 @@ void EvictRound::run(kv::KvCache& cache, const LayerRecorder& recorder, const Ro
     for (uint32_t hk = 0; hk < n_head_kv_; ++hk) cache.retain(l, hk, keep_[l][hk].data());
 }
 
-void EvictRound::score_layer(uint32_t l, Lane& lane, const kv::KvCache& cache, const LayerRecorder& recorder,
+void EvictRound::score_layer(uint32_t l, Lane& lane, kv::KvCache& cache, const LayerRecorder& recorder,
                              const RoundSpec& spec, const RoundObserver& observer) {
   const uint32_t H = n_head_, Hkv = n_head_kv_, d = head_dim_, n_window = spec.n_window, n_aux = n_aux_;
   evict::LayerView& view = lane.view;
@@ -107,7 +108,7 @@ void EvictRound::score_layer(uint32_t l, Lane& lane, const kv::KvCache& cache, c
     lane.aux.resize(total * std::max<uint32_t>(n_aux, 1));
     lane.vnorm.resize(total);
   }
-  const bool vnorm = n_aux > kAuxValueNorm;
+  const bool vnorm = value_norms_;
   size_t off = 0;
   for (uint32_t hk = 0; hk < Hkv; ++hk) {
     const uint32_t n = cache.size(l, hk);
@@ -124,12 +125,17 @@ void EvictRound::score_layer(uint32_t l, Lane& lane, const kv::KvCache& cache, c
     }
     off += n;
   }
-  evict::score_layer(view, spec.params, spec.budget, lane.scratch, scores_[l]);
+  if (spec.lookahead)
+    spec.lookahead->score_layer(l, view, lane.aux.data(), n_aux, kAuxLookahead, spec.params.policy, cache, scores_[l],
+                                lane.la_scratch);
+  else
+    evict::score_layer(view, spec.params, spec.budget, lane.scratch, scores_[l]);
   if (observer) {
     RoundObservation ob;
     ob.round = spec.index;
     ob.layer = l;
     ob.interim = spec.interim;
+    ob.lookahead = spec.lookahead != nullptr;
     ob.policy = spec.params.policy;
     ob.view = &view;
     ob.scores = &scores_[l];

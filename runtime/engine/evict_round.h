@@ -8,6 +8,7 @@
 #include <functional>
 #include <vector>
 
+#include "runtime/engine/lookahead.h"
 #include "runtime/engine/recorder.h"
 #include "runtime/evict/evict.h"
 #include "runtime/kv/kv_cache.h"
@@ -21,6 +22,7 @@ struct RoundObservation {
   uint32_t round = 0;          // rounds completed before this one
   uint32_t layer = 0;
   bool interim = false;        // scored with ContextParams::interim_policy
+  bool lookahead = false;      // scored by the prefill's lookahead (lookahead.h)
   evict::Policy policy = evict::Policy::full;  // the policy that scored it
   const evict::LayerView* view = nullptr;      // heads' positions and keys
   const std::vector<std::vector<float>>* scores = nullptr;  // [n_head_kv][n_h]
@@ -34,6 +36,7 @@ struct RoundSpec {
   uint32_t n_past = 0;         // the window is positions [n_past - n_window, n_past)
   uint32_t n_window = 0;       // min(window, n_past)
   bool interim = false;
+  const Lookahead* lookahead = nullptr;  // non-null: rank by its scores (an interim round)
   uint32_t index = 0;          // rounds completed before this one (RoundObservation::round)
   // The layers to score and evict, ascending (the budget covers these); null:
   // every layer. Sliding-window layers are left out (Plan::evict_layers).
@@ -44,7 +47,9 @@ class EvictRound {
  public:
   // n_threads lanes; layer_entries: the entries of an average layer (lanes
   // grow only when a layer-adaptive policy concentrates more in one layer).
-  EvictRound(const model::Config& mc, uint32_t window, uint32_t n_aux, uint32_t n_threads, size_t layer_entries);
+  // value_norms: aux slot kAuxValueNorm holds the entries' value norms.
+  EvictRound(const model::Config& mc, uint32_t window, uint32_t n_aux, bool value_norms, uint32_t n_threads,
+             size_t layer_entries);
 
   // Scores the layers in parallel, one per thread at a time (serially when an
   // observer is set; the result is the same), then retains. check_cancel runs
@@ -60,15 +65,17 @@ class EvictRound {
     std::vector<int32_t> pos;       // [entries of one layer]
     std::vector<float> aux;         // [entries of one layer, n_aux]
     std::vector<float> vnorm;       // [entries of one layer]
+    std::vector<float> la_scratch;  // Lookahead::score_layer
     evict::Scratch scratch;
     evict::LayerView view;
   };
   // Gathers, scores (and, unless layer-wise, selects) layer l in `lane`;
   // touches only lane, scores_[l] and keep_[l].
-  void score_layer(uint32_t l, Lane& lane, const kv::KvCache& cache, const LayerRecorder& recorder,
+  void score_layer(uint32_t l, Lane& lane, kv::KvCache& cache, const LayerRecorder& recorder,
                    const RoundSpec& spec, const RoundObserver& observer);
 
   uint32_t n_layer_, n_head_, n_head_kv_, head_dim_, n_aux_;
+  bool value_norms_;
   std::vector<Lane> lanes_;                              // [n_threads]
   std::vector<int32_t> q_win_pos_;                       // [window] this round's window positions
   std::vector<std::vector<std::vector<float>>> scores_;  // [n_layer][n_head_kv][n_h]

@@ -71,12 +71,15 @@ struct ContextParams {
   uint32_t decode_slack = 0;
   uint32_t page_tokens = 16;  // KV pool page size in entries
 
-  // ---- bounded-schedule options (defaults = the faithful schedule above) ----
-  // Policy for the INTERIM eviction rounds of a prefill: every round of an
+  // ---- bounded-schedule options ----
+  // The INTERIM eviction rounds of a prefill are every round of an
   // eval()/eval_all_logits() call except the one after its last chunk (whose
   // observation window is the tail of the fed text, e.g. the question).
-  // Decoding rounds and that last round use evict.policy. Unset: evict.policy
-  // everywhere. Example: defensivekv with interim_policy = criticalkv keeps
+  // By default they rank entries by a lookahead of that tail (lookahead.h);
+  // the last round and decoding rounds score with evict.policy's window.
+  // interim_policy, when set, scores the interim rounds with that policy's
+  // window instead (measured worse than the lookahead, kept for reproducing
+  // docs/eval/RESULTS.md). Example: defensivekv with interim_policy = criticalkv keeps
   // entries by their mean attention while the window is arbitrary context and
   // applies the worst-case (defensive) score only when it sees the prompt's
   // end (docs/eval/RESULTS.md, "Bounded schedule: interim policy"). Must be a

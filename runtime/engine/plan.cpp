@@ -115,7 +115,9 @@ Plan plan_context(const model::Config& mc, const ContextParams& p) {
 
   const bool vnorm = evict::traits(p.evict.policy).value_norms ||
                      (pl.bounded && p.interim_policy && evict::traits(*p.interim_policy).value_norms);
-  pl.n_aux = pl.budgeted && vnorm ? 1 : 0;
+  pl.value_norms = pl.budgeted && vnorm;
+  pl.lookahead = pl.bounded && evict::traits(p.evict.policy).scored && !p.interim_policy;
+  pl.n_aux = pl.lookahead ? kAuxLookahead + 1 : pl.value_norms ? kAuxValueNorm + 1 : 0;
   kv::CacheConfig& cc = pl.cache;
   cc.n_layer = mc.n_layer;
   cc.n_head_kv = mc.n_head_kv;

@@ -27,6 +27,7 @@ uint32_t bounded_chunk_tokens(uint64_t b_max, uint32_t min_chunk);
 // entry; the engine fills them in its layer observer).
 enum AuxSlot : uint32_t {
   kAuxValueNorm = 0,  // value-projection L1 norm (docs/eviction.md, step 3)
+  kAuxLookahead = 1,  // bounded: the entry's lookahead score (lookahead.h)
 };
 
 struct Plan {
@@ -40,6 +41,8 @@ struct Plan {
   uint32_t slack = 0;          // bounded decoding: tokens between eviction rounds
   uint32_t window = 0;         // observation window (queries kept for a round)
   uint32_t n_aux = 0;          // aux floats per KV entry (AuxSlot)
+  bool value_norms = false;    // kAuxValueNorm is filled
+  bool lookahead = false;      // bounded, a scored policy, no interim_policy: interim rounds use a Lookahead
   kv::CacheConfig cache;       // the pool, capacity_entries included
   // Sliding-window layers (window_layers.cpp): layer_window[l] > 0 for a layer whose
   // window is shorter than n_ctx (it keeps only what its window still sees,
