@@ -176,6 +176,7 @@ struct TinySpec {
   std::string arch = "llama";
   std::string drop_tensor;    // omit this tensor
   std::string bad_shape;      // give this tensor one row too many
+  uint32_t block_count_key = 0;  // non-zero: written as block_count instead of n_layer
 };
 
 struct TinyTensor {
@@ -226,7 +227,7 @@ std::string write_tiny(const TinySpec& s, const std::vector<TinyTensor>& ts, con
   gguf::Writer out;
   out.set_string("general.architecture", s.arch);
   out.set_u32(a + "embedding_length", s.n_embd);
-  out.set_u32(a + "block_count", s.n_layer);
+  out.set_u32(a + "block_count", s.block_count_key ? s.block_count_key : s.n_layer);
   out.set_u32(a + "attention.head_count", s.n_head);
   out.set_u32(a + "attention.head_count_kv", s.n_head_kv);
   out.set_u32(a + "feed_forward_length", s.n_ff);
@@ -574,6 +575,11 @@ TEST_CASE("malformed models give clear errors", "[model][errors]") {
   TinySpec bad_norm;
   bad_norm.bad_shape = "output_norm.weight";
   expect_error(bad_norm, "norm.gguf", {"output_norm.weight", "expected [32]"});
+  // Found by tests/fuzz/fuzz_model: a block count near the key's limit sized
+  // the layer table (4 GB) before any tensor was looked up.
+  TinySpec huge_layers;
+  huge_layers.block_count_key = 1u << 30;
+  expect_error(huge_layers, "layers.gguf", {"llama.block_count = 1073741824", "20 tensors"});
   CHECK_THROWS_WITH(model::Model::load("/nonexistent/defkv/model.gguf"), Catch::Contains("model.gguf"));
 }
 

@@ -154,6 +154,12 @@ void Model::init() {
     return converted_norms_.back().data();
   };
 
+  // Nine tensors per layer: a block count the file cannot hold is refused
+  // before anything is sized by it.
+  if (uint64_t(c.n_layer) * 9 > f.tensors().size())
+    throw err("key llama.block_count = " + std::to_string(c.n_layer) + " needs " +
+              std::to_string(uint64_t(c.n_layer) * 9) + " layer tensors; the file has " +
+              std::to_string(f.tensors().size()) + " tensors in all");
   const uint64_t q_dim = uint64_t(c.n_head) * c.head_dim;
   const uint64_t kv_dim = uint64_t(c.n_head_kv) * c.head_dim;
   converted_norms_.reserve(2 * c.n_layer + 1);  // keep pointers stable
