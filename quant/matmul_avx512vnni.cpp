@@ -22,13 +22,8 @@ namespace defkv::quant::detail {
 namespace {
 
 constexpr size_t kGroupBytes = kPackRows * kQ8_0Block;  // 512 quant bytes per (group, block)
-// Decode prefetch distance per group stream (2 blocks). Measured 1, 2, 3 KiB
-// on the dev AMD EPYC (1 thread, loaded machine): 1 KiB best, 2 KiB within noise.
-// Again with bench_gemm (1 token, 1 thread, 8 layer copies in model order,
-// loaded machine, two interleaved rounds, layer GB/s): 4 groups + 1 KiB 23.7 /
-// 22.6 (kept); 2 KiB 20.2 / 21.5; 3 KiB 18.2 / 22.0; no prefetch 20.4 / 20.6;
-// 512 B to L1 + 4 KiB to L2 20.0 / 16.7; 8 groups per call 21.3 / 21.3;
-// 2 groups per call 20.6 / 19.9.
+// Decode prefetch distance per group stream (2 blocks): the best of the
+// distances and group counts tried (docs/tuning.md).
 constexpr size_t kPrefetchBytes = 1024;
 
 template <int G, int T>
@@ -95,14 +90,9 @@ using PackedMicro = void (*)(const uint8_t*, const uint16_t*, size_t, const Pack
 
 // Batches: 2 groups (32 rows) x up to 6 tokens: 12 int32 + 12 float
 // accumulators, 2 weight vectors and 1 broadcast (27 of 32 zmm). One token:
-// 4 groups (64 rows: 4 independent vpdpbusd chains). Standalone timing of this
-// micro-kernel on L2-resident weights (1 thread, dev AMD EPYC with VNNI,
-// nb 64 / 176): 2x6 590 / 640 GOP/s, 2x7 590-615 / 640-650 (within noise, so
-// 6); 4x3 and float accumulators in memory (4x6, 2x8) were slower (<300); in
-// a quieter moment 2x6 684 / 690, 3x4 653 / 645, 1x12 496 / 505. The bound:
-// a loop of 8 vpdpbusd + cvt + mul + fma per accumulator (this kernel's mix)
-// runs 686-713 GOP/s per core, pure vpdpbusd 830-864: the per-block float
-// scaling costs ~17 %, and cannot be merged across blocks (scales differ).
+// 4 groups (64 rows: 4 independent vpdpbusd chains). 2 x 6 was the fastest
+// tile measured; the per-block float scaling (scales differ per block) keeps
+// it below pure vpdpbusd throughput (docs/tuning.md).
 constexpr int kMaxT = 6;
 template <int T>
 void fill_t(PackedMicro (&g1)[kMaxT], PackedMicro (&g2)[kMaxT]) {
@@ -149,8 +139,8 @@ void avx512vnni_packed_q8_tile(const uint8_t* qs, const uint16_t* d, size_t rows
 // portable quantize_activations (matmul.cpp): amax of |x| per 32-block,
 // d = amax / 127, id = 1 / d (0 if d == 0), q = round-to-nearest-even(x * id)
 // (vcvtps2dq under the default rounding mode equals the 1.5*2^23 trick for
-// |x * id| <= 127); plus corr = -128 * sum(q). The portable loop was ~10 %
-// of a 512-token product (perf, 1 thread).
+// |x * id| <= 127); plus corr = -128 * sum(q). Vectorised because the
+// portable loop was a visible share of a batch product.
 void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
                                      int32_t* corr) {
   const size_t nb = cols / kQ8_0Block;

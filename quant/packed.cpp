@@ -56,25 +56,9 @@ constexpr size_t kDecodeGroups = 4;
 // One batch work item = one micro-kernel column (2 groups = 32 rows, whose
 // weights stay in L2: 70 KB at 2048 cols, 191 KB at 5632) x a token block of
 // at most kTokenBlock tokens, cut into equal blocks (a multiple of the 6-token
-// micro tile) so no short last block idles a thread. TinyLlama shapes, 512
-// tokens, 1 thread, GOP/s per CPU second on the loaded dev AMD EPYC
-// (gate+up / down / o / qkv; bench_gemm, two interleaved rounds, all with
-// the AVX-512 activation quantisation):
-//   4 groups x 48 tokens (old)      506 525 536 546 | 473 492 580 553
-//   2 groups x 96                   539 553 581 561 | 542 520 559 552
-//   2 groups x 192                  593 578 602 572 | 580 550 560 556
-//   2 groups x 288                  598 583 578 579 | 585 528 560 580
-//   4 groups x 96                   546 532 562 558 | 554 539 574 569
-// Not taken: converting the q8_0 weights to bf16 per call (reused scratch)
-// and running oneDNN's bf16 matmul (vdpbf16ps: half the multiply-adds per
-// instruction of vpdpbusd). bench_gemm --bf16, 1 thread, same sitting, wall
-// clock (loaded machine), gate+up / down / o / qkv:
-//   512 tokens: packed 409 365 386 414 GOP/s; bf16 208 224 246 212 (the
-//               conversion alone 15.8 / 3.7 / 1.8 / 2.4 ms; without it bf16
-//               is still <= ~250 GOP/s)
-//   256 tokens: packed 429 426 586 594;       bf16 192 211 183 195
-//    64 tokens: packed 557 569 620 591;       bf16 104 116 155 161
-// so q8_0 batches stay on the int8 kernel at every size.
+// micro tile) so no short last block idles a thread. 2 x 192 was the fastest
+// split measured; q8_0 batches stay on the int8 kernel at every size (bf16
+// through oneDNN was about half as fast) (docs/tuning.md).
 constexpr size_t kBatchGroups = 2;
 constexpr size_t kTokenBlock = 192;
 constexpr size_t kMicroTokens = 6;  // the batch micro-kernel's token tile (matmul_avx512vnni.cpp)
@@ -95,12 +79,8 @@ bool kernel_available(DType t) {
   return t == DType::q8_0 ? packed_kernel_available() : t == DType::f16 ? f16_kernel_available() : false;
 }
 
-// Not done: 2 MiB-aligned copies madvised MADV_HUGEPAGE. Batches gained
-// 2-4 % per core (fewer TLB misses); one-token decode (4 group streams nb*512
-// bytes apart) was mixed: 2 threads, quiet moments, layer GB/s, 4 KiB pages
-// 51.5 52.4 50.8 51.3 vs huge pages 55.2 53.8 50.0 55.1 (membw 56-63), but
-// 1 thread (loaded, ABBA order) 24.7 30.8 31.1 32.3 32.0 33.0 vs 27.8 30.0
-// 30.1 30.5 26.1 28.4. Not clearly better, so the plain allocation stays.
+// A plain 64-byte-aligned allocation: huge pages (MADV_HUGEPAGE) were not
+// clearly better for decode (docs/tuning.md).
 std::shared_ptr<const uint8_t> aligned_buffer(size_t bytes, uint8_t** out) {
   auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
   if (buf == nullptr) throw std::bad_alloc();
@@ -258,9 +238,7 @@ void quantize_token(const float* x, size_t n, size_t t, const ActsScratch& acts)
 // f16 batches: tiles of kF16BatchPanels panels x kF16TokenBlock tokens, the
 // packed 2-panel x 12-token register tile (packed_f16_avx512.cpp) rather than
 // matmul()'s oneDNN f32 path (f16 widened to f32 in 256-row blocks; oneDNN
-// 2.6 has no f16 matmul without AVX512-FP16): one TinyLlama layer, 128
-// tokens, 1 thread, three runs on the loaded dev machine: packed 1.14x, 1.19x,
-// 1.26x faster (best 56.5 GMAC/s, about the f32 FMA peak of one core).
+// 2.6 has no f16 matmul without AVX512-FP16), which it beats (docs/tuning.md).
 constexpr size_t kF16DecodePanels = 4;
 constexpr size_t kF16BatchPanels = 4;
 constexpr size_t kF16TokenBlock = 48;

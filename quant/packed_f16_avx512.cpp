@@ -14,11 +14,8 @@ namespace defkv::quant::detail {
 namespace {
 
 constexpr size_t kPanelHalves = kPackRowsF16;  // fp16 per column of a panel
-// Decode prefetch distance per panel stream. Measured on the dev AMD EPYC (1
-// thread, TinyLlama layer, loaded machine, test_quant "[.bench]"): 512, 1024,
-// 2048 B within noise of each other; 4 panel streams ~1.5x faster than one
-// stream of 8 accumulators (that one was 0.7-0.9x of the unpacked f16 tile),
-// 2 streams ~1.15x, 8 streams ~1.25x.
+// Decode prefetch distance per panel stream (512-2048 B within noise; 4 panel
+// streams fastest; docs/tuning.md).
 constexpr size_t kF16PrefetchBytes = 1024;
 
 inline __m512 load_col(const uint16_t* p) {

@@ -107,7 +107,7 @@ struct Packed {
 Packed pack_for_gemm(const Matrix& w);
 // The same, and when release_source is true and a packed copy was made, then
 // release_source_pages(w): the source's resident pages leave RSS (the packed
-// copy no longer doubles resident weight memory). Use it only for matrices
+// copy does not double resident weight memory). Use it only for matrices
 // whose source is not read again on the hot path (NOT the token embedding or
 // a tied output matrix, whose rows get_row reads every token): a released page
 // stays valid but costs a page fault and a file read when touched again.

@@ -242,6 +242,7 @@ void value_proj_l1_reserve(ValueNormScratch& s, size_t rows, size_t cols, size_t
   if (s.rows.size() < n_threads * kRowBlock * cols) s.rows.resize(n_threads * kRowBlock * cols);
   if (s.vt.size() < n_head_kv * head_dim * ldp) s.vt.resize(n_head_kv * head_dim * ldp);
   if (s.part.size() < n_threads * H * ldp) s.part.resize(n_threads * H * ldp);
+  if (s.l1.size() < max_tokens * H) s.l1.resize(max_tokens * H);
 }
 
 void value_proj_l1(const Matrix& w, size_t n_head_kv, size_t head_dim, const float* v, size_t ldv,
@@ -294,6 +295,23 @@ void value_proj_l1(const Matrix& w, size_t n_head_kv, size_t head_dim, const flo
       float acc = 0.0f;
       for (size_t i = 0; i < n_threads; ++i) acc += s.part[(i * H + h) * sh.ldp + t];
       l1[t * ldl1 + h] = acc;
+    }
+}
+
+void value_norms(const Matrix& wo, size_t n_head_kv, size_t head_dim, const float* v, size_t n_tokens, float* out,
+                 ValueNormScratch& s) {
+  if (head_dim == 0 || wo.cols % head_dim != 0 || n_head_kv == 0)  // value_proj_l1 names the problem
+    return value_proj_l1(wo, n_head_kv, head_dim, v, n_head_kv * head_dim, n_tokens, out, n_head_kv, s);
+  const size_t H = wo.cols / head_dim, Hkv = n_head_kv, G = H / Hkv;
+  if (s.l1.size() < n_tokens * H) s.l1.resize(n_tokens * H);
+  float* l1 = s.l1.data();
+  value_proj_l1(wo, Hkv, head_dim, v, Hkv * head_dim, n_tokens, l1, H, s);
+  const float inv_g = 1.0f / float(G);
+  for (size_t t = 0; t < n_tokens; ++t)
+    for (size_t hk = 0; hk < Hkv; ++hk) {
+      float sum = 0.0f;
+      for (size_t g = 0; g < G; ++g) sum += l1[t * H + hk * G + g];
+      out[t * Hkv + hk] = sum * inv_g;
     }
 }
 

@@ -1,4 +1,4 @@
-// Per-head value-projection L1 norms (DefensiveKV eviction, eviction.md step 3):
+// Per-head value-projection L1 norms (DefensiveKV eviction, docs/eviction.md step 3):
 //
 //   l1[t, h] = sum_{r < E} | sum_{c < d} W[r, h*d + c] * v[t, (h/G)*d + c] |
 //
@@ -34,7 +34,10 @@ struct ValueNormScratch {
   std::vector<float> rows;  // [n_threads, kRowBlock, cols] f32 rows of W
   std::vector<float> vt;    // [Hkv, d, tokens_pad] transposed values (token-lane path)
   std::vector<float> part;  // [n_threads, H, tokens_pad] per-thread partial norms
-  size_t bytes() const { return (rows.capacity() + vt.capacity() + part.capacity()) * sizeof(float); }
+  std::vector<float> l1;    // [tokens, H] per-query-head norms (value_norms)
+  size_t bytes() const {
+    return (rows.capacity() + vt.capacity() + part.capacity() + l1.capacity()) * sizeof(float);
+  }
 };
 
 // Sizes `s` for calls with W of shape [rows, cols], n_head_kv KV heads of
@@ -49,5 +52,13 @@ void value_proj_l1_reserve(ValueNormScratch& s, size_t rows, size_t cols, size_t
 // omp_get_max_threads(); call from outside a parallel region.
 void value_proj_l1(const Matrix& w, size_t n_head_kv, size_t head_dim, const float* v, size_t ldv,
                    size_t n_tokens, float* l1, size_t ldl1, ValueNormScratch& s);
+
+// The norms eviction stores per KV entry (docs/eviction.md, step 3): the
+// mean over the G query heads of each KV head's group,
+//   out[t, hk] = (1/G) * sum_{g < G} l1[t, hk*G + g]
+// with l1 from one value_proj_l1 call on W_o. The callers' single entry point.
+//   wo: [E, H*d] (attn_output.weight) ; v: [n_tokens, Hkv*d] ; out: [n_tokens, Hkv].
+void value_norms(const Matrix& wo, size_t n_head_kv, size_t head_dim, const float* v, size_t n_tokens, float* out,
+                 ValueNormScratch& s);
 
 }  // namespace defkv::quant

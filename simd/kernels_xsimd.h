@@ -245,9 +245,7 @@ struct XKernels {
   // of kMr queries x kNr keys is kMr * V vector accumulators (V = 16 / L),
   // each output summed along d in order. kMr keeps the accumulators plus V
   // key vectors and a broadcast within the register file (32 zmm: 8 x 1;
-  // 16 ymm: 6 x 2; 32 NEON q: 6 x 4). On the TinyLlama shape ([256 x 64] x
-  // [4000 x 64]^T) AVX-512 runs as fast as the former target_clones kernel in
-  // runtime/evict (1.0 ms), AVX2 6 x 2 is 7 % faster than 4 x 2.
+  // 16 ymm: 6 x 2; 32 NEON q: 6 x 4) (docs/tuning.md).
   static constexpr size_t kNr = 16;
   static constexpr size_t V = kNr / L;
   static_assert(V * L == kNr, "panel width must be a multiple of the lanes");

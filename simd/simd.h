@@ -52,7 +52,7 @@ struct Kernels {
   void (*bf16_to_f32)(const uint16_t* x, float* y, size_t n);
   void (*f32_to_bf16)(const float* x, uint16_t* y, size_t n);
 
-  // ---- eviction scoring (eviction.md steps 1-3; callers: runtime/evict) ----
+  // ---- eviction scoring (docs/eviction.md steps 1-3; callers: runtime/evict) ----
   // Window logits out[r, j] = sum_e q[r, e] * k[j, e], summed along e in order
   // (no 1/sqrt(d) scaling). q: [m, d], k: [n, d], out: [m, ldo] (ldo >= n;
   // columns n..ldo untouched). panels: scratch of window_logits_scratch(n, d)
@@ -70,16 +70,16 @@ struct Kernels {
   // all zeros and 0.
   float (*window_softmax)(float* x, size_t n, size_t n_valid, float scale);
   // 1-D average pooling, kernel k (odd), zero padding k/2, divide by k
-  // everywhere (PyTorch avg_pool1d count_include_pad=True; eviction.md step 2).
+  // everywhere (PyTorch avg_pool1d count_include_pad=True; docs/eviction.md step 2).
   // out must not alias x. k is not checked here (simd::avg_pool1d checks).
   void (*avg_pool)(const float* x, float* out, size_t n, size_t k);
-  // Defensive aggregation of one attention row (eviction.md step 2.1):
+  // Defensive aggregation of one attention row (docs/eviction.md step 2.1):
   // p = avg_pool(x, k); if sum p > 0, p *= sum x / sum p (same mass as x);
   // acc[j] = max(acc[j], p[j]). tmp: [n] scratch, receives p.
   void (*pool_rescale_max)(const float* x, float* tmp, float* acc, size_t n, size_t k);
-  // x[i] = max(x[i], lo) (the defensive mean floor, eviction.md step 2.2)
+  // x[i] = max(x[i], lo) (the defensive mean floor, docs/eviction.md step 2.2)
   void (*clamp_min)(float* x, float lo, size_t n);
-  // Value-norm weighting (eviction.md step 3): w = den[i] > 0 ? num[i] / den[i]
+  // Value-norm weighting (docs/eviction.md step 3): w = den[i] > 0 ? num[i] / den[i]
   // : 0; x[i] *= w; w_out[i] = w if w_out is non-null.
   void (*vnorm_weight)(float* x, float* w_out, const float* num, const float* den, size_t n);
   // The mean / max aggregations over window queries and group heads are

@@ -1035,7 +1035,7 @@ TEST_CASE("api: defkv_decode / defkv_sample / defkv_get_logits misuse", "[api][d
 TEST_CASE("api: no sampling from stale logits after a cancelled defkv_eval", "[api][decode]") {
   const std::vector<int32_t> story = tokenize(model(), story_text());
   const std::vector<int32_t> prompt(story.begin(), story.begin() + 300);
-  Ctx c(greedy_params());  // full cache: 64-token chunks
+  Ctx c(greedy_params());  // full cache: 256-token chunks
   auto stop_after_first = [](uint64_t done, uint64_t, void*) -> int { return done >= 64 ? 1 : 0; };
   REQUIRE(defkv_eval(c, prompt.data(), prompt.size(), stop_after_first, nullptr) == DEFKV_ERR_CANCELLED);
   uint32_t np = 0;
@@ -1067,11 +1067,10 @@ TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
     CHECK(i.kv_schedule == DEFKV_SCHEDULE_ONESHOT);
     CHECK(i.kv_type == DEFKV_KV_F16);
     CHECK(i.kv_row_bytes == mi.head_dim * 2);  // f16
-    CHECK(i.prefill_chunk_tokens == 64);         // the API's full-cache default
+    CHECK(i.prefill_chunk_tokens == 256);        // the engine's full-cache default
     CHECK(i.kv_window == 32);
     CHECK(i.kv_sinks == 4);
     CHECK(i.kv_pool == 5);
-    CHECK(i.kv_running_max == 0);
     CHECK(i.budget_tokens == 0);
     CHECK(i.last_stop_reason == DEFKV_STOP_NONE);
     CHECK(i.kv_bytes_reserved == kv_stats(c).bytes_reserved);
@@ -1080,7 +1079,6 @@ TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
     defkv_context_params p = evicting_params(3);  // budget 48, window 16
     p.kv_type = DEFKV_KV_F32;
     p.kv_pool = 3;
-    p.kv_running_max = 1;
     Ctx c(p);
     const defkv_context_info i = context_info(c);
     CHECK(i.has_budget == 1);
@@ -1092,7 +1090,6 @@ TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
     CHECK(i.decode_slack_tokens == 16);        // = window
     CHECK(i.prefill_chunk_tokens == 64);       // max(64, 2 * window)
     CHECK(i.kv_pool == 3);
-    CHECK(i.kv_running_max == 1);
   }
   {
     defkv_context_params p = evicting_params(3);
@@ -1146,54 +1143,24 @@ TEST_CASE("api: defkv_context_get_info resolves the defaults", "[api][info]") {
   }
 }
 
-TEST_CASE("api: context params of the first ABI size are accepted; new fields take defaults", "[api][abi]") {
-  static_assert(sizeof(defkv_context_params) > DEFKV_CONTEXT_PARAMS_SIZE_V1, "fields were appended");
-  SECTION("init_sized never writes past the size it is given") {
-    alignas(defkv_context_params) unsigned char buf[sizeof(defkv_context_params) + 16];
-    std::memset(buf, 0xAB, sizeof buf);
-    auto* p = reinterpret_cast<defkv_context_params*>(buf);
-    defkv_context_params_init_sized(p, DEFKV_CONTEXT_PARAMS_SIZE_V1);
-    CHECK(p->struct_size == DEFKV_CONTEXT_PARAMS_SIZE_V1);
-    for (size_t i = DEFKV_CONTEXT_PARAMS_SIZE_V1; i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
-    std::memset(buf, 0xAB, sizeof buf);
-    (defkv_context_params_init)(p);  // the first ABI's entry point (old binaries)
-    CHECK(p->struct_size == DEFKV_CONTEXT_PARAMS_SIZE_V1);
-    for (size_t i = DEFKV_CONTEXT_PARAMS_SIZE_V1; i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
-    std::memset(buf, 0xAB, sizeof buf);
-    defkv_context_params_init(p);  // the macro: this header's size
-    CHECK(p->struct_size == sizeof(defkv_context_params));
-    for (size_t i = sizeof(defkv_context_params); i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
-    CHECK(p->kv_pool == 5);
-    CHECK(p->kv_running_max == 0);
-    defkv_context_params_init_sized(p, 8);  // too small to be a params struct: untouched
-    CHECK(p->struct_size == sizeof(defkv_context_params));
-  }
-  SECTION("an old caller's struct: garbage past struct_size is ignored") {
-    defkv_context_params p = evicting_params(4);
-    p.struct_size = DEFKV_CONTEXT_PARAMS_SIZE_V1;
-    p.kv_pool = 0xFFFFFFFFu;  // what an old caller's padding may hold
-    p.kv_running_max = -7;
-    defkv_context* c = nullptr;
-    REQUIRE(defkv_context_create(model(), &p, &c) == DEFKV_OK);
-    const defkv_context_info i = context_info(c);
-    CHECK(i.kv_pool == 5);
-    CHECK(i.kv_running_max == 0);
-    CHECK(i.budget_tokens == 48);  // first-ABI fields are read
-    CHECK(i.kv_window == 16);
-    REQUIRE(defkv_context_free(c) == DEFKV_OK);
-    p.struct_size = DEFKV_CONTEXT_PARAMS_SIZE_V1 - 4;
+TEST_CASE("api: context params of another struct size are refused with a message", "[api][abi]") {
+  defkv_context_params p;
+  defkv_context_params_init(&p);
+  CHECK(p.struct_size == sizeof(defkv_context_params));
+  CHECK(p.kv_pool == 5);
+  defkv_context* c = nullptr;
+  for (uint32_t size : {uint32_t(sizeof p) - 8, uint32_t(sizeof p) + 8}) {
+    p.struct_size = size;
     CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
-    CHECK(std::string(defkv_last_error(nullptr)).find("struct_size") != std::string::npos);
+    CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("struct_size") && Catch::Contains("ABI"));
   }
+  CHECK(c == nullptr);
 }
 
-TEST_CASE("api: bounded-schedule options (interim policy, score all queries, running-max decay)", "[api][abi]") {
+TEST_CASE("api: the bounded schedule's interim policy", "[api][abi]") {
   defkv_context_params d;
   defkv_context_params_init(&d);
-  CHECK(d.struct_size == DEFKV_CONTEXT_PARAMS_SIZE_V3);
   CHECK(d.kv_interim_policy == -1);
-  CHECK(d.kv_score_all_queries == 0);
-  CHECK(d.kv_running_max_decay == 1.0f);
   CHECK(d.kv_sinks == -1);
 
   const std::vector<int32_t> prompt = tokenize(model(), story_text().substr(0, 1200));
@@ -1226,21 +1193,6 @@ TEST_CASE("api: bounded-schedule options (interim policy, score all queries, run
     p.kv_schedule = DEFKV_SCHEDULE_ONESHOT;
     CHECK(kept(p).first.kv_interim_policy == -1);
   }
-  SECTION("score_all_queries and the decay reach the engine") {
-    defkv_context_params p = evicting_params(3);
-    p.kv_running_max = 1;
-    const auto base = kept(p);
-    CHECK(base.first.kv_running_max_decay == 1.0f);
-    p.kv_running_max_decay = 0.25f;
-    const auto decayed = kept(p);
-    CHECK(decayed.first.kv_running_max_decay == 0.25f);
-    CHECK(decayed.second != base.second);
-    p.kv_running_max_decay = 1.0f;
-    p.kv_score_all_queries = 1;
-    const auto all = kept(p);
-    CHECK(all.first.kv_score_all_queries == 1);
-    CHECK(all.second != base.second);
-  }
   SECTION("bad values are refused with the field's name") {
     defkv_context* c = nullptr;
     defkv_context_params p = evicting_params(3);
@@ -1250,31 +1202,11 @@ TEST_CASE("api: bounded-schedule options (interim policy, score all queries, run
     p.kv_interim_policy = 17;
     CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
     CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("unknown kv_interim_policy 17"));
-    p.kv_interim_policy = -1;
-    for (float bad : {0.0f, -0.5f, 1.5f, std::nanf("")}) {
-      p.kv_running_max_decay = bad;
-      CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
-      CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("kv_running_max_decay must be in (0, 1]"));
-    }
     CHECK(c == nullptr);
-  }
-  SECTION("a V2 caller (through kv_running_max): its padding is not read as the new fields") {
-    defkv_context_params p = evicting_params(3);
-    p.struct_size = DEFKV_CONTEXT_PARAMS_SIZE_V2;
-    p.kv_pool = 3;
-    p.kv_interim_policy = DEFKV_POLICY_STREAMING;  // garbage an old struct's padding may hold
-    p.kv_score_all_queries = 5;
-    p.kv_running_max_decay = -3;
-    Ctx c(p);
-    const defkv_context_info i = context_info(c);
-    CHECK(i.kv_pool == 3);  // V2 fields are read
-    CHECK(i.kv_interim_policy == -1);
-    CHECK(i.kv_score_all_queries == 0);
-    CHECK(i.kv_running_max_decay == 1.0f);
   }
 }
 
-TEST_CASE("api: kv_sinks 0 keeps no sinks; -1 (and 0 from an older struct) is the default 4", "[api][abi]") {
+TEST_CASE("api: kv_sinks 0 keeps no sinks; -1 is the default 4", "[api][abi]") {
   // Oracle: StreamingLLM's definition. After a bounded prefill of n tokens the
   // streaming policy keeps the sinks and the newest budget - sinks positions.
   const std::vector<int32_t> prompt = tokenize(model(), story_text().substr(0, 1200));
@@ -1285,17 +1217,12 @@ TEST_CASE("api: kv_sinks 0 keeps no sinks; -1 (and 0 from an older struct) is th
     for (int32_t i = n - (budget - sinks); i < n; ++i) v.push_back(i);
     return v;
   };
-  for (const auto& [sinks_field, size, want] :
-       {std::tuple<int32_t, uint32_t, int32_t>{0, DEFKV_CONTEXT_PARAMS_SIZE_V3, 0},
-        {-1, DEFKV_CONTEXT_PARAMS_SIZE_V3, 4},
-        {2, DEFKV_CONTEXT_PARAMS_SIZE_V3, 2},
-        {0, DEFKV_CONTEXT_PARAMS_SIZE_V2, 4},
-        {0, DEFKV_CONTEXT_PARAMS_SIZE_V1, 4}}) {
-    INFO("kv_sinks " << sinks_field << " struct_size " << size);
+  for (const auto& [sinks_field, want] :
+       {std::pair<int32_t, int32_t>{0, 0}, {-1, 4}, {2, 2}}) {
+    INFO("kv_sinks " << sinks_field);
     defkv_context_params p = evicting_params(3);
     p.kv_policy = DEFKV_POLICY_STREAMING;
     p.kv_sinks = sinks_field;
-    p.struct_size = size;
     Ctx c(p);
     CHECK(context_info(c).kv_sinks == uint32_t(want));
     eval(c, prompt);

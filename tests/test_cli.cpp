@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "runtime/engine/context.h"
+#include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
 #include "runtime/text/tokenizer.h"
@@ -90,7 +91,7 @@ std::vector<int32_t> greedy(const std::string& path, uint32_t n) {
   sp.temperature = 0;
   defkv::text::Sampler sampler(sp);
   std::vector<int32_t> prompt{1};  // BOS
-  return ctx.generate(prompt, n, sampler, /*eos=*/-1).tokens;
+  return defkv::engine::generate(ctx, prompt, n, sampler, /*eos=*/-1).tokens;
 }
 
 std::vector<float> logits_after_bos(const std::string& path) {
@@ -377,13 +378,13 @@ TEST_CASE("cli: bench reports eviction share, peak RSS and depth; JSON and table
 }
 
 TEST_CASE("cli: run, bench and eval share the KV flags: same help, --kv-mem sizes everywhere", "[cli][kvflags]") {
-  const char* flags[] = {"--kv-budget", "--kv-ratio",  "--kv-mem", "--kv-type", "--kv-policy",     "--kv-schedule",
-                         "--kv-window", "--kv-pool", "--kv-sinks", "--chunk",   "--kv-running-max"};
+  const char* flags[] = {"--kv-budget", "--kv-ratio",  "--kv-mem", "--kv-type", "--kv-policy",
+                         "--kv-schedule", "--kv-window", "--kv-pool", "--kv-sinks", "--chunk"};
   // One phrase of each flag's explanation (tools/kv_flags.cpp).
   const char* phrases[] = {"least --kv-window + --kv-sinks", "0.2 keeps 20%", "ceiling on the KV pool's memory, e.g. 256M",
                            "f16, f32 or q8_0", "needs a budget unless 'full'", "When eviction runs",
                            "Observation window W", "Score pooling kernel", "the first tokens, always kept",
-                           "Prefill chunk in tokens", "worst-case score across eviction rounds"};
+                           "Prefill chunk in tokens"};
   for (const char* cmd : {"run", "bench", "eval ppl", "eval kld", "eval needle"}) {
     INFO(cmd);
     Result h = run(std::string(cmd) + " --help");
@@ -422,8 +423,7 @@ std::vector<long> kept_per_layer(const std::string& report) {
   return v;
 }
 
-TEST_CASE("cli: --kv-interim-policy, --kv-score-all-queries, --kv-running-max-decay reach the engine",
-          "[cli][kvflags]") {
+TEST_CASE("cli: --kv-interim-policy reaches the engine", "[cli][kvflags]") {
   // Oracle: the engine configured directly with the same options on the same
   // prompt (BOS + the sample text); run -n 0 evaluates the prompt only.
   const std::string file = shared_dir() + "/models/data/tinystories_sample.txt";
@@ -461,15 +461,6 @@ TEST_CASE("cli: --kv-interim-policy, --kv-score-all-queries, --kv-running-max-de
   CHECK(kept_per_layer(r.err) == interim);
   CHECK(interim != faithful);  // the option changes the layer split: the comparison can fail
 
-  Result a = run(base + " --kv-score-all-queries");
-  REQUIRE(a.exit_code == 0);
-  CHECK(kept_per_layer(a.err) == engine_kept([](auto& cp) { cp.score_all_queries = true; }));
-  Result d = run(base + " --kv-running-max --kv-running-max-decay 0.5");
-  REQUIRE(d.exit_code == 0);
-  CHECK(kept_per_layer(d.err) == engine_kept([](auto& cp) {
-          cp.evict.running_max = true;
-          cp.running_max_decay = 0.5f;
-        }));
   Result f = run(base);
   REQUIRE(f.exit_code == 0);
   CHECK(kept_per_layer(f.err) == faithful);
@@ -479,8 +470,7 @@ TEST_CASE("cli: bounded-schedule flags: clear errors in run, bench and eval", "[
   for (const std::string& cmd : kv_flag_commands()) {
     INFO(cmd);
     Result h = run(cmd + " --help");
-    CHECK_THAT(h.out, Catch::Contains("--kv-interim-policy") && Catch::Contains("--kv-score-all-queries") &&
-                          Catch::Contains("--kv-running-max-decay"));
+    CHECK_THAT(h.out, Catch::Contains("--kv-interim-policy"));
     Result s = run(cmd + " --kv-budget 40 --kv-interim-policy streaming");
     CHECK(s.exit_code > 0);
     CHECK_THAT(s.err, Catch::Contains("--kv-interim-policy must be a scored policy"));
@@ -490,17 +480,6 @@ TEST_CASE("cli: bounded-schedule flags: clear errors in run, bench and eval", "[
     Result o = run(cmd + " --kv-budget 40 --kv-schedule oneshot --kv-interim-policy criticalkv");
     CHECK(o.exit_code > 0);
     CHECK_THAT(o.err, Catch::Contains("applies to the bounded schedule only"));
-    Result nb = run(cmd + " --kv-score-all-queries");
-    CHECK(nb.exit_code > 0);
-    CHECK_THAT(nb.err, Catch::Contains("--kv-score-all-queries needs a KV budget"));
-    for (const char* bad : {"0", "1.5", "-1"}) {
-      Result dd = run(cmd + " --kv-budget 40 --kv-running-max --kv-running-max-decay " + bad);
-      CHECK(dd.exit_code > 0);
-      CHECK_THAT(dd.err, Catch::Contains("--kv-running-max-decay must be in (0, 1]"));
-    }
-    Result nr = run(cmd + " --kv-budget 40 --kv-running-max-decay 0.5");
-    CHECK(nr.exit_code > 0);
-    CHECK_THAT(nr.err, Catch::Contains("needs --kv-running-max"));
   }
 }
 
@@ -515,8 +494,8 @@ TEST_CASE("cli: --kv-sinks 0 with a budget works in run and bench; --kv-mem is a
   CHECK(kept_per_layer(r.err) == std::vector<long>(5, 16 * 4));
   Result b = run("bench -m " + stories() + " -p 64 -n 4 -r 1 -t 1 --no-breakdown --kv-budget 16 --kv-window 16 --kv-sinks 0");
   CHECK(b.exit_code == 0);
-  // The reported failure: q8_0 rows with running-max aux floats under 300K.
-  Result m = run("run -m " + stories() + " -p 'Once upon a time' -n 16 -t 1 --kv-mem 300K --kv-type q8_0 --kv-running-max");
+  // The reported failure: q8_0 rows with aux floats under 300K.
+  Result m = run("run -m " + stories() + " -p 'Once upon a time' -n 16 -t 1 --kv-mem 300K --kv-type q8_0");
   CHECK(m.exit_code == 0);
   CHECK(m.err.find("exceeds kv_mem_bytes") == std::string::npos);
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "runtime/engine/context.h"
+#include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
 #include "runtime/text/sampler.h"
@@ -243,7 +244,6 @@ TEST_CASE("eviction rounds score layers in parallel with the result of one threa
         p.n_ctx = 512;
         p.budget_tokens = 64;
         p.evict.policy = pol;
-        p.evict.running_max = pol == evict::Policy::defensivekv;
         engine::Context ctx(stories(), p);
         uint32_t observed = 0;
         if (observe) ctx.set_round_observer([&](const engine::Context::RoundObservation&) { ++observed; });
@@ -384,6 +384,99 @@ TEST_CASE("oneshot with the paper's ratio keeps what the eviction vectors keep",
   }
 }
 
+TEST_CASE("plan_context: budget, chunk, slack and pool from the model config and the params", "[engine][plan]") {
+  // Oracle: the rules as docs/eviction.md ("Schedules") and params.h state
+  // them, computed here by hand for a config that is not a real model.
+  model::Config mc;
+  mc.n_layer = 3;
+  mc.n_head = 8;
+  mc.n_head_kv = 2;
+  mc.head_dim = 16;
+  mc.n_ctx_train = 1000;
+  const uint64_t HL = 2 * 3;
+  // The pool: tokens per head (+ one page of 16 per head), in whole pages.
+  auto pool = [&](uint64_t tokens_per_head) { return (tokens_per_head * HL + 15) / 16 * 16; };
+  {  // no budget: every position, the full-cache chunk, no aux
+    const engine::Plan pl = engine::plan_context(mc, engine::ContextParams{});
+    CHECK(pl.n_ctx == 1000);
+    CHECK_FALSE(pl.budgeted);
+    CHECK(pl.schedule == engine::Schedule::oneshot);
+    CHECK(pl.chunk == 256);
+    CHECK(pl.n_aux == 0);
+    CHECK(pl.cache.capacity_entries == pool(1000 + 16));  // n_ctx + one page per head
+  }
+  {  // a fixed budget, bounded: chunk = a third of it in multiples of 64, in [max(64, 2W), 256]
+    for (const auto& [budget, chunk] : {std::pair<int64_t, uint32_t>{100, 64}, {400, 128}, {600, 192}, {900, 256}}) {
+      INFO("budget " << budget);
+      engine::ContextParams p;
+      p.budget_tokens = budget;
+      const engine::Plan pl = engine::plan_context(mc, p);
+      CHECK(pl.bounded);
+      CHECK(pl.budget == std::min<uint32_t>(uint32_t(budget), 1000));
+      CHECK(pl.chunk == chunk);
+      CHECK(pl.slack == 32);  // = window
+      CHECK(pl.n_aux == 1);   // defensivekv weights by value norms
+      CHECK(pl.ceiling_tokens() == pl.budget + std::max<uint32_t>(chunk, 32));
+      CHECK(pl.cache.capacity_entries == pool(std::min<uint64_t>(pl.budget + chunk, 1000) + 16));
+    }
+    engine::ContextParams p;
+    p.budget_tokens = 100;
+    p.evict.window = 48;  // min chunk max(64, 2 * 48) = 96
+    p.chunk_tokens = 0;
+    CHECK(engine::plan_context(mc, p).chunk == 96);
+    p.chunk_tokens = 40;  // given: used as is
+    p.decode_slack = 50;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    CHECK(pl.chunk == 40);
+    CHECK(pl.ceiling_tokens() == 150);  // budget + max(chunk, slack)
+    CHECK(pl.cache.capacity_entries == pool(150 + 16));
+  }
+  {  // kv_ratio: the budget waits for the prompt; the pool holds ceil(ratio * n_ctx) + chunk
+    engine::ContextParams p;
+    p.kv_ratio = 0.5;
+    p.evict.policy = evict::Policy::snapkv;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    CHECK(pl.budget == 0);
+    CHECK(pl.budget_max == 500);
+    CHECK(pl.chunk == 128);  // 500 / 3 = 166 -> 128
+    CHECK(pl.n_aux == 0);    // snapkv needs no value norms
+    CHECK(pl.cache.capacity_entries == pool(500 + 128 + 16));
+    CHECK(engine::ratio_budget(p, 300) == 150);
+    CHECK_THROWS_AS(engine::ratio_budget(p, 40), engine::ParamError);  // 20 < window + sinks
+  }
+  {  // oneshot: the pool holds every position
+    engine::ContextParams p;
+    p.budget_tokens = 64;
+    p.schedule = engine::Schedule::oneshot;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    CHECK_FALSE(pl.bounded);
+    CHECK(pl.chunk == 256);
+    CHECK(pl.cache.capacity_entries == pool(1000 + 16));
+  }
+  {  // kv_mem_bytes: the largest budget whose pool fits; one more token per head does not
+    engine::ContextParams p;
+    p.kv_mem_bytes = 96 * 1024;
+    const engine::Plan pl = engine::plan_context(mc, p);
+    REQUIRE(pl.budget >= 36);
+    CHECK(kv::KvCache(pl.cache).bytes_reserved() <= 96u * 1024);
+    engine::ContextParams q;
+    q.budget_tokens = int64_t(pl.budget) + 1;
+    CHECK(kv::KvCache(engine::plan_context(mc, q).cache).bytes_reserved() > 96u * 1024);
+  }
+  {  // a ParamError names the field
+    engine::ContextParams p;
+    p.budget_tokens = 64;
+    p.interim_policy = evict::Policy::streaming;
+    try {
+      engine::plan_context(mc, p);
+      FAIL("streaming accepted as the interim policy");
+    } catch (const engine::ParamError& e) {
+      CHECK(e.field == "interim_policy");
+      CHECK_THAT(e.rest, Catch::Contains("scored policy"));
+    }
+  }
+}
+
 TEST_CASE("bad budgets and parameters give clear errors", "[engine][errors]") {
   const model::Model& m = stories();
   auto params = [] {
@@ -458,7 +551,7 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   sp.repeat_penalty = 1;
   text::Sampler s(sp);
   std::vector<int32_t> seen;
-  auto res = ctx.generate(std::vector<int32_t>{1}, 10, s, 2, [&](int32_t t) {
+  auto res = engine::generate(ctx, std::vector<int32_t>{1}, 10, s, 2, [&](int32_t t) {
     seen.push_back(t);
     return true;
   });
@@ -468,67 +561,26 @@ TEST_CASE("generate stops at EOS, at n_predict and at a full context", "[engine]
   CHECK(res.tokens[0] == 403);  // golden first token after BOS ("Once")
   ctx.reset();
   s.reset();
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, -1);
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, -1);
   CHECK(res.stop == engine::StopReason::context_full);
   CHECK(ctx.n_past() == 40);
   ctx.reset();
   s.reset();
   // Pretend the first greedy token is EOS.
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, 403);
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, 403);
   CHECK(res.stop == engine::StopReason::eos);
   CHECK(res.tokens == std::vector<int32_t>{403});
   ctx.reset();
   s.reset();
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, -1, [](int32_t) { return false; });
   CHECK(res.stop == engine::StopReason::callback);
   CHECK(res.tokens.size() == 1);
   ctx.reset();
   s.reset();
   // An end-of-generation predicate (as Tokenizer::is_eog gives) stops the same way.
-  res = ctx.generate(std::vector<int32_t>{1}, 100, s, [](int32_t t) { return t == 403; });
+  res = engine::generate(ctx, std::vector<int32_t>{1}, 100, s, [](int32_t t) { return t == 403; });
   CHECK(res.stop == engine::StopReason::eos);
   CHECK(res.tokens == std::vector<int32_t>{403});
-}
-
-TEST_CASE("running max keeps each entry's worst-case score across rounds", "[engine][running_max]") {
-  engine::ContextParams p;
-  p.n_ctx = 512;
-  p.budget_tokens = 64;
-  p.evict.policy = evict::Policy::defensivekv;
-  p.evict.running_max = true;
-  engine::Context ctx(stories(), p);
-  REQUIRE(ctx.cache().config().n_aux == 2);  // [value norm, running max]
-  const auto prompt = prompt_tokens(300);
-  // aux[1] of every surviving entry, keyed by (layer, head, position)
-  auto snapshot = [&] {
-    std::map<std::tuple<uint32_t, uint32_t, int32_t>, float> m;
-    for (uint32_t l = 0; l < 5; ++l)
-      for (uint32_t h = 0; h < 4; ++h)
-        for (const kv::Run& r : ctx.cache().runs(l, h))
-          for (uint32_t i = 0; i < r.n; ++i) m[{l, h, r.pos[i]}] = r.aux[i * 2 + 1];
-    return m;
-  };
-  ctx.eval(prompt);
-  auto before = snapshot();
-  uint64_t scored = 0;
-  for (const auto& [key, v] : before) {
-    CHECK(v >= 0.0f);
-    scored += v > 0.0f;
-  }
-  CHECK(scored > 0);
-  uint32_t rounds = ctx.stats().evict_rounds;
-  for (int i = 0; i < 120; ++i) {
-    ctx.step(prompt[size_t(i)]);
-    if (ctx.stats().evict_rounds == rounds) continue;
-    rounds = ctx.stats().evict_rounds;
-    auto after = snapshot();
-    for (const auto& [key, v] : after) {
-      auto it = before.find(key);
-      if (it != before.end()) CHECK(v >= it->second);  // never decreases
-    }
-    before = std::move(after);
-  }
-  CHECK(rounds >= 3 + 3);
 }
 
 TEST_CASE("a oneshot compression cancelled midway is retried by the next eval() or step()", "[engine][cancel]") {
@@ -629,64 +681,6 @@ TEST_CASE("bounded interim_policy scores every prefill round but the last with t
   q = p;
   q.interim_policy = evict::Policy::streaming;
   CHECK_THROWS_WITH(engine::Context(stories(), q), Catch::Contains("interim_policy"));
-  q = p;
-  q.running_max_decay = 0.0f;
-  CHECK_THROWS_WITH(engine::Context(stories(), q), Catch::Contains("running_max_decay"));
-}
-
-TEST_CASE("score_all_queries combines one pass per window of new queries (max for defensive, mean otherwise)",
-          "[engine][score_all]") {
-  // Oracle: round 0 of a context with chunk 64 = 2 windows (budget 80)
-  // scores with queries [96, 128) (pass 0) and [64, 96) over entries < 96
-  // (pass 1). Faithful contexts reproduce each pass on its own: chunk 64
-  // (first round after 128 tokens, window [96, 128)) and chunk 32 fed 96
-  // tokens (first round after 96 tokens, window [64, 96)); same budget, so
-  // the same stage-1 cap.
-  const auto prompt = prompt_tokens(128);
-  using Scores = std::map<std::tuple<uint32_t, uint32_t, int32_t>, float>;  // (layer, head, pos)
-  auto first_round = [&](engine::ContextParams p, size_t n_tokens) {
-    engine::Context ctx(stories(), p);
-    Scores out;
-    ctx.set_round_observer([&](const engine::Context::RoundObservation& ob) {
-      if (ob.round != 0) return;
-      for (uint32_t hk = 0; hk < ob.view->n_head_kv; ++hk)
-        for (uint32_t j = 0; j < ob.view->heads[hk].n; ++j)
-          out[{ob.layer, hk, ob.view->heads[hk].pos[j]}] = (*ob.scores)[hk][j];
-    });
-    ctx.eval(std::vector<int32_t>(prompt.begin(), prompt.begin() + long(n_tokens)));
-    REQUIRE(ctx.stats().evict_rounds >= 1);
-    return out;
-  };
-  for (const evict::Policy pol : {evict::Policy::defensivekv, evict::Policy::criticalkv, evict::Policy::snapkv}) {
-    INFO(evict::policy_name(pol));
-    engine::ContextParams p;
-    p.n_ctx = 256;
-    p.budget_tokens = 80;
-    p.evict.policy = pol;
-    p.chunk_tokens = 64;
-    const Scores pass0 = first_round(p, 128);
-    p.chunk_tokens = 32;
-    const Scores pass1 = first_round(p, 96);
-    p.chunk_tokens = 64;
-    p.score_all_queries = true;
-    const Scores all = first_round(p, 128);
-    REQUIRE(all.size() == pass0.size());
-    const bool use_max = pol == evict::Policy::defensivekv;
-    size_t changed = 0;
-    for (const auto& [key, s] : all) {
-      const int32_t pos = std::get<2>(key);
-      const float a = pass0.at(key);
-      if (pos >= 64) {
-        CHECK(s == a);  // scored by pass 0 only (or window)
-        continue;
-      }
-      const float b = pass1.at(key);
-      const float want = use_max ? std::max(a, b) : (a + b) / 2.0f;
-      CHECK(s == want);
-      changed += s != a;
-    }
-    CHECK(changed > 0);
-  }
 }
 
 TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is the largest that fits",
@@ -696,34 +690,30 @@ TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is 
   // same options, whose pool must not fit.
   const model::Model& m = stories();
   for (quant::DType t : {quant::DType::f16, quant::DType::f32, quant::DType::q8_0})
-    for (bool rmax : {false, true})
-      for (evict::Policy pol : {evict::Policy::snapkv, evict::Policy::defensivekv})
-        for (int64_t mem : {int64_t(200 * 1024), int64_t(300 * 1024), int64_t(300 * 1024 + 777), int64_t(1 << 20)}) {
-          INFO("type " << quant::dtype_name(t) << " running_max " << rmax << " policy " << evict::policy_name(pol)
-                       << " kv_mem " << mem);
-          engine::ContextParams p;
-          p.n_ctx = 4096;
-          p.kv_type = t;
-          p.evict.policy = pol;
-          p.evict.running_max = rmax;
-          p.kv_mem_bytes = mem;
-          engine::Context c(m, p);
-          CHECK(c.cache().bytes_reserved() <= uint64_t(mem));
-          REQUIRE(c.budget_tokens() < p.n_ctx);
-          engine::ContextParams q = p;
-          q.kv_mem_bytes.reset();
-          q.budget_tokens = int64_t(c.budget_tokens());
-          engine::Context same(m, q);  // the same budget given in tokens: the same pool
-          CHECK(same.cache().bytes_reserved() == c.cache().bytes_reserved());
-          q.budget_tokens = int64_t(c.budget_tokens()) + 1;
-          engine::Context more(m, q);
-          CHECK(more.cache().bytes_reserved() > uint64_t(mem));
-        }
-  // The reported case: q8_0 rows (padded to a 32-element block) with the
-  // running-max aux floats at 300K.
+    for (evict::Policy pol : {evict::Policy::snapkv, evict::Policy::defensivekv})
+      for (int64_t mem : {int64_t(200 * 1024), int64_t(300 * 1024), int64_t(300 * 1024 + 777), int64_t(1 << 20)}) {
+        INFO("type " << quant::dtype_name(t) << " policy " << evict::policy_name(pol) << " kv_mem " << mem);
+        engine::ContextParams p;
+        p.n_ctx = 4096;
+        p.kv_type = t;
+        p.evict.policy = pol;
+        p.kv_mem_bytes = mem;
+        engine::Context c(m, p);
+        CHECK(c.cache().bytes_reserved() <= uint64_t(mem));
+        REQUIRE(c.budget_tokens() < p.n_ctx);
+        engine::ContextParams q = p;
+        q.kv_mem_bytes.reset();
+        q.budget_tokens = int64_t(c.budget_tokens());
+        engine::Context same(m, q);  // the same budget given in tokens: the same pool
+        CHECK(same.cache().bytes_reserved() == c.cache().bytes_reserved());
+        q.budget_tokens = int64_t(c.budget_tokens()) + 1;
+        engine::Context more(m, q);
+        CHECK(more.cache().bytes_reserved() > uint64_t(mem));
+      }
+  // The reported case: q8_0 rows (padded to a 32-element block) with aux
+  // floats at 300K.
   engine::ContextParams p;
   p.kv_type = quant::DType::q8_0;
-  p.evict.running_max = true;
   p.kv_mem_bytes = 300 * 1024;
   engine::Context c(m, p);
   CHECK(c.cache().bytes_reserved() <= 300u * 1024);
@@ -733,7 +723,7 @@ TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is 
 TEST_CASE("bounded decoding defers the value norms and fills them batched, equal to per-token norms",
           "[engine][vnorm]") {
   // Oracle: the oneshot schedule computes each decoded token's norm in its own
-  // forward pass (Model::value_norms on one token); the bounded one stashes
+  // forward pass (quant::value_norms on one token); the bounded one stashes
   // the values and computes the norms of all pending tokens in one call.
   const auto prompt = prompt_tokens(40);
   engine::ContextParams p;

@@ -86,6 +86,28 @@ struct MaskDiff {
 
 }  // namespace
 
+// Value-projection L1 norms of one KV head (docs/eviction.md step 3, before
+// the normalisation across heads), in double over f32 dot products: the
+// oracle input for the reference vectors.
+//   out[j] = mean_{g<G} || W_o[:, h*d:(h+1)*d] . v[j] ||_1,  h = hk*G + g
+static void vnorm_reference(const float* v, uint32_t n, const float* wo, uint32_t n_embd, uint32_t n_head,
+                            uint32_t n_head_kv, uint32_t head_dim, uint32_t hk, float* out) {
+  const defkv::simd::Kernels& K = defkv::simd::k();
+  const uint32_t G = n_head / n_head_kv;
+  const size_t row = size_t(n_head) * head_dim;  // W_o row length
+  for (uint32_t j = 0; j < n; ++j) {
+    const float* vj = v + size_t(j) * head_dim;
+    double acc = 0.0;
+    for (uint32_t g = 0; g < G; ++g) {
+      const size_t col = size_t(hk * G + g) * head_dim;
+      double l1 = 0.0;
+      for (uint32_t e = 0; e < n_embd; ++e) l1 += std::fabs(K.dot(wo + e * row + col, vj, head_dim));
+      acc += l1;
+    }
+    out[j] = float(acc / G);
+  }
+}
+
 TEST_CASE("policy names round-trip", "[evict]") {
   for (ev::Policy p : {ev::Policy::full, ev::Policy::streaming, ev::Policy::snapkv,
                        ev::Policy::adakv, ev::Policy::criticalkv, ev::Policy::defensivekv,
@@ -156,8 +178,8 @@ TEST_CASE("eviction test vectors", "[evict][vectors]") {
       view.q_window = q;
       view.q_pos = q_pos.data();
       for (uint32_t hk = 0; hk < Hkv; ++hk) {
-        ev::value_norms(v + size_t(hk) * T * d, T, wo, E, H, Hkv, d, hk, vnorm[hk].data());
-        view.heads.push_back({T, k + size_t(hk) * T * d, pos.data(), vnorm[hk].data(), nullptr});
+        vnorm_reference(v + size_t(hk) * T * d, T, wo, E, H, Hkv, d, hk, vnorm[hk].data());
+        view.heads.push_back({T, k + size_t(hk) * T * d, pos.data(), vnorm[hk].data()});
       }
 
       // Intermediates (defensivekv scorer with introspection).
@@ -237,7 +259,7 @@ struct Synth {
   uint32_t H = 4, Hkv = 2, d = 8, W = 6;
   std::vector<float> q;                             // [H, W, d]
   std::vector<int32_t> q_pos;                       // [W]
-  std::vector<std::vector<float>> k, vn, prev;      // [Hkv][n_h * d], [Hkv][n_h]
+  std::vector<std::vector<float>> k, vn;            // [Hkv][n_h * d], [Hkv][n_h]
   std::vector<std::vector<int32_t>> pos;            // [Hkv][n_h]
   ev::LayerView view() const {
     ev::LayerView v;
@@ -248,8 +270,7 @@ struct Synth {
     v.q_window = q.data();
     v.q_pos = q_pos.data();
     for (uint32_t hk = 0; hk < Hkv; ++hk)
-      v.heads.push_back({uint32_t(pos[hk].size()), k[hk].data(), pos[hk].data(), vn[hk].data(),
-                         prev.empty() ? nullptr : prev[hk].data()});
+      v.heads.push_back({uint32_t(pos[hk].size()), k[hk].data(), pos[hk].data(), vn[hk].data()});
     return v;
   }
 };
@@ -489,37 +510,6 @@ TEST_CASE("stage-1 counts equal a full-sort cumulative sum", "[evict]") {
   }
 }
 
-TEST_CASE("running max: earlier rounds' maxima raise the defensive score", "[evict]") {
-  std::mt19937 rng(5);
-  Synth s = make_synth(rng, 50, 0.0);
-  ev::Params p;
-  p.window = s.W;
-  ev::Scratch scratch;
-  ev::Introspection base, withprev;
-  std::vector<std::vector<float>> scores, new_max;
-  const ev::Budget b = ev::entries_budget(20, s.Hkv, 1);
-  ev::score_layer(s.view(), p, b, scratch, scores, &base, &new_max);
-  REQUIRE(new_max.size() == s.Hkv);
-  // prev_max: NaN for most, a large value for entry 3 of head 0, smaller than
-  // the current max for entry 5 (no effect).
-  s.prev.assign(s.Hkv, std::vector<float>(50, std::nanf("")));
-  s.prev[0][3] = 0.75f;
-  s.prev[0][5] = new_max[0][5] * 0.5f;
-  p.running_max = true;
-  std::vector<std::vector<float>> new_max2;
-  ev::score_layer(s.view(), p, b, scratch, scores, &withprev, &new_max2);
-  CHECK(new_max2[0][3] == 0.75f);
-  CHECK(new_max2[0][5] == new_max[0][5]);
-  CHECK(withprev.defensive[0][3] == 0.75f);
-  for (uint32_t hk = 0; hk < s.Hkv; ++hk)
-    for (size_t j = 50 - s.W; j < 50; ++j) CHECK(std::isnan(new_max2[hk][j]));
-  // Without running_max the prev values are ignored.
-  p.running_max = false;
-  ev::Introspection off;
-  ev::score_layer(s.view(), p, b, scratch, scores, &off);
-  CHECK(off.defensive == base.defensive);
-}
-
 TEST_CASE("inconsistent views are rejected", "[evict]") {
   std::mt19937 rng(6);
   Synth s = make_synth(rng, 30, 0.0);
@@ -618,12 +608,8 @@ TEST_CASE("scores do not depend on absolute positions or on the order of KV head
   for (ev::Policy pol : kScored) {
     INFO(ev::policy_name(pol));
     p.policy = pol;
-    std::vector<std::vector<float>> base, shifted, swapped, nm;
-    ev::score_layer(s.view(), p, b, scratch, base, nullptr, &nm);
-    for (size_t hk = 0; hk < s.Hkv; ++hk)  // new_max is NaN unless defensive
-      for (float x : nm[hk])
-        if (pol != ev::Policy::defensivekv && pol != ev::Policy::layer_defensivekv)
-          CHECK(std::isnan(x));
+    std::vector<std::vector<float>> base, shifted, swapped;
+    ev::score_layer(s.view(), p, b, scratch, base);
     // Shift every position by 1000 (keys are inputs: RoPE is the caller's).
     Synth t = s;
     for (auto& hp : t.pos)
@@ -708,20 +694,18 @@ TEST_CASE("window_logits equals a double-precision product", "[evict][logits]") 
 
 namespace {
 
-// One eviction round over L layers as the engine runs it: score every layer
-// (with new_max for the defensive policies), then select per layer or, for
-// layer_defensivekv, over all layers.
+// One eviction round over L layers as the engine runs it: score every layer,
+// then select per layer or, for layer_defensivekv, over all layers.
 struct Round {
-  std::vector<std::vector<std::vector<float>>> scores, new_max;
+  std::vector<std::vector<std::vector<float>>> scores;
   std::vector<std::vector<std::vector<uint8_t>>> keep;
   void run(const std::vector<ev::LayerView>& views, const ev::Params& p, const ev::Budget& b,
            ev::Scratch& s) {
     const size_t L = views.size();
     scores.resize(L);
-    new_max.resize(L);
     keep.resize(L);
     for (size_t l = 0; l < L; ++l) {
-      ev::score_layer(views[l], p, b, s, scores[l], nullptr, &new_max[l]);
+      ev::score_layer(views[l], p, b, s, scores[l]);
       if (p.policy != ev::Policy::layer_defensivekv)
         ev::select_keep(p, b, views[l].n_window, scores[l], s, keep[l]);
     }
@@ -743,31 +727,23 @@ TEST_CASE("a warm eviction round does not allocate", "[evict][alloc]") {
     warm.push_back(make_synth(rng, T_warm, 0.0, 4, 4, 16, 8));
     later.push_back(make_synth(rng, T_warm - 13 * l, 0.3, 4, 4, 16, 8));
   }
-  for (Synth& s : later)  // previous rounds' maxima, some missing (NaN)
-    for (uint32_t hk = 0; hk < s.Hkv; ++hk) {
-      s.prev.emplace_back(s.pos[hk].size(), 0.01f);
-      s.prev[hk][0] = std::numeric_limits<float>::quiet_NaN();
-    }
   std::vector<ev::LayerView> v_warm, v_later;
   for (const Synth& s : warm) v_warm.push_back(s.view());
   for (const Synth& s : later) v_later.push_back(s.view());
   const ev::Budget b = ev::entries_budget(60, 4, L);
   for (ev::Policy pol : kAll) {
-    for (bool running_max : {false, true}) {
-      INFO(ev::policy_name(pol) << (running_max ? " running max" : ""));
-      ev::Params p;
-      p.policy = pol;
-      p.window = 8;
-      p.running_max = running_max;
-      ev::Scratch scratch;
-      Round round;
-      round.run(v_warm, p, b, scratch);  // warm-up
-      const uint64_t a0 = g_allocs.load();
-      round.run(v_later, p, b, scratch);
-      round.run(v_warm, p, b, scratch);
-      const uint64_t allocs = g_allocs.load() - a0;
-      CHECK(allocs == 0);
-    }
+    INFO(ev::policy_name(pol));
+    ev::Params p;
+    p.policy = pol;
+    p.window = 8;
+    ev::Scratch scratch;
+    Round round;
+    round.run(v_warm, p, b, scratch);  // warm-up
+    const uint64_t a0 = g_allocs.load();
+    round.run(v_later, p, b, scratch);
+    round.run(v_warm, p, b, scratch);
+    const uint64_t allocs = g_allocs.load() - a0;
+    CHECK(allocs == 0);
   }
 }
 

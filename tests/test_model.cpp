@@ -19,9 +19,11 @@
 #include <vector>
 
 #include "quant/quant.h"
+#include "quant/value_norm.h"
 #include "runtime/engine/context.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
+#include "runtime/text/sampler.h"
 #include "simd/simd.h"
 
 using namespace defkv;
@@ -479,11 +481,14 @@ TEST_CASE("tiny random llama matches a scalar reference (RoPE normal / NeoX, GQA
   CHECK(diff > 1e-2);
 }
 
-TEST_CASE("value-norm hook appends mean_g ||W_o slice . v||_1 per entry (double reference)", "[model][vnorm]") {
-  // aux[0] of every appended entry against eviction.md step 3 computed here in
-  // double from W_o as stored and the values the cache received (f32 cache:
-  // exact copies); aux[1] must stay 0. A 21-token batch (token-lane path of
-  // quant::value_proj_l1) then single-token steps (dot path).
+TEST_CASE("a layer observer's value norms (quant::value_norms) are mean_g ||W_o slice . v||_1 per entry (double reference)",
+          "[model][vnorm]") {
+  // The observer sees each layer's values and writes quant::value_norms into
+  // aux[0] of the entries forward() appends. aux[0] of every entry against
+  // docs/eviction.md step 3 computed here in double from W_o as stored and
+  // the values the cache received (f32 cache: exact copies); aux[1], which
+  // the observer leaves alone, must stay 0. A 21-token batch (token-lane path
+  // of quant::value_proj_l1) then single-token steps (dot path).
   TinySpec s;
   s.n_layer = 2;
   const auto ts = tiny_tensors(s, 99);
@@ -500,8 +505,22 @@ TEST_CASE("value-norm hook appends mean_g ||W_o slice . v||_1 per entry (double 
   cc.capacity_entries = uint64_t(64) * c.n_layer * c.n_head_kv;
   kv::KvCache cache(cc);
   model::Workspace ws(c, 32, 64, 0, cc.page_tokens, cc.n_aux);
+  struct Norms final : model::LayerObserver {
+    const model::Model* m = nullptr;
+    std::vector<float> out;
+    quant::ValueNormScratch scratch;
+    uint32_t layers_seen = 0;
+    void on_layer(const model::LayerTensors& t) override {
+      const model::Config& mc = m->config();
+      out.resize(size_t(t.n_tokens) * mc.n_head_kv);
+      quant::value_norms(m->layer(t.layer).wo, mc.n_head_kv, mc.head_dim, t.v, t.n_tokens, out.data(), scratch);
+      for (size_t i = 0; i < out.size(); ++i) t.aux[i * t.n_aux] = out[i];
+      ++layers_seen;
+    }
+  } norms;
+  norms.m = m.get();
   model::ForwardHooks hooks;
-  hooks.aux_value_norm = true;
+  hooks.observer = &norms;
   std::vector<int32_t> toks = {1, 5, 7, 3, 12, 0, 9, 9, 2, 4, 11, 6, 8, 10, 3, 1, 7, 5, 2, 12, 4};
   std::vector<int32_t> pos(toks.size());
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
@@ -511,6 +530,7 @@ TEST_CASE("value-norm hook appends mean_g ||W_o slice . v||_1 per entry (double 
     m->forward(&tok, &p, 1, cache, ws, hooks, nullptr, false);
   }
   const size_t n = toks.size() + 3;
+  CHECK(norms.layers_seen == 4 * c.n_layer);  // every layer of the 4 forward calls
   constexpr double kU = 1.0 / double(1u << 24);
   for (uint32_t l = 0; l < c.n_layer; ++l) {
     std::vector<double> wo(E * H * d);

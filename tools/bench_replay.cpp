@@ -117,13 +117,13 @@ double Replay::value_norms(uint32_t n, uint32_t n_head_kv, uint32_t head_dim) {
   n = std::min(n, max_tokens_);
   if (w_.layers.empty() || n_head_kv == 0 || head_dim == 0) return 0.0;
   const quant::Matrix& wo0 = w_.layers[0][3];  // [n_embd, H * d]
-  const size_t H = wo0.cols / head_dim, ldv = size_t(n_head_kv) * head_dim;
+  const size_t ldv = size_t(n_head_kv) * head_dim;
   if (ldv > wo0.cols) return 0.0;  // x_ rows hold max_cols >= H * d floats
-  l1_.resize(size_t(max_tokens_) * H);
-  quant::value_proj_l1(wo0, n_head_kv, head_dim, x_.data(), ldv, n, l1_.data(), H, vn_);  // warm (sizes vn_)
+  norms_.resize(size_t(max_tokens_) * n_head_kv);
+  quant::value_norms(wo0, n_head_kv, head_dim, x_.data(), n, norms_.data(), vn_);  // warm (sizes vn_)
   const auto t0 = Clock::now();
   for (uint32_t l = 0; l < w_.n_layer; ++l)
-    quant::value_proj_l1(w_.layers[l][3], n_head_kv, head_dim, x_.data(), ldv, n, l1_.data(), H, vn_);
+    quant::value_norms(w_.layers[l][3], n_head_kv, head_dim, x_.data(), n, norms_.data(), vn_);
   return since(t0);
 }
 

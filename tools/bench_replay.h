@@ -52,7 +52,7 @@ class Replay {
   // Seconds for the RMSNorms of n tokens (2 per layer + the final one).
   double norms(uint32_t n_tokens);
   // Seconds for the value-projection norms of n tokens in every layer (the
-  // value-weighted eviction policies' aux data: quant::value_proj_l1 on W_o,
+  // value-weighted eviction policies' aux data: quant::value_norms on W_o,
   // as the model computes them in a prefill chunk).
   double value_norms(uint32_t n_tokens, uint32_t n_head_kv, uint32_t head_dim);
   // Bytes of the packed copies (0 when the kernels use the weights as stored).
@@ -66,7 +66,7 @@ class Replay {
   std::vector<float> x_;      // [max_tokens, max cols] deterministic input
   std::vector<float> y_;      // [max_tokens, max rows]
   std::vector<float> gamma_;  // [n_embd] norm weights (ones)
-  std::vector<float> l1_;     // [max_tokens, n_head] value norms
+  std::vector<float> norms_;  // [max_tokens, n_head_kv] value norms
   quant::ValueNormScratch vn_;
 };
 

@@ -14,7 +14,7 @@
 // prefill: one chunk of the context's batch size, scaled to -p), the norms
 // through simd rmsnorm, and with a value-weighted policy (criticalkv,
 // defensivekv, layer-defensivekv) the prefill's value norms through
-// quant::value_proj_l1 on W_o; sampling is timed in the loop; eviction is
+// quant::value_norms on W_o; sampling is timed in the loop; eviction is
 // measured; "attention+rest" is the remainder (attention, RoPE, KV append, SwiGLU,
 // residual adds). Peak RSS is read before the replay packs its copies.
 #include <CLI/CLI.hpp>
@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "runtime/api/defkv.h"
+#include "runtime/evict/evict.h"
 #include "tools/api_util.h"
 #include "tools/bench_replay.h"
 #include "tools/commands.h"
@@ -318,7 +319,9 @@ int run_model_bench(const BenchArgs& a) {
 
   // ---- op-breakdown estimate (replay) ----
   auto uses_vnorm = [](int32_t pol) {
-    return pol == DEFKV_POLICY_DEFENSIVEKV || pol == DEFKV_POLICY_LAYER_DEFENSIVEKV || pol == DEFKV_POLICY_CRITICALKV;
+    evict::Policy p;
+    const char* name = defkv_kv_policy_name(pol);
+    return name && evict::parse_policy(name, &p) && evict::traits(p).value_norms;
   };
   const bool vnorm_policy = budget && (uses_vnorm(info.kv_policy) || uses_vnorm(info.kv_interim_policy));
   if (!a.no_breakdown && !results.empty()) {

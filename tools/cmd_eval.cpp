@@ -126,8 +126,6 @@ std::string policy_of(const engine::ContextParams& cp) {
 json bounded_options_json(const engine::ContextParams& cp) {
   json j = json::object();
   if (cp.interim_policy) j["interim_policy"] = evict::policy_name(*cp.interim_policy);
-  if (cp.score_all_queries) j["score_all_queries"] = true;
-  if (cp.running_max_decay != 1.0f) j["running_max_decay"] = cp.running_max_decay;
   return j;
 }
 std::string schedule_of(const engine::ContextParams& cp) {
@@ -497,10 +495,9 @@ int run_sweep(const SweepOptions& o) {
 
   json meta = {{"model", o.kv.model_path}, {"kv_type", o.kv.flags.type}, {"window", o.kv.flags.window_tokens},
                {"pool_kernel", o.kv.flags.pool_kernel}, {"sinks", o.kv.flags.sink_tokens},
-               {"chunk", o.kv.flags.chunk_tokens}, {"running_max", o.kv.flags.running_max},
-               {"running_max_decay", o.kv.flags.running_max_decay},
+               {"chunk", o.kv.flags.chunk_tokens},
                {"interim_policy", o.kv.flags.interim_policy.empty() ? "none" : o.kv.flags.interim_policy},
-               {"score_all_queries", o.kv.flags.score_all_queries}, {"budget_form", "kv_ratio (fraction of the prompt/prefix kept)"}};
+               {"budget_form", "kv_ratio (fraction of the prompt/prefix kept)"}};
 
   // --- KL sweep -------------------------------------------------------------
   std::vector<KldCell> kcells;

@@ -6,13 +6,16 @@
 #include <stdexcept>
 #include <string>
 
-#include "runtime/engine/context.h"
+#include "runtime/engine/params.h"
 
 namespace defkv::cli {
 namespace {
 
-const std::vector<std::string> kPolicies = {"full",       "streaming",   "snapkv",           "adakv",
-                                            "criticalkv", "defensivekv", "layer-defensivekv"};
+std::vector<std::string> policy_names() {
+  std::vector<std::string> v;
+  for (const evict::PolicyTraits& t : evict::policies()) v.push_back(t.name);
+  return v;
+}
 
 // Integer > 0 with a readable message (CLI::PositiveNumber prints DBL_MAX).
 const CLI::Validator kPositiveInt(
@@ -40,14 +43,22 @@ const CLI::Validator kByteSize(
     },
     "SIZE");
 
-int32_t api_policy(const std::string& s) {
-  if (s == "defensivekv") return DEFKV_POLICY_DEFENSIVEKV;
-  if (s == "layer-defensivekv" || s == "layer_defensivekv") return DEFKV_POLICY_LAYER_DEFENSIVEKV;
-  if (s == "criticalkv") return DEFKV_POLICY_CRITICALKV;
-  if (s == "adakv") return DEFKV_POLICY_ADAKV;
-  if (s == "snapkv") return DEFKV_POLICY_SNAPKV;
-  if (s == "streaming") return DEFKV_POLICY_STREAMING;
-  throw std::invalid_argument("--kv-policy: unknown policy " + s);
+int32_t api_policy(const std::string& s, const char* flag) {
+  const int32_t p = defkv_kv_policy_from_name(s.c_str());
+  if (p < 0) throw std::invalid_argument(std::string(flag) + ": unknown policy " + s);
+  return p;
+}
+
+// The flag of an engine::ContextParams member (engine::ParamError::field).
+std::string flag_name(const std::string& field) {
+  static const std::pair<const char*, const char*> names[] = {
+      {"budget_tokens", "--kv-budget"},   {"kv_ratio", "--kv-ratio"},         {"kv_mem_bytes", "--kv-mem"},
+      {"kv_type", "--kv-type"},           {"evict.policy", "--kv-policy"},    {"evict.window", "--kv-window"},
+      {"evict.kernel", "--kv-pool"},      {"evict.n_sink", "--kv-sinks"},     {"interim_policy", "--kv-interim-policy"},
+      {"chunk_tokens", "--chunk"}};
+  for (const auto& [engine_name, flag] : names)
+    if (field == engine_name) return flag;
+  return field;
 }
 
 int32_t api_type(const std::string& s) {
@@ -57,56 +68,38 @@ int32_t api_type(const std::string& s) {
   throw std::invalid_argument("--kv-type: unknown type " + s + " (f16, f32 or q8_0)");
 }
 
-// Checks shared by both conversions: a policy needs a budget, 'full' must not have one.
-void check_policy(const KvFlags& f) {
+void to_engine(const KvFlags& f, engine::ContextParams* cp);
+
+// Flags that would do nothing are refused (a policy without a budget, the
+// interim policy without the bounded schedule; the engine ignores those);
+// then the engine validates the parameters, and its message names the flag.
+void check_flags(const KvFlags& f) {
   const bool policy_given = f.opt_policy && f.opt_policy->count() > 0;
   if (!f.has_budget() && policy_given && f.policy != "full")
     throw std::invalid_argument("--kv-policy " + f.policy +
                                 " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
-  if (f.has_budget() && f.policy == "full")
-    throw std::invalid_argument("--kv-policy full never evicts; drop the KV budget or choose an eviction policy");
-  if (!f.schedule.empty() && f.schedule != "oneshot" && f.schedule != "bounded")
-    throw std::invalid_argument("--kv-schedule: unknown schedule " + f.schedule + " (oneshot or bounded)");
-  // Bounded-schedule options. The engine ignores them with the oneshot
-  // schedule (sweep runs both); a command line that asks for oneshot or has
-  // no budget is told instead of silently running the faithful schedule.
-  const bool budget_flags = f.opt_budget != nullptr;  // sweep sets budgets itself
-  auto refuse_unused = [&](const std::string& flag) {
-    if (budget_flags && !f.has_budget())
-      throw std::invalid_argument(flag + " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
+  // The sweep (no budget flags) sets budgets and runs both schedules itself.
+  if (!f.interim_policy.empty() && f.opt_budget) {
+    if (!f.has_budget())
+      throw std::invalid_argument("--kv-interim-policy needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
     if (f.schedule == "oneshot")
-      throw std::invalid_argument(flag + " applies to the bounded schedule only (oneshot evicts once, after "
-                                         "the whole prompt); drop it or use --kv-schedule bounded");
-  };
-  if (!f.interim_policy.empty()) {
-    if (f.interim_policy == "full" || f.interim_policy == "streaming")
-      throw std::invalid_argument("--kv-interim-policy must be a scored policy (snapkv, adakv, criticalkv, "
-                                  "defensivekv or layer-defensivekv), not " + f.interim_policy);
-    evict::Policy ip;
-    if (!evict::parse_policy(f.interim_policy, &ip))
-      throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
-    refuse_unused("--kv-interim-policy");
+      throw std::invalid_argument("--kv-interim-policy applies to the bounded schedule only (oneshot evicts once, "
+                                  "after the whole prompt); drop it or use --kv-schedule bounded");
   }
-  if (f.score_all_queries) refuse_unused("--kv-score-all-queries");
-  if (!(f.running_max_decay > 0.0f && f.running_max_decay <= 1.0f))
-    throw std::invalid_argument("--kv-running-max-decay must be in (0, 1] (got " +
-                                std::to_string(f.running_max_decay) + ")");
-  if (f.opt_decay && f.opt_decay->count() && !f.running_max)
-    throw std::invalid_argument("--kv-running-max-decay needs --kv-running-max");
+  engine::ContextParams cp;
+  to_engine(f, &cp);
+  try {
+    engine::validate_params(cp);
+  } catch (const engine::ParamError& e) {
+    throw std::invalid_argument(flag_name(e.field) + " " + e.rest);
+  }
 }
 
 }  // namespace
 
 const char* policy_name(int32_t policy) {
-  switch (policy) {
-    case DEFKV_POLICY_DEFENSIVEKV: return "defensivekv";
-    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return "layer-defensivekv";
-    case DEFKV_POLICY_CRITICALKV: return "criticalkv";
-    case DEFKV_POLICY_ADAKV: return "adakv";
-    case DEFKV_POLICY_SNAPKV: return "snapkv";
-    case DEFKV_POLICY_STREAMING: return "streaming";
-  }
-  return "?";
+  const char* n = defkv_kv_policy_name(policy);
+  return n ? n : "?";
 }
 
 const char* kv_type_name(int32_t type) {
@@ -173,7 +166,7 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
                                    "(max) attention score per entry, head-adaptive budget; layer-defensivekv: "
                                    "also layer-adaptive; criticalkv, adakv, snapkv: the baselines; streaming: "
                                    "sinks + most recent")
-                       ->check(CLI::IsMember(kPolicies))
+                       ->check(CLI::IsMember(policy_names()))
                        ->capture_default_str();
     f.opt_schedule = sub->add_option("--kv-schedule", f.schedule,
                     "When eviction runs. bounded (default with a budget): chunked prefill and decode-time "
@@ -200,58 +193,49 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
                   "third; else 256)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  sub->add_flag("--kv-running-max", f.running_max,
-                "Defensive policies: keep each entry's worst-case score across eviction rounds instead of "
-                "re-scoring (experimental)");
   sub->add_option("--kv-interim-policy", f.interim_policy,
                   "Bounded schedule: score the prefill eviction rounds before a prompt's last chunk with this "
                   "scored policy (e.g. criticalkv with a defensive --kv-policy); the last round and decoding "
                   "use --kv-policy (default: --kv-policy everywhere)")
-      ->check(CLI::IsMember({"snapkv", "adakv", "criticalkv", "defensivekv", "layer-defensivekv",
-                             "layer_defensivekv", "full", "streaming"}));
-  sub->add_flag("--kv-score-all-queries", f.score_all_queries,
-                "Bounded schedule: score each eviction round with every query since the previous round "
-                "(in passes of the window), not only the newest window");
-  f.opt_decay = sub->add_option("--kv-running-max-decay", f.running_max_decay,
-                                "With --kv-running-max: the stored worst case is multiplied by F in (0, 1] "
-                                "before each round (1: the plain running max)")
-                    ->capture_default_str();
+      ->check(CLI::IsMember([] {
+        std::vector<std::string> v = policy_names();
+        v.push_back("layer_defensivekv");
+        return v;
+      }()));
 }
 
 void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
-  check_policy(f);
+  check_flags(f);
   p->kv_budget_tokens = 0;
   p->kv_ratio = 0;
   p->kv_mem_bytes = 0;
   if (f.opt_budget && f.opt_budget->count()) p->kv_budget_tokens = f.budget_tokens;
   if (f.opt_ratio && f.opt_ratio->count()) p->kv_ratio = f.ratio;
   if (f.opt_mem && f.opt_mem->count()) p->kv_mem_bytes = parse_bytes(f.mem);
-  if (f.has_budget()) p->kv_policy = api_policy(f.policy);
+  if (f.has_budget()) p->kv_policy = api_policy(f.policy, "--kv-policy");
   p->kv_schedule = f.schedule == "oneshot"   ? DEFKV_SCHEDULE_ONESHOT
                    : f.schedule == "bounded" ? DEFKV_SCHEDULE_BOUNDED
                                              : DEFKV_SCHEDULE_DEFAULT;
   p->kv_type = api_type(f.type);
   p->kv_window = uint32_t(f.window_tokens);
-  p->kv_sinks = int32_t(f.sink_tokens);  // 0: no sinks (this header's struct size)
+  p->kv_sinks = int32_t(f.sink_tokens);  // 0: no sinks
   p->kv_pool = uint32_t(f.pool_kernel);
-  p->kv_running_max = f.running_max ? 1 : 0;
-  // 0 (the API's default) means 64 tokens for a full cache; the CLI keeps
-  // the engine's batching there.
-  p->prefill_chunk_tokens = f.chunk_tokens > 0  ? uint32_t(f.chunk_tokens)
-                            : !f.has_budget()   ? kFullCachePrefillChunk
-                                                : 0u;
-  p->kv_interim_policy = f.interim_policy.empty() ? -1 : api_policy(f.interim_policy);
-  p->kv_score_all_queries = f.score_all_queries ? 1 : 0;
-  p->kv_running_max_decay = f.running_max_decay;
+  p->prefill_chunk_tokens = uint32_t(f.chunk_tokens);  // 0: the engine's default
+  p->kv_interim_policy = f.interim_policy.empty() ? -1 : api_policy(f.interim_policy, "--kv-interim-policy");
 }
 
 void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
-  check_policy(f);
+  check_flags(f);
+  to_engine(f, cp);
+}
+
+namespace {
+
+void to_engine(const KvFlags& f, engine::ContextParams* cp) {
   if (!quant::parse_dtype(f.type, &cp->kv_type)) throw std::invalid_argument("--kv-type: unknown type " + f.type);
   cp->evict.window = uint32_t(f.window_tokens);
   cp->evict.kernel = uint32_t(f.pool_kernel);
   cp->evict.n_sink = uint32_t(f.sink_tokens);
-  cp->evict.running_max = f.running_max;
   cp->chunk_tokens = uint32_t(f.chunk_tokens);
   cp->interim_policy.reset();
   if (!f.interim_policy.empty()) {
@@ -260,8 +244,6 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
       throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
     cp->interim_policy = ip;
   }
-  cp->score_all_queries = f.score_all_queries;
-  cp->running_max_decay = f.running_max_decay;
   cp->budget_tokens.reset();
   cp->kv_ratio.reset();
   cp->kv_mem_bytes.reset();
@@ -279,5 +261,7 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
     cp->schedule = s;
   }
 }
+
+}  // namespace
 
 }  // namespace defkv::cli

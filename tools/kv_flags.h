@@ -1,15 +1,16 @@
 // KV-cache flags shared by `defkv run`, `defkv bench` and `defkv eval`:
-// registration (one help text per flag), validation, and conversion to the
-// C API's defkv_context_params (run, bench) or engine::ContextParams (eval,
-// which drives the evaluation library directly).
+// registration (one help text per flag), conversion to the C API's
+// defkv_context_params (run, bench) or engine::ContextParams (eval, which
+// drives the evaluation library directly), and validation: the engine's
+// (engine::validate_params, its message naming the flag) plus the refusal of
+// flags that would do nothing.
 //
 //   --kv-budget N | --kv-ratio R | --kv-mem SIZE   at most one: the KV budget
 //   --kv-policy P       eviction policy (needs a budget unless 'full')
 //   --kv-schedule S     oneshot | bounded
 //   --kv-type T         f16 | f32 | q8_0
-//   --kv-window W, --kv-pool K, --kv-sinks S, --chunk N, --kv-running-max
-//   bounded-schedule options (engine::ContextParams; docs/eval/RESULTS.md):
-//   --kv-interim-policy P, --kv-score-all-queries, --kv-running-max-decay F
+//   --kv-window W, --kv-pool K, --kv-sinks S, --chunk N
+//   --kv-interim-policy P   bounded schedule (docs/eval/RESULTS.md)
 #pragma once
 
 #include <cstdint>
@@ -39,17 +40,13 @@ struct KvFlags {
   int pool_kernel = 5;        // --kv-pool
   int sink_tokens = 4;        // --kv-sinks
   int chunk_tokens = 0;       // --chunk (0: the default)
-  bool running_max = false;   // --kv-running-max
   std::string interim_policy;   // --kv-interim-policy ("": none)
-  bool score_all_queries = false;  // --kv-score-all-queries
-  float running_max_decay = 1.0f;  // --kv-running-max-decay, in (0, 1]
 
   CLI::Option* opt_budget = nullptr;  // null when the budget flags are not registered
   CLI::Option* opt_ratio = nullptr;
   CLI::Option* opt_mem = nullptr;
   CLI::Option* opt_policy = nullptr;
   CLI::Option* opt_schedule = nullptr;
-  CLI::Option* opt_decay = nullptr;
 
   // A budget flag was given on the command line.
   bool has_budget() const;
@@ -73,7 +70,7 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set = {});
 int64_t parse_bytes(const std::string& s, const std::string& flag = "--kv-mem");
 
 // Validates the flags and writes the KV fields of *p (budget, policy,
-// schedule, type, window, sinks, pool, running max, prefill chunk); other
+// schedule, type, window, sinks, pool, prefill chunk, interim policy); other
 // fields are left as they are. Throws std::invalid_argument naming the flag.
 void apply_kv_flags(const KvFlags& f, defkv_context_params* p);
 
@@ -83,9 +80,5 @@ void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp);
 // Names of the C API's enums, as the flags spell them ("?" when unknown).
 const char* policy_name(int32_t policy);  // defkv_kv_policy
 const char* kv_type_name(int32_t type);   // defkv_kv_type
-
-// The engine's prefill chunk for a full cache (the API defaults to 64 there,
-// to bound cancellation latency; the CLI keeps the engine's batching).
-constexpr uint32_t kFullCachePrefillChunk = 256;
 
 }  // namespace defkv::cli

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "runtime/engine/context.h"
+#include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
 #include "runtime/text/chat_template.h"
@@ -153,6 +154,18 @@ defkv_status fail(defkv_context* c, defkv_status s, std::string msg) {
   return s;
 }
 
+// The defkv_context_params field of an engine::ContextParams member (ParamError::field).
+std::string api_field(const std::string& f) {
+  static const std::pair<const char*, const char*> names[] = {
+      {"budget_tokens", "kv_budget_tokens"}, {"kv_ratio", "kv_ratio"},       {"kv_mem_bytes", "kv_mem_bytes"},
+      {"kv_type", "kv_type"},                {"evict.policy", "kv_policy"},  {"evict.window", "kv_window"},
+      {"evict.kernel", "kv_pool"},           {"evict.n_sink", "kv_sinks"},   {"interim_policy", "kv_interim_policy"},
+      {"chunk_tokens", "prefill_chunk_tokens"}};
+  for (const auto& [engine_name, api_name] : names)
+    if (f == engine_name) return api_name;
+  return f;
+}
+
 // Runs f, mapping every exception to a status and a message.
 template <class F>
 defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_status, F&& f) {
@@ -164,6 +177,8 @@ defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_stat
     return fail(e.status == DEFKV_ERR_BUSY ? nullptr : c, e.status, where + e.msg);
   } catch (const model::Cancelled& e) {
     return fail(c, DEFKV_ERR_CANCELLED, where + e.what());
+  } catch (const engine::ParamError& e) {
+    return fail(c, DEFKV_ERR_INVALID_ARGUMENT, where + api_field(e.field) + " " + e.rest);
   } catch (const engine::StateMismatch& e) {
     return fail(c, DEFKV_ERR_MISMATCH, where + e.what());
   } catch (const gguf::Error& e) {
@@ -249,10 +264,6 @@ void check_tokens(const ModelImpl& m, const int32_t* tokens, size_t n) {
     if (tokens[i] < 0 || uint32_t(tokens[i]) >= V)
       raise(DEFKV_ERR_INVALID_ARGUMENT, "token " + std::to_string(i) + " = " + std::to_string(tokens[i]) +
                                             " is outside the vocabulary [0, " + std::to_string(V) + ")");
-}
-
-int n_forms(const defkv_context_params& p) {
-  return int(p.kv_budget_tokens != 0) + int(p.kv_ratio != 0) + int(p.kv_mem_bytes != 0);
 }
 
 void check_cancel(const defkv_context* c) {
@@ -639,17 +650,6 @@ defkv_status defkv_chat_template_get_info(const defkv_model* model, const char* 
 
 namespace {
 
-// The first ABI's struct ended with prefill_chunk_tokens (padded to 8 bytes).
-static_assert((offsetof(defkv_context_params, prefill_chunk_tokens) + sizeof(uint32_t) + 7) / 8 * 8 ==
-                  DEFKV_CONTEXT_PARAMS_SIZE_V1,
-              "DEFKV_CONTEXT_PARAMS_SIZE_V1 must stay the size of the first defkv_context_params");
-
-static_assert(offsetof(defkv_context_params, kv_running_max) + sizeof(int32_t) <= DEFKV_CONTEXT_PARAMS_SIZE_V2 &&
-                  offsetof(defkv_context_params, kv_interim_policy) >= DEFKV_CONTEXT_PARAMS_SIZE_V2 - 4,
-              "DEFKV_CONTEXT_PARAMS_SIZE_V2 must stay the size of the struct through kv_running_max");
-static_assert(sizeof(defkv_context_params) == DEFKV_CONTEXT_PARAMS_SIZE_V3,
-              "a new field needs a new DEFKV_CONTEXT_PARAMS_SIZE_Vn");
-
 defkv_context_params default_params() {
   defkv_context_params p;
   std::memset(&p, 0, sizeof p);
@@ -667,83 +667,53 @@ defkv_context_params default_params() {
   p.seed = sp.seed;
   const evict::Params ep;
   p.kv_pool = ep.kernel;
-  p.kv_running_max = ep.running_max ? 1 : 0;
   p.kv_sinks = -1;  // the engine's default
   p.kv_interim_policy = -1;
-  p.kv_score_all_queries = 0;
-  p.kv_running_max_decay = 1.0f;
   return p;
+}
+
+// defkv_kv_policy <-> evict::Policy (names and traits: evict::policies()).
+constexpr std::pair<int32_t, evict::Policy> kApiPolicies[] = {
+    {DEFKV_POLICY_DEFENSIVEKV, evict::Policy::defensivekv}, {DEFKV_POLICY_LAYER_DEFENSIVEKV, evict::Policy::layer_defensivekv},
+    {DEFKV_POLICY_CRITICALKV, evict::Policy::criticalkv},   {DEFKV_POLICY_ADAKV, evict::Policy::adakv},
+    {DEFKV_POLICY_SNAPKV, evict::Policy::snapkv},           {DEFKV_POLICY_STREAMING, evict::Policy::streaming}};
+
+bool api_policy(int32_t v, evict::Policy* out) {
+  for (const auto& [api, pol] : kApiPolicies)
+    if (api == v) { *out = pol; return true; }
+  return false;
 }
 
 evict::Policy api_to_policy(int32_t v, const char* field) {
-  switch (v) {
-    case DEFKV_POLICY_DEFENSIVEKV: return evict::Policy::defensivekv;
-    case DEFKV_POLICY_LAYER_DEFENSIVEKV: return evict::Policy::layer_defensivekv;
-    case DEFKV_POLICY_CRITICALKV: return evict::Policy::criticalkv;
-    case DEFKV_POLICY_ADAKV: return evict::Policy::adakv;
-    case DEFKV_POLICY_SNAPKV: return evict::Policy::snapkv;
-    case DEFKV_POLICY_STREAMING: return evict::Policy::streaming;
-  }
-  raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("unknown ") + field + " " + std::to_string(v));
+  evict::Policy p;
+  if (!api_policy(v, &p)) raise(DEFKV_ERR_INVALID_ARGUMENT, std::string("unknown ") + field + " " + std::to_string(v));
+  return p;
 }
 
 int32_t policy_to_api(evict::Policy p) {
-  switch (p) {
-    case evict::Policy::defensivekv: return DEFKV_POLICY_DEFENSIVEKV;
-    case evict::Policy::layer_defensivekv: return DEFKV_POLICY_LAYER_DEFENSIVEKV;
-    case evict::Policy::criticalkv: return DEFKV_POLICY_CRITICALKV;
-    case evict::Policy::adakv: return DEFKV_POLICY_ADAKV;
-    case evict::Policy::snapkv: return DEFKV_POLICY_SNAPKV;
-    case evict::Policy::streaming: return DEFKV_POLICY_STREAMING;
-    default: return -1;
-  }
+  for (const auto& [api, pol] : kApiPolicies)
+    if (pol == p) return api;
+  return -1;
 }
 
-// The caller's struct of `size` bytes read over the defaults: fields added
-// after the first ABI are taken only when struct_size covers the whole
-// current struct (a first-ABI struct's padding overlaps kv_pool).
+// The caller's struct, which must have this header's layout.
 defkv_context_params read_params(const defkv_context_params* params) {
-  defkv_context_params p = default_params();
-  if (!params) return p;
-  const size_t size = params->struct_size;
-  if (size < DEFKV_CONTEXT_PARAMS_SIZE_V1)
-    raise(DEFKV_ERR_INVALID_ARGUMENT, "params->struct_size = " + std::to_string(size) +
-                                          " (initialise params with defkv_context_params_init)");
-  // The last whole version the caller's struct covers; its padding may
-  // overlap the next version's first field, so those are reset below.
-  const size_t n = size >= DEFKV_CONTEXT_PARAMS_SIZE_V3   ? size_t(DEFKV_CONTEXT_PARAMS_SIZE_V3)
-                   : size >= DEFKV_CONTEXT_PARAMS_SIZE_V2 ? size_t(DEFKV_CONTEXT_PARAMS_SIZE_V2)
-                                                          : size_t(DEFKV_CONTEXT_PARAMS_SIZE_V1);
-  std::memcpy(static_cast<void*>(&p), params, n);
-  const defkv_context_params d = default_params();
-  if (n < DEFKV_CONTEXT_PARAMS_SIZE_V2) {
-    p.kv_pool = d.kv_pool;
-    p.kv_running_max = d.kv_running_max;
-  }
-  if (n < DEFKV_CONTEXT_PARAMS_SIZE_V3) {
-    p.kv_interim_policy = d.kv_interim_policy;
-    p.kv_score_all_queries = d.kv_score_all_queries;
-    p.kv_running_max_decay = d.kv_running_max_decay;
-    if (p.kv_sinks == 0) p.kv_sinks = -1;  // older headers: 0 was the default
-  }
-  p.struct_size = sizeof p;
-  return p;
+  if (!params) return default_params();
+  if (params->struct_size != sizeof(defkv_context_params))
+    raise(DEFKV_ERR_INVALID_ARGUMENT,
+          "params->struct_size = " + std::to_string(params->struct_size) + ", this library's defkv_context_params has " +
+              std::to_string(sizeof(defkv_context_params)) +
+              " bytes (initialise params with defkv_context_params_init; a program built against the header of "
+              "another ABI version must be rebuilt, this library has ABI " + std::to_string(DEFKV_ABI_VERSION) + ")");
+  return *params;
 }
 
 }  // namespace
 
 extern "C" {
 
-void defkv_context_params_init_sized(defkv_context_params* p, size_t size) {
-  if (!p || size < DEFKV_CONTEXT_PARAMS_SIZE_V1) return;
-  const defkv_context_params d = default_params();
-  const size_t n = std::min(size, sizeof d);
-  std::memcpy(static_cast<void*>(p), &d, n);
-  p->struct_size = uint32_t(n);
-}
-
-void(defkv_context_params_init)(defkv_context_params* p) {
-  defkv_context_params_init_sized(p, DEFKV_CONTEXT_PARAMS_SIZE_V1);
+void defkv_context_params_init(defkv_context_params* p) {
+  if (p) *p = default_params();
 }
 
 defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params, defkv_context** out) {
@@ -759,18 +729,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     if (p.kv_ratio != 0) cp.kv_ratio = p.kv_ratio;
     if (p.kv_mem_bytes != 0) cp.kv_mem_bytes = p.kv_mem_bytes;
     cp.evict.policy = api_to_policy(p.kv_policy, "kv_policy");
-    if (p.kv_interim_policy >= 0) {
-      cp.interim_policy = api_to_policy(p.kv_interim_policy, "kv_interim_policy");
-      if (*cp.interim_policy == evict::Policy::streaming)
-        raise(DEFKV_ERR_INVALID_ARGUMENT,
-              "kv_interim_policy must be a scored policy (DEFENSIVEKV, LAYER_DEFENSIVEKV, CRITICALKV, ADAKV "
-              "or SNAPKV), not STREAMING");
-    }
-    cp.score_all_queries = p.kv_score_all_queries != 0;
-    if (!(p.kv_running_max_decay > 0.0f && p.kv_running_max_decay <= 1.0f))
-      raise(DEFKV_ERR_INVALID_ARGUMENT,
-            "kv_running_max_decay must be in (0, 1] (got " + std::to_string(p.kv_running_max_decay) + ")");
-    cp.running_max_decay = p.kv_running_max_decay;
+    if (p.kv_interim_policy >= 0) cp.interim_policy = api_to_policy(p.kv_interim_policy, "kv_interim_policy");
     switch (p.kv_schedule) {
       case DEFKV_SCHEDULE_DEFAULT: break;
       case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
@@ -783,12 +742,10 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
       case DEFKV_KV_Q8_0: cp.kv_type = quant::DType::q8_0; break;
       default: raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown kv_type " + std::to_string(p.kv_type));
     }
-    if (p.prefill_chunk_tokens) cp.chunk_tokens = p.prefill_chunk_tokens;
-    else if (n_forms(p) == 0) cp.chunk_tokens = 64;
+    cp.chunk_tokens = p.prefill_chunk_tokens;
     if (p.kv_window) cp.evict.window = p.kv_window;
     if (p.kv_sinks >= 0) cp.evict.n_sink = uint32_t(p.kv_sinks);
     if (p.kv_pool) cp.evict.kernel = p.kv_pool;
-    cp.evict.running_max = p.kv_running_max != 0;
     text::SamplerParams sp;
     sp.temperature = p.temperature;
     sp.top_k = p.top_k;
@@ -910,64 +867,50 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
     if (!ctx->have_logits && ctx->pending < 0)
       raise(DEFKV_ERR_BAD_STATE, "nothing to continue from: evaluate a prompt with defkv_eval first");
     engine::Context& e = *ctx->ctx;
-    const text::Tokenizer& tok_info = *ctx->model->tok;
     text::StreamDecoder dec(*ctx->model->tok, false);
     uint32_t count = 0;
-    defkv_status status = DEFKV_OK;
-    ctx->last_stop = DEFKV_STOP_N_PREDICT;
     ctx->sampled = -1;
+    auto on_tok = [&](int32_t tok) {
+      ++count;
+      if (n_generated) *n_generated = count;
+      const std::string piece = dec.push(tok);
+      return !(on_token && on_token(tok, piece.c_str(), piece.size(), user));
+    };
     auto flush = [&] {
       const std::string rest = dec.flush();
       if (!rest.empty() && on_token) on_token(-1, rest.c_str(), rest.size(), user);
     };
+    // The loop leaves the last sampled token pending (not fed); the logits
+    // are the ones to sample from exactly when no token is pending.
+    engine::StopReason stop;
     try {
-      for (; count < n_predict;) {
-        if (ctx->pending >= 0) {
-          if (e.n_past() >= e.n_ctx()) {
-            status = fail(ctx, DEFKV_ERR_CONTEXT_FULL,
-                          "defkv_generate: the context is full (n_ctx = " + std::to_string(e.n_ctx()) + ")");
-            ctx->last_stop = DEFKV_STOP_CONTEXT_FULL;
-            break;
-          }
-          check_cancel(ctx);
-          const uint32_t past0 = e.n_past();
-          try {
-            e.step(ctx->pending);
-          } catch (...) {
-            if (e.n_past() > past0) {  // fed; cancelled in the eviction after it
-              ctx->pending = -1;
-              ctx->have_logits = true;
-            }
-            throw;
-          }
-          ctx->pending = -1;
-          ctx->have_logits = true;
-        }
-        check_cancel(ctx);
-        const int32_t tok = ctx->sampler->sample(e.logits());
-        ctx->pending = tok;
-        ctx->have_logits = false;
-        ++count;
-        if (n_generated) *n_generated = count;
-        const std::string piece = dec.push(tok);
-        const int stop = on_token ? on_token(tok, piece.c_str(), piece.size(), user) : 0;
-        const bool end = tok_info.is_eog(tok);
-        if (end || stop) {
-          ctx->last_stop = end ? DEFKV_STOP_EOS : DEFKV_STOP_CALLBACK;
-          break;
-        }
-      }
+      const text::Tokenizer& tok = *ctx->model->tok;
+      stop = engine::generate(e, *ctx->sampler, n_predict, [&tok](int32_t t) { return tok.is_eog(t); }, ctx->pending,
+                              on_tok)
+                 .stop;
     } catch (const model::Cancelled&) {
+      ctx->have_logits = ctx->pending < 0;
       ctx->last_stop = DEFKV_STOP_CANCELLED;
       flush();
       throw;
     } catch (...) {
+      ctx->have_logits = ctx->pending < 0;
       ctx->last_stop = DEFKV_STOP_ERROR;
       flush();
       throw;
     }
+    ctx->have_logits = ctx->pending < 0;
     flush();
-    return status;
+    switch (stop) {
+      case engine::StopReason::n_predict: ctx->last_stop = DEFKV_STOP_N_PREDICT; break;
+      case engine::StopReason::eos: ctx->last_stop = DEFKV_STOP_EOS; break;
+      case engine::StopReason::callback: ctx->last_stop = DEFKV_STOP_CALLBACK; break;
+      case engine::StopReason::context_full:
+        ctx->last_stop = DEFKV_STOP_CONTEXT_FULL;
+        return fail(ctx, DEFKV_ERR_CONTEXT_FULL,
+                    "defkv_generate: the context is full (n_ctx = " + std::to_string(e.n_ctx()) + ")");
+    }
+    return DEFKV_OK;
   });
 }
 
@@ -1126,6 +1069,16 @@ defkv_status defkv_kv_positions(const defkv_context* ctx, uint32_t layer, uint32
   });
 }
 
+const char* defkv_kv_policy_name(int32_t policy) {
+  evict::Policy p;
+  return api_policy(policy, &p) ? evict::policy_name(p) : nullptr;
+}
+
+int32_t defkv_kv_policy_from_name(const char* name) {
+  evict::Policy p;
+  return name && evict::parse_policy(name, &p) ? policy_to_api(p) : -1;
+}
+
 const char* defkv_stop_reason_name(int32_t reason) {
   switch (reason) {
     case DEFKV_STOP_NONE: return "none";
@@ -1161,12 +1114,9 @@ defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info
     i.kv_window = ep.evict.window;
     i.kv_sinks = ep.evict.n_sink;
     i.kv_pool = ep.evict.kernel;
-    i.kv_running_max = ep.evict.running_max ? 1 : 0;
     i.kv_interim_policy = e.has_budget() && e.schedule() == engine::Schedule::bounded && ep.interim_policy
                               ? policy_to_api(*ep.interim_policy)
                               : -1;
-    i.kv_score_all_queries = ep.score_all_queries ? 1 : 0;
-    i.kv_running_max_decay = ep.running_max_decay;
     i.prefill_chunk_tokens = e.chunk_tokens();
     i.decode_slack_tokens = e.decode_slack();
     i.budget_tokens = e.budget_tokens();

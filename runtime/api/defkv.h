@@ -73,12 +73,17 @@ extern "C" {
 #endif
 
 /* Library version (semantic versioning) and the C ABI version: the ABI
- * version changes only when existing declarations change incompatibly. */
+ * version changes whenever existing declarations change incompatibly. Before
+ * 1.0 that includes dropping fields of defkv_context_params and
+ * defkv_context_info (ABI 2 dropped the measured-worse bounded-schedule
+ * variants: kv_running_max, kv_score_all_queries, kv_running_max_decay); a
+ * program built against another header is refused by defkv_context_create
+ * (struct_size mismatch), never misread. */
 #define DEFKV_VERSION_MAJOR 0
 #define DEFKV_VERSION_MINOR 1
 #define DEFKV_VERSION_PATCH 0
 #define DEFKV_VERSION_STRING "0.1.0"
-#define DEFKV_ABI_VERSION 1
+#define DEFKV_ABI_VERSION 2
 /* Version of the saved-state format written by defkv_state_save*(). */
 #define DEFKV_STATE_FORMAT_VERSION 1
 
@@ -239,6 +244,13 @@ typedef enum defkv_kv_policy {
   DEFKV_POLICY_STREAMING = 5
 } defkv_kv_policy;
 
+/* The policy's name as the defkv CLI spells it ("defensivekv", "layer-defensivekv",
+ * ...); NULL for an unknown value. */
+DEFKV_API const char* defkv_kv_policy_name(int32_t policy);
+/* The defkv_kv_policy of a name (also "layer_defensivekv"); -1 for an unknown name
+ * and for "full" (no budget means no eviction). */
+DEFKV_API int32_t defkv_kv_policy_from_name(const char* name);
+
 typedef enum defkv_schedule {
   DEFKV_SCHEDULE_DEFAULT = 0,  /* bounded when a budget is set */
   DEFKV_SCHEDULE_BOUNDED = 1,  /* evict during prefill and decoding: resident KV stays within budget + one chunk */
@@ -251,9 +263,9 @@ typedef enum defkv_kv_type {
   DEFKV_KV_Q8_0 = 2
 } defkv_kv_type;
 
-/* Initialise with defkv_context_params_init() and then change fields: new
- * fields are only ever appended, and struct_size tells the library which
- * version of the struct the caller was compiled with. */
+/* Initialise with defkv_context_params_init() and then change fields.
+ * struct_size must equal this header's sizeof(defkv_context_params): the
+ * layout is that of one ABI version (see DEFKV_ABI_VERSION). */
 typedef struct defkv_context_params {
   uint32_t struct_size;      /* sizeof(defkv_context_params), set by _init */
   uint32_t n_threads;        /* 0: OpenMP default */
@@ -270,8 +282,7 @@ typedef struct defkv_context_params {
   uint32_t kv_window;        /* observation window; 0: 32 */
   int32_t kv_sinks;          /* first tokens always kept (streaming keeps them; every policy counts
                                 them in the minimum budget); < 0: the default, 4 (set by _init); 0: no
-                                sinks. A struct_size below DEFKV_CONTEXT_PARAMS_SIZE_V3 (callers built
-                                against an older header) reads 0 as the default, 4, as it always did. */
+                                sinks */
 
   /* Sampling (llama.cpp semantics). temperature <= 0: greedy. */
   float temperature;         /* default 0.8 */
@@ -282,53 +293,23 @@ typedef struct defkv_context_params {
   int32_t repeat_last_n;     /* default 64 */
   uint64_t seed;             /* RNG seed; equal seeds give equal outputs */
 
-  /* Tokens per forward pass while evaluating a prompt. 0: the default, 64
-   * without a KV budget (it also bounds how long a cancelled prefill takes
-   * to return), the schedule's own (2 x window, at least 64) with one. */
+  /* Tokens per forward pass while evaluating a prompt. 0: the engine's
+   * default, 256 without a bounded budget; with one, a third of the budget in
+   * multiples of 64, between max(64, 2 x window) and 256. */
   uint32_t prefill_chunk_tokens;
 
-  /* ---- added after the first 0.1 ABI (read only when struct_size covers them; older
-   * callers get the defaults) ---- */
   uint32_t kv_pool;          /* score pooling kernel (odd); 0: 5 */
-  int32_t kv_running_max;    /* defensive policies: != 0 keeps each entry's worst-case
-                                score across eviction rounds (experimental); default 0 */
-
-  /* ---- added in DEFKV_CONTEXT_PARAMS_SIZE_V3: bounded-schedule options (the defaults
-   * are the faithful schedule; see docs/eval/RESULTS.md, "Bounded schedule") ---- */
+  /* Bounded schedule (docs/eval/RESULTS.md, "Bounded schedule"): */
   int32_t kv_interim_policy; /* < 0 (default, -1): kv_policy everywhere. Else a defkv_kv_policy
                                 scoring the prefill eviction rounds before the last chunk of each
                                 defkv_eval (the last round, whose window is the prompt's end, and
                                 decoding rounds use kv_policy), e.g. DEFKV_POLICY_CRITICALKV with
                                 a defensive kv_policy. Must be a scored policy (not STREAMING).
                                 Ignored by the oneshot schedule and without a budget. */
-  int32_t kv_score_all_queries; /* bounded: != 0 scores each round with every query fed since the
-                                   previous round (in passes of kv_window), not only the newest
-                                   kv_window; default 0 */
-  float kv_running_max_decay;   /* with kv_running_max: the stored worst case is multiplied by this
-                                   before each round, in (0, 1]; default 1 (the plain running max) */
 } defkv_context_params;
 
-/* Size of the struct as the first 0.1 ABI defined it (through prefill_chunk_tokens). The
- * library accepts any struct_size from this up: fields beyond the last whole
- * version that struct_size covers (V1, V2, V3, ...) take their defaults. */
-#define DEFKV_CONTEXT_PARAMS_SIZE_V1 104
-/* Through kv_running_max (0.1 with kv_pool / kv_running_max). */
-#define DEFKV_CONTEXT_PARAMS_SIZE_V2 112
-/* Through kv_running_max_decay (kv_interim_policy, kv_score_all_queries,
- * kv_running_max_decay; kv_sinks 0 means no sinks). */
-#define DEFKV_CONTEXT_PARAMS_SIZE_V3 120
-
-/* Fills the first `size` bytes of *p (size = sizeof(defkv_context_params) of
- * the caller's header, at least DEFKV_CONTEXT_PARAMS_SIZE_V1) with the
- * defaults and sets struct_size = min(size, the library's size), so a caller
- * compiled against an older header is never written past its struct. */
-DEFKV_API void defkv_context_params_init_sized(defkv_context_params* p, size_t size);
-/* The first entry point: initialises DEFKV_CONTEXT_PARAMS_SIZE_V1 bytes only
- * (binaries built against the first header call it). Source code calling
- * defkv_context_params_init(&p) goes through the macro below, i.e. the sized
- * form with the struct it was compiled with. */
-DEFKV_API void(defkv_context_params_init)(defkv_context_params* p);
-#define defkv_context_params_init(p) defkv_context_params_init_sized((p), sizeof(*(p)))
+/* Fills *p with the defaults and sets struct_size. */
+DEFKV_API void defkv_context_params_init(defkv_context_params* p);
 /* Allocates the whole context (KV pool, scratch) now; no allocation grows
  * with the conversation afterwards. */
 DEFKV_API defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params,
@@ -422,10 +403,9 @@ typedef enum defkv_stop_reason {
 DEFKV_API const char* defkv_stop_reason_name(int32_t reason);
 
 /* The context's effective configuration (defaults resolved) and its last
- * stop reason. Versioned like defkv_context_params: set struct_size to
- * sizeof(defkv_context_info) before the call; the library fills at most
- * struct_size bytes (fields it does not know stay untouched) and sets
- * struct_size to the bytes it filled. Added after the first 0.1 ABI. */
+ * stop reason. Set struct_size to sizeof(defkv_context_info) before the
+ * call; the library fills at most struct_size bytes and sets struct_size to
+ * the bytes it filled. */
 typedef struct defkv_context_info {
   uint32_t struct_size;
   uint32_t n_ctx;                 /* positions */
@@ -435,20 +415,14 @@ typedef struct defkv_context_info {
   int32_t kv_schedule;            /* DEFKV_SCHEDULE_BOUNDED or _ONESHOT (default resolved) */
   int32_t kv_type;                /* defkv_kv_type */
   uint32_t kv_window, kv_sinks, kv_pool;
-  int32_t kv_running_max;
   uint32_t prefill_chunk_tokens;  /* tokens per forward pass in defkv_eval */
   uint32_t decode_slack_tokens;   /* bounded: tokens decoded between eviction rounds */
   uint32_t budget_tokens;         /* effective budget per head; 0: none or kv_ratio not fixed yet */
   uint64_t kv_row_bytes;          /* bytes of one key (or value) row of one head */
   uint64_t kv_bytes_reserved;     /* the KV pool */
   int32_t last_stop_reason;       /* defkv_stop_reason of the last defkv_generate */
-  uint32_t reserved0;
-  /* Added with DEFKV_CONTEXT_PARAMS_SIZE_V3. */
   int32_t kv_interim_policy;      /* defkv_kv_policy of the interim prefill rounds; -1: none (also
                                      when the schedule is oneshot or there is no budget: unused) */
-  int32_t kv_score_all_queries;
-  float kv_running_max_decay;
-  uint32_t reserved1;
 } defkv_context_info;
 DEFKV_API defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info* out);
 

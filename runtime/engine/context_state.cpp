@@ -58,35 +58,15 @@ void expect_eq(uint64_t saved, uint64_t here, const char* what) {
 }  // namespace
 
 void Context::set_cancel_flag(const std::atomic<bool>* flag) {
-  cancel_ = flag;
-  hooks_.cancel = flag;  // the model checks it per layer; run_batch() rolls a cancelled batch back
-  if (flag && budgeted_ && ring_save_.empty()) {
-    ring_save_.resize(q_ring_.size());
-    ring_save_pos_.resize(q_ring_pos_.size());
-  }
+  cancel_ = flag;  // the model checks it per layer; run_batch() rolls a cancelled batch back
 }
 
 void Context::set_progress(std::function<void(uint64_t, uint64_t)> fn) { progress_ = std::move(fn); }
 
-void Context::set_round_observer(std::function<void(const RoundObservation&)> fn) { observer_ = std::move(fn); }
+void Context::set_round_observer(RoundObserver fn) { observer_ = std::move(fn); }
 
 void Context::check_cancel() const {
   if (cancel_ && cancel_->load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
-}
-
-// Slot s = pos % W of the ring (W = ring length, >= window) is overwritten by a forward over those
-// positions; keep the min(n, W) slots it touches.
-void Context::save_ring(uint32_t first_pos, uint32_t n) {
-  if (!budgeted_ || ring_save_.empty()) return;
-  const model::Config& mc = model_.config();
-  const size_t W = q_ring_pos_.size(), d = mc.head_dim, LH = size_t(mc.n_layer) * mc.n_head;
-  const uint32_t m = uint32_t(std::min<size_t>(n, W));
-  for (uint32_t i = 0; i < m; ++i) {
-    const size_t s = (size_t(first_pos) + i) % W;
-    ring_save_pos_[i] = q_ring_pos_[s];
-    for (size_t lh = 0; lh < LH; ++lh)
-      std::memcpy(ring_save_.data() + (size_t(i) * LH + lh) * d, q_ring_.data() + (lh * W + s) * d, d * sizeof(float));
-  }
 }
 
 void Context::rollback_batch(uint32_t first_pos, uint32_t n) {
@@ -102,20 +82,10 @@ void Context::rollback_batch(uint32_t first_pos, uint32_t n) {
       for (uint32_t i = 0; i < sz; ++i) keep[i] = pos[i] < int32_t(first_pos);
       cache_->retain(l, hk, keep.data());
     }
-  if (budgeted_ && !ring_save_.empty()) {
-    const size_t W = q_ring_pos_.size(), d = mc.head_dim, LH = size_t(mc.n_layer) * mc.n_head;
-    const uint32_t m = uint32_t(std::min<size_t>(n, W));
-    for (uint32_t i = 0; i < m; ++i) {
-      const size_t s = (size_t(first_pos) + i) % W;
-      q_ring_pos_[s] = ring_save_pos_[i];
-      for (size_t lh = 0; lh < LH; ++lh)
-        std::memcpy(q_ring_.data() + (lh * W + s) * d, ring_save_.data() + (size_t(i) * LH + lh) * d,
-                    d * sizeof(float));
-    }
-  }
+  if (cancel_) recorder_->restore_ring(first_pos, n);  // saved by run_batch()
 }
 
-void Context::save_state(std::vector<uint8_t>& out) const {
+void Context::save_state(std::vector<uint8_t>& out) {
   flush_value_norms();  // a state holds no pending norms
   const model::Config& mc = model_.config();
   const kv::CacheConfig& cc = cache_->config();
@@ -124,8 +94,8 @@ void Context::save_state(std::vector<uint8_t>& out) const {
   w.put(kVersion);
   for (uint32_t v : {mc.n_layer, mc.n_head_kv, mc.n_head, mc.head_dim, mc.n_vocab}) w.put(v);
   for (uint32_t v : {uint32_t(cc.type), cc.page_tokens, cc.n_aux, uint32_t(cache_->row_bytes())}) w.put(v);
-  for (uint32_t v : {uint32_t(budgeted_), uint32_t(schedule_), uint32_t(params_.evict.policy), window_, chunk_,
-                     slack_, n_ctx_})
+  for (uint32_t v : {uint32_t(plan_.budgeted), uint32_t(plan_.schedule), uint32_t(params_.evict.policy), plan_.window, plan_.chunk,
+                     plan_.slack, plan_.n_ctx})
     w.put(v);
   w.put(uint8_t(params_.kv_ratio.has_value()));
   w.put(params_.kv_ratio.value_or(0.0));
@@ -143,9 +113,11 @@ void Context::save_state(std::vector<uint8_t>& out) const {
   w.put(uint32_t(logits_.size()));
   w.bytes(logits_.data(), logits_.size() * sizeof(float));
   // Query ring.
-  w.put(uint32_t(q_ring_pos_.size()));
-  w.bytes(q_ring_pos_.data(), q_ring_pos_.size() * sizeof(int32_t));
-  w.bytes(q_ring_.data(), q_ring_.size() * sizeof(float));
+  const std::span<const int32_t> ring_pos = recorder_->ring_positions();
+  const std::span<const float> ring = recorder_->ring();
+  w.put(uint32_t(ring_pos.size()));
+  w.bytes(ring_pos.data(), ring_pos.size_bytes());
+  w.bytes(ring.data(), ring.size_bytes());
   // Entries, head by head, as stored.
   const size_t rb = cache_->row_bytes(), ab = size_t(cc.n_aux) * sizeof(float);
   for (uint32_t l = 0; l < mc.n_layer; ++l)
@@ -184,34 +156,34 @@ void Context::load_state(std::span<const uint8_t> data) {
   expect_eq(r.get<uint32_t>("n_aux"), cc.n_aux, "KV aux floats per entry (policy)");
   expect_eq(r.get<uint32_t>("row_bytes"), cache_->row_bytes(), "KV row bytes");
   const uint32_t budgeted = r.get<uint32_t>("budgeted");
-  if (budgeted != uint32_t(budgeted_))
+  if (budgeted != uint32_t(plan_.budgeted))
     throw StateMismatch(std::string("context state: saved by a context ") + (budgeted ? "with" : "without") +
-                        " a KV budget, this context has " + (budgeted_ ? "one" : "none"));
+                        " a KV budget, this context has " + (plan_.budgeted ? "one" : "none"));
   const uint32_t schedule = r.get<uint32_t>("schedule");
-  if (schedule != uint32_t(schedule_))
+  if (schedule != uint32_t(plan_.schedule))
     throw StateMismatch(std::string("context state: saved with the ") + schedule_name(Schedule(schedule & 1)) +
-                        " schedule, this context uses " + schedule_name(schedule_));
+                        " schedule, this context uses " + schedule_name(plan_.schedule));
   const uint32_t policy = r.get<uint32_t>("policy");
-  if (budgeted_ && policy != uint32_t(params_.evict.policy))
+  if (plan_.budgeted && policy != uint32_t(params_.evict.policy))
     throw StateMismatch(std::string("context state: saved with policy ") +
                         (policy <= uint32_t(evict::Policy::layer_defensivekv) ? evict::policy_name(evict::Policy(policy)) : "?") +
                         ", this context uses " + evict::policy_name(params_.evict.policy));
-  expect_eq(r.get<uint32_t>("window"), window_, "observation window");
-  expect_eq(r.get<uint32_t>("chunk"), chunk_, "prefill chunk tokens");
-  expect_eq(r.get<uint32_t>("slack"), slack_, "decode slack");
+  expect_eq(r.get<uint32_t>("window"), plan_.window, "observation window");
+  expect_eq(r.get<uint32_t>("chunk"), plan_.chunk, "prefill chunk tokens");
+  expect_eq(r.get<uint32_t>("slack"), plan_.slack, "decode slack");
   (void)r.get<uint32_t>("n_ctx");  // informational: positions are checked against this n_ctx below
   const uint8_t has_ratio = r.get<uint8_t>("has_ratio");
   const double ratio = r.get<double>("ratio");
   if (bool(has_ratio) != params_.kv_ratio.has_value() || (has_ratio && ratio != *params_.kv_ratio))
     throw StateMismatch("context state: saved with another kv_ratio setting");
   const uint32_t budget = r.get<uint32_t>("budget");
-  if (budgeted_ && !params_.kv_ratio) expect_eq(budget, budget_, "KV budget tokens per head");
+  if (plan_.budgeted && !params_.kv_ratio) expect_eq(budget, budget_, "KV budget tokens per head");
   const uint32_t n_past = r.get<uint32_t>("n_past");
   const uint32_t prompt_len = r.get<uint32_t>("prompt_len");
   const uint32_t oneshot_done = r.get<uint32_t>("oneshot_done");
-  if (n_past > n_ctx_)
+  if (n_past > plan_.n_ctx)
     throw StateMismatch("context state: " + std::to_string(n_past) + " positions used, this context's n_ctx is " +
-                        std::to_string(n_ctx_));
+                        std::to_string(plan_.n_ctx));
   if (oneshot_done > 1) throw std::runtime_error("context state: corrupt flag");
   Stats st{};
   st.prompt_tokens = r.get<uint64_t>("stats");
@@ -224,13 +196,15 @@ void Context::load_state(std::span<const uint8_t> data) {
   st.kv_entries_peak = r.get<uint64_t>("stats");
   expect_eq(r.get<uint32_t>("n_logits"), logits_.size(), "logits");
   const uint8_t* logits = r.take(logits_.size() * sizeof(float), "logits");
-  expect_eq(r.get<uint32_t>("ring length"), q_ring_pos_.size(), "query ring length");
-  const uint8_t* ring_pos = r.take(q_ring_pos_.size() * sizeof(int32_t), "ring positions");
-  const uint8_t* ring = r.take(q_ring_.size() * sizeof(float), "ring");
-  for (size_t i = 0; i < q_ring_pos_.size(); ++i) {
-    int32_t p;
-    std::memcpy(&p, ring_pos + i * sizeof(int32_t), sizeof(p));
-    if (p < -1 || p >= int32_t(n_past) || (p >= 0 && size_t(p) % q_ring_pos_.size() != i))
+  const size_t ring_len = recorder_->ring_positions().size(), ring_floats = recorder_->ring().size();
+  expect_eq(r.get<uint32_t>("ring length"), ring_len, "query ring length");
+  std::vector<int32_t> ring_pos(ring_len);
+  std::vector<float> ring(ring_floats);
+  if (ring_len) std::memcpy(ring_pos.data(), r.take(ring_len * sizeof(int32_t), "ring positions"), ring_len * sizeof(int32_t));
+  if (ring_floats) std::memcpy(ring.data(), r.take(ring_floats * sizeof(float), "ring"), ring_floats * sizeof(float));
+  for (size_t i = 0; i < ring_len; ++i) {
+    const int32_t p = ring_pos[i];
+    if (p < -1 || p >= int32_t(n_past) || (p >= 0 && size_t(p) % ring_len != i))
       throw std::runtime_error("context state: corrupt query ring position " + std::to_string(p));
   }
 
@@ -271,7 +245,7 @@ void Context::load_state(std::span<const uint8_t> data) {
 
   // Apply.
   cache_->clear();
-  n_pending_ = 0;
+  recorder_->clear();
   std::vector<float> aux(cc.n_aux);
   for (uint32_t l = 0; l < L; ++l)
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
@@ -284,13 +258,9 @@ void Context::load_state(std::span<const uint8_t> data) {
       }
     }
   std::memcpy(logits_.data(), logits, logits_.size() * sizeof(float));
-  if (!q_ring_pos_.empty()) {  // no ring without a budget (memcpy must not see null)
-    std::memcpy(q_ring_pos_.data(), ring_pos, q_ring_pos_.size() * sizeof(int32_t));
-    std::memcpy(q_ring_.data(), ring, q_ring_.size() * sizeof(float));
-  }
+  recorder_->set_ring(ring_pos, ring);
   budget_ = budget;
   n_past_ = n_past;
-  last_round_end_ = n_past;  // extra scoring passes only over queries fed after this
   prompt_len_ = prompt_len;
   oneshot_done_ = oneshot_done != 0;
   st.kv_bytes_reserved = cache_->bytes_reserved();

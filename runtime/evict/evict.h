@@ -1,6 +1,6 @@
 // Eviction policy: decides which KV entries to keep. Pure functions over
 // views of the cache; knows nothing of the model or of cache storage.
-// Specification: ../shared/docs/eviction.md (the reference's behaviour).
+// Specification: docs/eviction.md (the algorithm, with the reference's parameters).
 //
 // Heads may hold different numbers of entries (head-wise budgets) and layers
 // may differ (layer-wise budgets). Within a head, entries are in ascending
@@ -22,7 +22,7 @@
 // select_keep_layers() once with all layers' scores ([n_layer][n_head_kv][n_h]);
 // it also accepts every other policy (then it selects layer by layer).
 //
-// Which scorer each policy uses (eviction.md steps 1-4):
+// Which scorer each policy uses (docs/eviction.md steps 1-4):
 //   full, streaming     no scoring (scores are sized and zero-filled)
 //   snapkv, adakv       SnapKV mean aggregation
 //   criticalkv          SnapKV mean aggregation * value-norm weight + stage 1
@@ -67,13 +67,6 @@
 //     most recent per_head - that; it does NOT force the window (StreamingLLM
 //     semantics), so pass per_head >= n_sink + W if the window must survive.
 //
-// Running max (Params::running_max, bounded schedule, experimental): the
-// defensive max m[hk, j] of this round is combined with HeadView::prev_max[j]
-// (the value stored from earlier rounds; NaN or negative = none) as
-// max(m, prev_max) before the mean floor. score_layer can output the new m
-// per entry (NaN for window entries, which were not scored this round) so the
-// caller can store it with the entry (e.g. in a KV-cache aux slot).
-//
 // Numerics: logits as one f32 product per KV group ([G*W, d] x [n, d]^T,
 // window_logits below: single-threaded, allocation-free after warm-up); the
 // window softmax, pooling, defensive rescale + max, mean aggregation, mean
@@ -92,14 +85,28 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <vector>
 
 namespace defkv::evict {
 
 enum class Policy { full, streaming, snapkv, adakv, criticalkv, defensivekv, layer_defensivekv };
-const char* policy_name(Policy p);  // "full", ..., "layer-defensivekv"
-// Accepts policy_name() spellings and "layer_defensivekv". False if unknown.
+
+// One row per policy (runtime/evict/policy.cpp): the single table of names
+// and of what callers need to know about a policy.
+struct PolicyTraits {
+  Policy policy;
+  const char* name;  // "full", ..., "layer-defensivekv" (CLI and report spelling)
+  bool scored;       // window-attention scores (not full / streaming)
+  bool value_norms;  // weights scores by each entry's value-projection norm (KV aux slot)
+  bool defensive;    // defensive aggregation (worst case + mean floor) instead of SnapKV's mean
+  bool layer_wise;   // one selection over all layers (select_keep_layers)
+};
+std::span<const PolicyTraits> policies();  // every policy, in enum order
+const PolicyTraits& traits(Policy p);
+const char* policy_name(Policy p);  // traits(p).name
+// Accepts the table's names and "layer_defensivekv". False if unknown.
 bool parse_policy(std::string_view s, Policy* out);
 
 struct Params {
@@ -109,7 +116,6 @@ struct Params {
   uint32_t n_sink = 4;         // streaming: first tokens always kept
   float critical_mass = 0.9f;  // CriticalKV stage 1
   float ada_floor = 0.2f;      // AdaKV per-head safeguard fraction
-  bool running_max = false;    // combine HeadView::prev_max into the defensive max
 };
 
 // One KV head's live entries (f32 copies), ascending positions.
@@ -118,10 +124,8 @@ struct HeadView {
   const float* k = nullptr;       // [n, head_dim] post-RoPE keys
   const int32_t* pos = nullptr;   // [n] absolute positions
   const float* vnorm = nullptr;   // [n] value-projection L1 norm, mean over the group
-                                  // (eviction.md step 3, before normalisation); may be
+                                  // (docs/eviction.md step 3, before normalisation); may be
                                   // null for policies that do not use it
-  const float* prev_max = nullptr;  // [n] defensive max m from earlier rounds (NaN or
-                                    // negative: none); read only if Params::running_max
 };
 
 // One layer's scoring input.
@@ -193,15 +197,10 @@ struct Introspection {
 // resized to [n_head_kv][n_h] (capacity reused). Throws std::invalid_argument
 // on inconsistent views (window larger than a head, mismatched window
 // positions, group size not integral, missing vnorm for criticalkv /
-// defensivekv). If new_max is non-null it is always resized to
-// [n_head_kv][n_h] and receives the defensive max m per entry (already
-// combined with prev_max when running_max is on) for the defensive policies;
-// NaN marks entries not scored this round (window entries, every entry of the
-// other policies).
+// defensivekv).
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
                  Scratch& scratch, std::vector<std::vector<float>>& scores,
-                 Introspection* debug = nullptr,
-                 std::vector<std::vector<float>>* new_max = nullptr);
+                 Introspection* debug = nullptr);
 // Convenience: budget = entries_budget(budget_per_head, n_head_kv, 1).
 void score_layer(const LayerView& view, const Params& params, uint32_t budget_per_head,
                  Scratch& scratch, std::vector<std::vector<float>>& scores);
@@ -219,14 +218,5 @@ void select_keep_layers(const Params& params, const Budget& budget, uint32_t n_w
                         const std::vector<std::vector<std::vector<float>>>& scores,
                         Scratch& scratch,
                         std::vector<std::vector<std::vector<uint8_t>>>& keep);
-
-// Value-projection L1 norms for one KV head (eviction.md step 3, before the
-// normalisation across heads):
-//   out[j] = mean_{g<G} || W_o[:, h*d:(h+1)*d] . v[j] ||_1,  h = hk*G + g
-// v: [n, head_dim]; wo: [n_embd, n_head*head_dim] row-major (attn_output.weight
-// as GGUF stores it, ne = {n_head*head_dim, n_embd}); out: [n].
-void value_norms(const float* v, uint32_t n, const float* wo, uint32_t n_embd,
-                 uint32_t n_head, uint32_t n_head_kv, uint32_t head_dim, uint32_t hk,
-                 float* out);
 
 }  // namespace defkv::evict

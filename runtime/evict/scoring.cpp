@@ -1,4 +1,4 @@
-// Eviction scoring (eviction.md steps 1-4): observation-window attention,
+// Eviction scoring (docs/eviction.md steps 1-4): observation-window attention,
 // SnapKV / defensive aggregation, CriticalKV value-norm weighting and stage 1,
 // window padding. One layer per call; buffers live in Scratch.
 #include <algorithm>
@@ -19,16 +19,11 @@ namespace {
 // Window scoring below this many multiply-adds per layer stays on the
 // calling thread (a parallel region costs microseconds).
 constexpr uint64_t kParallelMinMacs = uint64_t(1) << 20;
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-bool uses_snap(Policy p) {
-  return p == Policy::snapkv || p == Policy::adakv || p == Policy::criticalkv;
-}
-bool uses_defensive(Policy p) {
-  return p == Policy::defensivekv || p == Policy::layer_defensivekv;
-}
-bool uses_vnorm(Policy p) { return p == Policy::criticalkv || uses_defensive(p); }
+bool uses_snap(Policy p) { return traits(p).scored && !traits(p).defensive; }
+bool uses_defensive(Policy p) { return traits(p).defensive; }
+bool uses_vnorm(Policy p) { return traits(p).value_norms; }
 
 [[noreturn]] void bad(const std::string& what) {
   throw std::invalid_argument("evict::score_layer: " + what);
@@ -50,7 +45,7 @@ void validate(const LayerView& v, const Params& p) {
     if (h.n > 0 && (h.k == nullptr || h.pos == nullptr))
       bad("head " + std::to_string(hk) + " has no keys or positions");
   }
-  if (p.policy == Policy::full || p.policy == Policy::streaming) return;
+  if (!traits(p.policy).scored) return;
   if (p.kernel % 2 == 0)
     bad("pooling kernel " + std::to_string(p.kernel) + " is not odd");
   if (v.n_window == 0 || v.q_window == nullptr || v.q_pos == nullptr)
@@ -174,15 +169,13 @@ void window_logits_ref(const float* q, uint32_t m, const float* k, uint32_t n, u
 }
 
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
-                 Scratch& s, std::vector<std::vector<float>>& scores, Introspection* dbg,
-                 std::vector<std::vector<float>>* new_max) {
+                 Scratch& s, std::vector<std::vector<float>>& scores, Introspection* dbg) {
   validate(view, params);
   const Policy pol = params.policy;
   const uint32_t Hkv = view.n_head_kv, H = view.n_head, d = view.head_dim, W = view.n_window;
   const uint32_t G = H / Hkv;
   resize_zero(scores, view, 0, 0.0f);
-  if (new_max) resize_zero(*new_max, view, 0, kNaN);  // NaN: not scored this round
-  if (pol == Policy::full || pol == Policy::streaming) return;
+  if (!traits(pol).scored) return;
 
   const simd::Kernels& K = simd::k();
   const bool need_snap = uses_snap(pol) || dbg != nullptr;
@@ -269,17 +262,12 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   for (uint32_t hk = 0; hk < Hkv; ++hk) window_mass += s.mass[hk];
   const float window_bias = float(window_mass / (double(H) * W));
 
-  // Step 2, defensive: running max (optional), then the mean floor.
+  // Step 2, defensive: the mean floor.
   if (need_def) {
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
-      const HeadView& hv = view.heads[hk];
-      const uint32_t N = hv.n - W;
-      float* m = s.maxv[hk].data();
-      // prev_max NaN or negative means none: m >= 0 here (a max over W >= 1
-      // non-negative rows), so max_inplace leaves m for those unchanged.
-      if (params.running_max && hv.prev_max) K.max_inplace(m, hv.prev_max, N);
-      if (new_max && uses_defensive(pol)) std::copy_n(m, N, (*new_max)[hk].data());
+      const uint32_t N = view.heads[hk].n - W;
       if (N == 0) continue;
+      float* m = s.maxv[hk].data();
       K.clamp_min(m, K.reduce_sum(m, N) / float(N), N);  // mean floor
     }
   }
@@ -343,26 +331,6 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
 void score_layer(const LayerView& view, const Params& params, uint32_t budget_per_head,
                  Scratch& scratch, std::vector<std::vector<float>>& scores) {
   score_layer(view, params, entries_budget(budget_per_head, view.n_head_kv, 1), scratch, scores);
-}
-
-void value_norms(const float* v, uint32_t n, const float* wo, uint32_t n_embd, uint32_t n_head,
-                 uint32_t n_head_kv, uint32_t head_dim, uint32_t hk, float* out) {
-  if (n_head_kv == 0 || n_head % n_head_kv != 0 || hk >= n_head_kv)
-    throw std::invalid_argument("evict::value_norms: bad head counts");
-  const simd::Kernels& K = simd::k();
-  const uint32_t G = n_head / n_head_kv;
-  const size_t row = size_t(n_head) * head_dim;  // W_o row length
-  for (uint32_t j = 0; j < n; ++j) {
-    const float* vj = v + size_t(j) * head_dim;  // [head_dim]
-    double acc = 0.0;
-    for (uint32_t g = 0; g < G; ++g) {
-      const size_t col = size_t(hk * G + g) * head_dim;
-      double l1 = 0.0;
-      for (uint32_t e = 0; e < n_embd; ++e) l1 += std::fabs(K.dot(wo + e * row + col, vj, head_dim));
-      acc += l1;
-    }
-    out[j] = float(acc / G);
-  }
 }
 
 }  // namespace defkv::evict

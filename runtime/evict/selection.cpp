@@ -1,6 +1,5 @@
-// Eviction selection (eviction.md step 4): per-head, head-adaptive and
-// layer-adaptive top-k in linear time, streaming, full; budget helpers;
-// policy names.
+// Eviction selection (docs/eviction.md step 4): per-head, head-adaptive and
+// layer-adaptive top-k in linear time, streaming, full; budget helpers.
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -11,29 +10,6 @@
 #include "runtime/evict/evict.h"
 
 namespace defkv::evict {
-
-const char* policy_name(Policy p) {
-  switch (p) {
-    case Policy::full: return "full";
-    case Policy::streaming: return "streaming";
-    case Policy::snapkv: return "snapkv";
-    case Policy::adakv: return "adakv";
-    case Policy::criticalkv: return "criticalkv";
-    case Policy::defensivekv: return "defensivekv";
-    case Policy::layer_defensivekv: return "layer-defensivekv";
-  }
-  return "unknown";
-}
-
-bool parse_policy(std::string_view s, Policy* out) {
-  static constexpr Policy all[] = {Policy::full,       Policy::streaming,   Policy::snapkv,
-                                   Policy::adakv,      Policy::criticalkv,  Policy::defensivekv,
-                                   Policy::layer_defensivekv};
-  for (Policy p : all)
-    if (s == policy_name(p)) { *out = p; return true; }
-  if (s == "layer_defensivekv") { *out = Policy::layer_defensivekv; return true; }
-  return false;
-}
 
 Budget oneshot_budget(uint32_t n_tokens, double compression_ratio, uint32_t n_head_kv,
                       uint32_t n_layer) {

@@ -18,10 +18,8 @@ namespace {
 // Attention multiply-adds below which one thread does the work.
 constexpr uint64_t kParallelMinMacs = 1u << 16;
 // Blocked attention: query rows per block (tokens x group heads) and KV
-// entries per block (a multiple of the 16-key panels of window_logits).
-// TinyLlama pp1024 on the dev AMD EPYC (AVX-512), attention CPU samples:
-// 128 x 64 = 1678, 256 x 64 = 1749, 128 x 32 = 1523, 128 x 16 = 1567 (the
-// [keys, rows] logits block stays in L1 at 32 keys; +-5 % noise).
+// entries per block (a multiple of the 16-key panels of window_logits); at
+// 32 keys the [keys, rows] logits block stays in L1 (docs/tuning.md).
 constexpr uint32_t kAttRows = 128;
 constexpr uint32_t kAttKeys = 32;
 
@@ -191,7 +189,7 @@ void Model::init() {
     PackedLayer& P = packed_[l];
     // The packed copy replaces the mapped source on the hot path, so the
     // source pages leave RSS (weights are not resident twice). W_o's source is
-    // still read by the value-norm hook when a policy needs it: its pages
+    // still read when a caller computes value norms (layer(l).wo): its pages
     // refault from the page cache on first use and then stay.
     P.wq = quant::pack_for_gemm(L.wq, /*release_source=*/true);
     P.wk = quant::pack_for_gemm(L.wk, true);
@@ -244,10 +242,6 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
   gate_.resize(B * c.n_ff);
   up_.resize(B * c.n_ff);
   aux_.resize(B * c.n_head_kv * std::max<uint32_t>(n_aux, 1));
-  vn_l1_.resize(B * c.n_head);
-  vn_out_.resize(B * c.n_head_kv);
-  quant::value_proj_l1_reserve(vn_, c.n_embd, size_t(c.n_head) * c.head_dim, c.n_head_kv, c.head_dim, B,
-                               n_threads_);
   (void)kv_page_tokens;  // blocks gather entries across pages
   chunk_ = kAttKeys;
   row_pad_ = (c.head_dim + 31) / 32 * 32;
@@ -270,9 +264,8 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
 size_t Workspace::bytes() const {
   size_t n = rope_cos_.size() + rope_sin_.size() + x_.size() + xn_.size() + q_.size() + k_.size() +
              v_.size() + att_.size() + proj_.size() + gate_.size() + up_.size() + aux_.size() +
-             vn_l1_.size() + vn_out_.size() + t_scores_.size() + t_row_.size() + t_att_.size();
-  return n * sizeof(float) + t_pos_.size() * sizeof(int32_t) + vn_.bytes() +
-         runs_.capacity() * sizeof(kv::Run);
+             t_scores_.size() + t_row_.size() + t_att_.size();
+  return n * sizeof(float) + t_pos_.size() * sizeof(int32_t) + runs_.capacity() * sizeof(kv::Run);
 }
 
 // ----------------------------------------------------------------------------
@@ -291,15 +284,6 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
     throw std::invalid_argument("model::forward: KV cache geometry does not match the model");
   if (cc.n_aux > ws.n_aux_)
     throw std::invalid_argument("model::forward: KV cache has more aux floats per entry than the workspace");
-  if ((hooks.aux_value_norm || hooks.v_stash) && cc.n_aux < 1)
-    throw std::invalid_argument("model::forward: value norms need a cache with n_aux >= 1");
-  if (hooks.aux_value_norm && hooks.v_stash)
-    throw std::invalid_argument("model::forward: aux_value_norm and v_stash are exclusive");
-  if (hooks.v_stash && hooks.v_stash_layer_floats < size_t(n_tokens) * c.n_head_kv * c.head_dim)
-    throw std::invalid_argument("model::forward: v_stash layer stride too small for " + std::to_string(n_tokens) +
-                                " tokens");
-  if (hooks.q_ring && (hooks.q_ring_len == 0 || !hooks.q_ring_pos))
-    throw std::invalid_argument("model::forward: query ring needs q_ring_len > 0 and q_ring_pos");
   for (uint32_t t = 0; t < n_tokens; ++t) {
     if (tokens[t] < 0 || uint32_t(tokens[t]) >= c.n_vocab)
       throw std::out_of_range("model::forward: token id " + std::to_string(tokens[t]) + " outside the vocabulary of " +
@@ -355,28 +339,11 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
       for (size_t h = 0; h < Hkv; ++h) simd::rope(k + t * kv_dim + h * d, c.n_rot, cs, sn, c.rope_neox);
     }
 
-    // Hook (a): post-RoPE queries of the most recent positions.
-    if (hooks.q_ring) {
-      const size_t R = hooks.q_ring_len;
-      for (uint32_t t = 0; t < n_tokens; ++t) {
-        const size_t slot = size_t(pos[t]) % R;
-        for (size_t h = 0; h < H; ++h)
-          std::memcpy(hooks.q_ring + ((l * H + h) * R + slot) * d, q + t * q_dim + h * d, d * sizeof(float));
-        if (l == 0) hooks.q_ring_pos[slot] = pos[t];
-      }
-    }
-
-    // Hook (b): per-entry aux data (slot 0 = value-projection norm).
-    if (n_aux > 0) {
-      std::fill(aux, aux + size_t(n_tokens) * Hkv * n_aux, 0.0f);
-      if (hooks.aux_value_norm) {
-        value_norms(l, v, n_tokens, ws.vn_out_.data(), ws);
-        for (size_t i = 0; i < size_t(n_tokens) * Hkv; ++i) aux[i * n_aux] = ws.vn_out_[i];
-        check_cancel(l, "after value norms");
-      } else if (hooks.v_stash) {
-        std::memcpy(hooks.v_stash + l * hooks.v_stash_layer_floats, v, size_t(n_tokens) * kv_dim * sizeof(float));
-        for (size_t i = 0; i < size_t(n_tokens) * Hkv; ++i) aux[i * n_aux] = std::numeric_limits<float>::quiet_NaN();
-      }
+    // The caller's view of this layer (e.g. eviction's query window and value norms).
+    if (n_aux > 0) std::fill(aux, aux + size_t(n_tokens) * Hkv * n_aux, 0.0f);
+    if (hooks.observer) {
+      hooks.observer->on_layer({l, n_tokens, pos, q, v, aux, n_aux});
+      check_cancel(l, "after the layer observer");
     }
 
     for (uint32_t t = 0; t < n_tokens; ++t)
@@ -410,27 +377,6 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
     const size_t t = n_tokens - 1;
     K.rmsnorm(xn, x + t * E, output_norm_, E, c.rms_eps);
     quant::matmul_packed(output_packed_, xn, logits, 1, c.n_vocab);
-  }
-}
-
-// out[t, hk] = mean_{h in group(hk)} || W_o[:, h*d:(h+1)*d] . v[t, hk] ||_1
-// (one pass over W_o for all heads and tokens: quant::value_proj_l1).
-void Model::value_norms(uint32_t l, const float* v, uint32_t n_tokens, float* out, Workspace& ws) const {
-  const Config& c = cfg_;
-  if (l >= c.n_layer) throw std::out_of_range("model::value_norms: layer " + std::to_string(l) + " out of range");
-  const size_t d = c.head_dim, H = c.n_head, Hkv = c.n_head_kv, G = H / Hkv;
-  const quant::Matrix& wo = layers_[l].wo;  // [E, H*d]
-  float* l1 = ws.vn_l1_.data();             // [max_batch, H]
-  const float inv_g = 1.0f / float(G);
-  for (uint32_t t0 = 0; t0 < n_tokens; t0 += ws.max_batch_) {
-    const uint32_t n = std::min(ws.max_batch_, n_tokens - t0);
-    quant::value_proj_l1(wo, Hkv, d, v + size_t(t0) * Hkv * d, Hkv * d, n, l1, H, ws.vn_);
-    for (uint32_t t = 0; t < n; ++t)
-      for (size_t hk = 0; hk < Hkv; ++hk) {
-        float sum = 0.0f;
-        for (size_t g = 0; g < G; ++g) sum += l1[t * H + hk * G + g];
-        out[(size_t(t0) + t) * Hkv + hk] = sum * inv_g;
-      }
   }
 }
 

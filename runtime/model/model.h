@@ -11,12 +11,10 @@
 // whose position is <= its own (causal by position; entries that were evicted
 // are simply absent). All per-call buffers live in a Workspace allocated once.
 //
-// Hooks for the eviction layer (kept generic: the model knows no policy):
-//   - query ring: the post-RoPE queries of the most recent positions, per
-//     layer and head, written to a caller-provided ring;
-//   - aux slot 0: per appended entry and KV head, the value-projection L1
-//     norm  mean_{h in group(hk)} || W_o[:, h*d:(h+1)*d] . v[hk] ||_1
-//     (eviction.md step 3), passed to KvCache::append as the entry's aux[0].
+// The model knows no eviction policy. A caller that needs more than the
+// logits (the engine: eviction's query window and value norms) installs a
+// LayerObserver, which sees each layer's queries and values and may fill the
+// aux floats the cache stores with the layer's new entries.
 #pragma once
 
 #include <cstddef>
@@ -28,7 +26,6 @@
 #include <vector>
 
 #include "quant/quant.h"
-#include "quant/value_norm.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/kv/kv_cache.h"
 
@@ -70,8 +67,7 @@ class Workspace {
   //   max_batch: tokens per forward() call; n_ctx: positions [0, n_ctx);
   //   n_threads: OpenMP threads (0: omp_get_max_threads());
   //   kv_page_tokens: unused (attention gathers entries across pages in
-  //   fixed blocks; kept for source compatibility); n_aux: the cache's aux
-  //   floats per entry.
+  //   fixed blocks); n_aux: the cache's aux floats per entry.
   Workspace(const Config& cfg, uint32_t max_batch, uint32_t n_ctx, uint32_t n_threads,
             uint32_t kv_page_tokens = 16, uint32_t n_aux = 0);
   uint32_t max_batch() const { return max_batch_; }
@@ -97,9 +93,6 @@ class Workspace {
   std::vector<float> gate_;      // [max_batch, n_ff]
   std::vector<float> up_;        // [max_batch, n_ff]
   std::vector<float> aux_;       // [max_batch, n_head_kv, n_aux] per-entry aux to append
-  std::vector<float> vn_l1_;     // [max_batch, n_head] per-query-head value-projection L1 norms
-  std::vector<float> vn_out_;    // [max_batch, n_head_kv] value norms of one forward batch
-  quant::ValueNormScratch vn_;   // quant::value_proj_l1 scratch, reserved for max_batch / n_threads
   // Blocked (flash) attention scratch, per thread. One work item is a block
   // of query rows sharing one KV head: up to att_tokens_ tokens x (a range
   // of) the G heads of the group, row r = token_in_block * n_heads_in_range +
@@ -127,36 +120,40 @@ struct Cancelled : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Optional per-call outputs for the eviction layer.
+// One layer of a forward() call, as a LayerObserver sees it: after RoPE,
+// before the layer's keys and values enter the cache. Valid during the call.
+struct LayerTensors {
+  uint32_t layer = 0;
+  uint32_t n_tokens = 0;
+  const int32_t* pos = nullptr;  // [n_tokens] positions
+  const float* q = nullptr;      // [n_tokens, n_head, head_dim] post-RoPE queries
+  const float* v = nullptr;      // [n_tokens, n_head_kv, head_dim] values (f32, before the cache's type)
+  float* aux = nullptr;          // [n_tokens, n_head_kv, n_aux] zero-filled; appended with the entries
+  uint32_t n_aux = 0;            // the cache's aux floats per entry
+};
+
+class LayerObserver {
+ public:
+  virtual void on_layer(const LayerTensors& t) = 0;
+
+ protected:
+  ~LayerObserver() = default;
+};
+
+// Optional per-call inputs of forward().
 struct ForwardHooks {
-  // Query ring: slot s = pos % q_ring_len holds the post-RoPE query of
-  // position pos. Null to disable.
-  float* q_ring = nullptr;         // [n_layer, n_head, q_ring_len, head_dim]
-  int32_t* q_ring_pos = nullptr;   // [q_ring_len] position held by each slot (-1: empty)
-  uint32_t q_ring_len = 0;
-  // When true, aux[0] of every appended entry is its value-projection L1 norm
-  // (see the file comment); the cache must have n_aux >= 1. Other aux slots
-  // are appended as 0. When false, every aux slot is appended as 0.
-  bool aux_value_norm = false;
-  // Deferred value norms (instead of aux_value_norm, which must then be
-  // false): when v_stash is non-null, forward() copies each layer's f32 values
-  // of the batch to v_stash + l * v_stash_layer_floats ([n_tokens, Hkv*d])
-  // and appends aux[0] = NaN ("pending"). The caller computes the norms later,
-  // batched over several calls, with Model::value_norms() and writes them into
-  // the cache. Single-token decode calls cost one W_o read each otherwise.
-  float* v_stash = nullptr;
-  size_t v_stash_layer_floats = 0;  // >= n_tokens * Hkv * d
+  // Called once per layer (may be null).
+  LayerObserver* observer = nullptr;
   // Cancellation: when non-null and true, forward() throws Cancelled at the
   // next check point: the start of each layer and between its ops (after the
-  // q/k/v projections, after the value norms, after the cache append +
+  // q/k/v projections, after the observer, after the cache append +
   // attention, after W_o, after gate/up, after down) and before the output
   // head, so a cancel is seen within about one weight matrix product. Entries
   // already appended to the cache for this batch, in earlier layers AND in the
   // current one (a check after attention follows cache.append of this layer),
   // stay there: the caller must drop every entry at the batch's positions in
-  // every layer (engine::Context::run_batch does). The query ring slots of the
-  // batch's positions may have been overwritten for layers up to the current
-  // one; logits are not written. Nothing else is changed.
+  // every layer (engine::Context::run_batch does); what the observer recorded
+  // for the batch is the caller's to undo. Logits are not written.
   const std::atomic<bool>* cancel = nullptr;
 };
 
@@ -185,14 +182,6 @@ class Model {
   void forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens,
                kv::KvCache& cache, Workspace& ws, const ForwardHooks& hooks,
                float* logits, bool all_logits) const;
-
-  // The aux[0] value norms (file comment) of n_tokens value rows of layer l,
-  // the computation forward() runs with aux_value_norm (bit-identical for the
-  // same batch; quant::value_proj_l1 picks its path by token count, so other
-  // batchings agree to float rounding):
-  //   v: [n_tokens, Hkv*d] f32 ; out: [n_tokens, Hkv].
-  // Any n_tokens (processed in pieces of ws.max_batch()). Threads as forward().
-  void value_norms(uint32_t l, const float* v, uint32_t n_tokens, float* out, Workspace& ws) const;
 
  private:
   Model() = default;

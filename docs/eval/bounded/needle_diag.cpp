@@ -4,8 +4,7 @@
 // (see docs/eval/bounded/build.sh) and run from anywhere:
 //   needle_diag POLICIES SCHEDULE [STRIDE]      e.g. needle_diag criticalkv,defensivekv bounded
 // Environment: RATIO (kept fraction, default 0.2), INTERIM=<policy>
-// (ContextParams::interim_policy), SCOREALL=1 (score_all_queries), RMAX=1
-// (evict.running_max), DECAY=<f> (running_max_decay), OBS=1 (layer 2 / KV head 0
+// (ContextParams::interim_policy), OBS=1 (layer 2 / KV head 0
 // floor statistics through Context::set_round_observer), DUMP=<prefix> (per-task
 // correctness, appended to <prefix>.<policy>).
 // Per policy it prints: accuracy; the share of the queried needle's digit
@@ -46,9 +45,6 @@ int main(int argc, char** argv) {
     engine::Schedule s; engine::parse_schedule(sched, &s); cp.schedule = s;
     cp.n_ctx = 1100;
     if (getenv("INTERIM")) { evict::Policy ip; evict::parse_policy(getenv("INTERIM"), &ip); cp.interim_policy = ip; }
-    if (getenv("RMAX")) cp.evict.running_max = true;
-    if (getenv("SCOREALL")) cp.score_all_queries = true;
-    if (getenv("DECAY")) cp.running_max_decay = std::stof(getenv("DECAY"));
     engine::Context ctx(*model, cp);
     int n_tasks = 0, correct = 0;
     // aggregates

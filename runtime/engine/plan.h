@@ -1,0 +1,53 @@
+// Planning: a context's parameters resolved against a model into the sizes
+// everything is allocated with, once, before anything is allocated. A pure
+// function of (model config, params), tested on its own (test_engine
+// "[plan]").
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/engine/params.h"
+#include "runtime/kv/kv_cache.h"
+#include "runtime/model/model.h"
+
+namespace defkv::engine {
+
+// Prefill chunk without a bounded budget: large batches prefill fastest, and
+// memory is n_ctx per head anyway.
+constexpr uint32_t kFullCacheChunkTokens = 256;
+
+// Default bounded chunk for a largest budget of b_max tokens per head: a
+// third of it in multiples of 64, between min_chunk = max(64, 2 * window) and
+// 256. Every round scores every entry, so on long prompts fewer, larger rounds
+// cost less; resident KV stays within budget + a third.
+uint32_t bounded_chunk_tokens(uint64_t b_max, uint32_t min_chunk);
+
+// Aux floats stored with every KV entry (the cache appends them with the
+// entry; the engine fills them in its layer observer).
+enum AuxSlot : uint32_t {
+  kAuxValueNorm = 0,  // value-projection L1 norm (docs/eviction.md, step 3)
+};
+
+struct Plan {
+  uint32_t n_ctx = 0;          // positions [0, n_ctx)
+  Schedule schedule = Schedule::oneshot;
+  bool budgeted = false;       // a budget was requested: eviction enabled
+  bool bounded = false;        // budgeted and the bounded schedule
+  uint32_t budget = 0;         // tokens per head; 0 until the first prompt fixes a kv_ratio budget
+  uint32_t budget_max = 0;     // the largest budget the pool must hold (kv_ratio: of an n_ctx prompt)
+  uint32_t chunk = 0;          // prefill tokens per forward pass
+  uint32_t slack = 0;          // bounded decoding: tokens between eviction rounds
+  uint32_t window = 0;         // observation window (queries kept for a round)
+  uint32_t n_aux = 0;          // aux floats per KV entry (AuxSlot)
+  kv::CacheConfig cache;       // the pool, capacity_entries included
+  // Bounded: entries per head may reach budget + max(chunk, slack) before a
+  // round brings them back (the ceiling the pool is sized for).
+  uint64_t ceiling_tokens() const { return uint64_t(budget) + (chunk > slack ? chunk : slack); }
+};
+
+// Validates the parameters (validate_params, then the ones that depend on
+// the model: a kv_mem_bytes budget must fit) and computes the plan. Throws
+// ParamError / std::invalid_argument with a message naming the parameter.
+Plan plan_context(const model::Config& mc, const ContextParams& p);
+
+}  // namespace defkv::engine
