@@ -100,7 +100,14 @@ typedef enum defkv_status {
   DEFKV_ERR_CANCELLED = 9,          /* defkv_cancel() or a callback stopped the call */
   DEFKV_ERR_OUT_OF_MEMORY = 10,
   DEFKV_ERR_BUSY = 11,              /* another call on this context is running */
-  DEFKV_ERR_INTERNAL = 12           /* a bug: please report the message */
+  DEFKV_ERR_INTERNAL = 12,          /* a bug: please report the message */
+  DEFKV_ERR_NUMERIC = 13            /* the model produced NaN/Inf logits (the message names the
+                                       position and token). The batch that produced them is not
+                                       kept (earlier prefill chunks are; a pending token is
+                                       dropped) and there are no logits to sample from until the
+                                       next successful eval/decode. The weights are broken: models
+                                       whose norm weights hold NaN/Inf are refused at load with
+                                       DEFKV_ERR_FORMAT; other weights are not scanned */
 } defkv_status;
 
 typedef struct defkv_model defkv_model;

@@ -17,6 +17,18 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// Index of the first NaN or infinity in x[0, n), else n. Reads the exponent
+// bits, so it holds under any floating-point flags; one pass over the logits
+// costs a few microseconds against a forward pass of milliseconds.
+size_t first_non_finite(const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, sizeof b);
+    if ((b & 0x7f800000u) == 0x7f800000u) return i;
+  }
+  return n;
+}
+
 }  // namespace
 
 Context::Context(const model::Model& model, const ContextParams& params)
@@ -137,12 +149,27 @@ void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool a
   hooks.observer = plan_.budgeted ? recorder_.get() : nullptr;
   hooks.cancel = cancel_;
   recorder_->defer_next(defer);
-  if (cancel_) recorder_->save_ring(first, n);
+  recorder_->save_ring(first, n);
   try {
     model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks, logits, all);
   } catch (const model::Cancelled&) {
     rollback_batch(first, n);  // cache and query ring as before this batch
     throw;
+  }
+  if (logits) {  // rows: every token's (all) or the last token's
+    const size_t V = model_.config().n_vocab, rows = all ? n : 1;
+    for (size_t r = 0; r < rows; ++r) {
+      const float* row = logits + r * V;
+      const size_t i = first_non_finite(row, V);
+      if (i == V) continue;
+      const uint32_t pos = first + uint32_t(all ? r : n - 1);
+      rollback_batch(first, n);
+      throw NumericError("non-finite logits (" + std::string(row[i] != row[i] ? "NaN" : "Inf") + " for token id " +
+                             std::to_string(i) + ") at position " + std::to_string(pos) + " (input token " +
+                             std::to_string(tokens[pos - first]) +
+                             "): the model's weights hold or produce NaN/Inf; the batch was not kept",
+                         pos);
+    }
   }
   recorder_->commit_batch();
   n_past_ += n;

@@ -142,14 +142,25 @@ void Model::init() {
       throw err("tensor '" + name + "' has shape " + shape_str(t->ne, std::max<uint32_t>(t->n_dims, 1)) +
                 ", expected [" + std::to_string(c.n_embd) + "]");
     bytes += t->size_bytes;
-    if (t->type == uint32_t(quant::DType::f32)) return reinterpret_cast<const float*>(t->data);
-    if (t->type != uint32_t(quant::DType::f16) && t->type != uint32_t(quant::DType::bf16))
+    const float* v = nullptr;
+    if (t->type == uint32_t(quant::DType::f32)) {
+      v = reinterpret_cast<const float*>(t->data);
+    } else if (t->type == uint32_t(quant::DType::f16) || t->type == uint32_t(quant::DType::bf16)) {
+      // Small 1-D vector: convert once.
+      converted_norms_.emplace_back(c.n_embd);
+      quant::to_f32(quant::DType(t->type), t->data, converted_norms_.back().data(), c.n_embd);
+      v = converted_norms_.back().data();
+    } else {
       throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
                 " for a norm (supported: f32, f16, bf16)");
-    // Small 1-D vector: convert once.
-    converted_norms_.emplace_back(c.n_embd);
-    quant::to_f32(quant::DType(t->type), t->data, converted_norms_.back().data(), c.n_embd);
-    return converted_norms_.back().data();
+    }
+    // Norm weights scale every activation: a NaN/Inf here makes every output
+    // non-finite. They are small, so they are checked at load.
+    for (uint32_t i = 0; i < c.n_embd; ++i)
+      if (!std::isfinite(v[i]))
+        throw err("tensor '" + name + "' holds a non-finite value (" + std::to_string(v[i]) + ") at index " +
+                  std::to_string(i));
+    return v;
   };
 
   // Nine tensors per layer: a block count the file cannot hold is refused
