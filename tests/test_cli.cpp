@@ -655,3 +655,12 @@ TEST_CASE("cli: every numeric flag of every command refuses overflow, wrap-aroun
     CHECK_THAT(r.err, Catch::Contains("must be >= 0"));
   }
 }
+
+TEST_CASE("cli: a context larger than memory is refused with the bytes it needs", "[cli][limits]") {
+  for (const char* cmd : {"run -p hi --ctx 2000000000", "chat -c 2000000000"}) {
+    const Result r = run(std::string(cmd) + " -m " + stories());
+    INFO("defkv " << cmd << "\n" << r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(std::regex_search(r.err, std::regex(R"(needs [0-9]+ bytes .*more than the [0-9]+ bytes of memory)")));
+  }
+}

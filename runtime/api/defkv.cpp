@@ -183,6 +183,8 @@ defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_stat
     return fail(c, DEFKV_ERR_MISMATCH, where + e.what());
   } catch (const engine::NumericError& e) {
     return fail(c, DEFKV_ERR_NUMERIC, where + e.what());
+  } catch (const engine::ResourceError& e) {
+    return fail(c, DEFKV_ERR_OUT_OF_MEMORY, where + e.what());
   } catch (const gguf::Error& e) {
     return fail(c, DEFKV_ERR_FORMAT, where + e.what());
   } catch (const kv::CacheFull& e) {
@@ -273,6 +275,15 @@ void check_cancel(const defkv_context* c) {
 }
 
 defkv_status load_model(std::unique_ptr<ModelImpl> impl, std::unique_ptr<gguf::File> file, defkv_model** out) {
+  // The weights are re-laid out for the kernels at load (a resident copy of
+  // about their size): a model larger than memory is refused before that
+  // copy gets the process killed.
+  uint64_t weight_bytes = 0;
+  for (const gguf::TensorInfo& t : file->tensors()) weight_bytes += t.size_bytes;
+  const uint64_t mem = engine::usable_memory_bytes();
+  if (mem && weight_bytes > mem)
+    raise(DEFKV_ERR_OUT_OF_MEMORY, "the model's weights take " + std::to_string(weight_bytes) +
+                                       " bytes, more than the " + std::to_string(mem) + " bytes of memory here");
   impl->model = model::Model::from_file(std::move(file));
   impl->tok = text::Tokenizer::from_gguf(impl->model->file());
   if (impl->tok->n_vocab() != impl->model->config().n_vocab)

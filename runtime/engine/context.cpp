@@ -35,13 +35,35 @@ Context::Context(const model::Model& model, const ContextParams& params)
     : model_(model), params_(params), plan_(plan_context(model.config(), params)), budget_(plan_.budget) {
   const model::Config& mc = model.config();
   const kv::CacheConfig& cc = plan_.cache;
-  cache_ = std::make_unique<kv::KvCache>(cc);
+  // The pool is written in full at creation: one larger than memory would
+  // get the process killed rather than fail, so it is refused here.
+  // So are the RoPE tables (cos and sin for every position).
+  const uint64_t kv_bytes = kv::KvCache::pool_bytes(cc), mem = usable_memory_bytes();
+  const uint64_t rope_bytes = 2ull * plan_.n_ctx * (mc.n_rot / 2) * sizeof(float);
+  const std::string sizes = "(n_ctx = " + std::to_string(plan_.n_ctx) + ": KV pool of " + std::to_string(kv_bytes) +
+                            " bytes for " + std::to_string(cc.capacity_entries) + " entries of " +
+                            std::to_string(mc.n_layer) + " layers x " + std::to_string(mc.n_head_kv) +
+                            " KV heads, RoPE tables of " + std::to_string(rope_bytes) + " bytes)";
+  const uint64_t need = kv_bytes + rope_bytes;
+  if (mem && (need > mem || kv_bytes == UINT64_MAX))
+    throw ResourceError("context: needs " + std::to_string(need) + " bytes " + sizes + ", more than the " +
+                        std::to_string(mem) + " bytes of memory here; lower n_ctx (or set a KV budget)");
+  try {
+    cache_ = std::make_unique<kv::KvCache>(cc);
+  } catch (const std::bad_alloc&) {
+    throw ResourceError("context: allocating " + std::to_string(need) + " bytes " + sizes +
+                        " failed; lower n_ctx (or set a KV budget)");
+  }
   if (params_.kv_mem_bytes && cache_->bytes_reserved() > uint64_t(*params_.kv_mem_bytes))
     throw std::logic_error("context: KV pool of " + std::to_string(cache_->bytes_reserved()) +
                            " bytes exceeds kv_mem_bytes " + std::to_string(*params_.kv_mem_bytes) +
                            " (per-entry size estimate is off)");
-  ws_ = std::make_unique<model::Workspace>(mc, plan_.chunk, plan_.n_ctx, params_.n_threads, cc.page_tokens,
-                                           plan_.n_aux);
+  try {
+    ws_ = std::make_unique<model::Workspace>(mc, plan_.chunk, plan_.n_ctx, params_.n_threads, cc.page_tokens,
+                                             plan_.n_aux);
+  } catch (const std::bad_alloc&) {
+    throw ResourceError("context: allocating the model's scratch " + sizes + " failed; lower n_ctx");
+  }
   ws_->reserve_runs(size_t(cc.capacity_entries / cc.page_tokens) + mc.n_head_kv);
   pos_buf_.resize(plan_.chunk);
   logits_.resize(mc.n_vocab);
