@@ -23,8 +23,9 @@ source scripts/run_catch.sh
 # instrumented, and its JIT code confuses the sanitizers).
 setup_build() {
   if [[ ! -f "$1/build.ninja" ]]; then
+    mkdir -p "$1"
     meson setup "$1" -Doptimization=1 -Ddebug=false -Db_sanitize="$2" -Db_lundef=false -Donednn=disabled \
-      >"$1.setup.log" 2>&1 || { cat "$1.setup.log"; return 1; }
+      >"$1/setup.log" 2>&1 || { cat "$1/setup.log"; return 1; }
   fi
 }
 
