@@ -1,5 +1,7 @@
-// Position-wise helpers that are not per-ISA: rotary embedding, 1-D average
-// pooling (checked, then the table kernel), the logits scratch size.
+// Position-wise helpers that are not per-ISA: rotary embedding, GELU and
+// soft-capping (tanh-based, rare enough not to need vector kernels), 1-D
+// average pooling (checked, then the table kernel), the logits scratch size.
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -22,6 +24,19 @@ void rope(float* x, size_t n_rot, const float* cos, const float* sin, bool neox)
       x[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
     }
   }
+}
+
+void gelu_tanh_mul(float* gate, const float* up, size_t n) {
+  const float c = 0.7978845608028654f;  // sqrt(2/pi)
+  for (size_t i = 0; i < n; ++i) {
+    const float x = gate[i];
+    gate[i] = 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x))) * up[i];
+  }
+}
+
+void softcap(float* x, size_t n, float cap) {
+  const float inv = 1.0f / cap;
+  for (size_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] * inv);
 }
 
 void avg_pool1d(const float* x, float* out, size_t n, size_t k) {

@@ -142,6 +142,14 @@ size_t available_kernels(const Kernels** out, size_t max);
 //   neox == true : split halves (x[i], x[i + n_rot/2])
 void rope(float* x, size_t n_rot, const float* cos, const float* sin, bool neox);
 
+// gate[i] = gelu_tanh(gate[i]) * up[i], with
+// gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in float.
+void gelu_tanh_mul(float* gate, const float* up, size_t n);
+
+// Soft-capping: x[i] = cap * tanh(x[i] / cap) (cap > 0; -inf becomes -cap,
+// so mask after capping).
+void softcap(float* x, size_t n, float cap);
+
 // 1-D average pooling along x[n] with kernel k (odd), zero padding k/2 and
 // division by k everywhere (PyTorch avg_pool1d, count_include_pad=True).
 // out must not alias x.

@@ -512,6 +512,25 @@ TEST_CASE("reductions handle special values like the reference", "[simd][kernels
   }
 }
 
+// ---- gelu / soft-cap ----------------------------------------------------------
+
+TEST_CASE("gelu_tanh_mul and softcap follow their double-precision formulas", "[simd][gelu]") {
+  std::vector<float> g = {0.0f, 1.0f, -1.0f, 3.5f, -6.0f, 0.25f}, up = {5.0f, 1.0f, 2.0f, -1.0f, 1.0f, 4.0f};
+  const auto g0 = g;
+  simd::gelu_tanh_mul(g.data(), up.data(), g.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double x = g0[i];
+    const double want = 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * up[i];
+    CHECK(g[i] == Approx(want).margin(1e-6).epsilon(1e-6));
+  }
+  CHECK(g[1] == Approx(0.841192).epsilon(1e-5));  // gelu_tanh(1), not erf-GELU's 0.841345
+  std::vector<float> x = {0.0f, 10.0f, -40.0f, 1e6f, -std::numeric_limits<float>::infinity()};
+  const auto x0 = x;
+  simd::softcap(x.data(), x.size(), 20.0f);
+  for (size_t i = 0; i + 1 < x.size(); ++i) CHECK(x[i] == Approx(20.0 * std::tanh(double(x0[i]) / 20.0)).epsilon(1e-6));
+  CHECK(x.back() == -20.0f);
+}
+
 // ---- rope / pooling -----------------------------------------------------------
 
 TEST_CASE("rope rotates pairs (normal and neox) like the complex product", "[simd][rope]") {

@@ -329,17 +329,71 @@ TEST_CASE("synth refuses inconsistent shapes", "[synth]") {
 
 TEST_CASE("known shapes match their published parameter counts", "[synth]") {
   // Published sizes (model cards): TinyLlama 1.1B, Llama-3.2-1B 1.24B,
-  // Qwen2.5-0.5B 0.49B (incl. ~0.3M q/k/v biases not modelled here),
-  // SmolLM2 135M / 362M.
+  // Qwen2.5-0.5B 0.49B, Qwen3-0.6B 0.6B (0.44B without embeddings),
+  // Phi-3.5-mini 3.8B, SmolLM2 135M / 362M.
   struct Want { const char* name; double params; };
   for (const Want& w : {Want{"tinyllama-1.1b", 1.100e9}, Want{"llama-3.2-1b", 1.236e9},
-                        Want{"qwen2.5-0.5b", 0.494e9}, Want{"smollm2-135m", 0.1345e9},
+                        Want{"qwen2.5-0.5b", 0.494e9}, Want{"qwen3-0.6b", 0.596e9},
+                        Want{"phi-3.5-mini", 3.821e9}, Want{"smollm2-135m", 0.1345e9},
                         Want{"smollm2-360m", 0.3618e9}}) {
     INFO(w.name);
     const tools::ModelShape* s = tools::find_shape(w.name);
     REQUIRE(s != nullptr);
     CHECK_NOTHROW(s->validate(quant::DType::q8_0));
     CHECK(double(s->n_params()) == Approx(w.params).epsilon(0.01));
+  }
+}
+
+TEST_CASE("Llama 3 RoPE factors equal the converter's (archs test vectors)", "[synth][archs]") {
+  // llama3-rope.gguf's rope_freqs.weight was written by convert_hf_to_gguf.py's
+  // formula for base 500000, n_rot 16, factor 32, original context 8192.
+  auto f = gguf::File::open(shared_dir() + "/testdata/archs/llama3-rope.gguf");
+  const auto want = tensor_f32(f->tensor("rope_freqs.weight"));
+  const auto got = tools::llama3_rope_factors(500000.0f, 16, 32.0f, 8192);
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-6));
+}
+
+TEST_CASE("real-architecture shapes synthesize their own GGUF architecture", "[synth][archs]") {
+  // Each named shape of qwen2 / qwen3 / phi3 / llama-3 scaled down (its arch
+  // and block variants kept): the loader must see the architecture's tensors,
+  // and the parameter count must equal the file's element count.
+  TempDir td;
+  for (const char* name : {"qwen2.5-0.5b", "qwen3-0.6b", "llama-3.2-1b", "phi-3.5-mini"}) {
+    INFO(name);
+    tools::ModelShape s = *tools::find_shape(name);
+    s.dim = 128;
+    s.n_layer = 2;
+    s.n_head = 4;
+    s.n_head_kv = s.n_head_kv == s.n_head ? 4 : 2;
+    if (s.head_dim) s.head_dim = 64;  // qwen3: head dim != dim / heads, as in the real model
+    s.ffn = 192;
+    s.n_vocab = 300;
+    s.ctx = 256;
+    const std::string p = synth(td, std::string(name) + ".gguf", s, quant::DType::q8_0, 5);
+    auto m = model::Model::load(p);
+    const auto& c = m->config();
+    CHECK(c.arch == s.arch);
+    CHECK(c.head_dim == s.head_dim_or_default());
+    CHECK(c.qkv_bias == s.qkv_bias);
+    CHECK(c.qk_norm == s.qk_norm);
+    CHECK(c.rope_neox == (s.arch != "llama"));
+    CHECK(c.rope_freqs.size() == (s.llama3_rope_factor > 0 ? c.n_rot / 2 : 0u));
+    CHECK(c.tied_output == s.tied);
+    if (s.fused) {  // q, k, v: consecutive rows of one tensor
+      const auto& L = m->layer(0);
+      CHECK(static_cast<const uint8_t*>(L.wk.data) ==
+            static_cast<const uint8_t*>(L.wq.data) + L.wq.rows * quant::row_bytes(L.wq.type, L.wq.cols));
+    }
+    uint64_t elems = 0;
+    for (const auto& t : m->file().tensors()) elems += t.n_elements;
+    CHECK(elems == s.n_params() + (s.llama3_rope_factor > 0 ? c.n_rot / 2 : 0));
+    engine::ContextParams cp;
+    cp.n_ctx = 64;
+    cp.n_threads = 1;
+    engine::Context ctx(*m, cp);
+    auto logits = ctx.eval(std::vector<int32_t>{1, 100, 200, 299, 5});
+    for (float x : logits) REQUIRE(std::isfinite(x));
   }
 }
 

@@ -87,7 +87,7 @@ const std::vector<std::string> kPolicies = {"full", "streaming", "snapkv", "adak
 // Model, threads, --json and the KV flags; `budget`: also the budget, policy
 // and schedule flags (sweep takes those as lists instead).
 void add_common(CLI::App* sub, KvOptions& o, bool budget) {
-  sub->add_option("-m,--model", o.model_path, "Model file (GGUF, llama architecture)")->required()->check(CLI::ExistingFile);
+  sub->add_option("-m,--model", o.model_path, "Model file (GGUF: llama, qwen2, qwen3, phi3, gemma2 or gemma3 architecture)")->required()->check(CLI::ExistingFile);
   sub->add_option("-t,--threads", o.n_threads, "Threads (0: all cores; 1 is fastest for tiny models on a busy machine)")->check(CLI::NonNegativeNumber);
   KvFlagSet set;
   set.budget = budget;

@@ -224,7 +224,7 @@ Handler register_run(CLI::App& app) {
   sub->footer(
       "Prints the prompt and its continuation on stdout, then a report on stderr: prompt and decode tok/s, "
       "stop reason, peak RSS, KV bytes in use and entries kept per layer. Ctrl-C cancels (exit code 130).");
-  sub->add_option("-m,--model", o->model_path, "Model file (GGUF, llama architecture)")->required()->check(CLI::ExistingFile);
+  sub->add_option("-m,--model", o->model_path, "Model file (GGUF: llama, qwen2, qwen3, phi3, gemma2 or gemma3 architecture)")->required()->check(CLI::ExistingFile);
   auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text (default: empty, generate from BOS)");
   auto* f = sub->add_option("-f,--file", o->prompt_file, "Read the prompt from this file")->check(CLI::ExistingFile);
   p->excludes(f);

@@ -1,5 +1,5 @@
-// defkv synth: write a llama GGUF with a real model's shapes and random
-// weights (for benchmarks of models that are not available offline).
+// defkv synth: write a GGUF (llama, qwen2, qwen3 or phi3) with a real model's
+// shapes and random weights (for benchmarks of models that are not available offline).
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -36,10 +36,11 @@ std::string shapes_help() {
   for (const auto& sh : tools::known_shapes()) {
     char line[256];
     std::snprintf(line, sizeof line,
-                  "  %-15s dim %4u  layers %2u  heads %2u/%u kv  ffn %4u  vocab %6u  ctx %5u  "
-                  "rope %g%s\n",
-                  sh.name.c_str(), sh.dim, sh.n_layer, sh.n_head, sh.n_head_kv, sh.ffn,
-                  sh.n_vocab, sh.ctx, double(sh.rope_base), sh.tied ? "  tied" : "");
+                  "  %-15s %-6s dim %4u  layers %2u  heads %2u/%u kv  head dim %3u  ffn %4u  "
+                  "vocab %6u  ctx %5u  rope %g%s\n",
+                  sh.name.c_str(), sh.arch.c_str(), sh.dim, sh.n_layer, sh.n_head, sh.n_head_kv,
+                  sh.head_dim_or_default(), sh.ffn, sh.n_vocab, sh.ctx, double(sh.rope_base),
+                  sh.tied ? "  tied" : "");
     s += line;
     s += "      " + sh.note + "\n";
   }
@@ -135,14 +136,15 @@ Handler register_synth(CLI::App& app) {
   auto a = std::make_shared<SynthArgs>();
   CLI::App* c = app.add_subcommand(
       "synth",
-      "Write a llama GGUF with a real model's shapes and random (untrained) weights, for "
-      "benchmarks.");
+      "Write a GGUF with a real model's architecture and shapes and random (untrained) "
+      "weights, for benchmarks.");
   c->footer(
-      "Shapes (from the real config.json; every model is synthesized as plain llama: RMSNorm, "
-      "RoPE on adjacent pairs, SwiGLU, no biases):\n" +
+      "Shapes (from the real config.json, in the model's own GGUF architecture: llama with "
+      "Llama 3 rope_freqs where the model has them, qwen2 with q/k/v biases, qwen3 with q/k "
+      "norms, phi3 with fused qkv and gate/up; custom shapes are llama):\n" +
       shapes_help() +
       "\nWeights: deterministic in --seed (same values for every --type), approx. N(0, 0.02); "
-      "attn_output/ffn_down 0.02/sqrt(2*layers); norms 1 and always F32.\n"
+      "attn_output/ffn_down 0.02/sqrt(2*layers); biases N(0, 0.02); norms 1 and always F32.\n"
       "Vocabulary: --vocab-from copies tokenizer.* from a GGUF (its token count must equal "
       "the vocab). Default: vocab 32000 uses ../shared/models/tokenizers/"
       "ggml-vocab-llama-spm.gguf (TinyLlama's real vocab), vocab 512 the stories260K "

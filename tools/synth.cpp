@@ -1,4 +1,4 @@
-// Synthetic llama GGUF models: shapes, deterministic weights, streaming write.
+// Synthetic GGUF models: shapes, deterministic weights, streaming write.
 #include "tools/synth.h"
 
 #include <fcntl.h>
@@ -34,23 +34,40 @@ const std::vector<ModelShape>& known_shapes() {
   // Values from each model's config.json (Hugging Face). The context length
   // written to the metadata is capped at 8192 (see ctx below) so that a
   // runtime sizing its KV cache from the metadata stays reasonable.
-  static const std::vector<ModelShape> shapes = {
+  static const std::vector<ModelShape> shapes = [] {
+    std::vector<ModelShape> v = {
       {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048, 0, 10000.0f, 1e-5f, false,
        "TinyLlama-1.1B (Llama-2 vocab, untied head)."},
       {"llama-3.2-1b", 2048, 16, 32, 8, 8192, 128256, 8192, 0, 500000.0f, 1e-5f, true,
-       "Llama-3.2-1B: tied head; context metadata capped to 8192 (real: 131072); the llama3 "
-       "RoPE frequency scaling is not modelled; synthetic SPM vocab (real: tiktoken BPE)."},
+       "Llama-3.2-1B: tied head, Llama 3 RoPE scaling (rope_freqs.weight: factor 32, "
+       "original context 8192); context metadata capped to 8192 (real: 131072); synthetic SPM "
+       "vocab (real: tiktoken BPE)."},
       {"qwen2.5-0.5b", 896, 24, 14, 2, 4864, 151936, 8192, 0, 1000000.0f, 1e-6f, true,
-       "Qwen2.5-0.5B as a llama-shaped equivalent: the real model has q/k/v biases and "
-       "NeoX-style RoPE, which the llama runtime does not model (no biases are written); "
-       "context metadata capped to 8192 (real: 32768); synthetic SPM vocab (real: BPE)."},
+       "Qwen2.5-0.5B: qwen2 architecture (q/k/v biases, NeoX RoPE), tied head; context "
+       "metadata capped to 8192 (real: 32768); synthetic SPM vocab (real: BPE)."},
+      {"qwen3-0.6b", 1024, 28, 16, 8, 3072, 151936, 8192, 128, 1000000.0f, 1e-6f, true,
+       "Qwen3-0.6B: qwen3 architecture (per-head q/k RMSNorm, head dim 128, NeoX RoPE), tied "
+       "head; context metadata capped to 8192 (real: 40960); synthetic SPM vocab (real: BPE)."},
+      {"phi-3.5-mini", 3072, 32, 32, 32, 8192, 32064, 8192, 0, 10000.0f, 1e-5f, false,
+       "Phi-3.5-mini: phi3 architecture (fused attn_qkv and gate/up, NeoX RoPE), untied head, "
+       "sliding_window 262144 as in its GGUF; the LongRoPE factors are not written (defkv "
+       "refuses LongRoPE), so RoPE is plain base 10000; context metadata capped to 8192 "
+       "(real: 131072); synthetic SPM vocab (real: Llama-2 SPM + 64 added tokens)."},
       {"smollm2-360m", 960, 32, 15, 5, 2560, 49152, 8192, 0, 100000.0f, 1e-5f, true,
        "SmolLM2-360M: tied head; synthetic SPM vocab (real: GPT-2-style BPE)."},
       {"smollm2-135m", 576, 30, 9, 3, 1536, 49152, 8192, 0, 100000.0f, 1e-5f, true,
        "SmolLM2-135M: tied head; synthetic SPM vocab (real: GPT-2-style BPE)."},
       {"tiny", 64, 2, 4, 2, 128, 512, 256, 0, 10000.0f, 1e-5f, false,
        "A tiny test shape with the stories260K tokenizer (512 tokens)."},
-  };
+    };
+    for (ModelShape& s : v) {
+      if (s.name == "llama-3.2-1b") s.llama3_rope_factor = 32.0f;
+      if (s.name == "qwen2.5-0.5b") s.arch = "qwen2", s.qkv_bias = true;
+      if (s.name == "qwen3-0.6b") s.arch = "qwen3", s.qk_norm = true;
+      if (s.name == "phi-3.5-mini") s.arch = "phi3", s.fused = true, s.sliding_window = 262144;
+    }
+    return v;
+  }();
   return shapes;
 }
 
@@ -81,6 +98,11 @@ void ModelShape::validate(DType type) const {
   if (hd % 2 != 0) bad("head dim " + std::to_string(hd) + " must be even (RoPE pairs)");
   if (!(rope_base > 0.0f) || !std::isfinite(rope_base)) bad("rope base must be > 0");
   if (!(rms_eps > 0.0f)) bad("rms eps must be > 0");
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3")
+    bad("unknown arch '" + arch + "' (llama, qwen2, qwen3, phi3)");
+  if (qkv_bias != (arch == "qwen2") && arch != "llama") bad("q/k/v biases belong to qwen2 (or optional llama)");
+  if (qk_norm != (arch == "qwen3")) bad("q/k norms belong to qwen3");
+  if (fused != (arch == "phi3")) bad("fused qkv / gate-up belong to phi3");
   const size_t blk = quant::block_elems(type);
   auto need = [&](const char* what, uint64_t v) {
     if (v % blk != 0)
@@ -96,7 +118,7 @@ uint64_t ModelShape::n_params() const {
   const uint64_t hd = head_dim_or_default();
   const uint64_t q = uint64_t(n_head) * hd, kv = uint64_t(n_head_kv) * hd;
   const uint64_t per_layer = 2 * uint64_t(dim) + uint64_t(dim) * (q + 2 * kv) + q * dim +
-                             3 * uint64_t(dim) * ffn;
+                             3 * uint64_t(dim) * ffn + (qkv_bias ? q + 2 * kv : 0) + (qk_norm ? 2 * hd : 0);
   return uint64_t(n_vocab) * dim * (tied ? 1 : 2) + dim + n_layer * per_layer;
 }
 
@@ -108,25 +130,66 @@ std::vector<SynthTensor> plan_tensors(const ModelShape& s, DType type) {
   auto add = [&](std::string name, DType ty, std::vector<uint64_t> ne, float sd) {
     uint64_t rows = 1;
     for (size_t i = 1; i < ne.size(); ++i) rows *= ne[i];
-    t.push_back({std::move(name), ty, ne, sd, rows * quant::row_bytes(ty, size_t(ne[0]))});
+    t.push_back({std::move(name), ty, ne, sd, rows * quant::row_bytes(ty, size_t(ne[0])), {}});
   };
   // ggml order: ne[0] is the input (column) dimension of y = W x.
   add("token_embd.weight", type, {s.dim, s.n_vocab}, kInitStd);
+  if (s.llama3_rope_factor > 0.0f) {
+    add("rope_freqs.weight", DType::f32, {hd / 2}, 0.0f);
+    t.back().values = llama3_rope_factors(s.rope_base, uint32_t(hd), s.llama3_rope_factor, s.llama3_orig_ctx);
+  }
   for (uint32_t l = 0; l < s.n_layer; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     add(p + "attn_norm.weight", DType::f32, {s.dim}, 0.0f);
-    add(p + "attn_q.weight", type, {s.dim, q}, kInitStd);
-    add(p + "attn_k.weight", type, {s.dim, kv}, kInitStd);
-    add(p + "attn_v.weight", type, {s.dim, kv}, kInitStd);
+    if (s.fused) {
+      add(p + "attn_qkv.weight", type, {s.dim, q + 2 * kv}, kInitStd);
+    } else {
+      add(p + "attn_q.weight", type, {s.dim, q}, kInitStd);
+      add(p + "attn_k.weight", type, {s.dim, kv}, kInitStd);
+      add(p + "attn_v.weight", type, {s.dim, kv}, kInitStd);
+    }
+    if (s.qkv_bias) {
+      add(p + "attn_q.bias", DType::f32, {q}, kInitStd);
+      add(p + "attn_k.bias", DType::f32, {kv}, kInitStd);
+      add(p + "attn_v.bias", DType::f32, {kv}, kInitStd);
+    }
+    if (s.qk_norm) {
+      add(p + "attn_q_norm.weight", DType::f32, {hd}, 0.0f);
+      add(p + "attn_k_norm.weight", DType::f32, {hd}, 0.0f);
+    }
     add(p + "attn_output.weight", type, {q, s.dim}, res_std);
     add(p + "ffn_norm.weight", DType::f32, {s.dim}, 0.0f);
-    add(p + "ffn_gate.weight", type, {s.dim, s.ffn}, kInitStd);
-    add(p + "ffn_down.weight", type, {s.ffn, s.dim}, res_std);
-    add(p + "ffn_up.weight", type, {s.dim, s.ffn}, kInitStd);
+    if (s.fused) {
+      add(p + "ffn_up.weight", type, {s.dim, 2 * uint64_t(s.ffn)}, kInitStd);  // [gate; up]
+      add(p + "ffn_down.weight", type, {s.ffn, s.dim}, res_std);
+    } else {
+      add(p + "ffn_gate.weight", type, {s.dim, s.ffn}, kInitStd);
+      add(p + "ffn_down.weight", type, {s.ffn, s.dim}, res_std);
+      add(p + "ffn_up.weight", type, {s.dim, s.ffn}, kInitStd);
+    }
   }
   add("output_norm.weight", DType::f32, {s.dim}, 0.0f);
   if (!s.tied) add("output.weight", type, {s.dim, s.n_vocab}, kInitStd);
   return t;
+}
+
+std::vector<float> llama3_rope_factors(float freq_base, uint32_t n_rot, float factor, uint32_t orig_ctx) {
+  const double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  const double low_wavelen = double(orig_ctx) / low_freq_factor, high_wavelen = double(orig_ctx) / high_freq_factor;
+  std::vector<float> out;
+  for (uint32_t i = 0; i < n_rot / 2; ++i) {
+    const double freq = 1.0 / std::pow(double(freq_base), 2.0 * double(i) / double(n_rot));
+    const double wavelen = 2.0 * M_PI / freq;
+    if (wavelen < high_wavelen) {
+      out.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      out.push_back(factor);
+    } else {
+      const double smooth = (double(orig_ctx) / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+      out.push_back(float(1.0 / ((1.0 - smooth) / factor + smooth)));
+    }
+  }
+  return out;
 }
 
 // ---- deterministic values --------------------------------------------------
@@ -294,24 +357,26 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
 
   SynthResult res;
   gguf::Writer w;
-  w.set_string("general.architecture", "llama");
+  const std::string a = shape.arch + ".";
+  w.set_string("general.architecture", shape.arch);
   w.set_string("general.name", "synthetic " + shape.name);
   w.set("general.file_type", u32v(llama_file_type(opts.type)));
-  w.set("llama.context_length", u32v(shape.ctx));
-  w.set("llama.embedding_length", u32v(shape.dim));
-  w.set("llama.block_count", u32v(shape.n_layer));
-  w.set("llama.feed_forward_length", u32v(shape.ffn));
-  w.set("llama.attention.head_count", u32v(shape.n_head));
-  w.set("llama.attention.head_count_kv", u32v(shape.n_head_kv));
+  w.set(a + "context_length", u32v(shape.ctx));
+  w.set(a + "embedding_length", u32v(shape.dim));
+  w.set(a + "block_count", u32v(shape.n_layer));
+  w.set(a + "feed_forward_length", u32v(shape.ffn));
+  w.set(a + "attention.head_count", u32v(shape.n_head));
+  w.set(a + "attention.head_count_kv", u32v(shape.n_head_kv));
   const uint32_t hd = shape.head_dim_or_default();
   if (shape.head_dim != 0 && hd * shape.n_head != shape.dim) {
-    w.set("llama.attention.key_length", u32v(hd));
-    w.set("llama.attention.value_length", u32v(hd));
+    w.set(a + "attention.key_length", u32v(hd));
+    w.set(a + "attention.value_length", u32v(hd));
   }
-  w.set("llama.rope.dimension_count", u32v(hd));
-  w.set_f32("llama.rope.freq_base", shape.rope_base);
-  w.set_f32("llama.attention.layer_norm_rms_epsilon", shape.rms_eps);
-  w.set("llama.vocab_size", u32v(shape.n_vocab));
+  w.set(a + "rope.dimension_count", u32v(hd));
+  w.set_f32(a + "rope.freq_base", shape.rope_base);
+  w.set_f32(a + "attention.layer_norm_rms_epsilon", shape.rms_eps);
+  if (shape.arch == "phi3") w.set(a + "attention.sliding_window", u32v(shape.sliding_window));
+  w.set(a + "vocab_size", u32v(shape.n_vocab));
   w.set_string("defkv.synth.shape", shape.name);
   w.set("defkv.synth.seed", gguf::Value{gguf::ValueType::u64, opts.seed});
   w.set_string("defkv.synth.weights",
@@ -419,7 +484,8 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
 #endif
         for (size_t r = 0; r < nr; ++r) {
           float* x = fb + r * cols;
-          if (t.stddev == 0.0f) std::fill(x, x + cols, 1.0f);
+          if (!t.values.empty()) std::copy(t.values.begin() + long((r0 + r) * cols), t.values.begin() + long((r0 + r + 1) * cols), x);
+          else if (t.stddev == 0.0f) std::fill(x, x + cols, 1.0f);
           else synth_values(opts.seed, t.name, (r0 + r) * cols, cols, t.stddev, x);
           quant::from_f32(t.type, x, ob + r * rb, cols);
         }

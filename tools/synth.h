@@ -1,7 +1,8 @@
-// Synthetic llama-architecture GGUF models with real shapes and random
-// weights, for benchmarks of models that are not available offline
-// (TinyLlama, Llama 3.2 1B, Qwen2.5 0.5B, SmolLM2). Used by `defkv synth`
-// and `defkv bench`; not part of the runtime library.
+// Synthetic GGUF models (llama, qwen2, qwen3, phi3 architectures) with real
+// shapes and random weights, for benchmarks of models that are not available
+// offline (TinyLlama, Llama 3.2 1B, Qwen2.5 0.5B, Qwen3 0.6B, Phi-3.5 mini,
+// SmolLM2). Used by `defkv synth` and `defkv bench`; not part of the runtime
+// library.
 //
 // Weights are a pure function of (seed, tensor name, element index), so a
 // file is reproducible and the F32 / F16 / BF16 / Q8_0 files of one seed hold
@@ -20,7 +21,7 @@
 
 namespace defkv::tools {
 
-// Hyper-parameters of a llama-shaped model (names as in GGUF llama.*).
+// Hyper-parameters of a model (names as in GGUF {arch}.*).
 struct ModelShape {
   std::string name;            // "tinyllama-1.1b", or "custom"
   uint32_t dim = 0;            // llama.embedding_length
@@ -35,6 +36,16 @@ struct ModelShape {
   float rms_eps = 1e-5f;       // llama.attention.layer_norm_rms_epsilon
   bool tied = false;           // no output.weight: the head reuses token_embd
   std::string note;            // how the synthetic model differs from the real one
+  // Architecture and its block variants (see runtime/model/model_load.cpp).
+  std::string arch = "llama";  // general.architecture: llama | qwen2 | qwen3 | phi3
+  bool qkv_bias = false;       // attn_{q,k,v}.bias (qwen2; required there)
+  bool qk_norm = false;        // attn_q_norm / attn_k_norm [head_dim] (qwen3; required there)
+  bool fused = false;          // attn_qkv = [q; k; v] and ffn_up = [gate; up] (phi3)
+  // > 0: rope_freqs.weight holds the Llama 3 frequency factors for this
+  // factor, low_freq_factor 1, high_freq_factor 4 and llama3_orig_ctx.
+  float llama3_rope_factor = 0.0f;
+  uint32_t llama3_orig_ctx = 8192;
+  uint32_t sliding_window = 0;  // {arch}.attention.sliding_window (phi3 writes it; 0: none)
 
   uint32_t head_dim_or_default() const { return head_dim ? head_dim : (n_head ? dim / n_head : 0); }
   // Throws std::invalid_argument naming the first inconsistent field
@@ -44,6 +55,11 @@ struct ModelShape {
   // Parameter count (distinct weights; the tied head counted once).
   uint64_t n_params() const;
 };
+
+// Llama 3 RoPE frequency factors [n_rot/2] as convert_hf_to_gguf.py computes
+// them (low_freq_factor 1, high_freq_factor 4): pair i's angle is divided by
+// factor[i].
+std::vector<float> llama3_rope_factors(float freq_base, uint32_t n_rot, float factor, uint32_t orig_ctx);
 
 // The built-in shapes, each taken from the real model's config.json.
 const std::vector<ModelShape>& known_shapes();
@@ -86,6 +102,7 @@ struct SynthTensor {
   std::vector<uint64_t> ne;  // ggml order: ne[0] = columns (innermost)
   float stddev;              // 0: constant 1 (norm weights)
   uint64_t size_bytes;
+  std::vector<float> values; // fixed values (rope_freqs), instead of stddev
 };
 std::vector<SynthTensor> plan_tensors(const ModelShape& s, quant::DType type);
 

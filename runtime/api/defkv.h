@@ -125,7 +125,8 @@ DEFKV_API const char* defkv_last_error(const defkv_context* ctx);
 
 /* ---- models ---- */
 
-/* Memory-maps a GGUF file (llama architecture; f32 / f16 / bf16 / q8_0 weights). */
+/* Memory-maps a GGUF file (architecture llama, qwen2, qwen3, phi3, gemma2 or gemma3;
+ * f32 / f16 / bf16 / q8_0 weights). */
 DEFKV_API defkv_status defkv_model_load_file(const char* path, defkv_model** out);
 /* Parses a GGUF image in memory. copy != 0: the library copies the bytes (the
  * caller may free its buffer on return). copy == 0: no copy is made and the

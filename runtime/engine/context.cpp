@@ -74,6 +74,7 @@ Context::Context(const model::Model& model, const ContextParams& params)
   const uint32_t stash = plan_.bounded ? std::min<uint32_t>(plan_.slack, 64) : 0;
   recorder_ = std::make_unique<LayerRecorder>(model, plan_.budgeted ? plan_.window : 0, plan_.n_aux > kAuxValueNorm,
                                               stash, plan_.chunk, ws_->n_threads());
+  if (plan_.evict_layers.size() < mc.n_layer) trim_keep_.resize(size_t(cc.capacity_entries));
   if (plan_.budgeted)
     round_ = std::make_unique<EvictRound>(mc, plan_.window, plan_.n_aux, ws_->n_threads(),
                                           size_t(cc.capacity_entries / mc.n_layer));
@@ -195,6 +196,7 @@ void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool a
   }
   recorder_->commit_batch();
   n_past_ += n;
+  trim_windows();
   note_usage();
 }
 
@@ -203,7 +205,7 @@ void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool a
 
 bool Context::over(uint64_t per_head_tokens) const {
   const model::Config& mc = model_.config();
-  return cache_->entries() > per_head_tokens * mc.n_head_kv * mc.n_layer;
+  return budgeted_entries() > per_head_tokens * mc.n_head_kv * plan_.evict_layers.size();
 }
 
 // Bounded: the pool holds budget + max(chunk, slack) tokens per head (the
@@ -212,9 +214,9 @@ bool Context::over(uint64_t per_head_tokens) const {
 void Context::make_room(uint32_t n_tokens, bool interim) {
   if (!plan_.bounded) return;
   const model::Config& mc = model_.config();
-  const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
+  const uint64_t HL = uint64_t(mc.n_head_kv) * plan_.evict_layers.size();
   const uint64_t ceiling = uint64_t(budget_) + std::max(plan_.chunk, plan_.slack);
-  if (cache_->entries() + uint64_t(n_tokens) * HL > ceiling * HL && over(budget_)) evict_now(interim);
+  if (budgeted_entries() + uint64_t(n_tokens) * HL > ceiling * HL && over(budget_)) evict_now(interim);
 }
 
 // The oneshot compression is due once the first prompt has been fed
@@ -239,9 +241,11 @@ void Context::evict_now(bool interim) {
   spec.n_past = n_past_;
   spec.n_window = std::min<uint32_t>(plan_.window, n_past_);
   spec.index = stats_.evict_rounds;
+  const uint32_t n_evict = uint32_t(plan_.evict_layers.size());  // windowed layers are outside the budget
   spec.budget = plan_.schedule == Schedule::oneshot && params_.kv_ratio
-                    ? evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, mc.n_head_kv, mc.n_layer)
-                    : evict::entries_budget(budget_, mc.n_head_kv, mc.n_layer);
+                    ? evict::oneshot_budget(prompt_len_, 1.0 - *params_.kv_ratio, mc.n_head_kv, n_evict)
+                    : evict::entries_budget(budget_, mc.n_head_kv, n_evict);
+  spec.layers = &plan_.evict_layers;
   round_->run(*cache_, *recorder_, spec, [this] { check_cancel(); }, observer_);
   stats_.evict_rounds += 1;
   stats_.evict_seconds += seconds_since(t0);

@@ -138,7 +138,12 @@ class Context {
   // One forward() over n tokens at n_past(); defer: a decode token whose
   // value norm may wait in the recorder's stash.
   void run_batch(const int32_t* tokens, uint32_t n, float* logits, bool all, bool defer);
-  bool over(uint64_t per_head_tokens) const;  // live entries > per_head * Hkv * L
+  bool over(uint64_t per_head_tokens) const;  // budgeted entries > per_head * Hkv * (budgeted layers)
+  // Sliding-window layers (window_layers.cpp): entries of the other layers,
+  // and dropping what no later query of a windowed layer can see.
+  uint64_t budgeted_entries() const;
+  void trim_windows();
+  std::vector<uint8_t> trim_keep_;  // keep mask of one windowed head
   // Bounded: a round first if n more tokens would pass the ceiling.
   void make_room(uint32_t n_tokens, bool interim);
   void evict_now(bool interim = false);

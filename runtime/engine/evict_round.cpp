@@ -29,11 +29,13 @@ EvictRound::EvictRound(const model::Config& mc, uint32_t window, uint32_t n_aux,
   }
   scores_.resize(n_layer_);
   keep_.resize(n_layer_);
+  for (uint32_t l = 0; l < n_layer_; ++l) all_layers_.push_back(l);
 }
 
 void EvictRound::run(kv::KvCache& cache, const LayerRecorder& recorder, const RoundSpec& spec,
                      const std::function<void()>& check_cancel, const RoundObserver& observer) {
-  const uint32_t L = n_layer_, n_window = spec.n_window;
+  const std::vector<uint32_t>& layers = spec.layers ? *spec.layers : all_layers_;
+  const uint32_t L = uint32_t(layers.size()), n_window = spec.n_window;
   // Window positions, ascending.
   for (uint32_t i = 0; i < n_window; ++i) {
     const int32_t p = int32_t(spec.n_past - n_window + i);
@@ -47,7 +49,8 @@ void EvictRound::run(kv::KvCache& cache, const LayerRecorder& recorder, const Ro
   std::exception_ptr error;
   bool failed = false;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr) if (n_thr > 1)
-  for (uint32_t l = 0; l < L; ++l) {
+  for (uint32_t i = 0; i < L; ++i) {
+    const uint32_t l = layers[i];
     bool stop;
 #pragma omp atomic read
     stop = failed;
@@ -64,9 +67,19 @@ void EvictRound::run(kv::KvCache& cache, const LayerRecorder& recorder, const Ro
   }
   if (error) std::rethrow_exception(error);
 
-  if (evict::traits(spec.params.policy).layer_wise)
+  if (evict::traits(spec.params.policy).layer_wise && L == n_layer_) {
     evict::select_keep_layers(spec.params, spec.budget, n_window, scores_, lanes_[0].scratch, keep_);
-  for (uint32_t l = 0; l < L; ++l)
+  } else if (evict::traits(spec.params.policy).layer_wise) {  // vectors swapped in and out: no copy
+    scores_sub_.resize(L);
+    keep_sub_.resize(L);
+    for (uint32_t i = 0; i < L; ++i) std::swap(scores_sub_[i], scores_[layers[i]]);
+    evict::select_keep_layers(spec.params, spec.budget, n_window, scores_sub_, lanes_[0].scratch, keep_sub_);
+    for (uint32_t i = 0; i < L; ++i) {
+      std::swap(scores_sub_[i], scores_[layers[i]]);
+      std::swap(keep_sub_[i], keep_[layers[i]]);
+    }
+  }
+  for (uint32_t l : layers)
     for (uint32_t hk = 0; hk < n_head_kv_; ++hk) cache.retain(l, hk, keep_[l][hk].data());
 }
 

@@ -35,6 +35,9 @@ struct RoundSpec {
   uint32_t n_window = 0;       // min(window, n_past)
   bool interim = false;
   uint32_t index = 0;          // rounds completed before this one (RoundObservation::round)
+  // The layers to score and evict, ascending (the budget covers these); null:
+  // every layer. Sliding-window layers are left out (Plan::evict_layers).
+  const std::vector<uint32_t>* layers = nullptr;
 };
 
 class EvictRound {
@@ -70,6 +73,10 @@ class EvictRound {
   std::vector<int32_t> q_win_pos_;                       // [window] this round's window positions
   std::vector<std::vector<std::vector<float>>> scores_;  // [n_layer][n_head_kv][n_h]
   std::vector<std::vector<std::vector<uint8_t>>> keep_;  // [n_layer][n_head_kv][n_h]
+  // A layer-wise selection over some layers: their scores / masks swapped in.
+  std::vector<std::vector<std::vector<float>>> scores_sub_;
+  std::vector<std::vector<std::vector<uint8_t>>> keep_sub_;
+  std::vector<uint32_t> all_layers_;                     // 0 .. n_layer - 1
 };
 
 }  // namespace defkv::engine

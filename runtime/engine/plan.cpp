@@ -85,11 +85,29 @@ uint32_t bounded_chunk_tokens(uint64_t b_max, uint32_t min_chunk) {
   return uint32_t(std::clamp<uint64_t>(b_max / 3 / 64 * 64, min_chunk, std::max<uint32_t>(min_chunk, 256)));
 }
 
+uint64_t window_pool_entries(const model::Config& mc, const std::vector<uint32_t>& window, uint32_t n_ctx,
+                             uint32_t page_tokens, uint32_t max_batch) {
+  const uint64_t P = page_tokens;
+  uint64_t n = 0;
+  for (uint32_t w : window)
+    if (w > 0) n += uint64_t(mc.n_head_kv) * (std::min<uint64_t>(w + P + max_batch, n_ctx) + P);
+  return round_up(n, P);
+}
+
 Plan plan_context(const model::Config& mc, const ContextParams& p) {
   validate_params(p);
-  const uint64_t HL = uint64_t(mc.n_head_kv) * mc.n_layer;
   Plan pl;
   pl.n_ctx = p.n_ctx ? p.n_ctx : (mc.n_ctx_train ? mc.n_ctx_train : 2048);
+  // Budgets apply to the layers without a sliding window (or with one that
+  // spans the whole context); windowed layers have a fixed share of the pool.
+  pl.layer_window.assign(mc.n_layer, 0);
+  for (uint32_t l = 0; l < mc.n_layer; ++l) {
+    const uint32_t w = l < mc.layer_window.size() ? mc.layer_window[l] : 0;
+    if (w > 0 && w < pl.n_ctx) pl.layer_window[l] = w;
+    else pl.evict_layers.push_back(l);
+  }
+  const uint64_t HL = uint64_t(mc.n_head_kv) * pl.evict_layers.size();  // budgeted (layer, head) pairs
+  const uint64_t HLd = std::max<uint64_t>(HL, 1);                        // as a divisor
   pl.budgeted = p.budget_tokens || p.kv_ratio || p.kv_mem_bytes;
   pl.window = p.evict.window;
   pl.schedule = p.schedule.value_or(pl.budgeted ? Schedule::bounded : Schedule::oneshot);
@@ -119,15 +137,26 @@ Plan plan_context(const model::Config& mc, const ContextParams& p) {
     // q8_0 block, each section of a page aligned), so the budget comes from
     // the real page size, not a per-entry estimate: the largest budget b
     // whose pool (b + max(chunk, slack) + page, below) fits in whole pages.
+    // Sliding-window layers first take their share for batches of `chunk`
+    // tokens; the rest holds fit(chunk) tokens per head of the other layers.
     const uint64_t page_bytes = kv_page_bytes(cc);
-    const uint64_t pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
-    const uint64_t fit = pages * p.page_tokens / HL;  // tokens per head the pages hold
-    const uint64_t per_token = (page_bytes * HL + p.page_tokens - 1) / p.page_tokens;  // for the message
+    const uint64_t all_pages = uint64_t(*p.kv_mem_bytes) / page_bytes;
+    const auto fit_for = [&](uint32_t chunk) -> uint64_t {
+      const uint64_t swa_pages = window_pool_entries(mc, pl.layer_window, pl.n_ctx, p.page_tokens, chunk) / p.page_tokens;
+      return all_pages > swa_pages ? (all_pages - swa_pages) * p.page_tokens / HLd : 0;
+    };
+    if (fit_for(pl.chunk) == 0)
+      throw ParamError("kv_mem_bytes", std::to_string(*p.kv_mem_bytes) + " does not cover the sliding-window layers' " +
+                                           std::to_string(window_pool_entries(mc, pl.layer_window, pl.n_ctx, p.page_tokens, pl.chunk) /
+                                                          p.page_tokens * page_bytes) + " bytes");
+    const uint64_t fit = fit_for(pl.chunk);  // tokens per head the pages hold
+    const uint64_t per_token = (page_bytes * HLd + p.page_tokens - 1) / p.page_tokens;  // for the message
     int64_t b = int64_t(fit) - int64_t((pl.bounded ? std::max(pl.chunk, pl.slack) : 0) + p.page_tokens);
     if (pl.bounded && p.chunk_tokens == 0)  // the largest b whose default chunk still fits
-      for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b)
-        if (uint64_t(b) + std::max<uint64_t>(bounded_chunk_tokens(uint64_t(b), min_chunk), pl.slack) + p.page_tokens <= fit)
-          break;
+      for (b = int64_t(fit) - int64_t(p.page_tokens) - 1; b > 0; --b) {
+        const uint32_t c = bounded_chunk_tokens(uint64_t(b), min_chunk);
+        if (uint64_t(b) + std::max<uint64_t>(c, pl.slack) + p.page_tokens <= fit_for(c)) break;
+      }
     if (b < int64_t(min_budget(p)))
       throw ParamError("kv_mem_bytes", std::to_string(*p.kv_mem_bytes) + " holds " + std::to_string(std::max<int64_t>(b, 0)) +
                                            " tokens per head after the chunk/slack/page reserve, below window + sinks = " +
@@ -147,7 +176,8 @@ Plan plan_context(const model::Config& mc, const ContextParams& p) {
   // page rounding of each head.
   const uint64_t per_head = pl.bounded ? std::min<uint64_t>(uint64_t(pl.budget_max) + std::max(pl.chunk, pl.slack), pl.n_ctx)
                                        : uint64_t(pl.n_ctx);
-  cc.capacity_entries = round_up((per_head + p.page_tokens) * HL, p.page_tokens);
+  cc.capacity_entries = round_up((per_head + p.page_tokens) * HL, p.page_tokens) +
+                        window_pool_entries(mc, pl.layer_window, pl.n_ctx, p.page_tokens, pl.chunk);
   return pl;
 }
 

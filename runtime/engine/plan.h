@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <vector>
 
 #include "runtime/engine/params.h"
 #include "runtime/kv/kv_cache.h"
@@ -41,10 +42,22 @@ struct Plan {
   uint32_t window = 0;         // observation window (queries kept for a round)
   uint32_t n_aux = 0;          // aux floats per KV entry (AuxSlot)
   kv::CacheConfig cache;       // the pool, capacity_entries included
+  // Sliding-window layers (window_layers.cpp): layer_window[l] > 0 for a layer whose
+  // window is shorter than n_ctx (it keeps only what its window still sees,
+  // outside the budget); evict_layers: the others, which budgets count and
+  // eviction rounds score, ascending.
+  std::vector<uint32_t> layer_window;  // [n_layer]
+  std::vector<uint32_t> evict_layers;
   // Bounded: entries per head may reach budget + max(chunk, slack) before a
   // round brings them back (the ceiling the pool is sized for).
   uint64_t ceiling_tokens() const { return uint64_t(budget) + (chunk > slack ? chunk : slack); }
 };
+
+// Pool entries the sliding-window layers need for batches of up to max_batch
+// tokens: per head, window + page_tokens - 1 kept between batches plus the
+// batch, plus a page for a partly filled first page (window_layers.cpp).
+uint64_t window_pool_entries(const model::Config& mc, const std::vector<uint32_t>& window, uint32_t n_ctx,
+                             uint32_t page_tokens, uint32_t max_batch);
 
 // Validates the parameters (validate_params, then the ones that depend on
 // the model: a kv_mem_bytes budget must fit) and computes the plan. Throws

@@ -1,4 +1,4 @@
-// Llama forward pass: loading/validation and the batched forward().
+// The batched forward pass (loading: model_load.cpp).
 #include "runtime/model/model.h"
 
 #include <omp.h>
@@ -23,199 +23,7 @@ constexpr uint64_t kParallelMinMacs = 1u << 16;
 constexpr uint32_t kAttRows = 128;
 constexpr uint32_t kAttKeys = 32;
 
-std::runtime_error err(const std::string& msg) { return std::runtime_error("model: " + msg); }
-
-std::string shape_str(const uint64_t* ne, uint32_t n_dims) {
-  std::string s = "[";
-  for (uint32_t i = 0; i < n_dims; ++i) {
-    if (i) s += ", ";
-    s += std::to_string(ne[i]);
-  }
-  return s + "]";
-}
-
-bool supported_weight_type(uint32_t t) {
-  return t == uint32_t(quant::DType::f32) || t == uint32_t(quant::DType::f16) ||
-         t == uint32_t(quant::DType::bf16) || t == uint32_t(quant::DType::q8_0);
-}
-
-// Effective number of dims (trailing ne of 1 ignored).
-uint32_t eff_dims(const gguf::TensorInfo& t) {
-  uint32_t n = std::max<uint32_t>(t.n_dims, 1);
-  while (n > 1 && t.ne[n - 1] == 1) --n;
-  return n;
-}
-
-// A [rows, cols] weight matrix (ggml ne = {cols, rows}).
-quant::Matrix matrix(const gguf::File& f, const std::string& name, uint64_t rows, uint64_t cols,
-                     size_t* bytes) {
-  const gguf::TensorInfo* t = f.find_tensor(name);
-  if (!t) throw err("missing tensor '" + name + "' (expected shape [" + std::to_string(cols) +
-                    ", " + std::to_string(rows) + "] in ggml ne order)");
-  if (!supported_weight_type(t->type))
-    throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
-              " (supported: f32, f16, bf16, q8_0)");
-  const uint32_t nd = eff_dims(*t);
-  const bool ok = nd <= 2 && t->ne[0] == cols && t->ne[1] == rows;
-  if (!ok) {
-    const uint64_t want[2] = {cols, rows};
-    throw err("tensor '" + name + "' has shape " + shape_str(t->ne, std::max<uint32_t>(t->n_dims, 1)) +
-              ", expected " + shape_str(want, 2) + " (ggml ne order: [cols, rows])");
-  }
-  quant::Matrix m;
-  m.type = quant::DType(t->type);
-  m.data = t->data;
-  m.rows = rows;
-  m.cols = cols;
-  *bytes += t->size_bytes;
-  return m;
-}
-
 }  // namespace
-
-// ----------------------------------------------------------------------------
-// Loading
-
-std::unique_ptr<Model> Model::load(const std::string& path) {
-  return from_file(gguf::File::open(path));
-}
-
-std::unique_ptr<Model> Model::from_file(std::unique_ptr<gguf::File> file) {
-  if (!file) throw err("null gguf file");
-  std::unique_ptr<Model> m(new Model());
-  m->file_ = std::move(file);
-  m->init();
-  return m;
-}
-
-void Model::init() {
-  const gguf::File& f = *file_;
-  const gguf::Value* arch_v = f.find("general.architecture");
-  if (!arch_v) throw err("missing key general.architecture (expected \"llama\")");
-  const std::string& arch = f.get_string("general.architecture");
-  if (arch != "llama")
-    throw err("unsupported architecture \"" + arch + "\" (general.architecture); only \"llama\" is supported");
-
-  auto u32 = [&](const char* key) -> uint32_t {
-    const uint64_t v = f.get_uint(key);
-    if (v == 0 || v > (1u << 30)) throw err(std::string("key ") + key + " has invalid value " + std::to_string(v));
-    return uint32_t(v);
-  };
-  Config c;
-  c.n_embd = u32("llama.embedding_length");
-  c.n_layer = u32("llama.block_count");
-  c.n_head = u32("llama.attention.head_count");
-  c.n_head_kv = f.find("llama.attention.head_count_kv") ? u32("llama.attention.head_count_kv") : c.n_head;
-  c.n_ff = u32("llama.feed_forward_length");
-  c.n_ctx_train = f.find("llama.context_length") ? u32("llama.context_length") : 0;
-  c.rope_freq_base = float(f.get_float_or("llama.rope.freq_base", 10000.0));
-  c.rms_eps = float(f.get_float_or("llama.attention.layer_norm_rms_epsilon", 1e-5));
-  c.rope_neox = f.get_bool_or("defkv.rope_neox", false);
-  if (c.n_embd % c.n_head != 0)
-    throw err("embedding_length " + std::to_string(c.n_embd) + " is not a multiple of head_count " +
-              std::to_string(c.n_head));
-  if (c.n_head % c.n_head_kv != 0)
-    throw err("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
-              std::to_string(c.n_head_kv));
-  c.head_dim = c.n_embd / c.n_head;
-  c.n_rot = uint32_t(f.get_uint_or("llama.rope.dimension_count", c.head_dim));
-  if (c.n_rot % 2 != 0 || c.n_rot > c.head_dim)
-    throw err("rope.dimension_count " + std::to_string(c.n_rot) + " must be even and <= head_dim " +
-              std::to_string(c.head_dim));
-  if (!(c.rms_eps > 0.0f) || !(c.rope_freq_base > 0.0f)) throw err("rms epsilon and rope.freq_base must be > 0");
-
-  // Vocabulary size from the embedding.
-  const gguf::TensorInfo* te = f.find_tensor("token_embd.weight");
-  if (!te) throw err("missing tensor 'token_embd.weight'");
-  if (eff_dims(*te) != 2 || te->ne[1] == 0)
-    throw err("tensor 'token_embd.weight' has shape " + shape_str(te->ne, std::max<uint32_t>(te->n_dims, 1)) +
-              ", expected [" + std::to_string(c.n_embd) + ", n_vocab]");
-  c.n_vocab = uint32_t(te->ne[1]);
-
-  size_t bytes = 0;
-  tok_embd_ = matrix(f, "token_embd.weight", c.n_vocab, c.n_embd, &bytes);
-
-  auto norm = [&](const std::string& name) -> const float* {
-    const gguf::TensorInfo* t = f.find_tensor(name);
-    if (!t) throw err("missing tensor '" + name + "' (expected shape [" + std::to_string(c.n_embd) + "])");
-    if (eff_dims(*t) != 1 || t->ne[0] != c.n_embd)
-      throw err("tensor '" + name + "' has shape " + shape_str(t->ne, std::max<uint32_t>(t->n_dims, 1)) +
-                ", expected [" + std::to_string(c.n_embd) + "]");
-    bytes += t->size_bytes;
-    const float* v = nullptr;
-    if (t->type == uint32_t(quant::DType::f32)) {
-      v = reinterpret_cast<const float*>(t->data);
-    } else if (t->type == uint32_t(quant::DType::f16) || t->type == uint32_t(quant::DType::bf16)) {
-      // Small 1-D vector: convert once.
-      converted_norms_.emplace_back(c.n_embd);
-      quant::to_f32(quant::DType(t->type), t->data, converted_norms_.back().data(), c.n_embd);
-      v = converted_norms_.back().data();
-    } else {
-      throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
-                " for a norm (supported: f32, f16, bf16)");
-    }
-    // Norm weights scale every activation: a NaN/Inf here makes every output
-    // non-finite. They are small, so they are checked at load.
-    for (uint32_t i = 0; i < c.n_embd; ++i)
-      if (!std::isfinite(v[i]))
-        throw err("tensor '" + name + "' holds a non-finite value (" + std::to_string(v[i]) + ") at index " +
-                  std::to_string(i));
-    return v;
-  };
-
-  // Nine tensors per layer: a block count the file cannot hold is refused
-  // before anything is sized by it.
-  if (uint64_t(c.n_layer) * 9 > f.tensors().size())
-    throw err("key llama.block_count = " + std::to_string(c.n_layer) + " needs " +
-              std::to_string(uint64_t(c.n_layer) * 9) + " layer tensors; the file has " +
-              std::to_string(f.tensors().size()) + " tensors in all");
-  const uint64_t q_dim = uint64_t(c.n_head) * c.head_dim;
-  const uint64_t kv_dim = uint64_t(c.n_head_kv) * c.head_dim;
-  converted_norms_.reserve(2 * c.n_layer + 1);  // keep pointers stable
-  layers_.resize(c.n_layer);
-  for (uint32_t l = 0; l < c.n_layer; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    Layer& L = layers_[l];
-    L.attn_norm = norm(p + "attn_norm.weight");
-    L.wq = matrix(f, p + "attn_q.weight", q_dim, c.n_embd, &bytes);
-    L.wk = matrix(f, p + "attn_k.weight", kv_dim, c.n_embd, &bytes);
-    L.wv = matrix(f, p + "attn_v.weight", kv_dim, c.n_embd, &bytes);
-    L.wo = matrix(f, p + "attn_output.weight", c.n_embd, q_dim, &bytes);
-    L.ffn_norm = norm(p + "ffn_norm.weight");
-    L.w_gate = matrix(f, p + "ffn_gate.weight", c.n_ff, c.n_embd, &bytes);
-    L.w_up = matrix(f, p + "ffn_up.weight", c.n_ff, c.n_embd, &bytes);
-    L.w_down = matrix(f, p + "ffn_down.weight", c.n_embd, c.n_ff, &bytes);
-  }
-  output_norm_ = norm("output_norm.weight");
-  if (f.find_tensor("output.weight")) {
-    output_ = matrix(f, "output.weight", c.n_vocab, c.n_embd, &bytes);
-  } else {
-    output_ = tok_embd_;
-    c.tied_output = true;
-  }
-  // Re-lay the matrices out once for the packed matmul kernels (see quant::Packed).
-  packed_.resize(c.n_layer);
-  for (uint32_t l = 0; l < c.n_layer; ++l) {
-    const Layer& L = layers_[l];
-    PackedLayer& P = packed_[l];
-    // The packed copy replaces the mapped source on the hot path, so the
-    // source pages leave RSS (weights are not resident twice). W_o's source is
-    // still read when a caller computes value norms (layer(l).wo): its pages
-    // refault from the page cache on first use and then stay.
-    P.wq = quant::pack_for_gemm(L.wq, /*release_source=*/true);
-    P.wk = quant::pack_for_gemm(L.wk, true);
-    P.wv = quant::pack_for_gemm(L.wv, true);
-    P.wo = quant::pack_for_gemm(L.wo, true);
-    P.w_gate = quant::pack_for_gemm(L.w_gate, true);
-    P.w_up = quant::pack_for_gemm(L.w_up, true);
-    P.w_down = quant::pack_for_gemm(L.w_down, true);
-  }
-  // A tied output head shares token_embd, whose rows get_row reads per token:
-  // keep its source resident.
-  output_packed_ = quant::pack_for_gemm(output_, /*release_source=*/!c.tied_output);
-  weight_bytes_ = bytes;
-  cfg_ = c;
-}
 
 // ----------------------------------------------------------------------------
 // Workspace
@@ -230,15 +38,21 @@ Workspace::Workspace(const Config& c, uint32_t max_batch, uint32_t n_ctx, uint32
   if (max_batch == 0) throw std::invalid_argument("model::Workspace: max_batch must be > 0");
   if (n_ctx == 0) throw std::invalid_argument("model::Workspace: n_ctx must be > 0");
   if (c.n_embd == 0) throw std::invalid_argument("model::Workspace: empty model config");
-  // RoPE tables, computed once in double: theta_i = pos * base^(-2i/n_rot).
-  rope_cos_.resize(size_t(n_ctx) * n_rot_half_);
-  rope_sin_.resize(size_t(n_ctx) * n_rot_half_);
-  for (uint32_t p = 0; p < n_ctx; ++p) {
-    for (uint32_t i = 0; i < n_rot_half_; ++i) {
-      const double inv_freq = std::pow(double(c.rope_freq_base), -2.0 * double(i) / double(c.n_rot));
-      const double th = double(p) * inv_freq;
-      rope_cos_[size_t(p) * n_rot_half_ + i] = float(std::cos(th));
-      rope_sin_[size_t(p) * n_rot_half_ + i] = float(std::sin(th));
+  // RoPE tables, computed once in double, one per Config::rope entry:
+  // theta_i = pos * scale * base^(-2i/n_rot) / freq_factor_i.
+  const size_t n_tab = std::max<size_t>(c.rope.size(), 1), tab = size_t(n_ctx) * n_rot_half_;
+  rope_cos_.resize(n_tab * tab);
+  rope_sin_.resize(n_tab * tab);
+  for (size_t r = 0; r < n_tab; ++r) {
+    const RopeSpec rs = c.rope.empty() ? RopeSpec{c.rope_freq_base, 1.0f} : c.rope[r];
+    for (uint32_t p = 0; p < n_ctx; ++p) {
+      for (uint32_t i = 0; i < n_rot_half_; ++i) {
+        double inv_freq = std::pow(double(rs.freq_base), -2.0 * double(i) / double(c.n_rot));
+        if (!c.rope_freqs.empty()) inv_freq /= double(c.rope_freqs[i]);
+        const double th = double(p) * double(rs.freq_scale) * inv_freq;
+        rope_cos_[r * tab + size_t(p) * n_rot_half_ + i] = float(std::cos(th));
+        rope_sin_[r * tab + size_t(p) * n_rot_half_ + i] = float(std::sin(th));
+      }
     }
   }
   const size_t B = max_batch;
@@ -323,7 +137,10 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
   float* up = ws.up_.data();     // [n_tokens, F]
   float* aux = ws.aux_.data();   // [n_tokens, Hkv, n_aux]
 
-  for (uint32_t t = 0; t < n_tokens; ++t) quant::get_row(tok_embd_, size_t(tokens[t]), x + t * E);
+  for (uint32_t t = 0; t < n_tokens; ++t) {
+    quant::get_row(tok_embd_, size_t(tokens[t]), x + t * E);
+    if (c.embd_scale != 1.0f) K.scale(x + t * E, c.embd_scale, E);
+  }
 
   // Cancellation points between the ops of a layer (see ForwardHooks::cancel).
   auto check_cancel = [&](uint32_t l, const char* where) {
@@ -342,10 +159,24 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
     }
     check_cancel(l, "after q/k/v");
 
-    // RoPE on queries and keys.
+    // Biases, per-head q/k norms, then RoPE on queries and keys.
+    if (L.bq) {
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        K.add_inplace(q + t * q_dim, L.bq, q_dim);
+        K.add_inplace(k + t * kv_dim, L.bk, kv_dim);
+        K.add_inplace(v + t * kv_dim, L.bv, kv_dim);
+      }
+    }
+    if (L.q_norm) {
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        for (size_t h = 0; h < H; ++h) K.rmsnorm(q + t * q_dim + h * d, q + t * q_dim + h * d, L.q_norm, d, c.rms_eps);
+        for (size_t h = 0; h < Hkv; ++h) K.rmsnorm(k + t * kv_dim + h * d, k + t * kv_dim + h * d, L.k_norm, d, c.rms_eps);
+      }
+    }
+    const size_t rope_tab = size_t(L.rope_table) * ws.n_ctx_ * ws.n_rot_half_;
     for (uint32_t t = 0; t < n_tokens; ++t) {
-      const float* cs = ws.rope_cos_.data() + size_t(pos[t]) * ws.n_rot_half_;
-      const float* sn = ws.rope_sin_.data() + size_t(pos[t]) * ws.n_rot_half_;
+      const float* cs = ws.rope_cos_.data() + rope_tab + size_t(pos[t]) * ws.n_rot_half_;
+      const float* sn = ws.rope_sin_.data() + rope_tab + size_t(pos[t]) * ws.n_rot_half_;
       for (size_t h = 0; h < H; ++h) simd::rope(q + t * q_dim + h * d, c.n_rot, cs, sn, c.rope_neox);
       for (size_t h = 0; h < Hkv; ++h) simd::rope(k + t * kv_dim + h * d, c.n_rot, cs, sn, c.rope_neox);
     }
@@ -365,34 +196,39 @@ void Model::forward(const int32_t* tokens, const int32_t* pos, uint32_t n_tokens
 
     quant::matmul_packed(P.wo, att, proj, n_tokens, E);
     check_cancel(l, "after W_o");
+    if (L.post_attn_norm)
+      for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(proj + t * E, proj + t * E, L.post_attn_norm, E, c.rms_eps);
     for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
 
-    // SwiGLU feed-forward.
+    // Gated feed-forward: down(act(gate) * up).
     for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, L.ffn_norm, E, c.rms_eps);
     {
       const quant::PackedProduct gu[2] = {{&P.w_gate, gate, F}, {&P.w_up, up, F}};
       quant::matmul_packed_multi(gu, 2, xn, n_tokens);
     }
     check_cancel(l, "after gate/up");
-    for (uint32_t t = 0; t < n_tokens; ++t) K.silu_mul(gate + t * F, up + t * F, F);
+    for (uint32_t t = 0; t < n_tokens; ++t) {
+      if (c.act == Activation::silu) K.silu_mul(gate + t * F, up + t * F, F);
+      else simd::gelu_tanh_mul(gate + t * F, up + t * F, F);
+    }
     quant::matmul_packed(P.w_down, gate, proj, n_tokens, E);
+    if (L.post_ffn_norm)
+      for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(proj + t * E, proj + t * E, L.post_ffn_norm, E, c.rms_eps);
     for (uint32_t t = 0; t < n_tokens; ++t) K.add_inplace(x + t * E, proj + t * E, E);
   }
 
   if (!logits) return;
   check_cancel(c.n_layer, "before the output head");
-  if (all_logits) {
-    for (uint32_t t = 0; t < n_tokens; ++t) K.rmsnorm(xn + t * E, x + t * E, output_norm_, E, c.rms_eps);
-    quant::matmul_packed(output_packed_, xn, logits, n_tokens, c.n_vocab);
-  } else {
-    const size_t t = n_tokens - 1;
-    K.rmsnorm(xn, x + t * E, output_norm_, E, c.rms_eps);
-    quant::matmul_packed(output_packed_, xn, logits, 1, c.n_vocab);
-  }
+  const uint32_t n_out = all_logits ? n_tokens : 1;
+  const float* x_out = x + size_t(n_tokens - n_out) * E;
+  for (uint32_t t = 0; t < n_out; ++t) K.rmsnorm(xn + t * E, x_out + t * E, output_norm_, E, c.rms_eps);
+  quant::matmul_packed(output_packed_, xn, logits, n_out, c.n_vocab);
+  if (c.final_softcap > 0.0f) simd::softcap(logits, size_t(n_out) * c.n_vocab, c.final_softcap);
 }
 
-// att[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(d)) v[j] over the live
-// entries j of KV head h / G with pos[j] <= pos[t].
+// att[t, h] = sum_j softmax_j(cap(q[t,h] . k[j] * q_scale)) v[j] over the
+// live entries j of KV head h / G with pos[j] <= pos[t] and, in a windowed
+// layer, pos[t] - pos[j] < window (cap: the attention soft-cap, if any).
 //
 // Blocked like a CPU flash attention: a work item is one KV head hk and a
 // block of query rows that share its keys (up to att_tokens tokens x the G
@@ -416,7 +252,9 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
   const quant::DType kv_type = cache.config().type;
   const size_t row_bytes = cache.row_bytes();
   const bool dense_rows = cache.row_elems() == d;  // no padding: spans convert in one call
-  const float scale = 1.0f / std::sqrt(float(d));
+  const float scale = c.q_scale > 0.0f ? c.q_scale : 1.0f / std::sqrt(float(d));
+  const float softcap = c.attn_softcap;
+  const int64_t window = layers_[l].window;  // 0: none
 
   // Snapshot the runs of this layer's heads (no allocation once the capacity
   // has reached the pool's page count).
@@ -504,39 +342,47 @@ void Model::attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const k
       }
     };
     uint32_t nb = 0;  // entries gathered in the current block
-    int32_t kmax = std::numeric_limits<int32_t>::min();
+    int32_t kmax = std::numeric_limits<int32_t>::min(), kmin = std::numeric_limits<int32_t>::max();
+    // Key position p is visible to a query at position qp when p <= qp and,
+    // in a windowed layer, qp - p < window.
+    const auto hidden = [window](int32_t p, int32_t qp) { return p > qp || (window > 0 && int64_t(qp) - p >= window); };
+    // Hidden from every query of the block (whose positions lie in [qmin, qmax]).
+    const auto hidden_all = [&](int32_t p) { return p > qmax || (window > 0 && int64_t(qmin) - p >= window); };
     const auto flush = [&] {
       K.window_logits_packed(kb, nb, q_panels, Mp, d, sb, Mp);  // S^T [nb, Mp]
-      if (kmax > qmin) {  // some row cannot see some key
+      if (softcap > 0.0f) simd::softcap(sb, size_t(nb) * Mp, softcap);
+      if (kmax > qmin || (window > 0 && int64_t(qmax) - kmin >= window)) {  // some row cannot see some key
         for (uint32_t j = 0; j < nb; ++j) {
-          if (kpos[j] <= qmin) continue;
+          if (!hidden(kpos[j], qmin) && !hidden(kpos[j], qmax)) continue;  // seen by every row
           float* sj = sb + size_t(j) * Mp;
           for (size_t r = 0; r < M; ++r)
-            if (kpos[j] > rpos[r]) sj[r] = -std::numeric_limits<float>::infinity();
+            if (hidden(kpos[j], rpos[r])) sj[r] = -std::numeric_limits<float>::infinity();
         }
       }
       K.attn_softmax_step(sb, nb, Mp, Mp, row_max, row_sum, corr);
       K.attn_accumulate(sb, M, nb, Mp, vb, d, d, corr, ob, d);
       nb = 0;
       kmax = std::numeric_limits<int32_t>::min();
+      kmin = std::numeric_limits<int32_t>::max();
     };
     for (uint32_t ri = ws.run_begin_[hk]; ri < ws.run_begin_[hk + 1]; ++ri) {
       const kv::Run& r = ws.runs_[ri];
       uint32_t e = 0;
       while (e < r.n) {
-        if (r.pos[e] > qmax) {  // visible to no query of the block
+        if (hidden_all(r.pos[e])) {
           ++e;
           continue;
         }
         // A span of visible entries, up to the room left in the block.
         uint32_t e1 = e + 1;
-        while (e1 < r.n && e1 - e < chunk - nb && r.pos[e1] <= qmax) ++e1;
+        while (e1 < r.n && e1 - e < chunk - nb && !hidden_all(r.pos[e1])) ++e1;
         const uint32_t n = e1 - e;
         convert(r.k, e, n, kb + size_t(nb) * d);
         convert(r.v, e, n, vb + size_t(nb) * d);
         for (uint32_t i = 0; i < n; ++i) {
           kpos[nb + i] = r.pos[e + i];
           kmax = std::max(kmax, r.pos[e + i]);
+          kmin = std::min(kmin, r.pos[e + i]);
         }
         nb += n;
         e = e1;

@@ -1,4 +1,8 @@
-// Llama-family forward pass over GGUF weights.
+// Forward pass over GGUF weights of the llama family: llama (Llama 2/3,
+// SmolLM2, Mistral-style), qwen2, qwen3, phi3, gemma2 and gemma3. Their
+// differences are data in Config / Layer (biases, q/k norms, post norms,
+// fused tensors as row views, RoPE style/base/scaling/factors, activation,
+// scales, soft caps, a sliding window per layer), read by one forward pass.
 //
 // The Model owns the parsed gguf::File (its memory mapping) and exposes the
 // weights as quant::Matrix views into it: no weight is copied (only 1-D norm
@@ -20,7 +24,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <atomic>
+#include <deque>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,23 +37,56 @@
 
 namespace defkv::model {
 
+enum class Activation : uint8_t { silu, gelu_tanh };
+const char* activation_name(Activation a);
+
+// One RoPE table: the angle of pair i at position p is
+//   p * freq_scale * freq_base^(-2i/n_rot) / freq_factors[i]
+// (freq_factors: Config::rope_freqs, when present; scale < 1 is linear
+// position interpolation).
+struct RopeSpec {
+  float freq_base = 10000.0f;
+  float freq_scale = 1.0f;
+};
+
+// The model's shapes and what its architecture does differently from llama
+// (filled at load from the GGUF keys and tensors; one forward pass reads it).
 struct Config {
+  std::string arch = "llama"; // general.architecture
   uint32_t n_vocab = 0;
   uint32_t n_embd = 0;        // model width
   uint32_t n_layer = 0;
   uint32_t n_head = 0;        // query heads
   uint32_t n_head_kv = 0;     // key/value heads (GQA), divides n_head
-  uint32_t head_dim = 0;      // n_embd / n_head
+  uint32_t head_dim = 0;      // attention.key_length, else n_embd / n_head
   uint32_t n_ff = 0;          // feed-forward hidden size
-  uint32_t n_ctx_train = 0;   // llama.context_length (informational)
+  uint32_t n_ctx_train = 0;   // {arch}.context_length (informational)
   uint32_t n_rot = 0;         // rotated dims per head (even, <= head_dim)
-  float rope_freq_base = 10000.0f;
+  float rope_freq_base = 10000.0f;  // = rope[0].freq_base
   float rms_eps = 1e-5f;
   bool rope_neox = false;     // false: adjacent pairs (GGUF "normal"); true: split halves
   bool tied_output = false;   // output.weight absent: logits use token_embd
+
+  // RoPE tables: rope[Layer::rope_table]. One entry, or two when sliding-window
+  // layers use their own base (gemma3: rope.freq_base_swa, unscaled).
+  std::vector<RopeSpec> rope;
+  std::vector<float> rope_freqs;  // [n_rot/2] rope_freqs.weight (Llama 3 factors), or empty
+  // Block variants (each false / neutral for llama):
+  bool qkv_bias = false;      // attn_{q,k,v}.bias added after the projections
+  bool qk_norm = false;       // per-head RMSNorm of q and k (attn_{q,k}_norm) before RoPE
+  bool post_norms = false;    // RMSNorm of the attention and FFN outputs before the residual add
+  Activation act = Activation::silu;  // FFN: down(act(gate) * up)
+  float embd_scale = 1.0f;    // input embeddings multiplied by this (gemma: sqrt(n_embd))
+  float q_scale = 0.0f;       // attention scores q.k * q_scale (1/sqrt(head_dim) usually)
+  float attn_softcap = 0.0f;  // > 0: scores s -> cap * tanh(s / cap) before the mask
+  float final_softcap = 0.0f; // > 0: logits z -> cap * tanh(z / cap)
+  uint32_t sliding_window = 0;  // {arch}.attention.sliding_window (0: none)
+  uint32_t n_swa_layers = 0;  // layers with Layer::window > 0
+  std::vector<uint32_t> layer_window;  // [n_layer] Layer::window (for planning the cache)
 };
 
-// Per-layer weights. Matrices are [rows, cols] views into the mapped file.
+// Per-layer weights. Matrices are [rows, cols] views into the mapped file
+// (views of row ranges when the file fuses them: phi3 attn_qkv, ffn_up).
 struct Layer {
   const float* attn_norm = nullptr;  // [n_embd]
   quant::Matrix wq;                  // [n_head*head_dim, n_embd]
@@ -58,6 +97,15 @@ struct Layer {
   quant::Matrix w_gate;              // [n_ff, n_embd]
   quant::Matrix w_up;                // [n_ff, n_embd]
   quant::Matrix w_down;              // [n_embd, n_ff]
+  const float* bq = nullptr;         // [n_head*head_dim] (Config::qkv_bias)
+  const float* bk = nullptr;         // [n_head_kv*head_dim]
+  const float* bv = nullptr;         // [n_head_kv*head_dim]
+  const float* q_norm = nullptr;     // [head_dim] (Config::qk_norm)
+  const float* k_norm = nullptr;     // [head_dim]
+  const float* post_attn_norm = nullptr;  // [n_embd] (Config::post_norms)
+  const float* post_ffn_norm = nullptr;   // [n_embd]
+  uint32_t window = 0;               // > 0: key j hidden from query i when i - j >= window
+  uint32_t rope_table = 0;           // index into Config::rope
 };
 
 // Scratch for forward(), sized once for at most `max_batch` tokens per call
@@ -81,8 +129,8 @@ class Workspace {
  private:
   friend class Model;
   uint32_t max_batch_, n_ctx_, n_threads_, n_rot_half_, n_aux_;
-  std::vector<float> rope_cos_;  // [n_ctx, n_rot/2]
-  std::vector<float> rope_sin_;  // [n_ctx, n_rot/2]
+  std::vector<float> rope_cos_;  // [rope tables, n_ctx, n_rot/2]
+  std::vector<float> rope_sin_;  // [rope tables, n_ctx, n_rot/2]
   std::vector<float> x_;         // [max_batch, n_embd] residual stream
   std::vector<float> xn_;        // [max_batch, n_embd] normalised input
   std::vector<float> q_;         // [max_batch, n_head*head_dim]
@@ -186,6 +234,9 @@ class Model {
  private:
   Model() = default;
   void init();
+  void load_layer(uint32_t l, size_t* bytes);
+  quant::Matrix mat(const std::string& name, uint64_t rows, uint64_t cols, size_t* bytes);
+  const float* vec(const std::string& name, uint64_t n, size_t* bytes, bool required = true);
   // Attention of n_tokens queries of layer l over the cache.
   void attention(uint32_t l, const int32_t* pos, uint32_t n_tokens, const kv::KvCache& cache,
                  Workspace& ws) const;
@@ -205,8 +256,9 @@ class Model {
   };
   std::vector<PackedLayer> packed_;      // [n_layer]
   quant::Packed output_packed_;
-  std::vector<std::vector<float>> converted_norms_;  // norms stored as F16/BF16, as f32
+  std::deque<std::vector<float>> converted_;  // 1-D vectors stored as F16/BF16, as f32
   size_t weight_bytes_ = 0;
+  std::set<std::string> used_;  // tensors read so far (load only)
 };
 
 }  // namespace defkv::model
