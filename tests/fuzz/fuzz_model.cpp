@@ -1,7 +1,7 @@
 // libFuzzer target: the model layer's checks on structurally valid GGUF
 // files with fuzzed metadata values and tensor shapes (head counts, dims,
 // rope keys, vocabulary sizes, tensor types).
-// Input: byte 0 bit 0 picks the base model (stories260K f32 or f16); the rest
+// Input: byte 0 (low 3 bits) picks the base model (kBases); the rest
 // is a list of 10-byte edits [op, index, value (8 bytes LE)] applied to the
 // parsed file before it is written back (gguf::Writer) and loaded through the
 // C API:
@@ -11,7 +11,7 @@
 //   op 2  tensor[index].n_dims = value % 5;
 //   op 3  drop tensor[index];      op 4  drop metadata[index];
 //   op 5  tensor[index].type = value % 40;
-//   op 6  add or replace a hyper-parameter key (list below) with `value`.
+//   op 6  add or replace a hyper-parameter key (kKeys, "<arch>." prefixed) with `value`.
 // A tensor whose new shape needs more bytes than it had reads zeros.
 //
 // Properties: loading returns DEFKV_OK, DEFKV_ERR_FORMAT or
@@ -31,17 +31,24 @@ using namespace defkv;
 
 namespace {
 
-std::vector<uint8_t> g_base[2];
-std::unique_ptr<gguf::File> g_file[2];
+// Base models: the two stories260K files and one small model per architecture.
+constexpr const char* kBases[8] = {"models/stories260K/stories260K.gguf", "models/stories260K/stories260K-f16.gguf",
+                                   "testdata/archs/gemma2.gguf",          "testdata/archs/gemma3.gguf",
+                                   "testdata/archs/phi3.gguf",            "testdata/archs/qwen2.gguf",
+                                   "testdata/archs/qwen3.gguf",           "testdata/archs/llama-tied.gguf"};
+std::vector<uint8_t> g_base[8];
+std::unique_ptr<gguf::File> g_file[8];
 std::vector<uint8_t> g_zeros(8u << 20);
 
+// Hyper-parameter keys (after "<arch>.") and tokenizer / general keys.
 const char* kKeys[] = {
-    "llama.block_count", "llama.embedding_length", "llama.feed_forward_length", "llama.attention.head_count",
-    "llama.attention.head_count_kv", "llama.rope.dimension_count", "llama.context_length", "llama.vocab_size",
-    "llama.attention.key_length", "llama.attention.value_length", "llama.rope.freq_base",
-    "llama.attention.layer_norm_rms_epsilon", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-    "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.eot_token_id", "general.alignment", "llama.expert_count",
-    "llama.rope.scaling.factor"};
+    ".block_count", ".embedding_length", ".feed_forward_length", ".attention.head_count",
+    ".attention.head_count_kv", ".rope.dimension_count", ".context_length", ".vocab_size",
+    ".attention.key_length", ".attention.value_length", ".rope.freq_base",
+    ".attention.layer_norm_rms_epsilon", ".attention.sliding_window", ".final_logit_softcapping",
+    ".attn_logit_softcapping", ".rope.scaling.factor", ".expert_count", "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.eot_token_id",
+    "general.alignment"};
 const char* kStrings[] = {"llama", "gpt2", "", "qwen2", "gemma2", "gemma3", "phi3", "llama-bpe", "default",
                           "\xff\xfe", "linear", "yarn", "none"};
 
@@ -135,10 +142,10 @@ void run_model(const std::vector<uint8_t>& bytes) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  const std::string dir = fuzz::shared_dir() + "/models/stories260K/";
-  g_base[0] = fuzz::read_file(dir + "stories260K.gguf");
-  g_base[1] = fuzz::read_file(dir + "stories260K-f16.gguf");
-  for (int i = 0; i < 2; ++i) g_file[i] = gguf::File::from_buffer(g_base[i].data(), g_base[i].size());
+  for (int i = 0; i < 8; ++i) {
+    g_base[i] = fuzz::read_file(fuzz::shared_dir() + "/" + kBases[i]);
+    g_file[i] = gguf::File::from_buffer(g_base[i].data(), g_base[i].size());
+  }
   auto edit = [](uint8_t op, uint8_t idx, uint64_t v) {
     std::string s(10, '\0');
     s[0] = char(op);
@@ -146,17 +153,21 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     std::memcpy(&s[2], &v, 8);
     return s;
   };
-  fuzz::write_seed("f32", std::string(1, '\0'));
-  fuzz::write_seed("f16", std::string(1, '\1'));
-  for (uint8_t k = 0; k < std::size(kKeys); ++k)
-    fuzz::write_seed("key" + std::to_string(k), std::string(1, '\0') + edit(6, k, 0) + edit(6, k, 3));
+  for (int i = 0; i < 8; ++i) {
+    fuzz::write_seed("base" + std::to_string(i), std::string(1, char(i)));
+    for (uint8_t k = 0; k < std::size(kKeys); ++k)
+      fuzz::write_seed("base" + std::to_string(i) + ".key" + std::to_string(k),
+                       std::string(1, char(i)) + edit(6, k, 0) + edit(6, k, 3));
+  }
   fuzz::write_seed("shape", std::string(1, '\0') + edit(1, 3, 48) + edit(2, 5, 1));
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0 || size > 400) return 0;
-  const gguf::File& f = *g_file[data[0] & 1];
+  const gguf::File& f = *g_file[data[0] & 7];
+  const gguf::Value* arch_v = f.find("general.architecture");
+  const std::string arch = arch_v ? std::get<std::string>(arch_v->v) : "llama";
   std::vector<std::pair<std::string, gguf::Value>> meta = f.metadata();
   std::vector<Tensor> tensors;
   for (const gguf::TensorInfo& t : f.tensors()) tensors.push_back({t, true});
@@ -167,10 +178,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (op == 0 && !meta.empty()) set_value(meta[idx % meta.size()].second, x);
     if (op == 4 && !meta.empty()) meta.erase(meta.begin() + idx % meta.size());
     if (op == 6) {
-      const std::string key = kKeys[idx % std::size(kKeys)];
+      const std::string suffix = kKeys[idx % std::size(kKeys)];
+      const std::string key = suffix[0] == '.' ? arch + suffix : suffix;
       gguf::Value v;
       if (key.find("freq_base") != std::string::npos || key.find("epsilon") != std::string::npos ||
-          key.find("factor") != std::string::npos) {
+          key.find("factor") != std::string::npos || key.find("softcapping") != std::string::npos) {
         v.type = gguf::ValueType::f32;
       } else {
         v.type = gguf::ValueType::u32;

@@ -7,7 +7,8 @@
 // blob.
 //
 // Properties:
-//  - the status is DEFKV_OK, DEFKV_ERR_FORMAT or DEFKV_ERR_MISMATCH;
+//  - the status is DEFKV_OK, DEFKV_ERR_FORMAT or DEFKV_ERR_MISMATCH (an empty
+//    blob, passed as NULL: DEFKV_ERR_INVALID_ARGUMENT);
 //  - on failure the context is unchanged (its saved state is byte-identical
 //    before and after);
 //  - on success, saving again gives back the same bytes, and the context
@@ -110,7 +111,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<uint8_t> before = save(c);
   const defkv_status s = defkv_state_load(c, blob.data(), blob.size());
   if (s != DEFKV_OK) {
-    check(s == DEFKV_ERR_FORMAT || s == DEFKV_ERR_MISMATCH,
+    check(s == DEFKV_ERR_FORMAT || s == DEFKV_ERR_MISMATCH || (blob.empty() && s == DEFKV_ERR_INVALID_ARGUMENT),
           std::string("load returned ") + defkv_status_name(s) + ": " + defkv_last_error(c));
     check(save(c) == before, "a failed load changed the context");
     return 0;
