@@ -2,7 +2,7 @@
 # Builds and runs one libFuzzer target of tests/fuzz (clang, libFuzzer + ASan
 # + UBSan, the library instrumented for coverage). Not part of the default
 # build. Run from the repository root:
-#   tests/fuzz.sh TARGET [seconds]     (default 60)
+#   tests/fuzz.sh TARGET [seconds [libFuzzer flags...]]     (default 60)
 # TARGET: tokenizer | chat | needle | state | model (tests/fuzz/fuzz_TARGET.cpp
 # says what each checks). The build directory is $DEFKV_FUZZ_BUILD (default
 # build-fuzz/, shared by the targets); corpus and crash files go to
@@ -12,6 +12,7 @@
 set -eu
 target=$1
 secs=${2:-60}
+shift; [ $# -gt 0 ] && shift
 root=$(pwd)
 build=${DEFKV_FUZZ_BUILD:-build-fuzz}
 export DEFKV_SHARED="${DEFKV_SHARED:-$root/../shared}"
@@ -31,4 +32,4 @@ seeds=""
 # small multiple of their input.
 DEFKV_FUZZ_WRITE_SEEDS=$seeds nice -n 19 "../tests/fuzz/fuzz_$target" -max_total_time="$secs" \
   -max_len="${DEFKV_FUZZ_MAX_LEN:-16384}" -malloc_limit_mb=1024 -rss_limit_mb=2048 -timeout=20 \
-  -print_final_stats=1 corpus
+  -print_final_stats=1 "$@" corpus
