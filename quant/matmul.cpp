@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/blocks.h"
 #include "quant/matmul_dnnl.h"
 #include "quant/matmul_isa.h"
 #include "quant/quant.h"
@@ -65,6 +66,14 @@ void dequant_range(DType t, const uint8_t* row, size_t c0, size_t n, float* out)
       }
       return;
     }
+    default: {
+      // low-bit blocks: dequantise the blocks covering [c0, c0 + n), then copy
+      const size_t be = block_elems(t), b0 = c0 / be, b1 = (c0 + n + be - 1) / be;
+      float* tmp = scratch<float, 3>((b1 - b0) * be);
+      dequantize_low_bit(t, row + b0 * block_bytes(t), tmp, (b1 - b0) * be);
+      std::memcpy(out, tmp + (c0 - b0 * be), n * sizeof(float));
+      return;
+    }
   }
 }
 
@@ -79,7 +88,7 @@ float row_dot_scalar(DType t, const uint8_t* row, const float* x, size_t n, floa
     case DType::bf16:
       kk.bf16_to_f32(reinterpret_cast<const uint16_t*>(row), tmp, n);
       return kk.dot(tmp, x, n);
-    case DType::q8_0: break;
+    default: break;  // q8_0 and the low-bit types take quantised activations
   }
   return 0.0f;
 }
@@ -109,10 +118,57 @@ const detail::BlockQ8x* quantize_tokens(const float* x, size_t n, size_t n_token
 // Work below this many multiply-adds runs on the calling thread.
 constexpr size_t kParallelMinMacs = size_t(1) << 17;
 
+// Low-bit weights: the activations quantised per block for the weight type
+// (quant::quantize_acts) into per-thread scratch, then one block dot per
+// (row, token) in tiles of kLowBitRows rows x kLowBitTokens tokens (a tile's
+// weight rows stay in L1/L2 while its tokens' activations stream past).
+constexpr size_t kLowBitRows = 16;
+constexpr size_t kLowBitTokens = 32;
+
+void matmul_low_bit(detail::BlockDot dot, const Matrix& w, const float* x, float* y, size_t n_tokens,
+                    size_t ldy) {
+  const size_t n = w.cols, nb = n / block_elems(w.type), ab = nb * act_block_bytes(w.type);
+  const size_t rb = row_bytes(w.type, n);
+  const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
+  uint8_t* acts = scratch<uint8_t, 4>(n_tokens * ab);
+  const auto nt = static_cast<long long>(n_tokens);
+#pragma omp parallel for schedule(static) if (parallel && n_tokens >= 8)
+  for (long long t = 0; t < nt; ++t) quantize_acts(w.type, x + size_t(t) * n, acts + size_t(t) * ab, n);
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  const auto n_rb = static_cast<long long>((w.rows + kLowBitRows - 1) / kLowBitRows);
+  const auto n_tb = static_cast<long long>((n_tokens + kLowBitTokens - 1) / kLowBitTokens);
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+  for (long long tb = 0; tb < n_tb; ++tb) {
+    for (long long rbk = 0; rbk < n_rb; ++rbk) {
+      const size_t r0 = size_t(rbk) * kLowBitRows, r1 = std::min(w.rows, r0 + kLowBitRows);
+      const size_t t0 = size_t(tb) * kLowBitTokens, t1 = std::min(n_tokens, t0 + kLowBitTokens);
+      for (size_t r = r0; r < r1; ++r)
+        for (size_t t = t0; t < t1; ++t) y[t * ldy + r] = dot(base + r * rb, acts + t * ab, nb);
+    }
+  }
+}
+
+float (*ref_dot_for(DType t))(const void*, const void*, size_t) {
+  switch (t) {
+#define DEFKV_REF_DOT(T) \
+  case DType::T: return [](const void* r, const void* a, size_t nb) { return block_dot_ref(DType::T, r, a, nb); };
+    DEFKV_REF_DOT(q4_0)
+    DEFKV_REF_DOT(q4_1)
+    DEFKV_REF_DOT(q5_0)
+    DEFKV_REF_DOT(q5_1)
+    DEFKV_REF_DOT(q4_K)
+    DEFKV_REF_DOT(q5_K)
+    DEFKV_REF_DOT(q6_K)
+#undef DEFKV_REF_DOT
+    default: return nullptr;
+  }
+}
+
 void matmul_scalar(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy) {
   const size_t n = w.cols;
   const auto rows = static_cast<long long>(w.rows);
   const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
+  if (is_low_bit(w.type)) return matmul_low_bit(ref_dot_for(w.type), w, x, y, n_tokens, ldy);
   if (w.type == DType::q8_0) {
     const size_t nb = n / kQ8_0Block;
     const detail::BlockQ8x* xq = quantize_tokens(x, n, n_tokens, parallel);
@@ -207,6 +263,11 @@ void run_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t
   if (mt == nullptr)
     throw std::runtime_error(std::string("matmul: implementation ") + matmul_impl_name(impl) +
                              " is not available on this machine/build");
+  if (is_low_bit(w.type)) {
+    // the ISA's block dot when it has one for this type, else the scalar one
+    detail::BlockDot dot = mt->low_bit_dot ? mt->low_bit_dot(w.type) : nullptr;
+    return matmul_low_bit(dot ? dot : ref_dot_for(w.type), w, x, y, n_tokens, ldy);
+  }
   matmul_tiles(*mt, w, x, y, n_tokens, ldy);
 }
 
@@ -303,6 +364,7 @@ void matmul_ref(const Matrix& w, const float* x, float* y, size_t n_tokens, size
   check_matmul("matmul_ref", w, w.cols, x, y, n_tokens, ldy);
   const size_t n = w.cols;
   std::vector<double> wr(n);
+  std::vector<float> wf(is_low_bit(w.type) ? n : 0);
   for (size_t r = 0; r < w.rows; ++r) {
     const uint8_t* row = row_ptr(w, r);
     for (size_t c = 0; c < n; ++c) {
@@ -315,7 +377,12 @@ void matmul_ref(const Matrix& w, const float* x, float* y, size_t n_tokens, size
           wr[c] = double(simd::f16_to_f32(b.d)) * double(b.qs[c % kQ8_0Block]);
           break;
         }
+        default: break;  // low-bit: whole row below
       }
+    }
+    if (is_low_bit(w.type)) {
+      dequantize_low_bit(w.type, row, wf.data(), n);
+      for (size_t c = 0; c < n; ++c) wr[c] = wf[c];
     }
     for (size_t t = 0; t < n_tokens; ++t) {
       const float* xt = x + t * n;

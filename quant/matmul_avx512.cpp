@@ -4,6 +4,7 @@
 #include "simd/half_avx512.h"
 #include "quant/matmul_tile.h"
 #include "quant/q8_ops_x86.h"
+#include "quant/block_dot_x86.h"
 
 namespace defkv::quant::detail {
 
@@ -46,13 +47,15 @@ struct HaddP<simd::detail::Avx512> {
 
 void avx512vnni_q8_tile(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
                         size_t r1, size_t t0, size_t t1);
+BlockDot avx512vnni_low_bit_dot(DType t);
 
 // 32 zmm registers: 4x4 accumulators.
 const MatmulTiles& avx512_tiles() {
   static const MatmulTiles t{
       simd::cpu_features().avx512_vnni ? "avx512-vnni" : "avx512",
       &float_tile<simd::detail::Avx512, 4, 4>,
-      simd::cpu_features().avx512_vnni ? &avx512vnni_q8_tile : &Q8Tile<Q8OpsMaddubs, 4, 4>::tile};
+      simd::cpu_features().avx512_vnni ? &avx512vnni_q8_tile : &Q8Tile<Q8OpsMaddubs, 4, 4>::tile,
+      simd::cpu_features().avx512_vnni ? &avx512vnni_low_bit_dot : &low_bit_dot_x86<DotOpsAvx2>};
   return t;
 }
 

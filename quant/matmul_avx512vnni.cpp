@@ -2,8 +2,12 @@
 // called only when cpu_features().avx512_vnni).
 #include "quant/matmul_tile.h"
 #include "quant/q8_ops_x86.h"
+#include "quant/block_dot_x86.h"
 
 namespace defkv::quant::detail {
+
+// Low-bit block dots with vpdpbusd / vpdpwssd (256-bit, AVX-512 VL).
+BlockDot avx512vnni_low_bit_dot(DType t) { return low_bit_dot_x86<DotOpsVnni>(t); }
 
 void avx512vnni_q8_tile(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
                         size_t r1, size_t t0, size_t t1) {

@@ -64,7 +64,7 @@ bool dnnl_preferred(const Matrix& w, size_t n_tokens) {
     case DType::bf16: return !g_bf16_unsupported.load();
     case DType::f32:
     case DType::f16: return !g_f32_unsupported.load();
-    case DType::q8_0: return false;
+    default: return false;  // q8_0 and the low-bit types stay on the int8 kernels
   }
   return false;
 }
@@ -105,7 +105,7 @@ bool run(dt src_t, const void* src, dt wei_t, const void* wei, float* y, size_t 
 }  // namespace
 
 bool dnnl_matmul(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy) {
-  if (w.type == DType::q8_0) return false;
+  if (w.type != DType::f32 && w.type != DType::f16 && w.type != DType::bf16) return false;
   std::atomic<bool>& unsupported = w.type == DType::bf16 ? g_bf16_unsupported : g_f32_unsupported;
   if (unsupported.load()) return false;
   const size_t K = w.cols, N = w.rows, ld = n_tokens > 1 ? ldy : w.rows;
@@ -132,7 +132,7 @@ bool dnnl_matmul(const Matrix& w, const float* x, float* y, size_t n_tokens, siz
       }
       break;
     }
-    case DType::q8_0: return false;
+    default: return false;
   }
   if (!ok) unsupported.store(true);
   return ok;

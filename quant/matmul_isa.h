@@ -24,6 +24,10 @@ static_assert(sizeof(BlockQ8x) == 36);
 // qs = nearest integer of x/d. Portable; defined in matmul.cpp.
 void quantize_activations(const float* x, BlockQ8x* xq, size_t n);
 
+// One low-bit weight row (nb blocks) . quantised activations (nb blocks of
+// the type's activation format, see quant/blocks.h).
+using BlockDot = float (*)(const void* row, const void* acts, size_t nb);
+
 struct MatmulTiles {
   const char* name;
   // y[t*ldy + r] = W[r, :] . x[t, :] for r in [r0, r1), t in [t0, t1);
@@ -34,6 +38,9 @@ struct MatmulTiles {
   // per token).
   void (*q8_tile)(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
                   size_t r1, size_t t0, size_t t1);
+  // This ISA's block dot for a low-bit type, or nullptr (then the scalar one
+  // is used). May itself be nullptr.
+  BlockDot (*low_bit_dot)(DType t);
 };
 
 #if DEFKV_SIMD_X86
@@ -62,6 +69,11 @@ void avx512vnni_packed_q8_tile(const uint8_t* qs, const uint16_t* d, size_t rows
 // correction -128 * sum(q) [cols/32] (matmul_avx512vnni.cpp).
 void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
                                      int32_t* corr);
+
+// Packed q4_0 (layout in packed_q4_0_avx512vnni.cpp), the q8_0 activations.
+constexpr size_t kQ4_0Cols = 32;
+void avx512vnni_packed_q4_0_tile(const uint8_t* qs, const uint16_t* d, size_t rows, size_t nb, const PackedActs& x,
+                                 float* y, size_t ldy, size_t g0, size_t g1, size_t t0, size_t t1);
 
 // Packed f16 (see quant::Packed): panels of kPackRowsF16 rows, per column the
 // panel's 16 fp16 values (lane = row): w[panel, col, 16], 64-byte aligned.

@@ -155,7 +155,7 @@ void float_tile(const Matrix& w, const float* x, float* y, size_t ldy, size_t r0
     case DType::f32: FloatTile<A, DType::f32, kMaxR, kMaxT>::tile(w, x, y, ldy, r0, r1, t0, t1); return;
     case DType::f16: FloatTile<A, DType::f16, kMaxR, kMaxT>::tile(w, x, y, ldy, r0, r1, t0, t1); return;
     case DType::bf16: FloatTile<A, DType::bf16, kMaxR, kMaxT>::tile(w, x, y, ldy, r0, r1, t0, t1); return;
-    case DType::q8_0: return;  // not a float type; the driver never sends it here
+    default: return;  // not a float type; the driver never sends it here
   }
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "quant/matmul_isa.h"
+#include "quant/packed_q4k.h"
 #include "quant/quant.h"
 #include "simd/simd.h"
 
@@ -76,7 +77,14 @@ bool f16_kernel_available() {
 }
 
 bool kernel_available(DType t) {
-  return t == DType::q8_0 ? packed_kernel_available() : t == DType::f16 ? f16_kernel_available() : false;
+  switch (t) {
+    case DType::q8_0:
+    case DType::q4_0:
+    case DType::q4_K:
+    case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
+    case DType::f16: return f16_kernel_available();
+    default: return false;
+  }
 }
 
 // A plain 64-byte-aligned allocation: huge pages (MADV_HUGEPAGE) were not
@@ -117,6 +125,38 @@ void pack_q8_0(const Matrix& w, Packed& p) {
   }
 }
 
+// q4_0 (layout in packed_q4_0_avx512vnni.cpp): a Q4_0 block's byte j holds
+// the levels of columns j and j + 16, which is the packed byte for k = j / 4,
+// i = j % 4, so the quants move 4 bytes at a time.
+void pack_q4_0(const Matrix& w, Packed& p) {
+  const size_t nb = w.cols / kQK, G = n_groups(w.rows);
+  const size_t rb = row_bytes(w.type, w.cols);
+  const size_t qs_bytes = G * nb * detail::kPackRows * (kQK / 2);
+  const size_t bytes = qs_bytes + G * nb * detail::kPackRows * sizeof(uint16_t);
+  uint8_t* buf = nullptr;
+  p.data = aligned_buffer(bytes, &buf);
+  p.bytes = bytes;
+  auto* d = reinterpret_cast<uint16_t*>(buf + qs_bytes);
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  const auto ng = static_cast<long long>(G);
+#pragma omp parallel for schedule(static)
+  for (long long gi = 0; gi < ng; ++gi) {
+    const size_t g = size_t(gi);
+    for (size_t r = 0; r < detail::kPackRows; ++r) {
+      const size_t row = g * detail::kPackRows + r;
+      const auto* blocks = row < w.rows ? reinterpret_cast<const BlockQ4_0*>(src + row * rb) : nullptr;
+      for (size_t b = 0; b < nb; ++b) {
+        uint8_t* q = buf + (g * nb + b) * detail::kPackRows * (kQK / 2);
+        for (size_t k = 0; k < 4; ++k) {
+          if (blocks) std::memcpy(q + k * 64 + r * 4, blocks[b].qs + 4 * k, 4);
+          else std::memset(q + k * 64 + r * 4, 0, 4);
+        }
+        d[(g * nb + b) * detail::kPackRows + r] = blocks ? blocks[b].d : uint16_t(0);
+      }
+    }
+  }
+}
+
 size_t n_panels_f16(size_t rows) { return (rows + detail::kPackRowsF16 - 1) / detail::kPackRowsF16; }
 
 // f16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
@@ -148,8 +188,18 @@ Packed pack_for_gemm(const Matrix& w) {
   if (w.rows == 0 || w.cols == 0 || !kernel_available(w.type)) return p;
   if (w.data == nullptr) throw std::invalid_argument("pack_for_gemm: weight matrix has no data");
   (void)row_bytes(w.type, w.cols);  // validates block alignment
-  if (w.type == DType::q8_0) pack_q8_0(w, p);
-  else pack_f16(w, p);
+  if (w.type == DType::q8_0) {
+    pack_q8_0(w, p);
+  } else if (w.type == DType::q4_0) {
+    pack_q4_0(w, p);
+  } else if (w.type == DType::q4_K || w.type == DType::q6_K) {
+    uint8_t* buf = nullptr;
+    p.bytes = detail::k_packed_bytes(w.type, w.rows, w.cols);
+    p.data = aligned_buffer(p.bytes, &buf);
+    detail::pack_k(w, buf);
+  } else {
+    pack_f16(w, p);
+  }
   return p;
 }
 
@@ -254,12 +304,21 @@ struct Job {
   size_t chunks;     // work items per token block
 };
 
-void run_chunk(const Job& j, const detail::PackedActs& acts, const float* x, size_t chunk, size_t t0,
-               size_t t1) {
+void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_k, const float* x, size_t chunk,
+               size_t t0, size_t t1) {
 #if DEFKV_SIMD_X86
   const Matrix& w = j.p->source;
   const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
-  if (w.type == DType::q8_0) {
+  if (w.type == DType::q6_K) {
+    detail::avx512vnni_packed_q6k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q4_K) {
+    detail::avx512vnni_packed_q4k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q4_0) {
+    const size_t nb = w.cols / kQK;
+    const uint8_t* qs = j.p->data.get();
+    const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * (kQK / 2));
+    detail::avx512vnni_packed_q4_0_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q8_0) {
     const size_t nb = w.cols / kQ8_0Block;
     const uint8_t* qs = j.p->data.get();
     const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * kQ8_0Block);
@@ -269,15 +328,29 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const float* x, siz
                                    j.y, j.ldy, u0, u1, t0, t1);
   }
 #else
-  (void)j, (void)acts, (void)x, (void)chunk, (void)t0, (void)t1;
+  (void)j, (void)acts, (void)acts_k, (void)x, (void)chunk, (void)t0, (void)t1;
 #endif
 }
 
-// Runs every job (all packed, same type and cols) over all tokens in ONE
+// Packed types that share one activation format can share one quantisation
+// (e.g. a Q4_K_M layer's q/k in Q4_K and v in Q6_K).
+int act_kind(DType t) {
+  switch (t) {
+    case DType::q8_0:
+    case DType::q4_0: return 0;  // PackedActs (per 32-block)
+    case DType::q4_K:
+    case DType::q6_K: return 1;  // Q8_K super-blocks
+    default: return 2 + int(t);  // f16: the f32 activations themselves
+  }
+}
+
+// Runs every job (all packed, same activation kind and cols) over all tokens in ONE
 // OpenMP parallel loop: work items = token blocks x (chunks of job 0, job 1, ...).
 void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool parallel) {
   const Matrix& w0 = jobs[0].p->source;
-  const bool q8 = w0.type == DType::q8_0;
+  const bool q4k = w0.type == DType::q4_K || w0.type == DType::q6_K;  // Q8_K activations
+  // the K-quants are scheduled as q8_0 (groups of 16 rows, int8 activations)
+  const bool q8 = w0.type == DType::q8_0 || w0.type == DType::q4_0 || q4k;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
   size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
   if (q8 && !few) {
@@ -293,8 +366,15 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     j.chunks = (j.units + j.per_chunk - 1) / j.per_chunk;
     per_tb += j.chunks;
   }
-  const ActsScratch scratch = q8 ? packed_acts_scratch(w0.cols, n_tokens) : ActsScratch{};
+  const ActsScratch scratch = q8 && !q4k ? packed_acts_scratch(w0.cols, n_tokens) : ActsScratch{};
   const detail::PackedActs acts = scratch.view();
+  // q4_K: Q8_K activation super-blocks [n_tokens, cols/256]
+  const size_t nsb = w0.cols / kQK_K;
+  ActQ8K* acts_k = q4k ? grow_scratch<ActQ8K, 3>(n_tokens * nsb) : nullptr;
+  auto quantize = [&](size_t t) {
+    if (q4k) quantize_acts(w0.type, x + t * w0.cols, acts_k + t * nsb, w0.cols);
+    else quantize_token(x, w0.cols, t, scratch);
+  };
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;
   const auto n_items = static_cast<long long>(n_tb * per_tb);
   auto run_item = [&](long long it) {
@@ -302,7 +382,7 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     size_t c = size_t(it) % per_tb, i = 0;
     while (c >= jobs[i].chunks) c -= jobs[i++].chunks;
     const size_t t0 = tb * token_block;
-    run_chunk(jobs[i], acts, x, c, t0, std::min(n_tokens, t0 + token_block));
+    run_chunk(jobs[i], acts, acts_k, x, c, t0, std::min(n_tokens, t0 + token_block));
   };
   const auto nt = static_cast<long long>(n_tokens);
   if (q8 && !few) {
@@ -313,14 +393,14 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
 #pragma omp parallel if (parallel)
     {
 #pragma omp for schedule(static)
-      for (long long t = 0; t < nt; ++t) quantize_token(x, w0.cols, size_t(t), scratch);
+      for (long long t = 0; t < nt; ++t) quantize(size_t(t));
       // (implicit barrier: every token is quantised before any product)
 #pragma omp for schedule(dynamic, 1)
       for (long long it = 0; it < n_items; ++it) run_item(it);
     }
   } else {
     if (q8)
-      for (size_t t = 0; t < n_tokens; ++t) quantize_token(x, w0.cols, t, scratch);
+      for (size_t t = 0; t < n_tokens; ++t) quantize(t);
 #pragma omp parallel for schedule(static) if (parallel)
     for (long long it = 0; it < n_items; ++it) run_item(it);
   }
@@ -357,7 +437,8 @@ void matmul_packed_multi(const PackedProduct* products, size_t n_products, const
     if (w.cols != w0.cols)
       throw std::invalid_argument("matmul_packed_multi: matrices with different column counts (" +
                                   std::to_string(w0.cols) + " and " + std::to_string(w.cols) + ")");
-    shared = shared && products[i].w->packed() && w.type == w0.type && kernel_available(w.type) && w.rows != 0;
+    shared = shared && products[i].w->packed() && act_kind(w.type) == act_kind(w0.type) &&
+             kernel_available(w.type) && w.rows != 0;
     macs += w.rows * w.cols * n_tokens;
   }
   if (!shared) {

@@ -1,11 +1,13 @@
 // Weight formats: dtype helpers and row conversion (ggml-compatible).
 #include "quant/quant.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "quant/blocks.h"
 #include "simd/simd.h"
 
 namespace defkv::quant {
@@ -16,18 +18,54 @@ const char* dtype_name(DType t) {
     case DType::f16: return "f16";
     case DType::q8_0: return "q8_0";
     case DType::bf16: return "bf16";
+    case DType::q4_0: return "q4_0";
+    case DType::q4_1: return "q4_1";
+    case DType::q5_0: return "q5_0";
+    case DType::q5_1: return "q5_1";
+    case DType::q4_K: return "q4_K";
+    case DType::q5_K: return "q5_K";
+    case DType::q6_K: return "q6_K";
   }
   return "unknown";
 }
 
 bool parse_dtype(std::string_view s, DType* out) {
-  for (DType t : {DType::f32, DType::f16, DType::bf16, DType::q8_0}) {
-    if (s == dtype_name(t)) {
+  auto lower = [](std::string_view v) {
+    std::string r(v);
+    for (char& c : r) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return r;
+  };
+  const std::string want = lower(s);
+  for (DType t : kWeightTypes) {
+    if (want == lower(dtype_name(t))) {
       *out = t;
       return true;
     }
   }
   return false;
+}
+
+bool supported_weight_type(uint32_t id) {
+  for (DType t : kWeightTypes)
+    if (uint32_t(t) == id) return true;
+  return false;
+}
+
+const char* supported_weight_types() {
+  return "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K";
+}
+
+bool is_low_bit(DType t) {
+  switch (t) {
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1:
+    case DType::q4_K:
+    case DType::q5_K:
+    case DType::q6_K: return true;
+    default: return false;
+  }
 }
 
 static std::runtime_error bad_dtype(const char* where, DType t) {
@@ -41,6 +79,13 @@ size_t block_elems(DType t) {
     case DType::f16:
     case DType::bf16: return 1;
     case DType::q8_0: return kQ8_0Block;
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1: return kQK;
+    case DType::q4_K:
+    case DType::q5_K:
+    case DType::q6_K: return kQK_K;
   }
   throw bad_dtype("block_elems", t);
 }
@@ -51,6 +96,13 @@ size_t block_bytes(DType t) {
     case DType::f16:
     case DType::bf16: return 2;
     case DType::q8_0: return sizeof(BlockQ8_0);
+    case DType::q4_0: return sizeof(BlockQ4_0);
+    case DType::q4_1: return sizeof(BlockQ4_1);
+    case DType::q5_0: return sizeof(BlockQ5_0);
+    case DType::q5_1: return sizeof(BlockQ5_1);
+    case DType::q4_K: return sizeof(BlockQ4_K);
+    case DType::q5_K: return sizeof(BlockQ5_K);
+    case DType::q6_K: return sizeof(BlockQ6_K);
   }
   throw bad_dtype("block_bytes", t);
 }
@@ -92,8 +144,8 @@ void from_f32(DType t, const float* x, void* row, size_t n) {
     case DType::f16: simd::k().f32_to_f16(x, static_cast<uint16_t*>(row), n); return;
     case DType::bf16: simd::k().f32_to_bf16(x, static_cast<uint16_t*>(row), n); return;
     case DType::q8_0: quantize_q8_0(x, static_cast<BlockQ8_0*>(row), n); return;
+    default: quantize_low_bit(t, x, row, n); return;
   }
-  throw bad_dtype("from_f32", t);
 }
 
 void to_f32(DType t, const void* row, float* y, size_t n) {
@@ -103,8 +155,8 @@ void to_f32(DType t, const void* row, float* y, size_t n) {
     case DType::f16: simd::k().f16_to_f32(static_cast<const uint16_t*>(row), y, n); return;
     case DType::bf16: simd::k().bf16_to_f32(static_cast<const uint16_t*>(row), y, n); return;
     case DType::q8_0: dequantize_q8_0(static_cast<const BlockQ8_0*>(row), y, n); return;
+    default: dequantize_low_bit(t, row, y, n); return;
   }
-  throw bad_dtype("to_f32", t);
 }
 
 void get_row(const Matrix& w, size_t r, float* out) {

@@ -1,6 +1,8 @@
 // defkv weight formats and matrix products. Bit-compatible with ggml's
 // layouts: F32, F16 (IEEE half), BF16, Q8_0 (blocks of 32 int8 + one fp16
-// scale d; value = d * q). Knows nothing about models.
+// scale d; value = d * q), the legacy 4/5-bit blocks Q4_0, Q4_1, Q5_0, Q5_1
+// (32 values) and the K-quant super-blocks Q4_K, Q5_K, Q6_K (256 values; see
+// quant/blocks.h for the layouts). Knows nothing about models.
 #pragma once
 
 #include <cstddef>
@@ -11,7 +13,30 @@
 namespace defkv::quant {
 
 // Values are ggml's type ids (as stored in GGUF).
-enum class DType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
+enum class DType : uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q4_1 = 3,
+  q5_0 = 6,
+  q5_1 = 7,
+  q8_0 = 8,
+  q4_K = 12,
+  q5_K = 13,
+  q6_K = 14,
+  bf16 = 30,
+};
+// Every type this library reads, in id order.
+inline constexpr DType kWeightTypes[] = {DType::f32,  DType::f16,  DType::q4_0, DType::q4_1,
+                                         DType::q5_0, DType::q5_1, DType::q8_0, DType::q4_K,
+                                         DType::q5_K, DType::q6_K, DType::bf16};
+// True when `ggml_type_id` (a GGUF tensor type) is one of kWeightTypes.
+bool supported_weight_type(uint32_t ggml_type_id);
+// "f32, f16, q4_0, ..." for error messages.
+const char* supported_weight_types();
+// True for the 4/5/6-bit block types (legacy and K-quants), whose products
+// quantise the activations to int8 blocks (see matmul_impl).
+bool is_low_bit(DType t);
 
 constexpr size_t kQ8_0Block = 32;
 struct BlockQ8_0 {
@@ -20,10 +45,12 @@ struct BlockQ8_0 {
 };
 static_assert(sizeof(BlockQ8_0) == 34);
 
+// ggml's names: "f32", "q4_0", "q4_K", ...
 const char* dtype_name(DType t);
-// Parses "f32" | "f16" | "bf16" | "q8_0"; returns false if unknown.
+// Parses a dtype_name (case-insensitive); returns false if unknown.
 bool parse_dtype(std::string_view s, DType* out);
-// Elements per block (1 for float types, 32 for q8_0).
+// Elements per block (1 for float types, 32 for q8_0 / q4_0 / q4_1 / q5_0 /
+// q5_1, 256 for the K-quants). Throw std::runtime_error for other ids.
 size_t block_elems(DType t);
 // Bytes per block.
 size_t block_bytes(DType t);
@@ -31,6 +58,8 @@ size_t block_bytes(DType t);
 size_t row_bytes(DType t, size_t n);
 
 // Row conversion: quantize/convert n floats into a row of type t, and back.
+// Quantisation is ggml's reference quantiser for the type (quantize_row_*_ref,
+// i.e. what llama-quantize writes without an importance matrix).
 void from_f32(DType t, const float* x, void* row, size_t n);
 void to_f32(DType t, const void* row, float* y, size_t n);
 
@@ -71,7 +100,12 @@ size_t available_matmul_impls(MatmulImpl* out, size_t max);
 // differ from matmul_ref by that quantisation). onednn: f32 weights in
 // f32; bf16 weights as a bf16 x bf16 product (activations rounded to bf16);
 // f16 weights widened exactly to f32 in 256-row blocks; q8_0 goes to the best
-// SIMD tiles. matmul() itself uses onednn only for batches where it measured
+// SIMD tiles. The low-bit types quantise the activations as ggml pairs them
+// (q4_0 / q5_0 with Q8_0 blocks, q4_1 / q5_1 with Q8_1 blocks (Q8_0 plus the
+// block sum), the K-quants with Q8_K super-blocks: d = max/-127 over 256
+// values) and take exact int32 block dot products; every implementation
+// agrees with the scalar one up to float rounding, and differs from
+// matmul_ref by the activation rounding. matmul() itself uses onednn only for batches where it measured
 // faster (>= 32 tokens, or >= 16 tokens with >= 256 rows).
 void matmul_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t n_tokens,
                  size_t ldy);
@@ -90,7 +124,17 @@ void get_row(const Matrix& w, size_t r, float* out);
 // f16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16 fp16
 // values (one vcvtph2ps = 16 rows of one column); f32 FMAs, results agree with
 // matmul_ref up to float accumulation order.
-// Memory: bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
+// q4_0 (AVX-512 VNNI): as q8_0, with the 4-bit levels nibble-packed (two
+// columns 16 apart per byte) and the level offset 8 applied through the
+// activation sums; the size of the original tensor.
+// q4_K / q6_K (AVX-512 VNNI): the same 16-row groups, per (group, 256-column
+// super-block) the quants nibble-packed 8 columns per zmm lane group (q6_K's
+// top two bits beside them) plus the rows' sub-block scales, mins and fp16
+// super-block scales (quant/packed_q4k.h); vpdpbusd against Q8_K activations
+// quantised exactly as matmul() does, so results agree with matmul() up to
+// float accumulation order. Size: the original blocks plus 64 B (q4_K) or
+// 32 B (q6_K) per 16 x 256 weights.
+// Memory (q8_0, f16): bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
 // the original tensor (plus < 16 rows of padding); the mmapped original is not
 // read again by matmul_packed (see release_source below to drop its pages).
 // Other dtypes, other CPUs, and DEFKV_FORCE_SCALAR: no copy is made
@@ -133,7 +177,8 @@ struct PackedProduct {
 // once and ALL products in ONE OpenMP parallel region (one fork/join instead
 // of n_products). Results are identical to calling matmul_packed on each.
 // Falls back to one matmul_packed per product when they are not all packed
-// with the same dtype (or more than 8). Throws std::invalid_argument on
+// with dtypes sharing one activation format (q8_0 with q4_0, q4_K with q6_K,
+// f16 alone), or more than 8. Throws std::invalid_argument on
 // different column counts.
 void matmul_packed_multi(const PackedProduct* products, size_t n_products, const float* x,
                          size_t n_tokens);

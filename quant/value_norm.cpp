@@ -79,8 +79,11 @@ __attribute__((always_inline)) inline const float* row_f32(const Matrix& w, size
       }
       return buf;
     }
+    default:
+      // low-bit blocks (W_o in its own type): ggml's dequantisation of the row
+      to_f32(w.type, row, buf, w.cols);
+      return buf;
   }
-  return nullptr;  // unreachable: the dtype was validated by row_bytes()
 }
 
 struct Shape {

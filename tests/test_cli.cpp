@@ -201,6 +201,48 @@ TEST_CASE("cli: quantize f16 reproduces the reference F16 file's tensors", "[cli
   CHECK(ours->get_uint("general.file_type") == 1);
 }
 
+TEST_CASE("cli: quantize to llama.cpp's low-bit types reproduces llama-quantize's files", "[cli][quantize]") {
+  // ../shared/testdata/archs: quant-llama-F32.gguf quantised by llama-quantize
+  // (default mixes, no imatrix) to each type: same per-tensor types, same bytes.
+  const std::string archs = shared_dir() + "/testdata/archs/";
+  const std::pair<const char*, const char*> types[] = {{"q4_0", "Q4_0"}, {"q4_1", "Q4_1"},   {"q5_0", "Q5_0"},
+                                                       {"q5_1", "Q5_1"}, {"q4_k_m", "Q4_K_M"}, {"q5_k_m", "Q5_K_M"},
+                                                       {"Q6_K", "Q6_K"}, {"q8_0", "Q8_0"}};
+  for (const auto& [arg, file] : types) {
+    DYNAMIC_SECTION(arg) {
+      fs::path out = temp_dir() / (std::string("q-") + arg + ".gguf");
+      Result r = run("quantize " + archs + "quant-llama-F32.gguf " + out.string() + " " + arg);
+      INFO(r.err);
+      REQUIRE(r.exit_code == 0);
+      auto ours = defkv::gguf::File::open(out.string());
+      auto ref = defkv::gguf::File::open(archs + "quant-llama-" + file + ".gguf");
+      REQUIRE(ours->tensors().size() == ref->tensors().size());
+      for (const auto& t : ref->tensors()) {
+        INFO(t.name);
+        const auto* o = ours->find_tensor(t.name);
+        REQUIRE(o != nullptr);
+        CHECK(std::string(defkv::gguf::tensor_type_name(o->type)) == defkv::gguf::tensor_type_name(t.type));
+        REQUIRE(o->size_bytes == t.size_bytes);
+        CHECK(std::equal(t.data, t.data + t.size_bytes, o->data));
+      }
+      CHECK(ours->get_uint("general.file_type") == ref->get_uint("general.file_type"));
+    }
+  }
+}
+
+TEST_CASE("cli: quantize falls back like llama-quantize when rows are not whole K blocks", "[cli][quantize]") {
+  // stories260K: 64-wide rows, so no K type fits: Q4_K -> Q5_0, Q6_K (output) -> Q8_0
+  fs::path out = temp_dir() / "q-stories-q4km.gguf";
+  Result r = run("quantize " + stories() + " " + out.string() + " q4_k_m");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto f = defkv::gguf::File::open(out.string());
+  CHECK(f->tensor("blk.0.attn_q.weight").type == uint32_t(defkv::gguf::TensorType::q5_0));
+  CHECK(f->tensor("output.weight").type == uint32_t(defkv::gguf::TensorType::q8_0));
+  CHECK(f->get_uint("general.file_type") == 15);
+  CHECK(greedy(out.string(), 8).size() == 8);  // and it loads and runs
+}
+
 TEST_CASE("cli: a Q8_0 copy keeps the golden greedy tokens and close logits", "[cli][quantize]") {
   fs::path out = temp_dir() / "q-q8_0.gguf";
   Result r = run("quantize " + stories() + " " + out.string() + " q8_0");

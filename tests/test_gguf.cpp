@@ -573,8 +573,10 @@ TEST_CASE("writer: rejects inconsistent input", "[gguf][errors]") {
   REQUIRE_THROWS_WITH(w.add_tensor("x", 0, {1, 1, 1, 1, 1}, x.data(), 4), Contains("has 5 dims"));
   REQUIRE_THROWS_WITH(w.add_tensor("x", 8, {33}, x.data(), 34),
                       Contains("ne[0] = 33 is not a multiple of the block size 32"));
-  REQUIRE_THROWS_WITH(w.add_tensor("x", 12, {256}, x.data(), 144),
-                      Contains("unsupported type q4_K"));
+  REQUIRE_THROWS_WITH(w.add_tensor("x", 10, {256}, x.data(), 84),
+                      Contains("unsupported type q2_K"));
+  REQUIRE_THROWS_WITH(w.add_tensor("x", 12, {256}, x.data(), 100),
+                      Contains("tensor 'x' of type q4_K needs 144 bytes, got 100"));
   w.add_tensor("x", 0, {64}, x.data(), 256);
   REQUIRE_THROWS_WITH(w.add_tensor("x", 0, {64}, x.data(), 256),
                       Contains("duplicate tensor name 'x'"));
@@ -801,10 +803,12 @@ TEST_CASE("malformed: dimension product overflows uint64", "[gguf][errors]") {
 TEST_CASE("malformed: unsupported tensor type is named", "[gguf][errors]") {
   std::vector<uint8_t> b = small().bytes;
   size_t type_at = tensor_info_at(b, "t.aa") + 4 + 16;
-  patch<uint32_t>(b, type_at, 12);
-  REQUIRE_THROWS_WITH(parse(b), Contains("tensor 't.aa' has unsupported type q4_K (12)"));
-  patch<uint32_t>(b, type_at, 2);
-  REQUIRE_THROWS_WITH(parse(b), Contains("unsupported type q4_0 (2)"));
+  patch<uint32_t>(b, type_at, 11);
+  REQUIRE_THROWS_WITH(parse(b), Contains("tensor 't.aa' has unsupported type q3_K (11)"));
+  patch<uint32_t>(b, type_at, 12);  // q4_K is read, but t.aa's 64 columns are not whole blocks
+  REQUIRE_THROWS_WITH(parse(b), Contains("tensor 't.aa' has type q4_K but ne[0] = 64 is not a multiple of the block size 256"));
+  patch<uint32_t>(b, type_at, 10);
+  REQUIRE_THROWS_WITH(parse(b), Contains("unsupported type q2_K (10)"));
   patch<uint32_t>(b, type_at, 28);
   REQUIRE_THROWS_WITH(parse(b), Contains("unsupported type f64 (28)"));
   patch<uint32_t>(b, type_at, 99);

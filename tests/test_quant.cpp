@@ -125,7 +125,7 @@ TEST_CASE("dtype helpers follow ggml's ids and layouts", "[quant][dtype]") {
     CHECK(back == t);
   }
   DType dummy = DType::f16;
-  CHECK_FALSE(quant::parse_dtype("q4_0", &dummy));
+  CHECK_FALSE(quant::parse_dtype("q2_K", &dummy));
   CHECK_FALSE(quant::parse_dtype("", &dummy));
   CHECK(dummy == DType::f16);
   CHECK(quant::block_elems(DType::q8_0) == 32);
@@ -136,7 +136,7 @@ TEST_CASE("dtype helpers follow ggml's ids and layouts", "[quant][dtype]") {
   CHECK(quant::row_bytes(DType::f16, 10) == 20);
   CHECK(quant::row_bytes(DType::q8_0, 4096) == 4096 / 32 * 34);
   CHECK_THROWS(quant::row_bytes(DType::q8_0, 33));
-  CHECK_THROWS(quant::block_bytes(DType(2)));
+  CHECK_THROWS(quant::block_bytes(DType(10)));  // q2_K: not read
 }
 
 // ---- row conversions ---------------------------------------------------------------

@@ -38,8 +38,8 @@ double decode(quant::DType t, const uint8_t* row, size_t c) {
       const auto& b = reinterpret_cast<const quant::BlockQ8_0*>(row)[c / quant::kQ8_0Block];
       return double(simd::f16_to_f32(b.d)) * double(b.qs[c % quant::kQ8_0Block]);
     }
+    default: return 0;  // low-bit types are decoded whole rows at a time (random_weights)
   }
-  return 0;
 }
 
 Weights random_weights(quant::DType t, size_t rows, size_t cols, std::mt19937& rng) {
@@ -54,6 +54,15 @@ Weights random_weights(quant::DType t, size_t rows, size_t cols, std::mt19937& r
   }
   W.m = {t, W.bytes.data(), rows, cols};
   W.w.resize(rows * cols);
+  if (quant::is_low_bit(t)) {
+    // low-bit blocks: to_f32 (checked against hand-built blocks in test_quant_blocks)
+    std::vector<float> deq(cols);
+    for (size_t r = 0; r < rows; ++r) {
+      quant::to_f32(t, W.bytes.data() + r * rb, deq.data(), cols);
+      for (size_t c = 0; c < cols; ++c) W.w[r * cols + c] = deq[c];
+    }
+    return W;
+  }
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = 0; c < cols; ++c) W.w[r * cols + c] = decode(t, W.bytes.data() + r * rb, c);
   return W;
@@ -125,6 +134,36 @@ TEST_CASE("value_proj_l1 matches a double reference (all dtypes, odd shapes, GQA
     }
   }
   omp_set_num_threads(omp_get_num_procs());
+}
+
+TEST_CASE("value_proj_l1 reads W_o in the low-bit types (double reference)", "[value_norm]") {
+  struct Shape {
+    size_t E, H, Hkv, d;
+  };
+  // H * d a multiple of 256 (K-quant super-blocks); heads cut through blocks
+  const Shape shapes[] = {{37, 4, 2, 64}, {45, 8, 2, 32}, {19, 6, 3, 128}};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  quant::ValueNormScratch scratch;
+  for (quant::DType t : {quant::DType::q4_0, quant::DType::q4_1, quant::DType::q5_0, quant::DType::q5_1,
+                         quant::DType::q4_K, quant::DType::q5_K, quant::DType::q6_K}) {
+    for (const Shape& s : shapes) {
+      const Weights W = random_weights(t, s.E, s.H * s.d, rng);
+      for (size_t T : {size_t(1), size_t(7), size_t(70)}) {
+        const size_t ldv = s.Hkv * s.d, ldl1 = s.H;
+        std::vector<float> v(T * ldv);
+        for (float& x : v) x = nd(rng);
+        std::vector<double> ref, mag;
+        reference(W, s.Hkv, s.d, v, ldv, T, ref, mag);
+        std::vector<float> got(T * ldl1);
+        quant::value_proj_l1(W.m, s.Hkv, s.d, v.data(), ldv, T, got.data(), ldl1, scratch);
+        double worst = 0;
+        for (size_t i = 0; i < T * s.H; ++i) worst = std::max(worst, std::fabs(double(got[i]) - ref[i]) / mag[i]);
+        INFO(quant::dtype_name(t) << " E " << s.E << " H " << s.H << " d " << s.d << " tokens " << T);
+        CHECK(worst <= double(s.d + s.E) * kU);
+      }
+    }
+  }
 }
 
 TEST_CASE("value_proj_l1: G > 1 heads of one KV head see the same values", "[value_norm]") {

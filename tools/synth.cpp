@@ -310,8 +310,8 @@ uint32_t llama_file_type(DType t) {  // llama.cpp LLAMA_FTYPE_*
     case DType::f16: return 1;
     case DType::q8_0: return 7;
     case DType::bf16: return 32;
+    default: return 0;
   }
-  return 0;
 }
 
 gguf::Value u32v(uint64_t v) { return gguf::Value{gguf::ValueType::u32, v}; }
@@ -352,7 +352,8 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
   ModelShape shape = opts.shape;
   if (opts.type != DType::f32 && opts.type != DType::f16 && opts.type != DType::bf16 &&
       opts.type != DType::q8_0)
-    throw std::invalid_argument("synth: unsupported weight type");
+    throw std::invalid_argument(std::string("synth: weight type ") + quant::dtype_name(opts.type) +
+                                " is not generated (f32|f16|bf16|q8_0); write f16 and use `defkv quantize`");
   shape.validate(opts.type);
 
   SynthResult res;

@@ -31,7 +31,20 @@ const char* value_type_name(ValueType t);
 // ggml tensor type ids. Only f32, f16, bf16 and q8_0 (weights) and i32 (test
 // vectors, e.g. eviction keep masks) are supported; others are recognised by
 // name for error messages.
-enum class TensorType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, i32 = 26, bf16 = 30 };
+enum class TensorType : uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q4_1 = 3,
+  q5_0 = 6,
+  q5_1 = 7,
+  q8_0 = 8,
+  q4_K = 12,
+  q5_K = 13,
+  q6_K = 14,
+  i32 = 26,
+  bf16 = 30,
+};
 const char* tensor_type_name(uint32_t ggml_type);  // "q4_K", "type 99", ...
 
 struct Value;

@@ -210,20 +210,33 @@ uint64_t tensor_bytes(uint32_t type, const uint64_t ne[4], const std::string& na
            " x " + std::to_string(ne[1]) + " x " + std::to_string(ne[2]) + " x " +
            std::to_string(ne[3]) + ")");
   }
+  // ggml block types: {type id, values per block, bytes per block}
+  struct BlockType {
+    TensorType type;
+    uint64_t elems, bytes;
+  };
+  static constexpr BlockType kBlockTypes[] = {
+      {TensorType::q4_0, 32, 18},  {TensorType::q4_1, 32, 20},  {TensorType::q5_0, 32, 22},
+      {TensorType::q5_1, 32, 24},  {TensorType::q8_0, 32, 34},  {TensorType::q4_K, 256, 144},
+      {TensorType::q5_K, 256, 176}, {TensorType::q6_K, 256, 210},
+  };
+  for (const BlockType& b : kBlockTypes) {
+    if (type != static_cast<uint32_t>(b.type)) continue;
+    if (ne[0] % b.elems != 0)
+      fail("tensor '" + name + "' has type " + tensor_type_name(type) + " but ne[0] = " +
+           std::to_string(ne[0]) + " is not a multiple of the block size " + std::to_string(b.elems));
+    return n / b.elems * b.bytes;  // bytes / elems <= 34 / 32: no overflow for n <= INT64_MAX
+  }
   uint64_t elem_bytes = 0;
   switch (type) {
     case static_cast<uint32_t>(TensorType::f32): elem_bytes = 4; break;
     case static_cast<uint32_t>(TensorType::i32): elem_bytes = 4; break;
     case static_cast<uint32_t>(TensorType::f16): elem_bytes = 2; break;
     case static_cast<uint32_t>(TensorType::bf16): elem_bytes = 2; break;
-    case static_cast<uint32_t>(TensorType::q8_0):
-      if (ne[0] % 32 != 0)
-        fail("tensor '" + name + "' has type q8_0 but ne[0] = " + std::to_string(ne[0]) +
-             " is not a multiple of the block size 32");
-      return n / 32 * 34;  // n <= INT64_MAX, so n / 32 * 34 cannot overflow
     default:
       fail("tensor '" + name + "' has unsupported type " + tensor_type_name(type) + " (" +
-           std::to_string(type) + "); supported: f32, f16, bf16, q8_0, i32");
+           std::to_string(type) + "); supported: f32, f16, bf16, i32, q4_0, q4_1, q5_0, q5_1, "
+           "q8_0, q4_K, q5_K, q6_K");
   }
   uint64_t bytes;
   if (__builtin_mul_overflow(n, elem_bytes, &bytes))

@@ -28,11 +28,6 @@ std::string shape_str(const uint64_t* ne, uint32_t n_dims) {
   return s + "]";
 }
 
-bool supported_weight_type(uint32_t t) {
-  return t == uint32_t(quant::DType::f32) || t == uint32_t(quant::DType::f16) ||
-         t == uint32_t(quant::DType::bf16) || t == uint32_t(quant::DType::q8_0);
-}
-
 // Effective number of dims (trailing ne of 1 ignored).
 uint32_t eff_dims(const gguf::TensorInfo& t) {
   uint32_t n = std::max<uint32_t>(t.n_dims, 1);
@@ -115,9 +110,9 @@ quant::Matrix matrix(const gguf::File& f, const std::string& name, uint64_t rows
   const gguf::TensorInfo* t = f.find_tensor(name);
   if (!t) throw err("missing tensor '" + name + "' (expected shape [" + std::to_string(cols) +
                     ", " + std::to_string(rows) + "] in ggml ne order)");
-  if (!supported_weight_type(t->type))
+  if (!quant::supported_weight_type(t->type))
     throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
-              " (supported: f32, f16, bf16, q8_0)");
+              " (supported: " + quant::supported_weight_types() + ")");
   const uint32_t nd = eff_dims(*t);
   const bool ok = nd <= 2 && t->ne[0] == cols && t->ne[1] == rows;
   if (!ok) {

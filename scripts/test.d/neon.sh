@@ -2,7 +2,8 @@
 # aarch64 (Debian g++-aarch64-linux-gnu, oneDNN off) and run them under
 # qemu-user against the scalar references; test_evict runs the eviction test
 # vectors through the NEON scoring kernels (exact keep masks); test_value_norm
-# covers the value-norm paths AVX-512 does not take (2-vector token blocks). Skipped with a
+# covers the value-norm paths AVX-512 does not take (2-vector token blocks); test_quant_blocks
+# the low-bit block layouts and products on the scalar block dots. Skipped with a
 # note when the cross toolchain is absent (scripts/setup.sh installs it).
 if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then
   XBUILD="${DEFKV_XBUILD_DIR:-build-aarch64}"
@@ -10,8 +11,8 @@ if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/
     meson setup "$XBUILD" --cross-file scripts/cross-aarch64.ini -Donednn=disabled \
       --buildtype=release >"$LOG_DIR/aarch64-setup.log" 2>&1
   fi
-  if ninja -C "$XBUILD" tests/test_simd tests/test_quant tests/test_evict tests/test_value_norm >"$LOG_DIR/aarch64-build.log" 2>&1; then
-    for t in simd quant evict value_norm; do
+  if ninja -C "$XBUILD" tests/test_simd tests/test_quant tests/test_quant_blocks tests/test_evict tests/test_value_norm >"$LOG_DIR/aarch64-build.log" 2>&1; then
+    for t in simd quant quant_blocks evict value_norm; do
       run_catch "aarch64-neon:test_$t" qemu-aarch64 -L /usr/aarch64-linux-gnu "$XBUILD/tests/test_$t"
     done
   else

@@ -1,0 +1,108 @@
+// Packing of Q4_K / Q6_K matrices for the AVX-512 VNNI kernels (layouts in packed_q4k.h).
+#include "quant/packed_q4k.h"
+
+#include <cstring>
+
+namespace defkv::quant::detail {
+
+namespace {
+
+void pack_q4k(const Matrix& w, uint8_t* out) {
+  const size_t nsb = w.cols / kQK_K, G = (w.rows + kPackRows - 1) / kPackRows;
+  const auto* src = static_cast<const BlockQ4_K*>(w.data);
+  const auto ng = static_cast<long long>(G);
+#pragma omp parallel for schedule(static)
+  for (long long gi = 0; gi < ng; ++gi) {
+    const size_t g = size_t(gi);
+    for (size_t sb = 0; sb < nsb; ++sb) {
+      uint8_t* p = out + (g * nsb + sb) * kQ4KPackedBytes;
+      std::memset(p, 0, kQ4KPackedBytes);
+      auto* d = reinterpret_cast<uint16_t*>(p + kQ4KDOffset);
+      auto* dmin = reinterpret_cast<uint16_t*>(p + kQ4KDminOffset);
+      for (size_t r = 0; r < kPackRows; ++r) {
+        const size_t row = g * kPackRows + r;
+        if (row >= w.rows) continue;
+        const BlockQ4_K& b = src[row * nsb + sb];
+        d[r] = b.d;
+        dmin[r] = b.dmin;
+        uint8_t q[kQK_K];  // the row's 256 quants in column order
+        for (size_t c = 0; c < 4; ++c)
+          for (size_t l = 0; l < 32; ++l) {
+            q[64 * c + l] = b.qs[32 * c + l] & 0xF;
+            q[64 * c + 32 + l] = b.qs[32 * c + l] >> 4;
+          }
+        for (size_t j = 0; j < 8; ++j) {
+          uint8_t sc, m;
+          k4_scale_min(j, b.scales, &sc, &m);
+          p[kQ4KScalesOffset + j * 16 + r] = sc;
+          p[kQ4KMinsOffset + j * 16 + r] = m;
+          for (size_t k = 0; k < 4; ++k)
+            for (size_t i = 0; i < 4; ++i)
+              p[j * 256 + k * 64 + r * 4 + i] = uint8_t(q[32 * j + 4 * k + i] | (q[32 * j + 16 + 4 * k + i] << 4));
+        }
+      }
+    }
+  }
+}
+
+// The 256 quants (0..63) of a Q6_K block in column order.
+void q6k_levels(const BlockQ6_K& b, uint8_t* q) {
+  for (size_t h = 0; h < 2; ++h) {
+    const uint8_t* ql = b.ql + 64 * h;
+    const uint8_t* qh = b.qh + 32 * h;
+    uint8_t* y = q + 128 * h;
+    for (size_t l = 0; l < 32; ++l) {
+      y[l] = uint8_t((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+      y[l + 32] = uint8_t((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+      y[l + 64] = uint8_t((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+      y[l + 96] = uint8_t((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+    }
+  }
+}
+
+void pack_q6k(const Matrix& w, uint8_t* out) {
+  const size_t nsb = w.cols / kQK_K, G = (w.rows + kPackRows - 1) / kPackRows;
+  const auto* src = static_cast<const BlockQ6_K*>(w.data);
+  const auto ng = static_cast<long long>(G);
+#pragma omp parallel for schedule(static)
+  for (long long gi = 0; gi < ng; ++gi) {
+    const size_t g = size_t(gi);
+    for (size_t sb = 0; sb < nsb; ++sb) {
+      uint8_t* p = out + (g * nsb + sb) * kQ6KPackedBytes;
+      std::memset(p, 0, kQ6KPackedBytes);
+      auto* d = reinterpret_cast<uint16_t*>(p + kQ6KDOffset);
+      for (size_t r = 0; r < kPackRows; ++r) {
+        const size_t row = g * kPackRows + r;
+        if (row >= w.rows) continue;
+        const BlockQ6_K& b = src[row * nsb + sb];
+        d[r] = b.d;
+        uint8_t q[kQK_K];
+        q6k_levels(b, q);
+        for (size_t j = 0; j < 8; ++j) {
+          p[kQ6KScalesOffset + j * 32 + r * 2] = uint8_t(b.scales[2 * j]);
+          p[kQ6KScalesOffset + j * 32 + r * 2 + 1] = uint8_t(b.scales[2 * j + 1]);
+          for (size_t k = 0; k < 4; ++k)
+            for (size_t i = 0; i < 4; ++i) {
+              const uint8_t a = q[32 * j + 4 * k + i], c = q[32 * j + 16 + 4 * k + i];
+              p[j * 256 + k * 64 + r * 4 + i] = uint8_t((a & 0xF) | ((c & 0xF) << 4));
+              p[kQ6KHbOffset + j * 128 + r * 4 + i] |= uint8_t((a >> 4) << (2 * k));
+              p[kQ6KHbOffset + j * 128 + 64 + r * 4 + i] |= uint8_t((c >> 4) << (2 * k));
+            }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+size_t k_packed_bytes(DType t, size_t rows, size_t cols) {
+  return (rows + kPackRows - 1) / kPackRows * (cols / kQK_K) * (t == DType::q6_K ? kQ6KPackedBytes : kQ4KPackedBytes);
+}
+
+void pack_k(const Matrix& w, uint8_t* out) {
+  if (w.type == DType::q6_K) pack_q6k(w, out);
+  else pack_q4k(w, out);
+}
+
+}  // namespace defkv::quant::detail
