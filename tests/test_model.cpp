@@ -597,6 +597,23 @@ TEST_CASE("malformed models give clear errors", "[model][errors]") {
   expect_error(bad_norm, "norm.gguf", {"output_norm.weight", "expected [32]"});
   // Found by tests/fuzz/fuzz_model: a block count near the key's limit sized
   // the layer table (4 GB) before any tensor was looked up.
+  {
+    // Found by tests/fuzz/fuzz_model: general.alignment = 1 and a 2-byte
+    // tensor first put every later tensor at an odd address, and the norm
+    // vectors were read through misaligned float pointers (UBSan).
+    gguf::Writer w;
+    auto src = gguf::File::open(shared_dir() + "/models/stories260K/stories260K.gguf");
+    w.copy_metadata(*src);
+    w.set_u32("general.alignment", 1);
+    const uint16_t half = 0x3c00;
+    w.add_tensor("aaa_odd", uint32_t(quant::DType::f16), {1}, &half, 2);
+    for (const gguf::TensorInfo& t : src->tensors())
+      w.add_tensor(t.name, t.type, std::vector<uint64_t>(t.ne, t.ne + t.n_dims), t.data, t.size_bytes);
+    const std::vector<uint8_t> bytes = w.to_bytes();
+    CHECK_THROWS_WITH(model::Model::from_file(gguf::File::from_buffer(bytes.data(), bytes.size())),
+                      Catch::Contains("tensor '" + src->tensors()[0].name + "'") && Catch::Contains("not 4-byte aligned") &&
+                          Catch::Contains("general.alignment = 1"));
+  }
   TinySpec huge_layers;
   huge_layers.block_count_key = 1u << 30;
   expect_error(huge_layers, "layers.gguf", {"llama.block_count = 1073741824", "20 tensors"});

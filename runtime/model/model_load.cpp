@@ -8,6 +8,7 @@
 // factors) is refused by name instead of being silently ignored.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -179,6 +180,14 @@ const float* Model::vec(const std::string& name, uint64_t n, size_t* bytes, bool
 
 void Model::init() {
   const gguf::File& f = *file_;
+  // Weights are read in place as floats, halves and blocks: every tensor must
+  // start 4-byte aligned (a general.alignment below 4, or a buffer given at an
+  // odd address, breaks that).
+  for (const gguf::TensorInfo& t : f.tensors())
+    if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0)
+      throw err("tensor '" + t.name + "' starts at byte " + std::to_string(t.data - f.bytes().data()) +
+                " of the file, not 4-byte aligned in memory (general.alignment = " + std::to_string(f.alignment()) +
+                "); weights must be at least 4-byte aligned");
   if (!f.find("general.architecture"))
     throw err("missing key general.architecture (supported: " + arch_list() + ")");
   const std::string& arch = f.get_string("general.architecture");
