@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -19,8 +20,21 @@ float h2f(uint16_t h) { return simd::f16_to_f32(h); }
 // nearest integer, ties to even (|v| <= 2^22)
 int nearest(float v) { return int((v + 12582912.0f) - 12582912.0f); }
 
+// A block holding NaN or Inf gets scale NaN and zero quants: its products
+// stay NaN (as the float product would) instead of becoming finite numbers.
+bool finite_block(const float* x, size_t n) {
+  bool ok = true;
+  for (size_t j = 0; j < n; ++j) ok = ok && std::fabs(x[j]) <= 3.4028235e38f;  // false for NaN and Inf
+  return ok;
+}
+
 void quant_act_q8(const float* x, ActQ8* y, size_t nb) {
   for (size_t i = 0; i < nb; ++i, x += kQK) {
+    if (!finite_block(x, kQK)) {
+      std::memset(y[i].qs, 0, sizeof y[i].qs);
+      y[i].d = y[i].s = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
     float amax = 0.0f;
     for (size_t j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
@@ -37,6 +51,11 @@ void quant_act_q8(const float* x, ActQ8* y, size_t nb) {
 
 void quant_act_q8k(const float* x, ActQ8K* y, size_t nb) {
   for (size_t i = 0; i < nb; ++i, x += kQK_K) {
+    if (!finite_block(x, kQK_K)) {
+      std::memset(&y[i], 0, sizeof(ActQ8K));
+      y[i].d = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
     float amax = 0.0f, mx = 0.0f;
     for (size_t j = 0; j < kQK_K; ++j)
       if (std::fabs(x[j]) > amax) {

@@ -648,3 +648,61 @@ TEST_CASE("cli: run tokenizes byte-level BPE prompts through the C API, BOS as t
     }
   }
 }
+
+TEST_CASE("cli: every numeric flag of every command refuses overflow, wrap-around and non-finite values",
+          "[cli][limits]") {
+  // The flags and their types come from each command's --help (CLI11 prints
+  // INT, UINT or FLOAT after the name), so a flag added later is covered too.
+  const std::string m = " -m " + stories();
+  const std::string text = shared_dir() + "/models/data/tinystories_sample.txt";
+  const std::string tasks = shared_dir() + "/models/needle/example_tasks.jsonl";
+  const std::pair<std::string, std::string> commands[] = {
+      {"run", m + " -p hi"},
+      {"chat", m},
+      {"bench", m},
+      {"synth", " " + (temp_dir() / "s.gguf").string()},
+      {"eval ppl", m + " -f " + text},
+      {"eval kld", m + " -f " + text},
+      {"eval needle", m + " --tasks " + tasks},
+      {"eval sweep", m + " -f " + text},
+  };
+  const std::regex flag_re(R"((--[a-z0-9-]+) (UINT|INT|FLOAT)\b)");
+  size_t n_flags = 0;
+  for (const auto& [cmd, rest] : commands) {
+    const Result help = run(cmd + " --help");
+    REQUIRE(help.exit_code == 0);
+    for (std::sregex_iterator it(help.out.begin(), help.out.end(), flag_re), end; it != end; ++it) {
+      const std::string flag = (*it)[1], type = (*it)[2];
+      std::vector<std::string> bad;
+      if (type == "FLOAT") bad = {"nan", "inf", "-inf", "1e999"};
+      if (type == "UINT") bad = {"-1", "18446744073709551616"};
+      if (type == "INT") bad = {"9223372036854775808", "-9223372036854775809"};
+      if (flag == "--threads") bad.push_back("100000");
+      ++n_flags;
+      for (const std::string& v : bad) {
+        const std::string args = cmd + rest + " " + flag + " " + v;
+        INFO("defkv " << args);
+        const Result r = run(args);
+        CHECK(r.exit_code > 0);
+        CHECK_THAT(r.err, Catch::Contains(flag));
+      }
+    }
+  }
+  CHECK(n_flags > 80);  // the regex still matches CLI11's help format
+  // Counts stored in a signed int must not go negative and wrap on the way to
+  // the C API (chat: -n -1 once asked for 4294967295 tokens per reply).
+  for (const char* flag : {"-n", "-c"}) {
+    const Result r = run("chat" + m + " " + flag + " -1");
+    CHECK(r.exit_code > 0);
+    CHECK_THAT(r.err, Catch::Contains("must be >= 0"));
+  }
+}
+
+TEST_CASE("cli: a context larger than memory is refused with the bytes it needs", "[cli][limits]") {
+  for (const char* cmd : {"run -p hi --ctx 2000000000", "chat -c 2000000000"}) {
+    const Result r = run(std::string(cmd) + " -m " + stories());
+    INFO("defkv " << cmd << "\n" << r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(std::regex_search(r.err, std::regex(R"(needs [0-9]+ bytes .*more than the [0-9]+ bytes of memory)")));
+  }
+}

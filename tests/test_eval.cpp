@@ -191,6 +191,23 @@ TEST_CASE("malformed needle JSONL is reported with its line", "[eval][errors][ne
   CHECK_THROWS_WITH(parse(R"({"prompt": "p", "answer": " 1", "n_ctx_tokens": 5, "target_len": 8, "needle_depth": 1.5})"),
                     Catch::Contains("must be in [0, 1]"));
   CHECK_THROWS_WITH(parse("  \n\n"), Catch::Contains("no tasks"));
+  // Found by tests/fuzz/fuzz_needle: a number beyond double's range made the
+  // JSON library throw out_of_range, which escaped as an unexpected exception.
+  CHECK_THROWS_WITH(parse(good + "\n-7e7777"), Catch::Contains("t.jsonl:2: malformed JSON"));
+  CHECK_THROWS_WITH(parse(R"({"prompt": "p", "answer": " 1", "n_ctx_tokens": 5, "target_len": 8, "needle_depth": 1e400})"),
+                    Catch::Contains("t.jsonl:1: malformed JSON"));
+  // Integers are range-checked, never wrapped.
+  const std::string head = R"({"prompt": "p", "answer": " 1", "n_ctx_tokens": 5, "target_len": 8, "needle_depth": 0, )";
+  CHECK_THROWS_WITH(parse(head + R"("n_needles": -1})"), Catch::Contains("\"n_needles\" must be an integer in [0, 2^32)"));
+  CHECK_THROWS_WITH(parse(head + R"("n_needles": 4294967296})"), Catch::Contains("\"n_needles\""));
+  CHECK_THROWS_WITH(parse(head + R"("seed": 18446744073709551615})"), Catch::Contains("\"seed\" must be a 64-bit integer"));
+  CHECK_THROWS_WITH(parse(head + R"("needle_token_pos": -2})"), Catch::Contains("\"needle_token_pos\""));
+  CHECK_THROWS_WITH(parse(R"({"prompt": "p", "answer": " 1", "n_ctx_tokens": 4294967296, "target_len": 8, "needle_depth": 0})"),
+                    Catch::Contains("\"n_ctx_tokens\" must be a positive integer"));
+  const eval::NeedleTask t = parse(head + R"("n_needles": 4294967295, "seed": -9223372036854775808, "needle_token_pos": -1})").at(0);
+  CHECK(t.n_needles == 4294967295u);
+  CHECK(t.seed == INT64_MIN);
+  CHECK(t.needle_token_pos == -1);
 }
 
 TEST_CASE("the shared needle task file parses", "[eval][needle]") {

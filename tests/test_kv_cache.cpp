@@ -361,6 +361,7 @@ TEST_CASE("kv: row sizes and pool geometry", "[kv]") {
     REQUIRE(c.pages_free() == 5);
     REQUIRE(c.page_bytes() >= 5 * (2 * cs.row_bytes + 4 + 2 * 4));
     REQUIRE(c.bytes_reserved() == 5 * c.page_bytes());
+    REQUIRE(KvCache::pool_bytes(cfg) == c.bytes_reserved());  // known before allocating
     REQUIRE(c.bytes_in_use() == 0);
     REQUIRE(c.entries() == 0);
     REQUIRE(c.runs(1, 2).empty());

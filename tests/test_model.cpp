@@ -178,6 +178,7 @@ struct TinySpec {
   std::string arch = "llama";
   std::string drop_tensor;    // omit this tensor
   std::string bad_shape;      // give this tensor one row too many
+  uint32_t block_count_key = 0;  // non-zero: written as block_count instead of n_layer
 };
 
 struct TinyTensor {
@@ -228,7 +229,7 @@ std::string write_tiny(const TinySpec& s, const std::vector<TinyTensor>& ts, con
   gguf::Writer out;
   out.set_string("general.architecture", s.arch);
   out.set_u32(a + "embedding_length", s.n_embd);
-  out.set_u32(a + "block_count", s.n_layer);
+  out.set_u32(a + "block_count", s.block_count_key ? s.block_count_key : s.n_layer);
   out.set_u32(a + "attention.head_count", s.n_head);
   out.set_u32(a + "attention.head_count_kv", s.n_head_kv);
   out.set_u32(a + "feed_forward_length", s.n_ff);
@@ -594,6 +595,28 @@ TEST_CASE("malformed models give clear errors", "[model][errors]") {
   TinySpec bad_norm;
   bad_norm.bad_shape = "output_norm.weight";
   expect_error(bad_norm, "norm.gguf", {"output_norm.weight", "expected [32]"});
+  // Found by tests/fuzz/fuzz_model: a block count near the key's limit sized
+  // the layer table (4 GB) before any tensor was looked up.
+  {
+    // Found by tests/fuzz/fuzz_model: general.alignment = 1 and a 2-byte
+    // tensor first put every later tensor at an odd address, and the norm
+    // vectors were read through misaligned float pointers (UBSan).
+    gguf::Writer w;
+    auto src = gguf::File::open(shared_dir() + "/models/stories260K/stories260K.gguf");
+    w.copy_metadata(*src);
+    w.set_u32("general.alignment", 1);
+    const uint16_t half = 0x3c00;
+    w.add_tensor("aaa_odd", uint32_t(quant::DType::f16), {1}, &half, 2);
+    for (const gguf::TensorInfo& t : src->tensors())
+      w.add_tensor(t.name, t.type, std::vector<uint64_t>(t.ne, t.ne + t.n_dims), t.data, t.size_bytes);
+    const std::vector<uint8_t> bytes = w.to_bytes();
+    CHECK_THROWS_WITH(model::Model::from_file(gguf::File::from_buffer(bytes.data(), bytes.size())),
+                      Catch::Contains("tensor '" + src->tensors()[0].name + "'") && Catch::Contains("not 4-byte aligned") &&
+                          Catch::Contains("general.alignment = 1"));
+  }
+  TinySpec huge_layers;
+  huge_layers.block_count_key = 1u << 30;
+  expect_error(huge_layers, "layers.gguf", {"llama.block_count = 1073741824", "20 tensors"});
   CHECK_THROWS_WITH(model::Model::load("/nonexistent/defkv/model.gguf"), Catch::Contains("model.gguf"));
 }
 

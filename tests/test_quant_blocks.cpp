@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -483,5 +484,27 @@ TEST_CASE("GGUF reader rejects misaligned, unknown and truncated block tensors",
     auto b = file_with(10, 256);  // q2_K: a known ggml type this runtime does not read
     CHECK_THROWS_WITH(gguf::File::from_buffer(b.data(), b.size()),
                       Catch::Contains("blk.0.attn_q.weight") && Catch::Contains("q2_K"));
+  }
+}
+
+TEST_CASE("a NaN or Inf activation makes the low-bit block dot NaN, not a finite number", "[quant][blocks]") {
+  // Found by tests/fuzz/fuzz_model: the activation quantisation converted
+  // NaN to int (undefined) and so turned it into a finite value, hiding it
+  // from the engine's non-finite logits check.
+  std::mt19937 rng(5);
+  const size_t n = 512;
+  for (DType t : kLowBit) {
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      INFO(quant::dtype_name(t) << " " << bad);
+      const auto w = randv(n, rng, 0.3f);
+      auto x = randv(n, rng, 2.0f);
+      x[300] = bad;
+      std::vector<uint8_t> row(quant::row_bytes(t, n));
+      quant::from_f32(t, w.data(), row.data(), n);
+      const size_t nb = n / quant::block_elems(t);
+      std::vector<uint8_t> acts(nb * quant::act_block_bytes(t));
+      quant::quantize_acts(t, x.data(), acts.data(), n);
+      CHECK(std::isnan(quant::block_dot_ref(t, row.data(), acts.data(), nb)));
+    }
   }
 }

@@ -33,6 +33,7 @@
 #include "tools/chat_session.h"
 #include "tools/kv_flags.h"
 #include "tools/commands.h"
+#include "tools/flag_checks.h"
 
 namespace defkv::cli {
 namespace {
@@ -323,9 +324,10 @@ Handler register_chat(CLI::App& app) {
                   "Chat template: auto (the GGUF's tokenizer.chat_template), a format (chatml, qwen3, llama2, "
                   "llama3, zephyr, phi3, gemma, plain) or a file holding a Jinja chat template");
   sub->add_flag("--no-think", o->no_think, "Qwen3: answer without reasoning (enable_thinking = false)");
-  sub->add_option("-n,--n-predict", o->n_predict, "Maximum tokens per reply");
+  sub->add_option("-n,--n-predict", o->n_predict, "Maximum tokens per reply")->check(non_negative());
   sub->add_option("-t,--threads", o->n_threads, "Threads (0: default)");
-  sub->add_option("-c,--ctx", o->n_ctx, "Positions per conversation (default: model's, 32768 with a KV budget)");
+  sub->add_option("-c,--ctx", o->n_ctx, "Positions per conversation (default: model's, 32768 with a KV budget)")
+      ->check(non_negative());
   KvFlagSet kv_set;
   kv_set.ratio_help = "the first turn (system prompt and first message)";
   add_kv_flags(sub, o->kv, kv_set);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tools/commands.h"
+#include "tools/flag_checks.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"defkv: LLM inference on CPUs with a bounded, DefensiveKV-evicted KV cache"};
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
   add(defkv::cli::register_chat);
   add(defkv::cli::register_eval);
   add(defkv::cli::register_tokenize);
+  defkv::cli::check_numeric_flags(app);
 
   // CLI11 reports an unknown first word only as "a subcommand is required";
   // name it instead.

@@ -181,6 +181,10 @@ defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_stat
     return fail(c, DEFKV_ERR_INVALID_ARGUMENT, where + api_field(e.field) + " " + e.rest);
   } catch (const engine::StateMismatch& e) {
     return fail(c, DEFKV_ERR_MISMATCH, where + e.what());
+  } catch (const engine::NumericError& e) {
+    return fail(c, DEFKV_ERR_NUMERIC, where + e.what());
+  } catch (const engine::ResourceError& e) {
+    return fail(c, DEFKV_ERR_OUT_OF_MEMORY, where + e.what());
   } catch (const gguf::Error& e) {
     return fail(c, DEFKV_ERR_FORMAT, where + e.what());
   } catch (const kv::CacheFull& e) {
@@ -271,6 +275,15 @@ void check_cancel(const defkv_context* c) {
 }
 
 defkv_status load_model(std::unique_ptr<ModelImpl> impl, std::unique_ptr<gguf::File> file, defkv_model** out) {
+  // The weights are re-laid out for the kernels at load (a resident copy of
+  // about their size): a model larger than memory is refused before that
+  // copy gets the process killed.
+  uint64_t weight_bytes = 0;
+  for (const gguf::TensorInfo& t : file->tensors()) weight_bytes += t.size_bytes;
+  const uint64_t mem = engine::usable_memory_bytes();
+  if (mem && weight_bytes > mem)
+    raise(DEFKV_ERR_OUT_OF_MEMORY, "the model's weights take " + std::to_string(weight_bytes) +
+                                       " bytes, more than the " + std::to_string(mem) + " bytes of memory here");
   impl->model = model::Model::from_file(std::move(file));
   impl->tok = text::Tokenizer::from_gguf(impl->model->file());
   if (impl->tok->n_vocab() != impl->model->config().n_vocab)
@@ -415,6 +428,7 @@ const char* defkv_status_name(defkv_status s) {
     case DEFKV_ERR_OUT_OF_MEMORY: return "DEFKV_ERR_OUT_OF_MEMORY";
     case DEFKV_ERR_BUSY: return "DEFKV_ERR_BUSY";
     case DEFKV_ERR_INTERNAL: return "DEFKV_ERR_INTERNAL";
+    case DEFKV_ERR_NUMERIC: return "DEFKV_ERR_NUMERIC";
   }
   return "unknown status";
 }
@@ -893,6 +907,12 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
       ctx->last_stop = DEFKV_STOP_CANCELLED;
       flush();
       throw;
+    } catch (const engine::NumericError&) {
+      ctx->pending = -1;  // the token whose step failed is dropped, and there are no logits
+      ctx->have_logits = false;
+      ctx->last_stop = DEFKV_STOP_ERROR;
+      flush();
+      throw;
     } catch (...) {
       ctx->have_logits = ctx->pending < 0;
       ctx->last_stop = DEFKV_STOP_ERROR;
@@ -931,6 +951,9 @@ defkv_status defkv_decode(defkv_context* ctx, int32_t token) {
       const uint32_t past0 = e.n_past();
       try {
         e.step(t);
+      } catch (const engine::NumericError&) {
+        ctx->have_logits = false;  // the step overwrote the logits, and was rolled back
+        throw;
       } catch (...) {
         if (e.n_past() > past0) ctx->have_logits = true;
         throw;
@@ -942,6 +965,9 @@ defkv_status defkv_decode(defkv_context* ctx, int32_t token) {
       check_cancel(ctx);
       try {
         feed(t);
+      } catch (const engine::NumericError&) {
+        ctx->pending = -1;  // dropped: feeding it again would fail again
+        throw;
       } catch (...) {
         if (ctx->have_logits) ctx->pending = -1;
         throw;

@@ -100,7 +100,14 @@ typedef enum defkv_status {
   DEFKV_ERR_CANCELLED = 9,          /* defkv_cancel() or a callback stopped the call */
   DEFKV_ERR_OUT_OF_MEMORY = 10,
   DEFKV_ERR_BUSY = 11,              /* another call on this context is running */
-  DEFKV_ERR_INTERNAL = 12           /* a bug: please report the message */
+  DEFKV_ERR_INTERNAL = 12,          /* a bug: please report the message */
+  DEFKV_ERR_NUMERIC = 13            /* the model produced NaN/Inf logits (the message names the
+                                       position and token). The batch that produced them is not
+                                       kept (earlier prefill chunks are; a pending token is
+                                       dropped) and there are no logits to sample from until the
+                                       next successful eval/decode. The weights are broken: models
+                                       whose norm weights or biases hold NaN/Inf are refused at
+                                       load with DEFKV_ERR_FORMAT; matrices are not scanned */
 } defkv_status;
 
 typedef struct defkv_model defkv_model;
@@ -314,7 +321,11 @@ typedef struct defkv_context_params {
 /* Fills *p with the defaults and sets struct_size. */
 DEFKV_API void defkv_context_params_init(defkv_context_params* p);
 /* Allocates the whole context (KV pool, scratch) now; no allocation grows
- * with the conversation afterwards. */
+ * with the conversation afterwards. A context that needs more memory than
+ * the machine has (RAM, or the cgroup's memory.max) is refused before
+ * allocating: DEFKV_ERR_OUT_OF_MEMORY, the message giving the bytes needed
+ * and the bytes there are. Model loading does the same for weights that
+ * exceed memory. */
 DEFKV_API defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params,
                                             defkv_context** out);
 DEFKV_API defkv_status defkv_context_free(defkv_context* ctx);

@@ -17,19 +17,53 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// Index of the first NaN or infinity in x[0, n), else n. Reads the exponent
+// bits, so it holds under any floating-point flags; one pass over the logits
+// costs a few microseconds against a forward pass of milliseconds.
+size_t first_non_finite(const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, sizeof b);
+    if ((b & 0x7f800000u) == 0x7f800000u) return i;
+  }
+  return n;
+}
+
 }  // namespace
 
 Context::Context(const model::Model& model, const ContextParams& params)
     : model_(model), params_(params), plan_(plan_context(model.config(), params)), budget_(plan_.budget) {
   const model::Config& mc = model.config();
   const kv::CacheConfig& cc = plan_.cache;
-  cache_ = std::make_unique<kv::KvCache>(cc);
+  // The pool is written in full at creation: one larger than memory would
+  // get the process killed rather than fail, so it is refused here.
+  // So are the RoPE tables (cos and sin for every position).
+  const uint64_t kv_bytes = kv::KvCache::pool_bytes(cc), mem = usable_memory_bytes();
+  const uint64_t rope_bytes = 2ull * plan_.n_ctx * (mc.n_rot / 2) * sizeof(float);
+  const std::string sizes = "(n_ctx = " + std::to_string(plan_.n_ctx) + ": KV pool of " + std::to_string(kv_bytes) +
+                            " bytes for " + std::to_string(cc.capacity_entries) + " entries of " +
+                            std::to_string(mc.n_layer) + " layers x " + std::to_string(mc.n_head_kv) +
+                            " KV heads, RoPE tables of " + std::to_string(rope_bytes) + " bytes)";
+  const uint64_t need = kv_bytes + rope_bytes;
+  if (mem && (need > mem || kv_bytes == UINT64_MAX))
+    throw ResourceError("context: needs " + std::to_string(need) + " bytes " + sizes + ", more than the " +
+                        std::to_string(mem) + " bytes of memory here; lower n_ctx (or set a KV budget)");
+  try {
+    cache_ = std::make_unique<kv::KvCache>(cc);
+  } catch (const std::bad_alloc&) {
+    throw ResourceError("context: allocating " + std::to_string(need) + " bytes " + sizes +
+                        " failed; lower n_ctx (or set a KV budget)");
+  }
   if (params_.kv_mem_bytes && cache_->bytes_reserved() > uint64_t(*params_.kv_mem_bytes))
     throw std::logic_error("context: KV pool of " + std::to_string(cache_->bytes_reserved()) +
                            " bytes exceeds kv_mem_bytes " + std::to_string(*params_.kv_mem_bytes) +
                            " (per-entry size estimate is off)");
-  ws_ = std::make_unique<model::Workspace>(mc, plan_.chunk, plan_.n_ctx, params_.n_threads, cc.page_tokens,
-                                           plan_.n_aux);
+  try {
+    ws_ = std::make_unique<model::Workspace>(mc, plan_.chunk, plan_.n_ctx, params_.n_threads, cc.page_tokens,
+                                             plan_.n_aux);
+  } catch (const std::bad_alloc&) {
+    throw ResourceError("context: allocating the model's scratch " + sizes + " failed; lower n_ctx");
+  }
   ws_->reserve_runs(size_t(cc.capacity_entries / cc.page_tokens) + mc.n_head_kv);
   pos_buf_.resize(plan_.chunk);
   logits_.resize(mc.n_vocab);
@@ -152,12 +186,27 @@ void Context::run_batch(const int32_t* tokens, uint32_t n, float* logits, bool a
   hooks.observer = plan_.budgeted ? recorder_.get() : nullptr;
   hooks.cancel = cancel_;
   recorder_->defer_next(defer);
-  if (cancel_) recorder_->save_ring(first, n);
+  recorder_->save_ring(first, n);
   try {
     model_.forward(tokens, pos_buf_.data(), n, *cache_, *ws_, hooks, logits, all);
   } catch (const model::Cancelled&) {
     rollback_batch(first, n);  // cache and query ring as before this batch
     throw;
+  }
+  if (logits) {  // rows: every token's (all) or the last token's
+    const size_t V = model_.config().n_vocab, rows = all ? n : 1;
+    for (size_t r = 0; r < rows; ++r) {
+      const float* row = logits + r * V;
+      const size_t i = first_non_finite(row, V);
+      if (i == V) continue;
+      const uint32_t pos = first + uint32_t(all ? r : n - 1);
+      rollback_batch(first, n);
+      throw NumericError("non-finite logits (" + std::string(row[i] != row[i] ? "NaN" : "Inf") + " for token id " +
+                             std::to_string(i) + ") at position " + std::to_string(pos) + " (input token " +
+                             std::to_string(tokens[pos - first]) +
+                             "): the model's weights hold or produce NaN/Inf; the batch was not kept",
+                         pos);
+    }
   }
   recorder_->commit_batch();
   n_past_ += n;

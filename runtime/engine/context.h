@@ -23,6 +23,7 @@
 #include <memory>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "runtime/engine/evict_round.h"
@@ -37,6 +38,15 @@ namespace defkv::engine {
 // A saved state that does not fit this context (other model geometry or KV parameters).
 struct StateMismatch : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+
+// The model produced a NaN or an infinity among the logits of `position`
+// (weights that overflow, or hold NaN/Inf). The batch that produced it is
+// rolled back: the context is as it was before that batch (earlier chunks of
+// a prompt stay), with no logits to sample from.
+struct NumericError : std::runtime_error {
+  NumericError(const std::string& what, uint32_t pos) : std::runtime_error(what), position(pos) {}
+  uint32_t position;
 };
 
 struct Stats {

@@ -82,7 +82,7 @@ void Context::rollback_batch(uint32_t first_pos, uint32_t n) {
       for (uint32_t i = 0; i < sz; ++i) keep[i] = pos[i] < int32_t(first_pos);
       cache_->retain(l, hk, keep.data());
     }
-  if (cancel_) recorder_->restore_ring(first_pos, n);  // saved by run_batch()
+  recorder_->restore_ring(first_pos, n);  // saved by run_batch()
 }
 
 void Context::save_state(std::vector<uint8_t>& out) {

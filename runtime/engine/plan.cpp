@@ -1,8 +1,11 @@
 // Parameter validation and planning (params.h, plan.h).
 #include "runtime/engine/plan.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <string>
 
 namespace defkv::engine {
@@ -178,6 +181,16 @@ Plan plan_context(const model::Config& mc, const ContextParams& p) {
   cc.capacity_entries = round_up((per_head + p.page_tokens) * HL, p.page_tokens) +
                         window_pool_entries(mc, pl.layer_window, pl.n_ctx, p.page_tokens, pl.chunk);
   return pl;
+}
+
+uint64_t usable_memory_bytes() {
+  uint64_t ram = 0;
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) ram = uint64_t(pages) * uint64_t(page);
+  std::ifstream in("/sys/fs/cgroup/memory.max");  // cgroup v2; "max" when unlimited
+  uint64_t limit = 0;
+  if (in >> limit && limit > 0 && (ram == 0 || limit < ram)) ram = limit;
+  return ram;
 }
 
 }  // namespace defkv::engine

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "runtime/engine/params.h"
@@ -65,5 +66,15 @@ uint64_t window_pool_entries(const model::Config& mc, const std::vector<uint32_t
 // the model: a kv_mem_bytes budget must fit) and computes the plan. Throws
 // ParamError / std::invalid_argument with a message naming the parameter.
 Plan plan_context(const model::Config& mc, const ContextParams& p);
+
+// Memory this process may use: physical RAM, or the cgroup's memory.max when
+// that is lower; 0 when unknown.
+uint64_t usable_memory_bytes();
+
+// A context or model that cannot fit in memory: the message gives the bytes
+// it needs and the bytes there are.
+struct ResourceError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 }  // namespace defkv::engine

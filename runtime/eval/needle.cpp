@@ -18,12 +18,20 @@ using json = nlohmann::json;
   throw std::runtime_error(name + ":" + std::to_string(line) + ": " + msg);
 }
 
+// An integer field in [lo, hi]; values beyond int64 (JSON unsigned) are out
+// of range too, never wrapped.
+int64_t int_field(const json& o, const char* key, int64_t lo, int64_t hi, const char* what,
+                  const std::string& name, size_t line) {
+  const json& v = o[key];
+  const bool fits = v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX));
+  if (!fits || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+    fail(name, line, std::string("field \"") + key + "\" must be " + what);
+  return v.get<int64_t>();
+}
+
 uint32_t positive_int(const json& o, const char* key, const std::string& name, size_t line) {
   if (!o.contains(key)) fail(name, line, std::string("missing field \"") + key + "\"");
-  const json& v = o[key];
-  if (!v.is_number_integer() || v.get<int64_t>() <= 0 || v.get<int64_t>() > int64_t(UINT32_MAX))
-    fail(name, line, std::string("field \"") + key + "\" must be a positive integer");
-  return uint32_t(v.get<int64_t>());
+  return uint32_t(int_field(o, key, 1, UINT32_MAX, "a positive integer (< 2^32)", name, line));
 }
 
 // The answer's digit tokens: the first run of tokens at or after the needle's
@@ -75,7 +83,7 @@ std::vector<NeedleTask> parse_needle_tasks(std::istream& in, const std::string& 
     json o;
     try {
       o = json::parse(s);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
       fail(name, line, std::string("malformed JSON (") + e.what() + ")");
     }
     if (!o.is_object()) fail(name, line, "expected a JSON object per line");
@@ -93,18 +101,11 @@ std::vector<NeedleTask> parse_needle_tasks(std::istream& in, const std::string& 
       fail(name, line, "missing number field \"needle_depth\"");
     t.needle_depth = o["needle_depth"].get<double>();
     if (!(t.needle_depth >= 0 && t.needle_depth <= 1)) fail(name, line, "\"needle_depth\" must be in [0, 1]");
-    if (o.contains("n_needles")) {
-      if (!o["n_needles"].is_number_integer()) fail(name, line, "\"n_needles\" must be an integer");
-      t.n_needles = uint32_t(o["n_needles"].get<int64_t>());
-    }
-    if (o.contains("needle_token_pos")) {
-      if (!o["needle_token_pos"].is_number_integer()) fail(name, line, "\"needle_token_pos\" must be an integer");
-      t.needle_token_pos = o["needle_token_pos"].get<int64_t>();
-    }
-    if (o.contains("seed")) {
-      if (!o["seed"].is_number_integer()) fail(name, line, "\"seed\" must be an integer");
-      t.seed = o["seed"].get<int64_t>();
-    }
+    if (o.contains("n_needles"))
+      t.n_needles = uint32_t(int_field(o, "n_needles", 0, UINT32_MAX, "an integer in [0, 2^32)", name, line));
+    if (o.contains("needle_token_pos"))
+      t.needle_token_pos = int_field(o, "needle_token_pos", -1, INT64_MAX, "an integer >= -1 (-1: unknown)", name, line);
+    if (o.contains("seed")) t.seed = int_field(o, "seed", INT64_MIN, INT64_MAX, "a 64-bit integer", name, line);
     tasks.push_back(std::move(t));
   }
   if (tasks.empty()) throw std::runtime_error(name + ": no tasks (empty file?)");

@@ -317,6 +317,18 @@ void KvCache::gather(uint32_t layer, uint32_t head, float* k_out, float* v_out,
 
 size_t KvCache::bytes_reserved() const { return size_t(n_pages_) * page_bytes_; }
 
+uint64_t KvCache::pool_bytes(const CacheConfig& cfg) {
+  if (cfg.page_tokens == 0) return 0;
+  // The page layout of the constructor: K rows, V rows, positions, aux.
+  const uint64_t row = quant::row_bytes(cfg.type, align_up(cfg.head_dim, quant::block_elems(cfg.type)));
+  const uint64_t P = cfg.page_tokens;
+  const uint64_t page = 2 * align_up(P * row, kAlignBytes) + align_up(P * sizeof(int32_t), kAlignBytes) +
+                        align_up(P * cfg.n_aux * sizeof(float), kAlignBytes);
+  const uint64_t pages = cfg.capacity_entries / P + (cfg.capacity_entries % P != 0);
+  if (page != 0 && pages > UINT64_MAX / page) return UINT64_MAX;
+  return pages * page;
+}
+
 size_t KvCache::bytes_in_use() const { return size_t(n_pages_ - n_free_) * page_bytes_; }
 
 uint64_t KvCache::pages_free() const { return n_free_; }

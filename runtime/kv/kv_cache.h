@@ -57,6 +57,9 @@ struct Run {
 class KvCache {
  public:
   explicit KvCache(const CacheConfig& cfg);  // allocates the whole pool
+  // Bytes the pool of a cache with this config takes (what bytes_reserved()
+  // will say), computed without allocating; saturates at UINT64_MAX.
+  static uint64_t pool_bytes(const CacheConfig& cfg);
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
 

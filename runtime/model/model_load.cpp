@@ -8,6 +8,7 @@
 // factors) is refused by name instead of being silently ignored.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -158,17 +159,35 @@ const float* Model::vec(const std::string& name, uint64_t n, size_t* bytes, bool
               ", expected [" + std::to_string(n) + "]");
   *bytes += t->size_bytes;
   used_.insert(name);
-  if (t->type == uint32_t(quant::DType::f32)) return reinterpret_cast<const float*>(t->data);
-  if (t->type != uint32_t(quant::DType::f16) && t->type != uint32_t(quant::DType::bf16))
+  if (t->type != uint32_t(quant::DType::f32) && t->type != uint32_t(quant::DType::f16) &&
+      t->type != uint32_t(quant::DType::bf16))
     throw err("tensor '" + name + "' has unsupported type " + gguf::tensor_type_name(t->type) +
               " for a vector (supported: f32, f16, bf16)");
-  converted_.emplace_back(n);  // a deque: earlier pointers stay valid
-  quant::to_f32(quant::DType(t->type), t->data, converted_.back().data(), n);
-  return converted_.back().data();
+  const float* v = reinterpret_cast<const float*>(t->data);
+  if (t->type != uint32_t(quant::DType::f32)) {
+    converted_.emplace_back(n);  // a deque: earlier pointers stay valid
+    quant::to_f32(quant::DType(t->type), t->data, converted_.back().data(), n);
+    v = converted_.back().data();
+  }
+  // Norm weights and biases reach every activation: a NaN/Inf here makes
+  // every output non-finite. They are small, so they are checked at load.
+  for (uint64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i]))
+      throw err("tensor '" + name + "' holds a non-finite value (" + std::to_string(v[i]) + ") at index " +
+                std::to_string(i));
+  return v;
 }
 
 void Model::init() {
   const gguf::File& f = *file_;
+  // Weights are read in place as floats, halves and blocks: every tensor must
+  // start 4-byte aligned (a general.alignment below 4, or a buffer given at an
+  // odd address, breaks that).
+  for (const gguf::TensorInfo& t : f.tensors())
+    if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0)
+      throw err("tensor '" + t.name + "' starts at byte " + std::to_string(t.data - f.bytes().data()) +
+                " of the file, not 4-byte aligned in memory (general.alignment = " + std::to_string(f.alignment()) +
+                "); weights must be at least 4-byte aligned");
   if (!f.find("general.architecture"))
     throw err("missing key general.architecture (supported: " + arch_list() + ")");
   const std::string& arch = f.get_string("general.architecture");
@@ -203,6 +222,11 @@ void Model::init() {
   c.arch = arch;
   c.n_embd = u32(a + "embedding_length");
   c.n_layer = u32(a + "block_count");
+  // Every layer has tensors of its own: a block count the file cannot hold is
+  // refused before anything is sized by it.
+  if (c.n_layer > f.tensors().size())
+    throw err("key " + a + "block_count = " + std::to_string(c.n_layer) + ", but the file has " +
+              std::to_string(f.tensors().size()) + " tensors in all");
   c.n_head = u32(a + "attention.head_count");
   c.n_head_kv = f.find(a + "attention.head_count_kv") ? u32(a + "attention.head_count_kv") : c.n_head;
   c.n_ff = u32(a + "feed_forward_length");
