@@ -28,9 +28,10 @@ enum class ValueType : uint32_t {
 };
 const char* value_type_name(ValueType t);
 
-// ggml tensor type ids. Only f32, f16, bf16 and q8_0 (weights) and i32 (test
-// vectors, e.g. eviction keep masks) are supported; others are recognised by
-// name for error messages.
+// ggml tensor type ids. The weight types quant/ reads (f32, f16, bf16, q8_0,
+// q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K) and i32 (test vectors, e.g.
+// eviction keep masks) are listed; others are recognised by name for error
+// messages.
 enum class TensorType : uint32_t {
   f32 = 0,
   f16 = 1,
