@@ -27,6 +27,15 @@ quant::Matrix matrix(const gguf::File& f, const std::string& name) {
 
 uint64_t matrix_bytes(const quant::Matrix& m) { return uint64_t(m.rows) * quant::row_bytes(m.type, m.cols); }
 
+// Rows [r0, r0 + n) of m: one part of a fused tensor (phi3's attn_qkv, [gate; up] ffn_up).
+quant::Matrix row_range(const quant::Matrix& m, size_t r0, size_t n) {
+  if (r0 + n > m.rows) throw std::runtime_error("a fused tensor has fewer rows than its parts need");
+  quant::Matrix part = m;
+  part.data = static_cast<const uint8_t*>(m.data) + r0 * quant::row_bytes(m.type, m.cols);
+  part.rows = n;
+  return part;
+}
+
 }  // namespace
 
 GgufWeights GgufWeights::open(const std::string& path) {
@@ -38,15 +47,40 @@ GgufWeights GgufWeights::open(const std::string& path) {
   w.n_embd = uint32_t(w.token_embd.cols);
   w.tied_output = f.find_tensor("output.weight") == nullptr;
   w.output = w.tied_output ? w.token_embd : matrix(f, "output.weight");
-  for (uint32_t l = 0; f.find_tensor("blk." + std::to_string(l) + ".attn_q.weight"); ++l) {
+  const auto has = [&f](uint32_t l, const char* name) {
+    return f.find_tensor("blk." + std::to_string(l) + "." + name) != nullptr;
+  };
+  for (uint32_t l = 0; has(l, "attn_q.weight") || has(l, "attn_qkv.weight"); ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
-    w.layers.push_back({matrix(f, p + "attn_q.weight"), matrix(f, p + "attn_k.weight"),
-                        matrix(f, p + "attn_v.weight"), matrix(f, p + "attn_output.weight"),
-                        matrix(f, p + "ffn_gate.weight"), matrix(f, p + "ffn_up.weight"),
-                        matrix(f, p + "ffn_down.weight")});
+    std::array<quant::Matrix, 7> L;
+    if (has(l, "attn_q.weight")) {
+      L[0] = matrix(f, p + "attn_q.weight");
+      L[1] = matrix(f, p + "attn_k.weight");
+      L[2] = matrix(f, p + "attn_v.weight");
+    } else {  // fused [q; k; v]: q has W_o's column count of rows, k and v share the rest
+      const quant::Matrix qkv = matrix(f, p + "attn_qkv.weight");
+      const size_t q_rows = matrix(f, p + "attn_output.weight").cols;
+      if (qkv.rows <= q_rows || (qkv.rows - q_rows) % 2 != 0)
+        throw std::runtime_error("tensor " + p + "attn_qkv.weight: rows do not split into q, k, v");
+      const size_t kv_rows = (qkv.rows - q_rows) / 2;
+      L[0] = row_range(qkv, 0, q_rows);
+      L[1] = row_range(qkv, q_rows, kv_rows);
+      L[2] = row_range(qkv, q_rows + kv_rows, kv_rows);
+    }
+    L[3] = matrix(f, p + "attn_output.weight");
+    if (has(l, "ffn_gate.weight")) {
+      L[4] = matrix(f, p + "ffn_gate.weight");
+      L[5] = matrix(f, p + "ffn_up.weight");
+    } else {  // fused [gate; up]
+      const quant::Matrix gu = matrix(f, p + "ffn_up.weight");
+      L[4] = row_range(gu, 0, gu.rows / 2);
+      L[5] = row_range(gu, gu.rows / 2, gu.rows / 2);
+    }
+    L[6] = matrix(f, p + "ffn_down.weight");
+    w.layers.push_back(L);
   }
   w.n_layer = uint32_t(w.layers.size());
-  if (w.n_layer == 0) throw std::runtime_error(path + ": no blk.0.attn_q.weight (not a llama model?)");
+  if (w.n_layer == 0) throw std::runtime_error(path + ": no blk.0.attn_q.weight or blk.0.attn_qkv.weight (not a transformer GGUF?)");
   return w;
 }
 
