@@ -372,7 +372,12 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   const size_t nsb = w0.cols / kQK_K;
   ActQ8K* acts_k = q4k ? grow_scratch<ActQ8K, 3>(n_tokens * nsb) : nullptr;
   auto quantize = [&](size_t t) {
+#if DEFKV_SIMD_X86
+    // only reached with the packed kernel, i.e. on AVX-512 VNNI
+    if (q4k) detail::avx512_quantize_q8k(x + t * w0.cols, acts_k + t * nsb, nsb);
+#else
     if (q4k) quantize_acts(w0.type, x + t * w0.cols, acts_k + t * nsb, w0.cols);
+#endif
     else quantize_token(x, w0.cols, t, scratch);
   };
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;

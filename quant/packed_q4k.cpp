@@ -35,7 +35,7 @@ void pack_q4k(const Matrix& w, uint8_t* out) {
           uint8_t sc, m;
           k4_scale_min(j, b.scales, &sc, &m);
           p[kQ4KScalesOffset + j * 16 + r] = sc;
-          p[kQ4KMinsOffset + j * 16 + r] = m;
+          p[kQ4KMinsOffset + (j / 2) * 32 + r * 2 + j % 2] = m;
           for (size_t k = 0; k < 4; ++k)
             for (size_t i = 0; i < 4; ++i)
               p[j * 256 + k * 64 + r * 4 + i] = uint8_t(q[32 * j + 4 * k + i] | (q[32 * j + 16 + 4 * k + i] << 4));

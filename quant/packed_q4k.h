@@ -5,7 +5,7 @@
 //   qs   [8 sub-blocks][4][16 rows][4]  one byte holds two quants: low nibble
 //        W[r, 32j + 4k + i], high nibble W[r, 32j + 16 + 4k + i] (2048 B)
 //   sc   [8][16] u8  6-bit scales of sub-block j, row r    (128 B)
-//   mn   [8][16] u8  6-bit mins                            (128 B)
+//   mn   [4][16 rows][2] u8  6-bit mins of sub-blocks 2p, 2p + 1 (128 B)
 //   d    [16] fp16, dmin [16] fp16                         (64 B)
 // 2368 B per 16 x 256 weights, the size of the 16 original Q4_K blocks (+64 B).
 // Rows past W.rows are zero (zero scales).
@@ -54,5 +54,9 @@ void avx512vnni_packed_q6k_tile(const uint8_t* w, size_t rows, size_t nsb, const
                                 size_t g0, size_t g1, size_t t0, size_t t1);
 void avx512vnni_packed_q4k_tile(const uint8_t* w, size_t rows, size_t nsb, const ActQ8K* x, float* y, size_t ldy,
                                 size_t g0, size_t g1, size_t t0, size_t t1);
+
+// quantize_acts for the K-quants (Q8_K blocks), bit-identical, with AVX-512
+// (packed_q4k_avx512vnni.cpp; only where simd::cpu_features().avx512).
+void avx512_quantize_q8k(const float* x, ActQ8K* y, size_t nb);
 
 }  // namespace defkv::quant::detail

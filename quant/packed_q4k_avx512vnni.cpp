@@ -1,12 +1,14 @@
 // Packed Q4_K and Q6_K (quant::Packed) on AVX-512 VNNI. Q4_K: G groups of 16 rows x T
 // tokens per micro-kernel, one zmm lane per row. Per 32-column sub-block j the
-// 4-bit quants (unsigned 0..15) take 8 vpdpbusd against broadcast int8
-// activations (exact int32 sub-block dots), which are scaled by the rows'
-// 6-bit scales (vpmulld) into one int32 sum per super-block; the mins term
-// sum_j m_j * (sum of the activations of sub-block j) is an int32 sum too.
-// Per super-block: y += d_w * d_x * sum - dmin_w * d_x * minsum (the
-// arithmetic of block_dot_ref for Q4_K, up to float rounding).
-// Layout: see packed_q4k.h.
+// 4-bit quants take 8 vpdpbusd against broadcast int8 activations: the low
+// nibbles (v & 0x0F) and the high nibbles in place (v & 0xF0, i.e. 16 x the
+// quant) go to two int32 dots, so the unpack is one and per nibble and the two
+// dependency chains alternate; dot_j = lo + hi / 16 exactly. The dots are
+// scaled by the rows' 6-bit scales (vpmulld) into one int32 sum per
+// super-block; the mins term sum_j m_j * (sum of the activations of sub-block
+// j) takes 4 vpdpwssd (min pairs x block-sum pairs). Per super-block:
+// y += d_w * d_x * sum - dmin_w * d_x * minsum (the arithmetic of
+// block_dot_ref for Q4_K, up to float rounding). Layout: see packed_q4k.h.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -17,34 +19,49 @@
 namespace defkv::quant::detail {
 namespace {
 
+// Decode streams every group's weights once: at sub-block j each group
+// prefetches the cache lines [n * j, n * (j + 1)) of its next super-block
+// (n = an eighth of a super-block's lines, rounded up; the last step runs a
+// few lines into the one after, which is harmless), so the prefetches spread
+// over the super-block instead of queueing up at its start.
+template <size_t Bytes>
+inline void prefetch_step(const uint8_t* next, int j) {
+  constexpr size_t per_step = (Bytes / 64 + 7) / 8;
+  const uint8_t* p = next + size_t(j) * per_step * 64;
+  for (size_t l = 0; l < per_step; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + l * 64), _MM_HINT_T0);
+}
+
+// The block sums of sub-blocks 2p and 2p + 1 (32 activations each) as an i16 pair.
+inline int32_t q4k_bsum_pair(const ActQ8K& a, int p) {
+  const int s0 = int(a.bsums[4 * p]) + int(a.bsums[4 * p + 1]);
+  const int s1 = int(a.bsums[4 * p + 2]) + int(a.bsums[4 * p + 3]);
+  return int32_t(uint32_t(uint16_t(s0)) | (uint32_t(uint16_t(s1)) << 16));
+}
+
 template <int G, int T>
 void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy, __mmask16 last_mask) {
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int u = 0; u < T; ++u) acc[g][u] = _mm512_setzero_ps();
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), high4 = _mm512_set1_epi8(char(0xF0));
   for (size_t sb = 0; sb < nsb; ++sb) {
-    __m512i isum[G][T], msum[G][T];
+    __m512i isum[G][T];
     for (int g = 0; g < G; ++g)
-      for (int u = 0; u < T; ++u) isum[g][u] = msum[g][u] = _mm512_setzero_si512();
+      for (int u = 0; u < T; ++u) isum[g][u] = _mm512_setzero_si512();
     const uint8_t* wb[G];
     for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * kQ4KPackedBytes;
-    if constexpr (T == 1) {
-      // decode streams the weights: fetch the next super-block of each group
-      for (int g = 0; g < G; ++g)
-        for (size_t l = 0; l < kQ4KPackedBytes; l += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(wb[g] + kQ4KPackedBytes + l), _MM_HINT_T0);
-    }
     for (int j = 0; j < 8; ++j) {
-      __m512i idot[G][T];
+      if constexpr (T == 1)
+        for (int g = 0; g < G; ++g) prefetch_step<kQ4KPackedBytes>(wb[g] + kQ4KPackedBytes, j);
+      __m512i dlo[G][T], dhi[G][T];
       for (int g = 0; g < G; ++g)
-        for (int u = 0; u < T; ++u) idot[g][u] = _mm512_setzero_si512();
+        for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
       for (int k = 0; k < 4; ++k) {
         __m512i lo[G], hi[G];
         for (int g = 0; g < G; ++g) {
           const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(k) * 64);
           lo[g] = _mm512_and_si512(v, low4);
-          hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+          hi[g] = _mm512_and_si512(v, high4);
         }
         for (int u = 0; u < T; ++u) {
           const int8_t* xq = x[u][sb].qs + 32 * j + 4 * k;
@@ -53,21 +70,31 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
           std::memcpy(&b, xq + 16, 4);
           const __m512i xa = _mm512_set1_epi32(a), xb = _mm512_set1_epi32(b);
           for (int g = 0; g < G; ++g) {
-            idot[g][u] = _mm512_dpbusd_epi32(idot[g][u], lo[g], xa);
-            idot[g][u] = _mm512_dpbusd_epi32(idot[g][u], hi[g], xb);
+            dlo[g][u] = _mm512_dpbusd_epi32(dlo[g][u], lo[g], xa);
+            dhi[g][u] = _mm512_dpbusd_epi32(dhi[g][u], hi[g], xb);
           }
         }
       }
       for (int g = 0; g < G; ++g) {
         const __m512i sc = _mm512_cvtepu8_epi32(
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[g] + kQ4KScalesOffset + size_t(j) * 16)));
-        const __m512i mn = _mm512_cvtepu8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[g] + kQ4KMinsOffset + size_t(j) * 16)));
         for (int u = 0; u < T; ++u) {
-          isum[g][u] = _mm512_add_epi32(isum[g][u], _mm512_mullo_epi32(idot[g][u], sc));
-          const int32_t bs = int32_t(x[u][sb].bsums[2 * j]) + int32_t(x[u][sb].bsums[2 * j + 1]);
-          msum[g][u] = _mm512_add_epi32(msum[g][u], _mm512_mullo_epi32(mn, _mm512_set1_epi32(bs)));
+          const __m512i dot = _mm512_add_epi32(dlo[g][u], _mm512_srai_epi32(dhi[g][u], 4));
+          isum[g][u] = _mm512_add_epi32(isum[g][u], _mm512_mullo_epi32(dot, sc));
         }
+      }
+    }
+    __m512i msum[G][T];
+    for (int g = 0; g < G; ++g)
+      for (int u = 0; u < T; ++u) msum[g][u] = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+      __m512i bs[T];
+      for (int u = 0; u < T; ++u) bs[u] = _mm512_set1_epi32(q4k_bsum_pair(x[u][sb], p));
+      for (int g = 0; g < G; ++g) {
+        // (m_2p, m_2p+1) of each row as an i16 pair in one dword
+        const __m512i mn = _mm512_cvtepu8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + kQ4KMinsOffset + size_t(p) * 32)));
+        for (int u = 0; u < T; ++u) msum[g][u] = _mm512_dpwssd_epi32(msum[g][u], mn, bs[u]);
       }
     }
     for (int g = 0; g < G; ++g) {
@@ -127,28 +154,61 @@ void avx512vnni_packed_q4k_tile(const uint8_t* w, size_t rows, size_t nsb, const
 // and 2j + 1), scaled by the rows' int8 scales (vpmulld); the -32 offset is
 // 32 * sum_k sc_k * bsums_k, one vpdpwssd per chunk (scale pairs x block-sum
 // pairs). Per super-block y += d_w * d_x * (isum - 32 * msum), the arithmetic
-// of block_dot_ref for Q6_K up to float rounding.
+// of block_dot_ref for Q6_K up to float rounding. A quant byte is built by
+// moving its two top bits to bits 4-5 (one 16-bit shift, and 0x30) and one
+// vpternlogd taking bits 0-3 from the nibble vector and bits 4-7 from those.
 namespace defkv::quant::detail {
 namespace {
+
+// The top-bit field k (bits 2k, 2k + 1 of each byte) moved to bits 4-5, the rest zero.
+template <int K>
+inline __m512i q6k_top_bits(__m512i h, __m512i mask30) {
+  if constexpr (K == 0) return _mm512_and_si512(_mm512_slli_epi16(h, 4), mask30);
+  else if constexpr (K == 1) return _mm512_and_si512(_mm512_slli_epi16(h, 2), mask30);
+  else if constexpr (K == 2) return _mm512_and_si512(h, mask30);
+  else return _mm512_and_si512(_mm512_srli_epi16(h, 2), mask30);
+}
+
+// (a & 0x0F) | top for every byte, top holding bits 4-5 only (vpternlogd "c ? a : b").
+inline __m512i q6k_merge(__m512i a, __m512i top, __m512i low4) { return _mm512_ternarylogic_epi32(a, top, low4, 0xE4); }
+
+template <int G, int T, int K>
+inline void q6k_step(const uint8_t* const* wb, const ActQ8K* const* x, size_t sb, int j, const __m512i* h0,
+                     const __m512i* h1, __m512i (&dlo)[G][T], __m512i (&dhi)[G][T]) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F), mask30 = _mm512_set1_epi8(0x30);
+  __m512i qa[G], qb[G];
+  for (int g = 0; g < G; ++g) {
+    const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(K) * 64);
+    qa[g] = q6k_merge(v, q6k_top_bits<K>(h0[g], mask30), low4);
+    qb[g] = q6k_merge(_mm512_srli_epi16(v, 4), q6k_top_bits<K>(h1[g], mask30), low4);
+  }
+  for (int u = 0; u < T; ++u) {
+    const int8_t* xq = x[u][sb].qs + 32 * j + 4 * K;
+    int32_t a, b;
+    std::memcpy(&a, xq, 4);
+    std::memcpy(&b, xq + 16, 4);
+    const __m512i xa = _mm512_set1_epi32(a), xb = _mm512_set1_epi32(b);
+    for (int g = 0; g < G; ++g) {
+      dlo[g][u] = _mm512_dpbusd_epi32(dlo[g][u], qa[g], xa);
+      dhi[g][u] = _mm512_dpbusd_epi32(dhi[g][u], qb[g], xb);
+    }
+  }
+}
 
 template <int G, int T>
 void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy, __mmask16 last_mask) {
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int u = 0; u < T; ++u) acc[g][u] = _mm512_setzero_ps();
-  const __m512i low4 = _mm512_set1_epi8(0x0F), three = _mm512_set1_epi8(3);
   for (size_t sb = 0; sb < nsb; ++sb) {
     __m512i isum[G][T], msum[G][T];
     for (int g = 0; g < G; ++g)
       for (int u = 0; u < T; ++u) isum[g][u] = msum[g][u] = _mm512_setzero_si512();
     const uint8_t* wb[G];
     for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * kQ6KPackedBytes;
-    if constexpr (T == 1) {
-      for (int g = 0; g < G; ++g)
-        for (size_t l = 0; l < kQ6KPackedBytes; l += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(wb[g] + kQ6KPackedBytes + l), _MM_HINT_T0);
-    }
     for (int j = 0; j < 8; ++j) {
+      if constexpr (T == 1)
+        for (int g = 0; g < G; ++g) prefetch_step<kQ6KPackedBytes>(wb[g] + kQ6KPackedBytes, j);
       __m512i dlo[G][T], dhi[G][T];
       for (int g = 0; g < G; ++g)
         for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
@@ -157,27 +217,10 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
         h0[g] = _mm512_loadu_si512(wb[g] + kQ6KHbOffset + size_t(j) * 128);
         h1[g] = _mm512_loadu_si512(wb[g] + kQ6KHbOffset + size_t(j) * 128 + 64);
       }
-      for (int k = 0; k < 4; ++k) {
-        __m512i qa[G], qb[G];
-        for (int g = 0; g < G; ++g) {
-          const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(k) * 64);
-          const __m512i ha = _mm512_and_si512(_mm512_srli_epi16(h0[g], unsigned(2 * k)), three);
-          const __m512i hb = _mm512_and_si512(_mm512_srli_epi16(h1[g], unsigned(2 * k)), three);
-          qa[g] = _mm512_or_si512(_mm512_and_si512(v, low4), _mm512_slli_epi16(ha, 4));
-          qb[g] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), low4), _mm512_slli_epi16(hb, 4));
-        }
-        for (int u = 0; u < T; ++u) {
-          const int8_t* xq = x[u][sb].qs + 32 * j + 4 * k;
-          int32_t a, b;
-          std::memcpy(&a, xq, 4);
-          std::memcpy(&b, xq + 16, 4);
-          const __m512i xa = _mm512_set1_epi32(a), xb = _mm512_set1_epi32(b);
-          for (int g = 0; g < G; ++g) {
-            dlo[g][u] = _mm512_dpbusd_epi32(dlo[g][u], qa[g], xa);
-            dhi[g][u] = _mm512_dpbusd_epi32(dhi[g][u], qb[g], xb);
-          }
-        }
-      }
+      q6k_step<G, T, 0>(wb, x, sb, j, h0, h1, dlo, dhi);
+      q6k_step<G, T, 1>(wb, x, sb, j, h0, h1, dlo, dhi);
+      q6k_step<G, T, 2>(wb, x, sb, j, h0, h1, dlo, dhi);
+      q6k_step<G, T, 3>(wb, x, sb, j, h0, h1, dlo, dhi);
       for (int g = 0; g < G; ++g) {
         // (sc_2j, sc_2j+1) of each row as an i16 pair in one dword
         const __m512i s16 = _mm512_cvtepi8_epi16(
@@ -230,6 +273,55 @@ void avx512vnni_packed_q6k_tile(const uint8_t* w, size_t rows, size_t nsb, const
     for (; g + 2 <= g1; g += 2) kQ6G2[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 1));
     for (; g < g1; ++g) kQ6G1[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g));
     t += tt;
+  }
+}
+
+}  // namespace defkv::quant::detail
+
+// ---- Q8_K activations -------------------------------------------------------------------
+namespace defkv::quant::detail {
+
+// quant_act_q8k (block_dot.cpp) vectorised, bit for bit: mx = the first value
+// of largest magnitude, iscale = -127 / mx, q = min(127, round-half-even(iscale
+// * x)) (vcvtps2dq under the default rounding mode equals nearest() for
+// |v| <= 127), bsums of 16 quants, d = 1 / iscale; a block with NaN or Inf gets
+// d = NaN and zero quants, an all-zero block zeros.
+void avx512_quantize_q8k(const float* x, ActQ8K* y, size_t nb) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 fmax = _mm512_set1_ps(3.4028235e38f);
+  for (size_t i = 0; i < nb; ++i, x += kQK_K) {
+    __m512 m = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (size_t c = 0; c < kQK_K; c += 16) {
+      const __m512 a = _mm512_and_ps(_mm512_loadu_ps(x + c), abs_mask);
+      bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);  // NaN or > FLT_MAX
+      m = _mm512_max_ps(m, a);
+    }
+    std::memset(&y[i], 0, sizeof(ActQ8K));
+    if (bad != 0) {
+      y[i].d = __builtin_nanf("");
+      continue;
+    }
+    const float amax = _mm512_reduce_max_ps(m);
+    if (amax == 0.0f) continue;
+    float mx = 0.0f;
+    const __m512 am = _mm512_set1_ps(amax);
+    for (size_t c = 0; c < kQK_K; c += 16) {
+      const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_loadu_ps(x + c), abs_mask), am, _CMP_EQ_OQ);
+      if (hit != 0) {
+        mx = x[c + size_t(__builtin_ctz(hit))];
+        break;
+      }
+    }
+    const float iscale = -127.0f / mx;
+    const __m512 is = _mm512_set1_ps(iscale);
+    const __m512i q127 = _mm512_set1_epi32(127);
+    for (size_t c = 0; c < kQK_K; c += 16) {
+      const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(is, _mm512_loadu_ps(x + c))), q127);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs + c), _mm512_cvtepi32_epi8(q));
+      y[i].bsums[c / 16] = int16_t(_mm512_reduce_add_epi32(q));
+    }
+    y[i].d = 1.0f / iscale;
   }
 }
 

@@ -24,6 +24,9 @@
 
 #include "quant/blocks.h"
 #include "quant/quant.h"
+#if defined(__x86_64__)
+#include "quant/packed_q4k.h"
+#endif
 #include "runtime/gguf/gguf.h"
 #include "simd/simd.h"
 
@@ -398,6 +401,39 @@ TEST_CASE("matmul_packed_multi shares the activations across Q4_K and Q6_K (and 
     }
   }
 }
+
+#if defined(__x86_64__)
+TEST_CASE("the AVX-512 Q8_K activation quantiser equals quantize_acts bit for bit", "[quant][blocks]") {
+  if (!simd::cpu_features().avx512) {
+    WARN("no AVX-512: the vectorised quantiser is not run here");
+    return;
+  }
+  std::mt19937 rng(41);
+  const size_t nb = 12;
+  auto x = randv(nb * quant::kQK_K, rng, 3.0f);
+  // block 1: the largest magnitude twice, negative first (the first one sets the sign)
+  x[256 + 10] = -9.5f;
+  x[256 + 200] = 9.5f;
+  // block 2: values on rounding ties (x * iscale = k + 0.5 for the scale -127 / 127)
+  for (size_t j = 0; j < quant::kQK_K; ++j) x[512 + j] = float(int(j % 64) - 32) + 0.5f;
+  x[512] = 127.0f;
+  // block 3 all zero, block 4 with a NaN, block 5 with an Inf
+  std::fill(x.begin() + 768, x.begin() + 1024, 0.0f);
+  x[1024 + 77] = std::numeric_limits<float>::quiet_NaN();
+  x[1280 + 3] = -std::numeric_limits<float>::infinity();
+  std::vector<quant::ActQ8K> want(nb), got(nb);
+  quant::quantize_acts(DType::q4_K, x.data(), want.data(), x.size());
+  quant::detail::avx512_quantize_q8k(x.data(), got.data(), nb);
+  for (size_t i = 0; i < nb; ++i) {
+    INFO("block " << i);
+    if (std::isnan(want[i].d)) CHECK(std::isnan(got[i].d));
+    else CHECK(got[i].d == want[i].d);
+    CHECK(std::memcmp(got[i].qs, want[i].qs, sizeof got[i].qs) == 0);
+    CHECK(std::memcmp(got[i].bsums, want[i].bsums, sizeof got[i].bsums) == 0);
+  }
+  CHECK(want[1].d > 0.0f);  // the first of the two 9.5s was negative
+}
+#endif
 
 TEST_CASE("matmul_ref, get_row and matmul_cols read low-bit rows exactly", "[quant][blocks]") {
   std::mt19937 rng(29);
