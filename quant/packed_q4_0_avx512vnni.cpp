@@ -6,6 +6,10 @@
 // A micro-kernel computes G groups x T tokens: per block, int32 accumulators
 // start at -8 * sum(x_q) (the level offset) and take 8 vpdpbusd (unsigned
 // levels x broadcast int8 activations), then one fma adds dot * d_w * d_x.
+// Decode (T = 1): the low nibbles (v & 0x0F) and the high ones in place
+// (v & 0xF0, 16 x the level) feed two accumulators, so the unpack is one and
+// per nibble; the dot is lo + hi / 16 exactly. Batches shift the high nibble
+// down instead (one accumulator: the 2 x 6 tile has no registers for two).
 // The activations are those of the packed q8_0 kernel (PackedActs: per
 // 32-block, d = amax/127, nearest even; corr = -128 * sum(q), so -8 * sum(q)
 // is corr / 16 exactly), the same as matmul()'s for q4_0.
@@ -28,12 +32,16 @@ void q4_0_micro(const uint8_t* qs, const uint16_t* d, size_t nb, const PackedAct
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int u = 0; u < T; ++u) acc[g][u] = _mm512_setzero_ps();
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  constexpr bool kSplit = T == 1;
+  const __m512i low4 = _mm512_set1_epi8(0x0F), high4 = _mm512_set1_epi8(char(0xF0));
   for (size_t b = 0; b < nb; ++b) {
-    __m512i ia[G][T];
+    __m512i ia[G][T], ih[G][T];
     for (int u = 0; u < T; ++u) {
       const __m512i c = _mm512_set1_epi32(x.corr[(t + size_t(u)) * nb + b] / 16);
-      for (int g = 0; g < G; ++g) ia[g][u] = c;
+      for (int g = 0; g < G; ++g) {
+        ia[g][u] = c;
+        ih[g][u] = _mm512_setzero_si512();
+      }
     }
     const uint8_t* wb = qs + b * kQ4GroupBytes;
     if constexpr (T == 1) {
@@ -47,7 +55,8 @@ void q4_0_micro(const uint8_t* qs, const uint16_t* d, size_t nb, const PackedAct
       for (int g = 0; g < G; ++g) {
         const __m512i v = _mm512_loadu_si512(wb + size_t(g) * nb * kQ4GroupBytes + size_t(k) * 64);
         lo[g] = _mm512_and_si512(v, low4);
-        hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        if constexpr (kSplit) hi[g] = _mm512_and_si512(v, high4);
+        else hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
       }
       for (int u = 0; u < T; ++u) {
         const int8_t* xq = x.qs + (t + size_t(u)) * cols + b * kQ4_0Cols + size_t(k) * 4;
@@ -57,7 +66,8 @@ void q4_0_micro(const uint8_t* qs, const uint16_t* d, size_t nb, const PackedAct
         const __m512i xa = _mm512_set1_epi32(a), xc = _mm512_set1_epi32(c);
         for (int g = 0; g < G; ++g) {
           ia[g][u] = _mm512_dpbusd_epi32(ia[g][u], lo[g], xa);
-          ia[g][u] = _mm512_dpbusd_epi32(ia[g][u], hi[g], xc);
+          if constexpr (kSplit) ih[g][u] = _mm512_dpbusd_epi32(ih[g][u], hi[g], xc);
+          else ia[g][u] = _mm512_dpbusd_epi32(ia[g][u], hi[g], xc);
         }
       }
     }
@@ -65,7 +75,7 @@ void q4_0_micro(const uint8_t* qs, const uint16_t* d, size_t nb, const PackedAct
       const __m512 dw = _mm512_cvtph_ps(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + (size_t(g) * nb + b) * kPackRows)));
       for (int u = 0; u < T; ++u)
-        acc[g][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[g][u]),
+        acc[g][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kSplit ? _mm512_add_epi32(ia[g][u], _mm512_srai_epi32(ih[g][u], 4)) : ia[g][u]),
                                     _mm512_mul_ps(dw, _mm512_set1_ps(x.d[(t + size_t(u)) * nb + b])), acc[g][u]);
     }
   }
