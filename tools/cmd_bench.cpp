@@ -64,6 +64,7 @@ struct BenchArgs {
   int n_gen = 128;
   int depth = 0;
   bool no_breakdown = false;
+  bool vs_full = false;
   KvFlags kv;
 };
 
@@ -168,6 +169,7 @@ struct TestResult {
   uint64_t kv_entries_end = 0;          // live entries after the last repetition
   uint32_t replay_tokens = 0;           // tokens per replayed matmul batch
   bool decode = false;
+  bool budget = false;                  // run on the context with the KV budget
   Checksum ck;
   bool ck_stable = true;
 };
@@ -182,6 +184,9 @@ int run_model_bench(const BenchArgs& a) {
   if (a.reps < 1) throw std::invalid_argument("bench: -r must be >= 1");
   if (a.n_prompt < 0 || a.n_gen < 0 || a.depth < 0)
     throw std::invalid_argument("bench: -p, -n and -d must be >= 0");
+  if (a.vs_full && (!a.kv.has_budget() || a.n_gen == 0))
+    throw std::invalid_argument("bench: --vs-full compares tg (-n > 0) with a KV budget (--kv-budget, --kv-ratio or "
+                                "--kv-mem) against the full cache");
   if (a.threads > 0) omp_set_num_threads(a.threads);
   std::optional<tools::MembwResult> membw;
   if (a.membw) {
@@ -266,32 +271,50 @@ int run_model_bench(const BenchArgs& a) {
   }
 
   // ---- tg: n_gen single-token decode steps after BOS (+ depth prompt tokens) ----
-  if (a.n_gen > 0) {
+  // With a depth, the prefix is evaluated once and every repetition (and the
+  // warm-up) starts from its saved state: a long prefix is not re-evaluated.
+  auto run_tg = [&](defkv_context* cx, bool with_budget) {
     TestResult r;
     r.decode = true;
+    r.budget = with_budget;
     r.name = "tg" + std::to_string(a.n_gen);
     if (a.depth > 0) r.name += " @ d" + std::to_string(a.depth);
+    if (a.vs_full && !with_budget) r.name += " full cache";
     const auto prefix = synthetic_prompt(uint32_t(a.depth) + 1, mi.n_vocab, 1);
+    std::vector<uint8_t> state;
+    if (a.depth > 0) {
+      check(defkv_reset(cx), cx);
+      check(defkv_eval(cx, prefix.data(), prefix.size(), nullptr, nullptr), cx);
+      size_t n = 0;
+      check(defkv_state_size(cx, &n), cx);
+      state.resize(n);
+      check(defkv_state_save(cx, state.data(), state.size(), &n), cx);
+      state.resize(n);
+    }
     double secs = 0, samp = 0, ev = 0, bytes_sum = 0;
     for (int rep = -1; rep < a.reps; ++rep) {
-      check(defkv_reset(c), c);
-      check(defkv_eval(c, prefix.data(), prefix.size(), nullptr, nullptr), c);
+      if (a.depth > 0) {
+        check(defkv_state_load(cx, state.data(), state.size()), cx);
+      } else {
+        check(defkv_reset(cx), cx);
+        check(defkv_eval(cx, prefix.data(), prefix.size(), nullptr, nullptr), cx);
+      }
       int32_t tok = 0;
-      check(defkv_sample(c, &tok), c);
-      const defkv_kv_stats st0 = kv_stats(c);
+      check(defkv_sample(cx, &tok), cx);
+      const defkv_kv_stats st0 = kv_stats(cx);
       double s_samp = 0, kv_bytes = 0;
       const auto t0 = Clock::now();
       for (int i = 0; i < a.n_gen; ++i) {
-        check(defkv_decode(c, tok), c);
+        check(defkv_decode(cx, tok), cx);
         // KV read by this step: K and V rows of every live entry.
-        kv_bytes += 2.0 * double(kv_stats(c).entries) * double(info.kv_row_bytes);
+        kv_bytes += 2.0 * double(kv_stats(cx).entries) * double(info.kv_row_bytes);
         const auto ts = Clock::now();
-        check(defkv_sample(c, &tok), c);
+        check(defkv_sample(cx, &tok), cx);
         s_samp += since(ts);
       }
       const double s = since(t0);
-      const Checksum ck = logits_checksum(c, logits);
-      const defkv_kv_stats st = kv_stats(c);
+      const Checksum ck = logits_checksum(cx, logits);
+      const defkv_kv_stats st = kv_stats(cx);
       if (rep < 0) {
         r.ck = ck;
         continue;
@@ -312,7 +335,18 @@ int run_model_bench(const BenchArgs& a) {
     r.evict_s = ev / a.reps;
     r.bytes_per_token = bytes_sum / a.reps;
     r.replay_tokens = 1;
-    results.push_back(std::move(r));
+    return r;
+  };
+  if (a.n_gen > 0) results.push_back(run_tg(c, budget));
+  // --vs-full: the same tg test on a full-cache context of the same model
+  if (a.n_gen > 0 && a.vs_full && budget) {
+    defkv_context_params pf = p;
+    pf.kv_budget_tokens = 0;
+    pf.kv_ratio = 0;
+    pf.kv_mem_bytes = 0;
+    ContextHandle full;
+    check(defkv_context_create(model.m, &pf, &full.c));
+    results.push_back(run_tg(full.c, false));
   }
   // Peak RSS of the timed tests: before the replay packs its own copies.
   const double rss_mib = peak_rss_mib();
@@ -371,8 +405,8 @@ int run_model_bench(const BenchArgs& a) {
                   "\"n_gen\": %d, \"depth\": %d, \"tok_s_mean\": %.3f, \"tok_s_sd\": %.3f, \"seconds_mean\": %.6f, "
                   "\"evict_seconds_mean\": %.6f, \"evict_fraction\": %.4f, \"evict_rounds\": %u, "
                   "\"kv_entries_end\": %llu, \"kv_bytes_reserved\": %llu, \"peak_rss_mib\": %.1f",
-                  r.name.c_str(), json_escape(mname).c_str(), wtype, info.n_threads, kvt, budget ? "true" : "false",
-                  json_escape(kv_desc).c_str(), a.reps, a.n_prompt, a.n_gen, a.depth, ts.mean, ts.sd, total,
+                  r.name.c_str(), json_escape(mname).c_str(), wtype, info.n_threads, kvt, r.budget ? "true" : "false",
+                  json_escape(r.budget ? kv_desc : std::string("full cache")).c_str(), a.reps, a.n_prompt, a.n_gen, a.depth, ts.mean, ts.sd, total,
                   r.evict_s, evict_share, r.evict_rounds, (unsigned long long)r.kv_entries_end,
                   (unsigned long long)info.kv_bytes_reserved, rss_mib);
       if (!r.gbps.empty())
@@ -398,7 +432,7 @@ int run_model_bench(const BenchArgs& a) {
     if (params_b >= 1.0) std::snprintf(params_s, sizeof params_s, "%.2f B", params_b);
     else std::snprintf(params_s, sizeof params_s, "%.2f M", params_b * 1000.0);
     std::printf("| %s | %s | %s | %s | %u | %s%s | %s | %.2f ± %.2f | %s | %.1f | %.1f MiB |\n", mname.c_str(),
-                size_s, params_s, wtype, info.n_threads, kvt, budget ? " budget" : "", r.name.c_str(), ts.mean, ts.sd,
+                size_s, params_s, wtype, info.n_threads, kvt, r.budget ? " budget" : "", r.name.c_str(), ts.mean, ts.sd,
                 gbs, 100.0 * evict_share, rss_mib);
   }
   if (a.json) return 0;
@@ -412,7 +446,7 @@ int run_model_bench(const BenchArgs& a) {
                   (r.bytes_per_token - double(w_tok)) / 1048576.0);
     if (r.gflops > 0) std::printf(", layer matmuls %.1f GFLOP/s", r.gflops);
     std::printf("\n");
-    if (budget)
+    if (r.budget)
       std::printf("  eviction (measured): %.4f s = %.1f%% of the %s time, %u rounds; %llu KV entries live at the end\n",
                   r.evict_s, total > 0 ? 100.0 * r.evict_s / total : 0.0, r.decode ? "decode" : "prefill",
                   r.evict_rounds, (unsigned long long)r.kv_entries_end);
@@ -432,6 +466,11 @@ int run_model_bench(const BenchArgs& a) {
     std::printf("  logits checksum: sum %.9g  hash %016llx%s\n", r.ck.sum,
                 (unsigned long long)r.ck.hash,
                 r.ck_stable ? " (identical in every repetition)" : " (DIFFERS between repetitions)");
+  }
+  if (a.vs_full && budget && results.size() >= 2 && results.back().decode && !results.back().budget) {
+    const double with = mean_sd(results[results.size() - 2].tok_s).mean, without = mean_sd(results.back().tok_s).mean;
+    std::printf("tg with the budget / full cache, same run: %.2f / %.2f tok/s = %.2fx\n", with, without,
+                without > 0 ? with / without : 0.0);
   }
   std::printf("peak RSS %.1f MiB (KV pool %.2f MiB)\n", rss_mib, double(info.kv_bytes_reserved) / 1048576.0);
   return 0;
@@ -454,7 +493,8 @@ Handler register_bench(CLI::App& app) {
       "bench", "Benchmark a model (pp/tg tok/s, GB/s, eviction share, peak RSS, op breakdown) and/or memory bandwidth");
   c->footer(
       "pp: one defkv_eval of -p synthetic tokens from an empty cache. tg: -n single-token defkv_decode steps "
-      "(sampled, seeded) after BOS and -d depth tokens. Each test runs once untimed (warm-up), "
+      "(sampled, seeded) after BOS and -d depth tokens (evaluated once; every repetition starts from their "
+      "saved state). Each test runs once untimed (warm-up), "
       "then -r timed repetitions: mean ± sd. GB/s (tg) = (weight bytes per token + K/V bytes "
       "of every live entry) / time. evict % = measured eviction time / test time. Peak RSS "
       "(getrusage) covers load and the timed tests; run one process per size to compare sizes. "
@@ -480,6 +520,9 @@ Handler register_bench(CLI::App& app) {
   c->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
   c->add_flag("--json", a->json, "One JSON object per test instead of a table");
   c->add_flag("--no-breakdown", a->no_breakdown, "Skip the op-breakdown replay (it packs a copy of the weights)");
+  c->add_flag("--vs-full", a->vs_full,
+              "With a KV budget: also run the tg test on a full-cache context of the same model (same prompt "
+              "and depth) and print the speed ratio budget / full");
   add_kv_flags(c, a->kv);
   return [a] { return run_bench(*a); };
 }
