@@ -116,8 +116,9 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
     }
 }
 
-// Batches: 2 groups x 3 tokens (6 each of int dot, int sum, min sum and float
-// accumulators: 24 zmm, plus 4 weight vectors and broadcasts). Decode: 4
+// Q4_K batches: 2 groups x 3 tokens (6 each of float accumulators, int sums
+// and the two int dots: 24 zmm, plus 4 weight vectors and broadcasts; the
+// mins term reuses the dots' registers after the sub-blocks). Decode: 4
 // groups x 1 token (four independent weight streams).
 constexpr int kMaxT = 3;
 using Micro = void (*)(const uint8_t*, size_t, const ActQ8K* const*, float*, size_t, __mmask16);
@@ -251,8 +252,12 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
     }
 }
 
-const Micro kQ6G2[kMaxT] = {&q6k_micro<2, 1>, &q6k_micro<2, 2>, &q6k_micro<2, 3>};
-const Micro kQ6G1[kMaxT] = {&q6k_micro<1, 1>, &q6k_micro<1, 2>, &q6k_micro<1, 3>};
+// Q6_K batches: 1 group x up to 6 tokens, so each unpacked quant vector serves
+// 6 tokens (5 x 6 float, int sum, offset sum and two dot accumulators: 30
+// zmm); measured ~12 % faster than 2 groups x 3 tokens.
+constexpr int kMaxTQ6K = 6;
+const Micro kQ6G1[kMaxTQ6K] = {&q6k_micro<1, 1>, &q6k_micro<1, 2>, &q6k_micro<1, 3>,
+                               &q6k_micro<1, 4>, &q6k_micro<1, 5>, &q6k_micro<1, 6>};
 
 }  // namespace
 
@@ -264,13 +269,12 @@ void avx512vnni_packed_q6k_tile(const uint8_t* w, size_t rows, size_t nsb, const
   };
   const size_t gstride = nsb * kQ6KPackedBytes;
   for (size_t t = t0; t < t1;) {
-    const size_t tt = t1 - t >= size_t(kMaxT) ? size_t(kMaxT) : t1 - t;
-    const ActQ8K* xs[kMaxT];
+    const size_t tt = t1 - t >= size_t(kMaxTQ6K) ? size_t(kMaxTQ6K) : t1 - t;
+    const ActQ8K* xs[kMaxTQ6K];
     for (size_t u = 0; u < tt; ++u) xs[u] = x + (t + u) * nsb;
     size_t g = g0;
     if (tt == 1)
       for (; g + 4 <= g1; g += 4) q6k_micro<4, 1>(w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
-    for (; g + 2 <= g1; g += 2) kQ6G2[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 1));
     for (; g < g1; ++g) kQ6G1[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g));
     t += tt;
   }
