@@ -81,6 +81,7 @@ bool kernel_available(DType t) {
     case DType::q8_0:
     case DType::q4_0:
     case DType::q4_K:
+    case DType::q5_K:
     case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
     case DType::f16: return f16_kernel_available();
     default: return false;
@@ -192,7 +193,7 @@ Packed pack_for_gemm(const Matrix& w) {
     pack_q8_0(w, p);
   } else if (w.type == DType::q4_0) {
     pack_q4_0(w, p);
-  } else if (w.type == DType::q4_K || w.type == DType::q6_K) {
+  } else if (w.type == DType::q4_K || w.type == DType::q5_K || w.type == DType::q6_K) {
     uint8_t* buf = nullptr;
     p.bytes = detail::k_packed_bytes(w.type, w.rows, w.cols);
     p.data = aligned_buffer(p.bytes, &buf);
@@ -311,6 +312,8 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
   const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
   if (w.type == DType::q6_K) {
     detail::avx512vnni_packed_q6k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (w.type == DType::q5_K) {
+    detail::avx512vnni_packed_q5k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
   } else if (w.type == DType::q4_K) {
     detail::avx512vnni_packed_q4k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
   } else if (w.type == DType::q4_0) {
@@ -339,6 +342,7 @@ int act_kind(DType t) {
     case DType::q8_0:
     case DType::q4_0: return 0;  // PackedActs (per 32-block)
     case DType::q4_K:
+    case DType::q5_K:
     case DType::q6_K: return 1;  // Q8_K super-blocks
     default: return 2 + int(t);  // f16: the f32 activations themselves
   }
@@ -348,7 +352,7 @@ int act_kind(DType t) {
 // OpenMP parallel loop: work items = token blocks x (chunks of job 0, job 1, ...).
 void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool parallel) {
   const Matrix& w0 = jobs[0].p->source;
-  const bool q4k = w0.type == DType::q4_K || w0.type == DType::q6_K;  // Q8_K activations
+  const bool q4k = w0.type == DType::q4_K || w0.type == DType::q5_K || w0.type == DType::q6_K;  // Q8_K activations
   // the K-quants are scheduled as q8_0 (groups of 16 rows, int8 activations)
   const bool q8 = w0.type == DType::q8_0 || w0.type == DType::q4_0 || q4k;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));

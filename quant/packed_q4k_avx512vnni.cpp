@@ -38,30 +38,58 @@ inline int32_t q4k_bsum_pair(const ActQ8K& a, int p) {
   return int32_t(uint32_t(uint16_t(s0)) | (uint32_t(uint16_t(s1)) << 16));
 }
 
-template <int G, int T>
+// Offsets in the packed super-block of a Q4_K / Q5_K group (packed_q4k.h).
+struct Q4KLayout {
+  static constexpr bool kFive = false;
+  static constexpr size_t kBytes = kQ4KPackedBytes, kScales = kQ4KScalesOffset, kMins = kQ4KMinsOffset,
+                          kD = kQ4KDOffset, kDmin = kQ4KDminOffset;
+};
+struct Q5KLayout {
+  static constexpr bool kFive = true;
+  static constexpr size_t kBytes = kQ5KPackedBytes, kScales = kQ5KScalesOffset, kMins = kQ5KMinsOffset,
+                          kD = kQ5KDOffset, kDmin = kQ5KDminOffset;
+};
+
+// (a & 0x0F) | top for every byte, top holding bits 4-7 only (vpternlogd "c ? a : b").
+inline __m512i merge_low_nibble(__m512i a, __m512i top, __m512i low4) {
+  return _mm512_ternarylogic_epi32(a, top, low4, 0xE4);
+}
+
+template <class L, int G, int T>
 void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy, __mmask16 last_mask) {
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int u = 0; u < T; ++u) acc[g][u] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi8(0x0F), high4 = _mm512_set1_epi8(char(0xF0));
+  const __m512i bit4 = _mm512_set1_epi8(0x10);
   for (size_t sb = 0; sb < nsb; ++sb) {
     __m512i isum[G][T];
     for (int g = 0; g < G; ++g)
       for (int u = 0; u < T; ++u) isum[g][u] = _mm512_setzero_si512();
     const uint8_t* wb[G];
-    for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * kQ4KPackedBytes;
+    for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * L::kBytes;
     for (int j = 0; j < 8; ++j) {
       if constexpr (T == 1)
-        for (int g = 0; g < G; ++g) prefetch_step<kQ4KPackedBytes>(wb[g] + kQ4KPackedBytes, j);
+        for (int g = 0; g < G; ++g) prefetch_step<L::kBytes>(wb[g] + L::kBytes, j);
       __m512i dlo[G][T], dhi[G][T];
       for (int g = 0; g < G; ++g)
         for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
+      __m512i qh[G];
+      if constexpr (L::kFive)
+        for (int g = 0; g < G; ++g) qh[g] = _mm512_loadu_si512(wb[g] + kQ5KQhOffset + size_t(j) * 64);
       for (int k = 0; k < 4; ++k) {
         __m512i lo[G], hi[G];
         for (int g = 0; g < G; ++g) {
           const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(k) * 64);
-          lo[g] = _mm512_and_si512(v, low4);
-          hi[g] = _mm512_and_si512(v, high4);
+          if constexpr (L::kFive) {
+            // fifth bits: bit k of a qh byte for the low nibble's column, bit 4 + k for the high one's
+            const __m512i s = _mm512_srli_epi16(qh[g], unsigned(k));
+            lo[g] = merge_low_nibble(v, _mm512_and_si512(_mm512_slli_epi16(s, 4), bit4), low4);
+            hi[g] = merge_low_nibble(_mm512_srli_epi16(v, 4), _mm512_and_si512(s, bit4), low4);
+          } else {
+            lo[g] = _mm512_and_si512(v, low4);
+            hi[g] = _mm512_and_si512(v, high4);
+          }
         }
         for (int u = 0; u < T; ++u) {
           const int8_t* xq = x[u][sb].qs + 32 * j + 4 * k;
@@ -77,9 +105,11 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
       }
       for (int g = 0; g < G; ++g) {
         const __m512i sc = _mm512_cvtepu8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[g] + kQ4KScalesOffset + size_t(j) * 16)));
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[g] + L::kScales + size_t(j) * 16)));
         for (int u = 0; u < T; ++u) {
-          const __m512i dot = _mm512_add_epi32(dlo[g][u], _mm512_srai_epi32(dhi[g][u], 4));
+          // Q4_K's high nibbles were taken in place (16 x the quant)
+          const __m512i dot =
+              _mm512_add_epi32(dlo[g][u], L::kFive ? dhi[g][u] : _mm512_srai_epi32(dhi[g][u], 4));
           isum[g][u] = _mm512_add_epi32(isum[g][u], _mm512_mullo_epi32(dot, sc));
         }
       }
@@ -93,14 +123,13 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
       for (int g = 0; g < G; ++g) {
         // (m_2p, m_2p+1) of each row as an i16 pair in one dword
         const __m512i mn = _mm512_cvtepu8_epi16(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + kQ4KMinsOffset + size_t(p) * 32)));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + L::kMins + size_t(p) * 32)));
         for (int u = 0; u < T; ++u) msum[g][u] = _mm512_dpwssd_epi32(msum[g][u], mn, bs[u]);
       }
     }
     for (int g = 0; g < G; ++g) {
-      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + kQ4KDOffset)));
-      const __m512 dmin =
-          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + kQ4KDminOffset)));
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + L::kD)));
+      const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[g] + L::kDmin)));
       for (int u = 0; u < T; ++u) {
         const __m512 dx = _mm512_set1_ps(x[u][sb].d);
         acc[g][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[g][u]), _mm512_mul_ps(d, dx), acc[g][u]);
@@ -122,29 +151,41 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
 // groups x 1 token (four independent weight streams).
 constexpr int kMaxT = 3;
 using Micro = void (*)(const uint8_t*, size_t, const ActQ8K* const*, float*, size_t, __mmask16);
-const Micro kG2[kMaxT] = {&q4k_micro<2, 1>, &q4k_micro<2, 2>, &q4k_micro<2, 3>};
-const Micro kG1[kMaxT] = {&q4k_micro<1, 1>, &q4k_micro<1, 2>, &q4k_micro<1, 3>};
 
-}  // namespace
-
-void avx512vnni_packed_q4k_tile(const uint8_t* w, size_t rows, size_t nsb, const ActQ8K* x, float* y, size_t ldy,
-                                size_t g0, size_t g1, size_t t0, size_t t1) {
+template <class L>
+void q45k_tile(const uint8_t* w, size_t rows, size_t nsb, const ActQ8K* x, float* y, size_t ldy, size_t g0,
+               size_t g1, size_t t0, size_t t1) {
+  static const Micro two[kMaxT] = {&q4k_micro<L, 2, 1>, &q4k_micro<L, 2, 2>, &q4k_micro<L, 2, 3>};
+  static const Micro one[kMaxT] = {&q4k_micro<L, 1, 1>, &q4k_micro<L, 1, 2>, &q4k_micro<L, 1, 3>};
   auto mask_for = [&](size_t g_last) -> __mmask16 {
     const size_t left = rows - g_last * kPackRows;
     return left >= kPackRows ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
   };
-  const size_t gstride = nsb * kQ4KPackedBytes;
+  const size_t gstride = nsb * L::kBytes;
   for (size_t t = t0; t < t1;) {
     const size_t tt = t1 - t >= size_t(kMaxT) ? size_t(kMaxT) : t1 - t;
     const ActQ8K* xs[kMaxT];
     for (size_t u = 0; u < tt; ++u) xs[u] = x + (t + u) * nsb;
     size_t g = g0;
     if (tt == 1)
-      for (; g + 4 <= g1; g += 4) q4k_micro<4, 1>(w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
-    for (; g + 2 <= g1; g += 2) kG2[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 1));
-    for (; g < g1; ++g) kG1[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g));
+      for (; g + 4 <= g1; g += 4)
+        q4k_micro<L, 4, 1>(w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
+    for (; g + 2 <= g1; g += 2) two[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 1));
+    for (; g < g1; ++g) one[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g));
     t += tt;
   }
+}
+
+}  // namespace
+
+void avx512vnni_packed_q4k_tile(const uint8_t* w, size_t rows, size_t nsb, const ActQ8K* x, float* y, size_t ldy,
+                                size_t g0, size_t g1, size_t t0, size_t t1) {
+  q45k_tile<Q4KLayout>(w, rows, nsb, x, y, ldy, g0, g1, t0, t1);
+}
+
+void avx512vnni_packed_q5k_tile(const uint8_t* w, size_t rows, size_t nsb, const ActQ8K* x, float* y, size_t ldy,
+                                size_t g0, size_t g1, size_t t0, size_t t1) {
+  q45k_tile<Q5KLayout>(w, rows, nsb, x, y, ldy, g0, g1, t0, t1);
 }
 
 }  // namespace defkv::quant::detail
@@ -170,8 +211,6 @@ inline __m512i q6k_top_bits(__m512i h, __m512i mask30) {
   else return _mm512_and_si512(_mm512_srli_epi16(h, 2), mask30);
 }
 
-// (a & 0x0F) | top for every byte, top holding bits 4-5 only (vpternlogd "c ? a : b").
-inline __m512i q6k_merge(__m512i a, __m512i top, __m512i low4) { return _mm512_ternarylogic_epi32(a, top, low4, 0xE4); }
 
 template <int G, int T, int K>
 inline void q6k_step(const uint8_t* const* wb, const ActQ8K* const* x, size_t sb, int j, const __m512i* h0,
@@ -180,8 +219,8 @@ inline void q6k_step(const uint8_t* const* wb, const ActQ8K* const* x, size_t sb
   __m512i qa[G], qb[G];
   for (int g = 0; g < G; ++g) {
     const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(K) * 64);
-    qa[g] = q6k_merge(v, q6k_top_bits<K>(h0[g], mask30), low4);
-    qb[g] = q6k_merge(_mm512_srli_epi16(v, 4), q6k_top_bits<K>(h1[g], mask30), low4);
+    qa[g] = merge_low_nibble(v, q6k_top_bits<K>(h0[g], mask30), low4);
+    qb[g] = merge_low_nibble(_mm512_srli_epi16(v, 4), q6k_top_bits<K>(h1[g], mask30), low4);
   }
   for (int u = 0; u < T; ++u) {
     const int8_t* xq = x[u][sb].qs + 32 * j + 4 * K;

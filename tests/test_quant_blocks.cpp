@@ -366,10 +366,11 @@ TEST_CASE("every matmul implementation agrees with the scalar one on low-bit wei
   }
 }
 
-TEST_CASE("matmul_packed_multi shares the activations across Q4_K and Q6_K (and Q8_0 with Q4_0)", "[quant][blocks][matmul]") {
+TEST_CASE("matmul_packed_multi shares the activations across Q4_K, Q5_K and Q6_K (and Q8_0 with Q4_0)", "[quant][blocks][matmul]") {
   std::mt19937 rng(31);
   const size_t cols = 512;
   for (auto types : {std::vector<DType>{DType::q4_K, DType::q6_K, DType::q4_K},
+                     std::vector<DType>{DType::q5_K, DType::q4_K, DType::q6_K},
                      std::vector<DType>{DType::q8_0, DType::q4_0}, std::vector<DType>{DType::q4_K, DType::q8_0}}) {
     std::vector<std::vector<uint8_t>> bytes;
     std::vector<quant::Packed> packs;
