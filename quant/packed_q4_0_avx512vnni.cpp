@@ -45,10 +45,11 @@ void q4_0_micro(const uint8_t* qs, const uint16_t* d, size_t nb, const PackedAct
     }
     const uint8_t* wb = qs + b * kQ4GroupBytes;
     if constexpr (T == 1) {
+      // 4 blocks ahead into L2, as the q8_0 kernel (docs/tuning.md)
       for (int g = 0; g < G; ++g)
         for (int l = 0; l < 4; ++l)
           _mm_prefetch(reinterpret_cast<const char*>(wb + size_t(g) * nb * kQ4GroupBytes + 1024 + size_t(l) * 64),
-                       _MM_HINT_T0);
+                       _MM_HINT_T1);
     }
     for (int k = 0; k < 4; ++k) {
       __m512i lo[G], hi[G];

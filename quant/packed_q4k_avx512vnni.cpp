@@ -20,15 +20,19 @@ namespace defkv::quant::detail {
 namespace {
 
 // Decode streams every group's weights once: at sub-block j each group
-// prefetches the cache lines [n * j, n * (j + 1)) of its next super-block
-// (n = an eighth of a super-block's lines, rounded up; the last step runs a
-// few lines into the one after, which is harmless), so the prefetches spread
-// over the super-block instead of queueing up at its start.
+// prefetches the cache lines [n * j, n * (j + 1)) of the super-block
+// kPrefetchAhead after the current one (n = an eighth of a super-block's
+// lines, rounded up; the last step runs a few lines into the next one, which
+// is harmless), so the prefetches spread over the super-block instead of
+// queueing up at its start. Into L2 (T1): more misses in flight than the L1
+// fill buffers allow; T1 two super-blocks ahead beat T0 one ahead in 7 of 7
+// alternated one-thread runs (docs/quantized-weights.md).
+constexpr size_t kPrefetchAhead = 2;
 template <size_t Bytes>
-inline void prefetch_step(const uint8_t* next, int j) {
+inline void prefetch_step(const uint8_t* cur, int j) {
   constexpr size_t per_step = (Bytes / 64 + 7) / 8;
-  const uint8_t* p = next + size_t(j) * per_step * 64;
-  for (size_t l = 0; l < per_step; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + l * 64), _MM_HINT_T0);
+  const uint8_t* p = cur + kPrefetchAhead * Bytes + size_t(j) * per_step * 64;
+  for (size_t l = 0; l < per_step; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + l * 64), _MM_HINT_T1);
 }
 
 // The block sums of sub-blocks 2p and 2p + 1 (32 activations each) as an i16 pair.
@@ -70,7 +74,7 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
     for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * L::kBytes;
     for (int j = 0; j < 8; ++j) {
       if constexpr (T == 1)
-        for (int g = 0; g < G; ++g) prefetch_step<L::kBytes>(wb[g] + L::kBytes, j);
+        for (int g = 0; g < G; ++g) prefetch_step<L::kBytes>(wb[g], j);
       __m512i dlo[G][T], dhi[G][T];
       for (int g = 0; g < G; ++g)
         for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
@@ -248,7 +252,7 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
     for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * kQ6KPackedBytes;
     for (int j = 0; j < 8; ++j) {
       if constexpr (T == 1)
-        for (int g = 0; g < G; ++g) prefetch_step<kQ6KPackedBytes>(wb[g] + kQ6KPackedBytes, j);
+        for (int g = 0; g < G; ++g) prefetch_step<kQ6KPackedBytes>(wb[g], j);
       __m512i dlo[G][T], dhi[G][T];
       for (int g = 0; g < G; ++g)
         for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
