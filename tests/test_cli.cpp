@@ -419,6 +419,37 @@ TEST_CASE("cli: bench reports eviction share, peak RSS and depth; JSON and table
   CHECK_THAT(bad.err, Catch::Contains("unit"));
 }
 
+TEST_CASE("cli: bench --vs-full runs tg on a full-cache context beside the budgeted one", "[cli][bench]") {
+  const std::string args = "bench -m " + stories() + " -p 0 -n 8 -d 120 -r 2 -t 1 --kv-budget 40 --kv-window 16 --vs-full";
+  Result j = run(args + " --json --no-breakdown");
+  REQUIRE(j.exit_code == 0);
+  INFO(j.out << j.err);
+  std::istringstream lines(j.out);
+  std::vector<nlohmann::json> tests;
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) tests.push_back(nlohmann::json::parse(line));
+  REQUIRE(tests.size() == 2);
+  CHECK(tests[0]["test"] == "tg8 @ d120");
+  CHECK(tests[0]["budget"] == true);
+  CHECK(tests[1]["test"] == "tg8 @ d120 full cache");
+  CHECK(tests[1]["budget"] == false);
+  CHECK(tests[1]["kv"] == "full cache");
+  for (const auto& t : tests) CHECK(t["logits_stable"] == true);
+  // the full cache holds every position: 1 + 120 + 8 per (layer, head), 5 layers x 4 heads
+  CHECK(tests[1]["kv_entries_end"].get<uint64_t>() == uint64_t(1 + 120 + 8) * 20);
+  CHECK(tests[0]["kv_entries_end"].get<uint64_t>() <= uint64_t(40 + 64) * 20);
+  CHECK(tests[1]["evict_rounds"].get<int>() == 0);
+  Result t = run(args + " --no-breakdown");
+  REQUIRE(t.exit_code == 0);
+  CHECK_THAT(t.out, Catch::Contains("tg with the budget / full cache, same run:"));
+  // without a budget (or without tg) there is nothing to compare
+  Result bad = run("bench -m " + stories() + " -p 0 -n 4 -r 1 --vs-full");
+  CHECK(bad.exit_code != 0);
+  CHECK_THAT(bad.err, Catch::Contains("--vs-full"));
+  Result bad2 = run("bench -m " + stories() + " -p 8 -n 0 -r 1 --kv-budget 40 --kv-window 16 --vs-full");
+  CHECK(bad2.exit_code != 0);
+}
+
 TEST_CASE("cli: run, bench and eval share the KV flags: same help, --kv-mem sizes everywhere", "[cli][kvflags]") {
   const char* flags[] = {"--kv-budget", "--kv-ratio",  "--kv-mem", "--kv-type", "--kv-policy",
                          "--kv-schedule", "--kv-window", "--kv-pool", "--kv-sinks", "--chunk"};

@@ -242,6 +242,7 @@ int run_model_bench(const BenchArgs& a) {
   // ---- pp: one defkv_eval of n_prompt tokens from an empty cache ----
   if (a.n_prompt > 0) {
     TestResult r;
+    r.budget = budget;
     r.name = "pp" + std::to_string(a.n_prompt);
     const auto prompt = synthetic_prompt(uint32_t(a.n_prompt), mi.n_vocab, 0);
     double secs = 0, ev = 0;
