@@ -25,8 +25,8 @@ namespace {
 // lines, rounded up; the last step runs a few lines into the next one, which
 // is harmless), so the prefetches spread over the super-block instead of
 // queueing up at its start. Into L2 (T1): more misses in flight than the L1
-// fill buffers allow; T1 two super-blocks ahead beat T0 one ahead in 7 of 7
-// alternated one-thread runs (docs/quantized-weights.md).
+// fill buffers allow; two ahead into L2 was faster than one ahead into L1
+// (docs/tuning.md).
 constexpr size_t kPrefetchAhead = 2;
 template <size_t Bytes>
 inline void prefetch_step(const uint8_t* cur, int j) {
@@ -297,7 +297,7 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
 
 // Q6_K batches: 1 group x up to 6 tokens, so each unpacked quant vector serves
 // 6 tokens (5 x 6 float, int sum, offset sum and two dot accumulators: 30
-// zmm); measured ~12 % faster than 2 groups x 3 tokens.
+// zmm); faster than 2 groups x 3 tokens (docs/tuning.md).
 constexpr int kMaxTQ6K = 6;
 const Micro kQ6G1[kMaxTQ6K] = {&q6k_micro<1, 1>, &q6k_micro<1, 2>, &q6k_micro<1, 3>,
                                &q6k_micro<1, 4>, &q6k_micro<1, 5>, &q6k_micro<1, 6>};
