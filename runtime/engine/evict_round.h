@@ -36,7 +36,7 @@ struct RoundSpec {
   uint32_t n_past = 0;         // the window is positions [n_past - n_window, n_past)
   uint32_t n_window = 0;       // min(window, n_past)
   bool interim = false;
-  const Lookahead* lookahead = nullptr;  // non-null: rank by its scores (an interim round)
+  Lookahead* lookahead = nullptr;  // non-null: rank by its scores (an interim round)
   uint32_t index = 0;          // rounds completed before this one (RoundObservation::round)
   // The layers to score and evict, ascending (the budget covers these); null:
   // every layer. Sliding-window layers are left out (Plan::evict_layers).

@@ -39,6 +39,7 @@ Lookahead::Lookahead(const model::Model& m, const evict::Params& ep, uint32_t pa
   q_.assign(size_t(n_layer_) * n_head_ * window_ * head_dim_, 0.0f);
   q_pos_.assign(window_, 0);
   lse_.assign(size_t(n_layer_) * n_head_ * window_, 0.0f);
+  lse_run_ = lse_;
   k_.resize(size_t(n_sink_ + window_) * head_dim_);
   kpos_.resize(n_sink_ + window_);
 }
@@ -56,6 +57,11 @@ std::span<const float> Lookahead::queries(uint32_t l) const {
 std::span<const float> Lookahead::lse(uint32_t l) const {
   const size_t n = size_t(n_head_) * n_query_;
   return {lse_.data() + l * n, n};
+}
+
+std::span<const float> Lookahead::running_lse(uint32_t l) const {
+  const size_t n = size_t(n_head_) * n_query_;
+  return {lse_run_.data() + l * n, n};
 }
 
 void Lookahead::probe(model::Workspace& ws, uint32_t n_past, std::span<const int32_t> tokens,
@@ -124,12 +130,17 @@ void Lookahead::probe(model::Workspace& ws, uint32_t n_past, std::span<const int
       }
     }
   from_ = 0;  // every resident entry is scored with these queries
+  q0_ = q0;
+  // The probe's keys are the sinks it ran (positions [0, arrived_)) and its
+  // own tokens; every other resident or arriving key joins in the rounds.
+  arrived_ = int64_t(tok_.size() - nq);
+  std::copy(lse_.begin(), lse_.begin() + ptrdiff_t(size_t(n_layer_) * H * nq), lse_run_.begin());
   active_ = true;
 }
 
 void Lookahead::score_layer(uint32_t l, const evict::LayerView& view, const float* aux, uint32_t n_aux,
                             uint32_t slot, evict::Policy policy, kv::KvCache& cache,
-                            std::vector<std::vector<float>>& scores, std::vector<float>& scratch) const {
+                            std::vector<std::vector<float>>& scores, std::vector<float>& scratch) {
   const uint32_t H = n_head_, Hkv = n_head_kv_, d = head_dim_, nq = n_query_;
   const bool weighted = evict::traits(policy).value_norms;
   evict::LookaheadQueries lq;
@@ -139,15 +150,19 @@ void Lookahead::score_layer(uint32_t l, const evict::LayerView& view, const floa
   lq.n_query = nq;
   lq.q = q_.data() + size_t(l) * H * nq * d;
   lq.q_pos = q_pos_.data();
-  lq.lse = lse_.data() + size_t(l) * H * nq;
+  lq.lse = lse_run_.data() + size_t(l) * H * nq;
   scores.resize(Hkv);
   std::vector<uint32_t> first(Hkv);
   for (uint32_t hk = 0; hk < Hkv; ++hk) {
     const evict::HeadView& hv = view.heads[hk];
     first[hk] = uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, from_) - hv.pos);
+    // The keys new to the normalisers: [arrived_, q0_) (the re-scored
+    // kernel/2 newest joined last round; the probe's own keys are in lse_).
+    const uint32_t ab = std::max(first[hk], uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, arrived_) - hv.pos));
+    const uint32_t ae = std::max(ab, uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, q0_) - hv.pos));
     scores[hk].resize(hv.n);
-    evict::lookahead_scores(lq, hk, hv.k, hv.pos, hv.n, first[hk], policy, kernel_, scores[hk].data() + first[hk],
-                            scratch);
+    evict::lookahead_scores(lq, hk, hv.k, hv.pos, hv.n, first[hk], ab, ae, policy, kernel_,
+                            scores[hk].data() + first[hk], scratch);
   }
   size_t off = 0;
   for (uint32_t hk = 0; hk < Hkv; ++hk) {
