@@ -290,9 +290,9 @@ TEST_CASE("a long bounded prefill with the lookahead stays within budget + one c
     p.budget_tokens = 80;
     p.evict.policy = pol;
     engine::Context ctx(m, p);
-    std::vector<std::pair<bool, bool>> rounds;  // (interim, lookahead) of layer 0
+    std::vector<bool> rounds;  // lookahead, per round (layer 0)
     ctx.set_round_observer([&](const engine::RoundObservation& ob) {
-      if (ob.layer == 0) rounds.emplace_back(ob.interim, ob.lookahead);
+      if (ob.layer == 0) rounds.push_back(ob.lookahead);
     });
     const std::vector<int32_t> prompt = tokens(700, 11);
     ctx.eval(prompt);
@@ -300,18 +300,18 @@ TEST_CASE("a long bounded prefill with the lookahead stays within budget + one c
     CHECK(ctx.stats().kv_entries_peak <= (uint64_t(80) + chunk) * HL);
     CHECK(ctx.cache().entries() <= uint64_t(80) * HL);
     REQUIRE(rounds.size() >= 10);
-    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r].second);  // interim: the lookahead
-    CHECK_FALSE(rounds.back().second);  // the last round scores with the real window
+    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r]);  // interim: the lookahead
+    CHECK_FALSE(rounds.back());  // the last round scores with the real window
     CHECK_FALSE(ctx.lookahead()->active());
     // A follow-up turn probes its own tail, and decoding never uses it.
     rounds.clear();
     ctx.eval(std::span<const int32_t>(prompt.data(), 200));
-    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r].second);
+    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r]);
     CHECK(ctx.lookahead()->query_pos()[0] == int32_t(700 + 200 - 32));
     rounds.clear();
     for (int i = 0; i < 70; ++i) ctx.step(5);
     CHECK(!rounds.empty());
-    for (const auto& r : rounds) CHECK_FALSE(r.second);
+    for (bool r : rounds) CHECK_FALSE(r);
     CHECK(ctx.stats().kv_entries_peak <= (uint64_t(80) + chunk) * HL);
   }
 }
