@@ -278,6 +278,44 @@ TEST_CASE("the lookahead's normalisers grow by every key that arrives, evicted o
   }
 }
 
+TEST_CASE("a prefill cancelled and resumed reuses its probe and keeps what an uninterrupted one keeps",
+          "[lookahead][engine][cancel]") {
+  // Oracle: the same prompt in a context that is never cancelled. The cancel
+  // lands at a chunk boundary, so the resumed call's chunks and rounds are
+  // the uninterrupted call's; re-probing would restart the normalisers and
+  // lose the evicted keys' mass.
+  const model::Model& m = needle();
+  const model::Config& mc = m.config();
+  const std::vector<int32_t> prompt = tokens(700, 17);
+  engine::ContextParams p;
+  p.n_threads = 1;
+  p.budget_tokens = 80;
+  p.evict.policy = evict::Policy::defensivekv;
+  engine::Context ref(m, p);
+  ref.eval(prompt);
+  engine::Context ctx(m, p);
+  const uint32_t chunk = ctx.chunk_tokens();
+  bool fired = false;
+  ctx.set_progress([&](uint64_t done, uint64_t) {
+    if (!fired && done == 3 * chunk) {
+      fired = true;
+      throw model::Cancelled("cancelled by the test");
+    }
+  });
+  CHECK_THROWS_AS(ctx.eval(prompt), model::Cancelled);
+  REQUIRE(fired);
+  REQUIRE(ctx.n_past() == 3 * chunk);
+  REQUIRE(ctx.lookahead()->probes_run() == 1);
+  ctx.eval(std::span<const int32_t>(prompt).subspan(3 * chunk));
+  CHECK(ctx.lookahead()->probes_run() == 1);
+  for (uint32_t l = 0; l < mc.n_layer; ++l)
+    for (uint32_t h = 0; h < mc.n_head_kv; ++h) CHECK(ctx.cache().positions(l, h) == ref.cache().positions(l, h));
+  // A new prompt (and a reset) probes again.
+  ctx.reset();
+  ctx.eval(prompt);
+  CHECK(ctx.lookahead()->probes_run() == 2);
+}
+
 TEST_CASE("a long bounded prefill with the lookahead stays within budget + one chunk", "[lookahead][engine][bounded]") {
   const model::Model& m = needle();
   const model::Config& mc = m.config();

@@ -34,8 +34,8 @@ Lookahead::Lookahead(const model::Model& m, const evict::Params& ep, uint32_t pa
   cache_ = std::make_unique<kv::KvCache>(cc);
   rec_ = std::make_unique<LayerRecorder>(m, window_, false, 0, max_batch, n_threads);
   sinks_.reserve(n_sink_);
-  tok_.reserve(n_sink_ + window_);
-  pos_.reserve(n_sink_ + window_);
+  for (auto* v : {&tok_, &pos_, &next_tok_, &next_pos_}) v->reserve(n_sink_ + window_);
+  arrived_.assign(n_layer_, 0);
   q_.assign(size_t(n_layer_) * n_head_ * window_ * head_dim_, 0.0f);
   q_pos_.assign(window_, 0);
   lse_.assign(size_t(n_layer_) * n_head_ * window_, 0.0f);
@@ -68,21 +68,33 @@ void Lookahead::probe(model::Workspace& ws, uint32_t n_past, std::span<const int
                       const std::atomic<bool>* cancel) {
   active_ = false;
   if (tokens.empty()) return;
+
   const uint32_t H = n_head_, G = n_head_ / n_head_kv_, d = head_dim_, W = window_;
   const uint32_t nq = uint32_t(std::min<size_t>(W, tokens.size()));
   const uint32_t q0 = uint32_t(n_past + tokens.size() - nq);
   note_tokens(n_past, tokens);
-  tok_.clear();
-  pos_.clear();
+  next_tok_.clear();
+  next_pos_.clear();
   // The sinks the sequence has (a state loaded from elsewhere may not tell them).
   for (uint32_t s = 0; s < n_sink_ && s < q0 && s < sinks_.size(); ++s) {
-    tok_.push_back(sinks_[s]);
-    pos_.push_back(int32_t(s));
+    next_tok_.push_back(sinks_[s]);
+    next_pos_.push_back(int32_t(s));
   }
   for (uint32_t i = 0; i < nq; ++i) {
-    tok_.push_back(tokens[tokens.size() - nq + i]);
-    pos_.push_back(int32_t(q0 + i));
+    next_tok_.push_back(tokens[tokens.size() - nq + i]);
+    next_pos_.push_back(int32_t(q0 + i));
   }
+  // The same probe as the last one, which nothing has ended since (every
+  // completed call runs past its tail, so a new call's tail has new
+  // positions): the rest of a cancelled prefill.
+  if (resumable_ && next_tok_ == tok_ && next_pos_ == pos_) {
+    active_ = true;
+    return;
+  }
+  resumable_ = false;
+  std::swap(tok_, next_tok_);
+  std::swap(pos_, next_pos_);
+  ++probes_run_;
   cache_->clear();
   rec_->clear();
   model::ForwardHooks h;
@@ -133,9 +145,10 @@ void Lookahead::probe(model::Workspace& ws, uint32_t n_past, std::span<const int
   q0_ = q0;
   // The probe's keys are the sinks it ran (positions [0, arrived_)) and its
   // own tokens; every other resident or arriving key joins in the rounds.
-  arrived_ = int64_t(tok_.size() - nq);
+  std::fill(arrived_.begin(), arrived_.end(), int64_t(tok_.size() - nq));
   std::copy(lse_.begin(), lse_.begin() + ptrdiff_t(size_t(n_layer_) * H * nq), lse_run_.begin());
   active_ = true;
+  resumable_ = true;
 }
 
 void Lookahead::score_layer(uint32_t l, const evict::LayerView& view, const float* aux, uint32_t n_aux,
@@ -158,12 +171,15 @@ void Lookahead::score_layer(uint32_t l, const evict::LayerView& view, const floa
     first[hk] = uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, from_) - hv.pos);
     // The keys new to the normalisers: [arrived_, q0_) (the re-scored
     // kernel/2 newest joined last round; the probe's own keys are in lse_).
-    const uint32_t ab = std::max(first[hk], uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, arrived_) - hv.pos));
+    const uint32_t ab = std::max(first[hk], uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, arrived_[l]) - hv.pos));
     const uint32_t ae = std::max(ab, uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, q0_) - hv.pos));
     scores[hk].resize(hv.n);
     evict::lookahead_scores(lq, hk, hv.k, hv.pos, hv.n, first[hk], ab, ae, policy, kernel_,
                             scores[hk].data() + first[hk], scratch);
   }
+  // Per layer, so a round cancelled after some layers merges nothing twice.
+  for (uint32_t hk = 0; hk < Hkv; ++hk)
+    if (view.heads[hk].n) arrived_[l] = std::max<int64_t>(arrived_[l], view.heads[hk].pos[view.heads[hk].n - 1] + 1);
   size_t off = 0;
   for (uint32_t hk = 0; hk < Hkv; ++hk) {
     const evict::HeadView& hv = view.heads[hk];

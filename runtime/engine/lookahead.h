@@ -39,13 +39,20 @@ class Lookahead {
   // Records the first n_sink tokens of the sequence as they are fed
   // (tokens at positions first, first + 1, ...).
   void note_tokens(uint32_t first, std::span<const int32_t> tokens);
-  void clear() { sinks_.clear(); active_ = false; }
+  // Forgets the sequence (its sinks and the last probe).
+  void clear() {
+    sinks_.clear();
+    active_ = false;
+    resumable_ = false;
+  }
 
   // Probes the last min(window, tokens.size()) of `tokens`, which will sit at
   // positions n_past .. n_past + tokens.size() - 1, over the known sinks.
   // Afterwards every entry at a position >= from() (all of them) is scored
   // by the next round, and every resident key not in the probe joins the
-  // normalisers.
+  // normalisers. A call that resumes a prefill cut short (cancelled) after
+  // the last probe, with the same tail at the same positions over the same
+  // sinks, reuses that probe and the scores and normalisers built since.
   void probe(model::Workspace& ws, uint32_t n_past, std::span<const int32_t> tokens,
              const std::atomic<bool>* cancel);
   bool active() const { return active_; }
@@ -53,10 +60,7 @@ class Lookahead {
   int64_t from() const { return from_; }
   // After a round at n_past: entries up to n_past - kernel/2 are final, and
   // every key before n_past is in the normalisers.
-  void scored_until(uint32_t n_past) {
-    from_ = int64_t(n_past) - int64_t(kernel_ / 2);
-    arrived_ = n_past;
-  }
+  void scored_until(uint32_t n_past) { from_ = int64_t(n_past) - int64_t(kernel_ / 2); }
 
   // Scores of one layer for a lookahead round: heads of `view` (gathered,
   // ascending positions, vnorm set for the value-weighted policies); aux:
@@ -77,6 +81,7 @@ class Lookahead {
   std::span<const int32_t> query_pos() const { return {q_pos_.data(), n_query_}; }
   std::span<const float> lse(uint32_t l) const;
   std::span<const float> running_lse(uint32_t l) const;
+  uint64_t probes_run() const { return probes_run_; }  // forward passes run by probe()
 
  private:
   const model::Model& model_;
@@ -84,7 +89,8 @@ class Lookahead {
   std::unique_ptr<kv::KvCache> cache_;  // sinks + probe tokens
   std::unique_ptr<LayerRecorder> rec_;  // the probe's query ring
   std::vector<int32_t> sinks_;          // the first n_sink tokens of the sequence
-  std::vector<int32_t> tok_, pos_;      // probe batch
+  std::vector<int32_t> tok_, pos_;      // the last probe's batch
+  std::vector<int32_t> next_tok_, next_pos_;
   std::vector<float> q_;                // [n_layer, n_head, n_query, head_dim]
   std::vector<int32_t> q_pos_;          // [window]
   std::vector<float> lse_;              // [n_layer, n_head, n_query] over the probe's keys
@@ -93,8 +99,10 @@ class Lookahead {
   std::vector<int32_t> kpos_;
   uint32_t n_query_ = 0;
   int64_t from_ = 0;
-  int64_t q0_ = 0;       // the first probe position: keys from there on are in lse_ already
-  int64_t arrived_ = 0;  // keys at positions in [arrived_, q0_) are not in lse_run_ yet
+  int64_t q0_ = 0;                // the first probe position: keys from there on are in lse_ already
+  std::vector<int64_t> arrived_;  // [n_layer] keys at positions in [arrived_[l], q0_) are not in lse_run_ yet
+  bool resumable_ = false;        // the last probe completed and no clear() since
+  uint64_t probes_run_ = 0;
   bool active_ = false;
 };
 
