@@ -82,5 +82,12 @@ constexpr size_t kPackRowsF16 = 16;
 // x: [n_tokens, cols] f32.  packed_f16_avx512.cpp (AVX-512 + F16C).
 void avx512_packed_f16_tile(const uint16_t* w, size_t rows, size_t cols, const float* x, float* y,
                             size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1);
+// The same product for batches on AVX512-BF16, weights (f16 panels, or bf16
+// panels when is_bf16) and activations rounded to bf16 (RNE), products summed
+// in f32 by vdpbf16ps.  packed_f16_bf16_avx512.cpp.
+//   xb: [n_tokens, ldxb] bf16, ldxb even, columns [cols, ldxb) zero.
+constexpr size_t kBf16MicroTokens = 6;  // its register tile's token count
+void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t cols, const uint16_t* xb,
+                            size_t ldxb, float* y, size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1);
 
 }  // namespace defkv::quant::detail

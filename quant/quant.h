@@ -123,7 +123,12 @@ void get_row(const Matrix& w, size_t r, float* out);
 // even), so results agree with matmul() on q8_0 up to float accumulation order.
 // f16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16 fp16
 // values (one vcvtph2ps = 16 rows of one column); f32 FMAs, results agree with
-// matmul_ref up to float accumulation order.
+// matmul_ref up to float accumulation order. On CPUs with AVX512-BF16, calls of
+// kPackedBf16MinTokens tokens or more (prefill) instead round the weights and
+// the activations to bf16 (nearest even) and sum the exact bf16 products in
+// f32 (vdpbf16ps, twice the multiply-adds of an f32 FMA per instruction): they
+// agree with matmul_ref on those roundings (each <= 2^-8 relative) up to float
+// accumulation order; fewer tokens (decode) stay exact f16.
 // q4_0 (AVX-512 VNNI): as q8_0, with the 4-bit levels nibble-packed (two
 // columns 16 apart per byte) and the level offset 8 applied through the
 // activation sums; the size of the original tensor.
@@ -139,6 +144,7 @@ void get_row(const Matrix& w, size_t r, float* out);
 // read again by matmul_packed (see release_source below to drop its pages).
 // Other dtypes, other CPUs, and DEFKV_FORCE_SCALAR: no copy is made
 // (packed() == false, bytes == 0) and matmul_packed() is exactly matmul(source).
+inline constexpr size_t kPackedBf16MinTokens = 12;  // 8 ran level with the f32 FMAs (docs/tuning.md)
 struct Packed {
   Matrix source;                         // the original weights (kept valid by the caller)
   std::shared_ptr<const uint8_t> data;   // packed copy, or null
