@@ -91,7 +91,8 @@ bool kernel_available(DType t) {
     case DType::q4_0:
     case DType::q4_K:
     case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
-    case DType::f16: return f16_kernel_available();
+    case DType::f16:
+    case DType::bf16: return f16_kernel_available();
     default: return false;
   }
 }
@@ -168,7 +169,7 @@ void pack_q4_0(const Matrix& w, Packed& p) {
 
 size_t n_panels_f16(size_t rows) { return (rows + detail::kPackRowsF16 - 1) / detail::kPackRowsF16; }
 
-// f16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
+// f16 / bf16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
 void pack_f16(const Matrix& w, Packed& p) {
   const size_t P = n_panels_f16(w.rows), n = w.cols;
   const size_t bytes = P * n * detail::kPackRowsF16 * sizeof(uint16_t);
@@ -346,11 +347,11 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
     const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * kQ8_0Block);
     detail::avx512vnni_packed_q8_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
   } else if (xb.xb != nullptr) {
-    detail::avx512bf16_packed_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), false, w.rows, w.cols,
-                                   xb.xb, xb.ldxb, j.y, j.ldy, u0, u1, t0, t1);
+    detail::avx512bf16_packed_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
+                                   w.rows, w.cols, xb.xb, xb.ldxb, j.y, j.ldy, u0, u1, t0, t1);
   } else {
-    detail::avx512_packed_f16_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.rows, w.cols, x,
-                                   j.y, j.ldy, u0, u1, t0, t1);
+    detail::avx512_packed_f16_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
+                                   w.rows, w.cols, x, j.y, j.ldy, u0, u1, t0, t1);
   }
 #else
   (void)j, (void)acts, (void)acts_k, (void)x, (void)xb, (void)chunk, (void)t0, (void)t1;
@@ -365,7 +366,7 @@ int act_kind(DType t) {
     case DType::q4_0: return 0;  // PackedActs (per 32-block)
     case DType::q4_K:
     case DType::q6_K: return 1;  // Q8_K super-blocks
-    default: return 2 + int(t);  // f16: the f32 activations themselves
+    default: return 2;  // f16 / bf16: the f32 activations themselves
   }
 }
 
