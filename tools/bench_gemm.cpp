@@ -1,4 +1,4 @@
-// bench_gemm: micro-benchmark of the packed q8_0 / q4_0 / q4_K / q5_K / q6_K / f16 matmul on one
+// bench_gemm: micro-benchmark of the packed q8_0 / q4_0 / q4_K / q5_K / q6_K / f16 / bf16 matmul on one
 // TinyLlama-1.1B layer's shapes (E 2048, F 5632, kv 256), the way the model
 // calls them: q/k/v and gate/up through matmul_packed_multi, o and down
 // through matmul_packed. Prints per shape the best of --reps runs in GOP/s
@@ -7,7 +7,8 @@
 // GB/s. A checksum of the outputs guards against a benchmark that computes
 // nothing.
 //
-//   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8] [--type q8_0|q4_0|q4_K|q5_K|q6_K|f16]
+//   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8]
+//              [--type q8_0|q4_0|q4_K|q5_K|q6_K|f16|bf16]
 //              [--bf16]   (also time the alternative: q8_0 dequantised to a
 //                          bf16 copy per call + matmul() on it, i.e. oneDNN)
 //              [--only qkv|o|gate+up|down] [--small]   (--help: all of them)
@@ -104,7 +105,9 @@ int main(int argc, char** argv) {
   app.add_option("--copies", copies, "Copies of the layer decode streams through (weights from memory)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--type", type_name, "Weight type")->check(CLI::IsMember({"q8_0", "f16", "q4_0", "q4_K", "q5_K", "q6_K"}))->capture_default_str();
+  app.add_option("--type", type_name, "Weight type")
+      ->check(CLI::IsMember({"q8_0", "q4_0", "q4_K", "q5_K", "q6_K", "f16", "bf16"}))
+      ->capture_default_str();
   app.add_flag("--bf16", bf16, "Also time q8_0 dequantised to a bf16 copy per call + matmul() (oneDNN)");
   app.add_option("--only", only, "Run one op only")->check(CLI::IsMember({"qkv", "o", "gate+up", "down"}));
   app.add_flag("--small", small, "L2-resident shapes (E 256, F 512, kv 32): the kernel alone");
