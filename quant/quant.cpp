@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -139,6 +140,14 @@ static void dequantize_q8_0(const BlockQ8_0* x, float* y, size_t n) {
 
 void from_f32(DType t, const float* x, void* row, size_t n) {
   (void)row_bytes(t, n);  // validates n
+  if (t != DType::f32 && t != DType::f16 && t != DType::bf16) {
+    // the quantisers convert x / scale to int: undefined for NaN, and no
+    // block format can represent NaN or Inf
+    for (size_t i = 0; i < n; ++i)
+      if (!(std::fabs(x[i]) <= std::numeric_limits<float>::max()))
+        throw std::invalid_argument("from_f32: non-finite value (" + std::string(std::isnan(x[i]) ? "nan" : "inf") +
+                                    ") at index " + std::to_string(i) + " cannot be quantised to " + dtype_name(t));
+  }
   switch (t) {
     case DType::f32: std::memcpy(row, x, n * sizeof(float)); return;
     case DType::f16: simd::k().f32_to_f16(x, static_cast<uint16_t*>(row), n); return;

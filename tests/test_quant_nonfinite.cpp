@@ -1,11 +1,13 @@
-// Non-finite activations through every int8 product path: a token whose
-// activations hold NaN or Inf gets NaN outputs (as the float product would),
-// never finite numbers, and the other tokens of the batch are unaffected.
-// Converting NaN to int while quantising the activations is undefined
-// behaviour and would hide the NaN from the engine's non-finite logits check.
+// Non-finite values and the quantisers. Activations, through every int8
+// product path: a token whose activations hold NaN or Inf gets NaN outputs
+// (as the float product would), never finite numbers, and the other tokens of
+// the batch are unaffected (converting NaN to int while quantising is
+// undefined behaviour and would hide the NaN from the engine's non-finite
+// logits check). Weights: quantising NaN or Inf is refused.
 #include <cmath>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -90,4 +92,25 @@ TEST_CASE("a NaN or Inf activation makes its token's int8 products NaN on every 
                  rng);
     }
   }
+}
+
+TEST_CASE("quantising a NaN or Inf weight is refused, naming its index", "[quant][nonfinite]") {
+  std::mt19937 rng(17);
+  for (DType t : {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K,
+                  DType::q6_K}) {
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      INFO(quant::dtype_name(t) << " " << bad);
+      auto x = randv(kCols, rng, 1.0f);
+      x[300] = bad;
+      std::vector<uint8_t> row(quant::row_bytes(t, kCols));
+      CHECK_THROWS_AS(quant::from_f32(t, x.data(), row.data(), kCols), std::invalid_argument);
+      CHECK_THROWS_WITH(quant::from_f32(t, x.data(), row.data(), kCols), Catch::Contains("at index 300"));
+    }
+  }
+  // the float formats represent them
+  std::vector<float> x(64, std::numeric_limits<float>::quiet_NaN()), y(64);
+  std::vector<uint8_t> row(quant::row_bytes(DType::f16, 64));
+  quant::from_f32(DType::f16, x.data(), row.data(), 64);
+  quant::to_f32(DType::f16, row.data(), y.data(), 64);
+  CHECK(std::isnan(y[13]));
 }

@@ -136,15 +136,24 @@ std::vector<uint8_t> convert(const gguf::TensorInfo& t, DType to) {
   // rows are independent (the K-quant search is ~100x the cost of a copy):
   // threads over rows, each with its own f32 row
   const auto n = static_cast<long long>(rows);
+  long long bad_row = n;  // the first row from_f32 refused (a NaN or Inf)
+  std::string bad_what;
 #pragma omp parallel
   {
     std::vector<float> buf(cols);  // [cols] one row in f32
 #pragma omp for schedule(static)
     for (long long r = 0; r < n; ++r) {
       quant::to_f32(from, t.data + size_t(r) * in_row, buf.data(), cols);
-      quant::from_f32(to, buf.data(), out.data() + size_t(r) * out_row, cols);
+      try {
+        quant::from_f32(to, buf.data(), out.data() + size_t(r) * out_row, cols);
+      } catch (const std::invalid_argument& e) {
+#pragma omp critical(quantize_bad_row)
+        if (r < bad_row) bad_row = r, bad_what = e.what();
+      }
     }
   }
+  if (bad_row < n)
+    throw std::runtime_error("quantize: tensor '" + t.name + "' row " + std::to_string(bad_row) + ": " + bad_what);
   return out;
 }
 
