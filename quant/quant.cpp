@@ -118,12 +118,23 @@ size_t row_bytes(DType t, size_t n) {
 }
 
 // Same as ggml quantize_row_q8_0_ref: d = amax/127 stored as fp16, q = roundf(x/d)
-// (scaled by the fp32 1/d, not the rounded fp16 one).
+// (scaled by the fp32 1/d, not the rounded fp16 one). A block holding NaN or
+// Inf gets d = fp16 NaN and q = 0: it dequantises to NaN (the KV cache's q8_0
+// rows keep a non-finite value visible) instead of converting NaN to int.
 static void quantize_q8_0(const float* x, BlockQ8_0* y, size_t n) {
   for (size_t b = 0; b < n / kQ8_0Block; ++b) {
     const float* xb = x + b * kQ8_0Block;
     float amax = 0.0f;
-    for (size_t j = 0; j < kQ8_0Block; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+    bool finite = true;
+    for (size_t j = 0; j < kQ8_0Block; ++j) {
+      finite &= std::fabs(xb[j]) <= std::numeric_limits<float>::max();  // false for NaN and Inf
+      amax = std::fmax(amax, std::fabs(xb[j]));
+    }
+    if (!finite) {
+      y[b].d = 0x7e00;  // fp16 quiet NaN
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      continue;
+    }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = simd::f32_to_f16(d);
@@ -140,9 +151,9 @@ static void dequantize_q8_0(const BlockQ8_0* x, float* y, size_t n) {
 
 void from_f32(DType t, const float* x, void* row, size_t n) {
   (void)row_bytes(t, n);  // validates n
-  if (t != DType::f32 && t != DType::f16 && t != DType::bf16) {
-    // the quantisers convert x / scale to int: undefined for NaN, and no
-    // block format can represent NaN or Inf
+  if (is_low_bit(t)) {
+    // the low-bit quantisers convert x / scale to int (undefined for NaN) and
+    // have no way to represent NaN or Inf; they are never on a hot path
     for (size_t i = 0; i < n; ++i)
       if (!(std::fabs(x[i]) <= std::numeric_limits<float>::max()))
         throw std::invalid_argument("from_f32: non-finite value (" + std::string(std::isnan(x[i]) ? "nan" : "inf") +

@@ -3,7 +3,8 @@
 // (as the float product would), never finite numbers, and the other tokens of
 // the batch are unaffected (converting NaN to int while quantising is
 // undefined behaviour and would hide the NaN from the engine's non-finite
-// logits check). Weights: quantising NaN or Inf is refused.
+// logits check). Row quantisation (weights, q8_0 KV rows): q8_0 keeps the
+// NaN visible, the low-bit types refuse.
 #include <cmath>
 #include <limits>
 #include <random>
@@ -94,17 +95,34 @@ TEST_CASE("a NaN or Inf activation makes its token's int8 products NaN on every 
   }
 }
 
-TEST_CASE("quantising a NaN or Inf weight is refused, naming its index", "[quant][nonfinite]") {
+TEST_CASE("quantising NaN or Inf: q8_0 stores a NaN block, the low-bit types refuse naming the index",
+          "[quant][nonfinite]") {
   std::mt19937 rng(17);
-  for (DType t : {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K,
-                  DType::q6_K}) {
-    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
-      INFO(quant::dtype_name(t) << " " << bad);
-      auto x = randv(kCols, rng, 1.0f);
-      x[300] = bad;
-      std::vector<uint8_t> row(quant::row_bytes(t, kCols));
-      CHECK_THROWS_AS(quant::from_f32(t, x.data(), row.data(), kCols), std::invalid_argument);
-      CHECK_THROWS_WITH(quant::from_f32(t, x.data(), row.data(), kCols), Catch::Contains("at index 300"));
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    INFO(bad);
+    auto x = randv(kCols, rng, 1.0f);
+    x[300] = bad;
+    // q8_0 (the KV cache's q8_0 rows): block 9 dequantises to NaN, the others as without it
+    std::vector<uint8_t> row(quant::row_bytes(DType::q8_0, kCols)), clean_row(row.size());
+    quant::from_f32(DType::q8_0, x.data(), row.data(), kCols);
+    auto clean = x;
+    clean[300] = 0.0f;
+    quant::from_f32(DType::q8_0, clean.data(), clean_row.data(), kCols);
+    std::vector<float> y(kCols), yc(kCols);
+    quant::to_f32(DType::q8_0, row.data(), y.data(), kCols);
+    quant::to_f32(DType::q8_0, clean_row.data(), yc.data(), kCols);
+    size_t nan_in_block = 0, changed_elsewhere = 0;
+    for (size_t i = 0; i < kCols; ++i) {
+      if (i / 32 == 300 / 32) nan_in_block += std::isnan(y[i]);
+      else changed_elsewhere += !(y[i] == yc[i]);
+    }
+    CHECK(nan_in_block == 32);
+    CHECK(changed_elsewhere == 0);
+    for (DType t : {DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K, DType::q6_K}) {
+      INFO(quant::dtype_name(t));
+      std::vector<uint8_t> r(quant::row_bytes(t, kCols));
+      CHECK_THROWS_AS(quant::from_f32(t, x.data(), r.data(), kCols), std::invalid_argument);
+      CHECK_THROWS_WITH(quant::from_f32(t, x.data(), r.data(), kCols), Catch::Contains("at index 300"));
     }
   }
   // the float formats represent them
