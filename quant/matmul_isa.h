@@ -76,12 +76,21 @@ constexpr size_t kQ4_0Cols = 32;
 void avx512vnni_packed_q4_0_tile(const uint8_t* qs, const uint16_t* d, size_t rows, size_t nb, const PackedActs& x,
                                  float* y, size_t ldy, size_t g0, size_t g1, size_t t0, size_t t1);
 
-// Packed f16 (see quant::Packed): panels of kPackRowsF16 rows, per column the
-// panel's 16 fp16 values (lane = row): w[panel, col, 16], 64-byte aligned.
+// Packed f16 / bf16 (see quant::Packed): panels of kPackRowsF16 rows, per
+// column the panel's 16 fp16 (bf16 when is_bf16) values (lane = row):
+// w[panel, col, 16], 64-byte aligned.
 constexpr size_t kPackRowsF16 = 16;
 // y[t*ldy + r] for rows of panels [p0, p1) (clipped to rows), tokens [t0, t1);
-// x: [n_tokens, cols] f32.  packed_f16_avx512.cpp (AVX-512 + F16C).
-void avx512_packed_f16_tile(const uint16_t* w, size_t rows, size_t cols, const float* x, float* y,
+// x: [n_tokens, cols] f32; f32 FMAs on the exact weights.
+// packed_f16_avx512.cpp (AVX-512 + F16C).
+void avx512_packed_f16_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t cols, const float* x, float* y,
                             size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1);
+// The same product for batches on AVX512-BF16, weights (f16 panels, or bf16
+// panels when is_bf16) and activations rounded to bf16 (RNE), products summed
+// in f32 by vdpbf16ps.  packed_f16_bf16_avx512.cpp.
+//   xb: [n_tokens, ldxb] bf16, ldxb even, columns [cols, ldxb) zero.
+constexpr size_t kBf16MicroTokens = 6;  // its register tile's token count
+void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t cols, const uint16_t* xb,
+                            size_t ldxb, float* y, size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1);
 
 }  // namespace defkv::quant::detail

@@ -76,13 +76,23 @@ bool f16_kernel_available() {
 #endif
 }
 
+// The bf16 batch kernel (vdpbf16ps) for f16 batches.
+bool bf16_kernel_available() {
+#if DEFKV_SIMD_X86
+  return f16_kernel_available() && simd::cpu_features().avx512_bf16;
+#else
+  return false;
+#endif
+}
+
 bool kernel_available(DType t) {
   switch (t) {
     case DType::q8_0:
     case DType::q4_0:
     case DType::q4_K:
     case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
-    case DType::f16: return f16_kernel_available();
+    case DType::f16:
+    case DType::bf16: return f16_kernel_available();
     default: return false;
   }
 }
@@ -159,7 +169,7 @@ void pack_q4_0(const Matrix& w, Packed& p) {
 
 size_t n_panels_f16(size_t rows) { return (rows + detail::kPackRowsF16 - 1) / detail::kPackRowsF16; }
 
-// f16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
+// f16 / bf16: w[panel, col, 16] = W[16 panel + lane, col] (zero past W.rows).
 void pack_f16(const Matrix& w, Packed& p) {
   const size_t P = n_panels_f16(w.rows), n = w.cols;
   const size_t bytes = P * n * detail::kPackRowsF16 * sizeof(uint16_t);
@@ -292,6 +302,19 @@ void quantize_token(const float* x, size_t n, size_t t, const ActsScratch& acts)
 constexpr size_t kF16DecodePanels = 4;
 constexpr size_t kF16BatchPanels = 4;
 constexpr size_t kF16TokenBlock = 48;
+// From kPackedBf16MinTokens tokens, f16 batches run the AVX512-BF16 kernel
+// instead (weights and activations rounded to bf16; docs/tuning.md for the
+// speed and the logit differences): work items of kBf16Panels panels x up to
+// kBf16TokenBlock tokens, each converting its panels' weights once.
+constexpr size_t kBf16Panels = 4;
+constexpr size_t kBf16TokenBlock = 256;
+
+// f16 activations for the bf16 kernel: [n_tokens, ldxb] bf16, rows padded
+// with zeros to a multiple of 32 columns.
+struct Bf16Acts {
+  const uint16_t* xb = nullptr;
+  size_t ldxb = 0;
+};
 
 // One packed product's work split into row units (groups or panels) for the
 // shared parallel loop.
@@ -304,8 +327,8 @@ struct Job {
   size_t chunks;     // work items per token block
 };
 
-void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_k, const float* x, size_t chunk,
-               size_t t0, size_t t1) {
+void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_k, const float* x,
+               const Bf16Acts& xb, size_t chunk, size_t t0, size_t t1) {
 #if DEFKV_SIMD_X86
   const Matrix& w = j.p->source;
   const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
@@ -323,12 +346,15 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
     const uint8_t* qs = j.p->data.get();
     const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * kQ8_0Block);
     detail::avx512vnni_packed_q8_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
+  } else if (xb.xb != nullptr) {
+    detail::avx512bf16_packed_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
+                                   w.rows, w.cols, xb.xb, xb.ldxb, j.y, j.ldy, u0, u1, t0, t1);
   } else {
-    detail::avx512_packed_f16_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.rows, w.cols, x,
-                                   j.y, j.ldy, u0, u1, t0, t1);
+    detail::avx512_packed_f16_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
+                                   w.rows, w.cols, x, j.y, j.ldy, u0, u1, t0, t1);
   }
 #else
-  (void)j, (void)acts, (void)acts_k, (void)x, (void)chunk, (void)t0, (void)t1;
+  (void)j, (void)acts, (void)acts_k, (void)x, (void)xb, (void)chunk, (void)t0, (void)t1;
 #endif
 }
 
@@ -340,7 +366,7 @@ int act_kind(DType t) {
     case DType::q4_0: return 0;  // PackedActs (per 32-block)
     case DType::q4_K:
     case DType::q6_K: return 1;  // Q8_K super-blocks
-    default: return 2 + int(t);  // f16: the f32 activations themselves
+    default: return 2;  // f16 / bf16: the f32 activations themselves
   }
 }
 
@@ -352,17 +378,20 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   // the K-quants are scheduled as q8_0 (groups of 16 rows, int8 activations)
   const bool q8 = w0.type == DType::q8_0 || w0.type == DType::q4_0 || q4k;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
-  size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : kF16TokenBlock);
-  if (q8 && !few) {
+  const bool bf16 = !q8 && n_tokens >= kPackedBf16MinTokens && bf16_kernel_available();
+  size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : bf16 ? kBf16TokenBlock : kF16TokenBlock);
+  if ((q8 || bf16) && !few) {
     // equal blocks, rounded up to whole micro tiles
     const size_t n_blocks = (n_tokens + token_block - 1) / token_block;
-    token_block = ((n_tokens + n_blocks - 1) / n_blocks + kMicroTokens - 1) / kMicroTokens * kMicroTokens;
+    const size_t micro = bf16 ? detail::kBf16MicroTokens : kMicroTokens;
+    token_block = ((n_tokens + n_blocks - 1) / n_blocks + micro - 1) / micro * micro;
   }
   size_t per_tb = 0;
   for (size_t i = 0; i < n_jobs; ++i) {
     Job& j = jobs[i];
     j.units = q8 ? n_groups(j.p->source.rows) : n_panels_f16(j.p->source.rows);
-    j.per_chunk = q8 ? (few ? kDecodeGroups : kBatchGroups) : (few ? kF16DecodePanels : kF16BatchPanels);
+    j.per_chunk = q8 ? (few ? kDecodeGroups : kBatchGroups)
+                     : (few ? kF16DecodePanels : bf16 ? kBf16Panels : kF16BatchPanels);
     j.chunks = (j.units + j.per_chunk - 1) / j.per_chunk;
     per_tb += j.chunks;
   }
@@ -371,9 +400,21 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   // q4_K: Q8_K activation super-blocks [n_tokens, cols/256]
   const size_t nsb = w0.cols / kQK_K;
   ActQ8K* acts_k = q4k ? grow_scratch<ActQ8K, 3>(n_tokens * nsb) : nullptr;
+  Bf16Acts xb;
+  if (bf16) {
+    xb.ldxb = (w0.cols + 31) / 32 * 32;
+    xb.xb = grow_scratch<uint16_t, 4>(n_tokens * xb.ldxb);
+  }
   auto quantize = [&](size_t t) {
-    if (q4k) quantize_acts(w0.type, x + t * w0.cols, acts_k + t * nsb, w0.cols);
-    else quantize_token(x, w0.cols, t, scratch);
+    if (bf16) {
+      auto* row = const_cast<uint16_t*>(xb.xb) + t * xb.ldxb;
+      simd::k().f32_to_bf16(x + t * w0.cols, row, w0.cols);
+      std::fill(row + w0.cols, row + xb.ldxb, uint16_t(0));
+    } else if (q4k) {
+      quantize_acts(w0.type, x + t * w0.cols, acts_k + t * nsb, w0.cols);
+    } else {
+      quantize_token(x, w0.cols, t, scratch);
+    }
   };
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;
   const auto n_items = static_cast<long long>(n_tb * per_tb);
@@ -382,11 +423,11 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
     size_t c = size_t(it) % per_tb, i = 0;
     while (c >= jobs[i].chunks) c -= jobs[i++].chunks;
     const size_t t0 = tb * token_block;
-    run_chunk(jobs[i], acts, acts_k, x, c, t0, std::min(n_tokens, t0 + token_block));
+    run_chunk(jobs[i], acts, acts_k, x, xb, c, t0, std::min(n_tokens, t0 + token_block));
   };
   const auto nt = static_cast<long long>(n_tokens);
-  if (q8 && !few) {
-    // q8_0 batches: the activation quantisation and the products in one
+  if ((q8 || bf16) && !few) {
+    // q8_0 and bf16 batches: the activation quantisation and the products in one
     // parallel region (one fork/join per call); items of ~10-100 us handed out
     // one at a time: on a shared machine a thread that loses its core no
     // longer holds back half of the work (a static split waits for it)

@@ -123,9 +123,15 @@ void get_row(const Matrix& w, size_t r, float* out);
 // fp16 scales. The kernel multiplies with vpdpbusd against int8 activations
 // quantised exactly as matmul() does (per 32-block, d = amax/127, nearest
 // even), so results agree with matmul() on q8_0 up to float accumulation order.
-// f16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16 fp16
-// values (one vcvtph2ps = 16 rows of one column); f32 FMAs, results agree with
-// matmul_ref up to float accumulation order.
+// f16 / bf16 (AVX-512 + F16C): panels of 16 rows, per column the panel's 16
+// fp16 (bf16) values (one vcvtph2ps = 16 rows of one column); f32 FMAs,
+// results agree with matmul_ref up to float accumulation order. On CPUs with
+// AVX512-BF16, calls of kPackedBf16MinTokens tokens or more (prefill) instead
+// round the weights (f16) and the activations to bf16 (nearest even) and sum
+// the exact bf16 products in f32 (vdpbf16ps, twice the multiply-adds of an f32
+// FMA per instruction): they agree with matmul_ref on those roundings (each
+// <= 2^-8 relative) up to float accumulation order; fewer tokens (decode)
+// stay exact.
 // q4_0 (AVX-512 VNNI): as q8_0, with the 4-bit levels nibble-packed (two
 // columns 16 apart per byte) and the level offset 8 applied through the
 // activation sums; the size of the original tensor.
@@ -136,11 +142,12 @@ void get_row(const Matrix& w, size_t r, float* out);
 // quantised exactly as matmul() does, so results agree with matmul() up to
 // float accumulation order. Size: the original blocks plus 64 B (q4_K) or
 // 32 B (q6_K) per 16 x 256 weights.
-// Memory (q8_0, f16): bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
+// Memory (q8_0, f16, bf16): bytes == ceil(rows/16)*16 * row_bytes(type, cols), i.e. the size of
 // the original tensor (plus < 16 rows of padding); the mmapped original is not
 // read again by matmul_packed (see release_source below to drop its pages).
 // Other dtypes, other CPUs, and DEFKV_FORCE_SCALAR: no copy is made
 // (packed() == false, bytes == 0) and matmul_packed() is exactly matmul(source).
+inline constexpr size_t kPackedBf16MinTokens = 12;  // 8 ran level with the f32 FMAs (docs/tuning.md)
 struct Packed {
   Matrix source;                         // the original weights (kept valid by the caller)
   std::shared_ptr<const uint8_t> data;   // packed copy, or null
@@ -180,7 +187,7 @@ struct PackedProduct {
 // of n_products). Results are identical to calling matmul_packed on each.
 // Falls back to one matmul_packed per product when they are not all packed
 // with dtypes sharing one activation format (q8_0 with q4_0, q4_K with q6_K,
-// f16 alone), or more than 8. Throws std::invalid_argument on
+// f16 with bf16), or more than 8. Throws std::invalid_argument on
 // different column counts.
 void matmul_packed_multi(const PackedProduct* products, size_t n_products, const float* x,
                          size_t n_tokens);

@@ -2,15 +2,18 @@
 // qwen3, phi3 with full and partial rotary, gemma2, gemma3) against the
 // reference logits of ../shared/testdata/archs (llama.cpp or an independent
 // numpy forward, see its README): every position, batched prefill and token
-// by token (and in batches of 48), F32 KV cache, the manifest's tolerance; and bad models (GGUFs
+// by token (and in batches of 48), F32 KV cache, the manifest's tolerance, and
+// llama.cpp's own logits where the oracle is numpy; and bad models (GGUFs
 // rewritten in memory) refused with errors naming the key or tensor.
 #include "tests/archs_util.h"
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <set>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/engine/context.h"
@@ -107,6 +110,25 @@ TEST_CASE("every architecture case matches its reference logits, batched and tok
                 << " (tolerance " << cs["tolerance"]["max_abs"].get<double>() << ")");
       check_within(cb, cs["tolerance"], "batched");
       check_within(ct, cs["tolerance"], "token by token");
+
+      // llama.cpp's own logits beside a numpy oracle (gemma2, gemma3): its CPU
+      // GELU reads an fp16 table, hence the manifest's looser bound.
+      if (cs.contains("logits_llamacpp")) {
+        const auto& tl = cs["tolerance_llamacpp"];
+        const double max_abs = tl["max_abs"].get<double>(), top1 = tl["top1_agreement"].get<double>();
+        const std::pair<const char*, const std::vector<float>*> runs[] = {{"logits_llamacpp", &batched},
+                                                                          {"logits_llamacpp_token_by_token", &tbt}};
+        for (const auto& [key, got] : runs) {
+          const auto lc = archs_test::read_logits(cs[key].get<std::string>());
+          REQUIRE(lc.ids == ids);
+          const Cmp c = compare(got->data(), lc);
+          const double agree = 1.0 - double(c.top1_mismatch.size()) / double(T);
+          WARN(name << " against " << key << ": max abs " << c.max_abs << " (bound " << max_abs << "), top-1 agreement "
+                    << agree << " (bound " << top1 << ")");
+          CHECK(c.max_abs <= max_abs);
+          CHECK(agree >= top1);
+        }
+      }
     }
   }
 }
@@ -197,7 +219,7 @@ TensorEdit f32_vector(const std::string& name, size_t n) {
 }  // namespace
 
 TEST_CASE("unchanged rewrites load (the mutations below are the only difference)", "[archs][errors]") {
-  for (const char* f : {"qwen2.gguf", "qwen3.gguf", "phi3.gguf", "gemma2.gguf", "llama3-rope.gguf"}) {
+  for (const char* f : {"qwen2.gguf", "qwen3.gguf", "phi3.gguf", "gemma2.gguf", "gemma3.gguf", "llama3-rope.gguf"}) {
     INFO(f);
     auto r = archs_test::rewrite(vec_path(f), {});
     CHECK_NOTHROW(model::Model::from_file(std::move(r.file)));
@@ -273,5 +295,75 @@ TEST_CASE("bad architecture models are refused with the key or tensor named", "[
   SECTION("partial rotary wider than the head") {
     expect_refused(archs_test::rewrite(vec_path("phi3.gguf"), [](gguf::Writer& w) { w.set("phi3.rope.dimension_count", u32(48)); }),
                    {"phi3.rope.dimension_count", "head_dim 32"});
+  }
+}
+
+namespace {
+
+gguf::Value bools(std::vector<int64_t> v) {
+  return gguf::Value{gguf::ValueType::array, gguf::Array{gguf::ValueType::boolean, std::move(v), {}, {}, {}}};
+}
+
+// gemma3.gguf rewritten with edit_kv: the layers that slide.
+std::vector<bool> gemma3_sliding(const std::function<void(gguf::Writer&)>& edit_kv) {
+  auto m = model::Model::from_file(archs_test::rewrite(vec_path("gemma3.gguf"), edit_kv).file);
+  std::vector<bool> out;
+  for (uint32_t l = 0; l < m->config().n_layer; ++l) out.push_back(m->layer(l).window != 0);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("gemma3: the sliding-window pattern key is honoured as a period or one bool per layer", "[archs][errors]") {
+  using V = std::vector<bool>;
+  const V dflt = {true, true, true, true, true, false, true, true};  // il % 6 == 5 global
+  CHECK(gemma3_sliding({}) == dflt);
+  CHECK(gemma3_sliding([](gguf::Writer& w) { w.set("gemma3.attention.sliding_window_pattern", u32(4)); }) ==
+        V{true, true, true, false, true, true, true, false});
+  CHECK(gemma3_sliding([](gguf::Writer& w) { w.set("gemma3.attention.sliding_window_pattern", u32(1)); }) == V(8, false));
+  CHECK(gemma3_sliding([](gguf::Writer& w) {
+          w.set("gemma3.attention.sliding_window_pattern", bools({0, 1, 1, 1, 1, 1, 1, 0}));
+        }) == V{false, true, true, true, true, true, true, false});
+}
+
+TEST_CASE("gemma3: a window or pattern contradicting the layers and a missing q/k norm are refused by name", "[archs][errors]") {
+  const std::string key = "gemma3.attention.sliding_window_pattern";
+  SECTION("a per-layer pattern whose length is not block_count") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [&](gguf::Writer& w) { w.set(key, bools({1, 1, 1, 1, 1, 0, 1})); }),
+                   {key, "7 entries", "gemma3.block_count = 8"});
+  }
+  SECTION("a pattern array of numbers instead of bools") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [&](gguf::Writer& w) {
+                     w.set(key, gguf::Value{gguf::ValueType::array,
+                                            gguf::Array{gguf::ValueType::u32, {1, 1, 1, 1, 1, 0, 1, 1}, {}, {}, {}}});
+                   }),
+                   {key, "one bool per layer"});
+  }
+  SECTION("a pattern that leaves no global layer") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [&](gguf::Writer& w) { w.set(key, bools(std::vector<int64_t>(8, 1))); }),
+                   {key, "no global", "8 layers"});
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [&](gguf::Writer& w) { w.set(key, u32(9)); }),
+                   {key, "no global"});
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [&](gguf::Writer& w) { w.set(key, u32(0)); }), {key, "> 0"});
+  }
+  SECTION("a block count under the default period leaves no global layer") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [](gguf::Writer& w) { w.set("gemma3.block_count", u32(5)); }),
+                   {"gemma3.block_count = 5", "no global layer"});
+  }
+  SECTION("a window of 0, or longer than the context") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [](gguf::Writer& w) { w.set("gemma3.attention.sliding_window", u32(0)); }),
+                   {"gemma3.attention.sliding_window"});
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [](gguf::Writer& w) { w.set("gemma3.attention.sliding_window", u32(4096)); }),
+                   {"gemma3.attention.sliding_window = 4096", "gemma3.context_length = 2048"});
+  }
+  SECTION("a missing q or k norm") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), {}, drop("blk.3.attn_k_norm.weight")),
+                   {"missing tensor 'blk.3.attn_k_norm.weight'", "[32]"});
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), {}, drop("blk.5.attn_q_norm.weight")),
+                   {"missing tensor 'blk.5.attn_q_norm.weight'"});
+  }
+  SECTION("a non-positive RoPE base for the sliding layers") {
+    expect_refused(archs_test::rewrite(vec_path("gemma3.gguf"), [](gguf::Writer& w) { w.set_f32("gemma3.rope.freq_base_swa", 0.0f); }),
+                   {"gemma3.rope.freq_base_swa"});
   }
 }

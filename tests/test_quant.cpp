@@ -83,9 +83,9 @@ std::vector<double> dequant_all(const quant::Matrix& w) {
   return out;
 }
 
-// bf16 has an 8-bit significand: rounding an activation to it moves it by at
-// most 2^-9 relative (oneDNN's bf16 matmul rounds x to bf16).
-constexpr double kBf16RelErr = 0x1p-9;
+// bf16 has an 8-bit significand: rounding to nearest moves a value by at most
+// 2^-8 relative (oneDNN's bf16 matmul rounds x to bf16).
+constexpr double kBf16RelErr = 0x1p-8;
 
 // Tolerance for one output y[t, r] of a fast matmul relative to the exact
 // product: float accumulation, plus (q8_0 SIMD) per-block activation
@@ -425,10 +425,21 @@ TEST_CASE("matmul rejects bad arguments", "[quant][matmul]") {
 
 namespace {
 bool expect_packing(DType t = DType::q8_0) {
-  if (t == DType::f16) return simd::k().isa == simd::Isa::avx512;
+  if (t == DType::f16 || t == DType::bf16) return simd::k().isa == simd::Isa::avx512;
   if (t != DType::q8_0) return false;
   return simd::k().isa == simd::Isa::avx512 &&
          simd::cpu_features().avx512_vnni;
+}
+// True when a packed f16 product of n_tokens runs the bf16 kernel (see quant::Packed).
+bool bf16_batch(size_t n_tokens) {
+  return expect_packing(DType::f16) && simd::cpu_features().avx512_bf16 && n_tokens >= quant::kPackedBf16MinTokens;
+}
+// Error bound of that kernel against the exact product: the weight and the
+// activation each move by <= 2^-8 relative when rounded to bf16.
+double bf16_rounding_tol(const double* w_row, const float* x, size_t n) {
+  double sum_abs = 0;
+  for (size_t c = 0; c < n; ++c) sum_abs += std::fabs(w_row[c] * x[c]);
+  return (2 * kBf16RelErr + kBf16RelErr * kBf16RelErr) * sum_abs;
 }
 }  // namespace
 
@@ -595,7 +606,7 @@ TEST_CASE("pack_for_gemm: int8 extremes (-128, 127) and zero scales", "[quant][p
 
 TEST_CASE("pack_for_gemm: other dtypes are not copied and fall back to matmul", "[quant][packed]") {
   std::mt19937 rng(33);
-  for (DType t : {DType::f32, DType::bf16}) {
+  for (DType t : {DType::f32}) {
     auto w = make_matrix(t, 21, 64, rng);
     const quant::Packed p = quant::pack_for_gemm(w.m);
     CHECK_FALSE(p.packed());
@@ -613,17 +624,18 @@ TEST_CASE("pack_for_gemm: other dtypes are not copied and fall back to matmul", 
   quant::matmul_packed(p, x.data(), y.data(), 0, 4);                // no tokens: no-op
 }
 
-TEST_CASE("pack_for_gemm: packed f16 matmul matches matmul_ref", "[quant][packed]") {
+TEST_CASE("pack_for_gemm: packed f16 / bf16 matmul matches matmul_ref", "[quant][packed]") {
   std::mt19937 rng(34);
   struct Shape { size_t rows, cols; };
   // odd rows (partial last 16-row panel, odd panel counts), odd cols (decode tail)
   const Shape shapes[] = {{1, 1}, {3, 7}, {17, 96}, {33, 250}, {67, 513}, {300, 64}, {5, 5632}, {130, 2048}};
+  for (DType type : {DType::f16, DType::bf16})
   for (const Shape s : shapes) {
-    auto w = make_matrix(DType::f16, s.rows, s.cols, rng);
+    auto w = make_matrix(type, s.rows, s.cols, rng);
     const auto W = dequant_all(w.m);
     const quant::Packed p = quant::pack_for_gemm(w.m);
-    CHECK(p.packed() == expect_packing(DType::f16));
-    if (p.packed()) CHECK(p.bytes == (s.rows + 15) / 16 * 16 * quant::row_bytes(DType::f16, s.cols));
+    CHECK(p.packed() == expect_packing(type));
+    if (p.packed()) CHECK(p.bytes == (s.rows + 15) / 16 * 16 * quant::row_bytes(type, s.cols));
     else CHECK(p.bytes == 0);
     for (size_t n_tokens : {size_t(1), size_t(2), size_t(3), size_t(5), size_t(12), size_t(13), size_t(25),
                             size_t(49), size_t(70)}) {
@@ -633,13 +645,64 @@ TEST_CASE("pack_for_gemm: packed f16 matmul matches matmul_ref", "[quant][packed
       std::vector<float> yr(n_tokens * ldy, NAN), y(n_tokens * ldy, NAN);
       quant::matmul_ref(w.m, x.data(), yr.data(), n_tokens, ldy);
       quant::matmul_packed(p, x.data(), y.data(), n_tokens, ldy);
-      INFO("rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens);
+      INFO(quant::dtype_name(type) << " rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens);
       size_t bad = 0;
       double worst = 0;
       for (size_t tk = 0; tk < n_tokens; ++tk) {
         for (size_t r = 0; r < s.rows; ++r) {
-          const double tol = matmul_tol(DType::f16, &W[r * s.cols], &x[tk * s.cols], s.cols, false);
+          const double tol = matmul_tol(type, &W[r * s.cols], &x[tk * s.cols], s.cols, false) +
+                             (bf16_batch(n_tokens) ? bf16_rounding_tol(&W[r * s.cols], &x[tk * s.cols], s.cols) : 0);
           const double err = std::fabs(double(y[tk * ldy + r]) - yr[tk * ldy + r]);
+          bad += !(err <= tol);
+          worst = std::max(worst, err / tol);
+        }
+        if (ldy > s.rows) CHECK(std::isnan(y[tk * ldy + s.rows]));  // padding untouched
+      }
+      INFO("worst err/tol " << worst);
+      CHECK(bad == 0);
+    }
+  }
+}
+
+// Oracle for the bf16 batch kernel: weights and activations rounded to bf16
+// by the scalar converter, products summed in double.
+TEST_CASE("packed f16 / bf16 batches on AVX512-BF16 equal the bf16-rounded product", "[quant][packed][bf16]") {
+  if (!bf16_batch(quant::kPackedBf16MinTokens)) {
+    WARN("skipped: no AVX512-BF16 packed kernel on this machine/build");
+    return;
+  }
+  std::mt19937 rng(38);
+  struct Shape { size_t rows, cols; };
+  // partial last panel and 1-3 panels left after 4-panel tiles; odd cols (a
+  // column paired with zeros); cols > 2048 (K-blocks summed in the output)
+  const Shape shapes[] = {{1, 1}, {17, 7}, {67, 513}, {300, 64}, {40, 5632}, {130, 2048}, {50, 4097}};
+  for (DType type : {DType::f16, DType::bf16})
+  for (const Shape s : shapes) {
+    auto w = make_matrix(type, s.rows, s.cols, rng);
+    const auto W = dequant_all(w.m);
+    const quant::Packed p = quant::pack_for_gemm(w.m);
+    REQUIRE(p.packed());
+    // tokens: the minimum, 6-token tails, more than one token block
+    for (size_t n_tokens : {quant::kPackedBf16MinTokens, size_t(23), size_t(70), size_t(300)}) {
+      if (s.cols >= 2048 && n_tokens == 300) continue;
+      const size_t ldy = s.rows + (n_tokens % 2);
+      const auto x = randv(n_tokens * s.cols, rng);
+      std::vector<float> y(n_tokens * ldy, NAN);
+      quant::matmul_packed(p, x.data(), y.data(), n_tokens, ldy);
+      INFO(quant::dtype_name(type) << " rows " << s.rows << " cols " << s.cols << " tokens " << n_tokens);
+      size_t bad = 0;
+      double worst = 0;
+      for (size_t tk = 0; tk < n_tokens; ++tk) {
+        for (size_t r = 0; r < s.rows; ++r) {
+          double ref = 0, sum_abs = 0;
+          for (size_t c = 0; c < s.cols; ++c) {
+            const double wb = simd::bf16_to_f32(simd::f32_to_bf16(float(W[r * s.cols + c])));
+            const double xb = simd::bf16_to_f32(simd::f32_to_bf16(x[tk * s.cols + c]));
+            ref += wb * xb;
+            sum_abs += std::fabs(wb * xb);
+          }
+          const double tol = reduction_tol(s.cols, sum_abs);
+          const double err = std::fabs(double(y[tk * ldy + r]) - ref);
           bad += !(err <= tol);
           worst = std::max(worst, err / tol);
         }
@@ -653,11 +716,11 @@ TEST_CASE("pack_for_gemm: packed f16 matmul matches matmul_ref", "[quant][packed
 
 TEST_CASE("matmul_packed_multi equals one matmul_packed per product", "[quant][packed]") {
   std::mt19937 rng(35);
-  for (DType t : {DType::q8_0, DType::f16, DType::f32}) {
+  for (DType t : {DType::q8_0, DType::f16, DType::bf16, DType::f32}) {
     const size_t cols = 256;
     auto a = make_matrix(t, 70, cols, rng), b = make_matrix(t, 17, cols, rng), c = make_matrix(t, 33, cols, rng);
     const quant::Packed pa = quant::pack_for_gemm(a.m), pb = quant::pack_for_gemm(b.m), pc = quant::pack_for_gemm(c.m);
-    for (size_t n_tokens : {size_t(1), size_t(3), size_t(50)}) {
+    for (size_t n_tokens : {size_t(1), size_t(3), size_t(50), size_t(300)}) {
       INFO(quant::dtype_name(t) << " tokens " << n_tokens);
       const auto x = randv(n_tokens * cols, rng);
       std::vector<float> ya(n_tokens * 71, NAN), yb(n_tokens * 17, NAN), yc(n_tokens * 33, NAN);

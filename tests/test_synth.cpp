@@ -330,12 +330,12 @@ TEST_CASE("synth refuses inconsistent shapes", "[synth]") {
 TEST_CASE("known shapes match their published parameter counts", "[synth]") {
   // Published sizes (model cards): TinyLlama 1.1B, Llama-3.2-1B 1.24B,
   // Qwen2.5-0.5B 0.49B, Qwen3-0.6B 0.6B (0.44B without embeddings),
-  // Phi-3.5-mini 3.8B, SmolLM2 135M / 362M.
+  // Phi-3.5-mini 3.8B, SmolLM2 135M / 362M, Gemma 3 1B 999.89M (its GGUF).
   struct Want { const char* name; double params; };
   for (const Want& w : {Want{"tinyllama-1.1b", 1.100e9}, Want{"llama-3.2-1b", 1.236e9},
                         Want{"qwen2.5-0.5b", 0.494e9}, Want{"qwen3-0.6b", 0.596e9},
                         Want{"phi-3.5-mini", 3.821e9}, Want{"smollm2-135m", 0.1345e9},
-                        Want{"smollm2-360m", 0.3618e9}}) {
+                        Want{"smollm2-360m", 0.3618e9}, Want{"gemma3-1b", 0.99989e9}}) {
     INFO(w.name);
     const tools::ModelShape* s = tools::find_shape(w.name);
     REQUIRE(s != nullptr);
@@ -395,6 +395,79 @@ TEST_CASE("real-architecture shapes synthesize their own GGUF architecture", "[s
     auto logits = ctx.eval(std::vector<int32_t>{1, 100, 200, 299, 5});
     for (float x : logits) REQUIRE(std::isfinite(x));
   }
+}
+
+TEST_CASE("gemma3-1b is Gemma 3 1B's config and loads as gemma3 with its windows and RoPE bases", "[synth][archs]") {
+  // google/gemma-3-1b config.json: hidden 1152, 26 layers, 4 heads, 1 KV
+  // head, head_dim 256, intermediate 6912, vocab 262144, sliding_window 512
+  // (pattern 6), rope_theta 1e6, rope_local_base_freq 10000, no rope_scaling,
+  // rms_norm_eps 1e-6, max_position_embeddings 32768, tied embeddings.
+  const tools::ModelShape* g = tools::find_shape("gemma3-1b");
+  REQUIRE(g != nullptr);
+  CHECK(g->arch == "gemma3");
+  CHECK(g->dim == 1152);
+  CHECK(g->n_layer == 26);
+  CHECK(g->n_head == 4);
+  CHECK(g->n_head_kv == 1);
+  CHECK(g->head_dim == 256);
+  CHECK(g->ffn == 6912);
+  CHECK(g->n_vocab == 262144);
+  CHECK(g->sliding_window == 512);
+  CHECK(g->rope_base == 1e6f);
+  CHECK(g->rope_base_swa == 1e4f);
+  CHECK(g->rms_eps == 1e-6f);
+  CHECK(g->ctx == 32768);
+  CHECK(g->tied);
+  CHECK_NOTHROW(g->validate(quant::DType::q8_0));
+
+  // The shape scaled down in width, depth and vocabulary (heads, head dim,
+  // window, RoPE, eps and context kept): the loader reads it as Gemma 3 1B's
+  // block and layer kinds.
+  TempDir td;
+  tools::ModelShape s = *g;
+  s.dim = 64;
+  s.n_layer = 8;
+  s.ffn = 128;
+  s.n_vocab = 300;
+  auto m = model::Model::load(synth(td, "gemma3.gguf", s, quant::DType::q8_0, 3));
+  const model::Config& c = m->config();
+  CHECK(c.arch == "gemma3");
+  CHECK(c.head_dim == 256);
+  CHECK(c.n_head_kv == 1);
+  CHECK(c.qk_norm);
+  CHECK(c.post_norms);
+  CHECK(c.act == model::Activation::gelu_tanh);
+  CHECK(c.embd_scale == Approx(8.0f));
+  CHECK(c.final_softcap == 0.0f);
+  CHECK(c.tied_output);
+  CHECK(c.rms_eps == 1e-6f);
+  CHECK(c.n_ctx_train == 32768);
+  CHECK(c.sliding_window == 512);
+  REQUIRE(c.rope.size() == 2);
+  CHECK(c.rope[0].freq_base == 1e6f);
+  CHECK(c.rope[0].freq_scale == 1.0f);  // the 1B has no linear scaling
+  CHECK(c.rope[1].freq_base == 1e4f);
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    INFO("layer " << l);
+    CHECK(m->layer(l).window == (l % 6 == 5 ? 0u : 512u));
+    CHECK(m->layer(l).rope_table == (l % 6 == 5 ? 0u : 1u));
+  }
+  uint64_t elems = 0;
+  for (const auto& t : m->file().tensors()) elems += t.n_elements;
+  CHECK(elems == s.n_params());
+  // The context defaults to the metadata's 32768 (allows 32k runs).
+  engine::ContextParams cp;
+  CHECK(engine::plan_context(c, cp).n_ctx == 32768);
+  cp.n_ctx = 64;
+  cp.n_threads = 1;
+  engine::Context ctx(*m, cp);
+  auto logits = ctx.eval(std::vector<int32_t>{1, 100, 200, 299, 5});
+  for (float x : logits) REQUIRE(std::isfinite(x));
+  for (int i = 0; i < 4; ++i) ctx.step(7 + i);
+  for (float x : ctx.logits()) REQUIRE(std::isfinite(x));
+
+  s.n_layer = 5;  // no global layer
+  CHECK_THROWS_WITH(s.validate(quant::DType::q8_0), Catch::Contains("gemma3"));
 }
 
 TEST_CASE("streaming-read kernels agree with the scalar reference", "[membw]") {

@@ -7,7 +7,7 @@
 // GB/s. A checksum of the outputs guards against a benchmark that computes
 // nothing.
 //
-//   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8] [--type q8_0|f16]
+//   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8] [--type q8_0|f16|bf16]
 //              [--bf16]   (also time the alternative: q8_0 dequantised to a
 //                          bf16 copy per call + matmul() on it, i.e. oneDNN)
 //              [--only qkv|o|gate+up|down] [--small]   (--help: all of them)
@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
   app.add_option("--copies", copies, "Copies of the layer decode streams through (weights from memory)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--type", type_name, "Weight type")->check(CLI::IsMember({"q8_0", "f16"}))->capture_default_str();
+  app.add_option("--type", type_name, "Weight type")->check(CLI::IsMember({"q8_0", "f16", "bf16"}))->capture_default_str();
   app.add_flag("--bf16", bf16, "Also time q8_0 dequantised to a bf16 copy per call + matmul() (oneDNN)");
   app.add_option("--only", only, "Run one op only")->check(CLI::IsMember({"qkv", "o", "gate+up", "down"}));
   app.add_flag("--small", small, "L2-resident shapes (E 256, F 512, kv 32): the kernel alone");

@@ -1,4 +1,4 @@
-// defkv synth: write a GGUF (llama, qwen2, qwen3 or phi3) with a real model's
+// defkv synth: write a GGUF (llama, qwen2, qwen3, phi3 or gemma3) with a real model's
 // shapes and random weights (for benchmarks of models that are not available offline).
 #include <CLI/CLI.hpp>
 #include <unistd.h>
@@ -141,7 +141,8 @@ Handler register_synth(CLI::App& app) {
   c->footer(
       "Shapes (from the real config.json, in the model's own GGUF architecture: llama with "
       "Llama 3 rope_freqs where the model has them, qwen2 with q/k/v biases, qwen3 with q/k "
-      "norms, phi3 with fused qkv and gate/up; custom shapes are llama):\n" +
+      "norms, phi3 with fused qkv and gate/up, gemma3 with q/k norms, post norms and sliding-window "
+      "layers; custom shapes are llama):\n" +
       shapes_help() +
       "\nWeights: deterministic in --seed (same values for every --type), approx. N(0, 0.02); "
       "attn_output/ffn_down 0.02/sqrt(2*layers); biases N(0, 0.02); norms 1 and always F32.\n"

@@ -33,7 +33,9 @@ using quant::DType;
 const std::vector<ModelShape>& known_shapes() {
   // Values from each model's config.json (Hugging Face). The context length
   // written to the metadata is capped at 8192 (see ctx below) so that a
-  // runtime sizing its KV cache from the metadata stays reasonable.
+  // runtime sizing its KV cache from the metadata stays reasonable, except
+  // gemma3-1b's: its sliding-window layers keep only 512 positions, so its
+  // real 32768 is kept for long-context runs.
   static const std::vector<ModelShape> shapes = [] {
     std::vector<ModelShape> v = {
       {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048, 0, 10000.0f, 1e-5f, false,
@@ -58,6 +60,12 @@ const std::vector<ModelShape>& known_shapes() {
        "SmolLM2-360M: tied head; synthetic SPM vocab (real: GPT-2-style BPE)."},
       {"smollm2-135m", 576, 30, 9, 3, 1536, 49152, 8192, 0, 100000.0f, 1e-5f, true,
        "SmolLM2-135M: tied head; synthetic SPM vocab (real: GPT-2-style BPE)."},
+      {"gemma3-1b", 1152, 26, 4, 1, 6912, 262144, 32768, 256, 1000000.0f, 1e-6f, true,
+       "Gemma 3 1B (text): gemma3 architecture (sliding window 512 on five of every six layers, "
+       "RoPE base 1e6 on the global layers and 10000 on the sliding ones, no RoPE scaling in the "
+       "1B; per-head q/k RMSNorm, post-attention / post-FFN norms, GELU), tied head, head dim 256; "
+       "context metadata 32768 as the real model; synthetic SPM vocab of 262,144 tokens (there is "
+       "no Gemma vocabulary in the shared data)."},
       {"tiny", 64, 2, 4, 2, 128, 512, 256, 0, 10000.0f, 1e-5f, false,
        "A tiny test shape with the stories260K tokenizer (512 tokens)."},
     };
@@ -66,6 +74,10 @@ const std::vector<ModelShape>& known_shapes() {
       if (s.name == "qwen2.5-0.5b") s.arch = "qwen2", s.qkv_bias = true;
       if (s.name == "qwen3-0.6b") s.arch = "qwen3", s.qk_norm = true;
       if (s.name == "phi-3.5-mini") s.arch = "phi3", s.fused = true, s.sliding_window = 262144;
+      if (s.name == "gemma3-1b") {
+        s.arch = "gemma3", s.qk_norm = true, s.post_norms = true;
+        s.sliding_window = 512, s.rope_base_swa = 10000.0f;
+      }
     }
     return v;
   }();
@@ -99,11 +111,19 @@ void ModelShape::validate(DType type) const {
   if (hd % 2 != 0) bad("head dim " + std::to_string(hd) + " must be even (RoPE pairs)");
   if (!(rope_base > 0.0f) || !std::isfinite(rope_base)) bad("rope base must be > 0");
   if (!(rms_eps > 0.0f)) bad("rms eps must be > 0");
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3")
-    bad("unknown arch '" + arch + "' (llama, qwen2, qwen3, phi3)");
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && arch != "gemma3")
+    bad("unknown arch '" + arch + "' (llama, qwen2, qwen3, phi3, gemma3)");
   if (qkv_bias != (arch == "qwen2") && arch != "llama") bad("q/k/v biases belong to qwen2 (or optional llama)");
-  if (qk_norm != (arch == "qwen3")) bad("q/k norms belong to qwen3");
+  if (qk_norm != (arch == "qwen3" || arch == "gemma3")) bad("q/k norms belong to qwen3 and gemma3");
   if (fused != (arch == "phi3")) bad("fused qkv / gate-up belong to phi3");
+  if (post_norms != (arch == "gemma3")) bad("post-attention / post-FFN norms belong to gemma3");
+  if (arch == "gemma3") {
+    if (sliding_window == 0) bad("gemma3 needs a sliding window");
+    if (n_layer < 6) bad("gemma3 needs at least 6 layers (layer 5 is the first global one)");
+    if (!(rope_base_swa > 0.0f)) bad("gemma3 needs the sliding layers' RoPE base");
+  } else if (rope_base_swa != 0.0f) {
+    bad("a RoPE base for sliding-window layers belongs to gemma3");
+  }
   const size_t blk = quant::block_elems(type);
   auto need = [&](const char* what, uint64_t v) {
     if (v % blk != 0)
@@ -119,7 +139,8 @@ uint64_t ModelShape::n_params() const {
   const uint64_t hd = head_dim_or_default();
   const uint64_t q = uint64_t(n_head) * hd, kv = uint64_t(n_head_kv) * hd;
   const uint64_t per_layer = 2 * uint64_t(dim) + uint64_t(dim) * (q + 2 * kv) + q * dim +
-                             3 * uint64_t(dim) * ffn + (qkv_bias ? q + 2 * kv : 0) + (qk_norm ? 2 * hd : 0);
+                             3 * uint64_t(dim) * ffn + (qkv_bias ? q + 2 * kv : 0) + (qk_norm ? 2 * hd : 0) +
+                             (post_norms ? 2 * uint64_t(dim) : 0);
   return uint64_t(n_vocab) * dim * (tied ? 1 : 2) + dim + n_layer * per_layer;
 }
 
@@ -159,6 +180,7 @@ std::vector<SynthTensor> plan_tensors(const ModelShape& s, DType type) {
       add(p + "attn_k_norm.weight", DType::f32, {hd}, 0.0f);
     }
     add(p + "attn_output.weight", type, {q, s.dim}, res_std);
+    if (s.post_norms) add(p + "post_attention_norm.weight", DType::f32, {s.dim}, 0.0f);
     add(p + "ffn_norm.weight", DType::f32, {s.dim}, 0.0f);
     if (s.fused) {
       add(p + "ffn_up.weight", type, {s.dim, 2 * uint64_t(s.ffn)}, kInitStd);  // [gate; up]
@@ -168,6 +190,7 @@ std::vector<SynthTensor> plan_tensors(const ModelShape& s, DType type) {
       add(p + "ffn_down.weight", type, {s.ffn, s.dim}, res_std);
       add(p + "ffn_up.weight", type, {s.dim, s.ffn}, kInitStd);
     }
+    if (s.post_norms) add(p + "post_ffw_norm.weight", DType::f32, {s.dim}, 0.0f);
   }
   add("output_norm.weight", DType::f32, {s.dim}, 0.0f);
   if (!s.tied) add("output.weight", type, {s.dim, s.n_vocab}, kInitStd);
@@ -387,7 +410,9 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
   w.set(a + "rope.dimension_count", u32v(hd));
   w.set_f32(a + "rope.freq_base", shape.rope_base);
   w.set_f32(a + "attention.layer_norm_rms_epsilon", shape.rms_eps);
-  if (shape.arch == "phi3") w.set(a + "attention.sliding_window", u32v(shape.sliding_window));
+  if (shape.arch == "phi3" || shape.arch == "gemma3")
+    w.set(a + "attention.sliding_window", u32v(shape.sliding_window));
+  if (shape.rope_base_swa > 0.0f) w.set_f32(a + "rope.freq_base_swa", shape.rope_base_swa);
   w.set(a + "vocab_size", u32v(shape.n_vocab));
   w.set_string("defkv.synth.shape", shape.name);
   w.set("defkv.synth.seed", gguf::Value{gguf::ValueType::u64, opts.seed});

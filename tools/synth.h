@@ -1,7 +1,7 @@
-// Synthetic GGUF models (llama, qwen2, qwen3, phi3 architectures) with real
-// shapes and random weights, for benchmarks of models that are not available
-// offline (TinyLlama, Llama 3.2 1B, Qwen2.5 0.5B, Qwen3 0.6B, Phi-3.5 mini,
-// SmolLM2). Used by `defkv synth` and `defkv bench`; not part of the runtime
+// Synthetic GGUF models (llama, qwen2, qwen3, phi3, gemma3 architectures)
+// with real shapes and random weights, for benchmarks of models that are not
+// available offline (TinyLlama, Llama 3.2 1B, Qwen2.5 0.5B, Qwen3 0.6B,
+// Phi-3.5 mini, SmolLM2, Gemma 3 1B). Used by `defkv synth` and `defkv bench`; not part of the runtime
 // library.
 //
 // Weights are a pure function of (seed, tensor name, element index), so a
@@ -37,15 +37,20 @@ struct ModelShape {
   bool tied = false;           // no output.weight: the head reuses token_embd
   std::string note;            // how the synthetic model differs from the real one
   // Architecture and its block variants (see runtime/model/model_load.cpp).
-  std::string arch = "llama";  // general.architecture: llama | qwen2 | qwen3 | phi3
+  std::string arch = "llama";  // general.architecture: llama | qwen2 | qwen3 | phi3 | gemma3
   bool qkv_bias = false;       // attn_{q,k,v}.bias (qwen2; required there)
-  bool qk_norm = false;        // attn_q_norm / attn_k_norm [head_dim] (qwen3; required there)
+  bool qk_norm = false;        // attn_q_norm / attn_k_norm [head_dim] (qwen3, gemma3; required there)
+  bool post_norms = false;     // post_attention_norm / post_ffw_norm [dim] (gemma3; required there)
   bool fused = false;          // attn_qkv = [q; k; v] and ffn_up = [gate; up] (phi3)
   // > 0: rope_freqs.weight holds the Llama 3 frequency factors for this
   // factor, low_freq_factor 1, high_freq_factor 4 and llama3_orig_ctx.
   float llama3_rope_factor = 0.0f;
   uint32_t llama3_orig_ctx = 8192;
-  uint32_t sliding_window = 0;  // {arch}.attention.sliding_window (phi3 writes it; 0: none)
+  uint32_t sliding_window = 0;  // {arch}.attention.sliding_window (phi3, gemma3 write it; 0: none)
+  // gemma3: {arch}.rope.freq_base_swa, the sliding-window layers' RoPE base
+  // (rope_base is the global layers'); 0: not written. gemma3 slides on layer
+  // l when l % 6 < 5 (the loader's default period; no pattern key is written).
+  float rope_base_swa = 0.0f;
 
   uint32_t head_dim_or_default() const { return head_dim ? head_dim : (n_head ? dim / n_head : 0); }
   // Throws std::invalid_argument naming the first inconsistent field

@@ -280,28 +280,48 @@ void Model::init() {
     refuse_key(a + "attention.sliding_window", "a sliding window");
     refuse_key(a + "attention.sliding_window_pattern", "a sliding-window layer pattern");
   } else {
-    c.sliding_window = uint32_t(f.get_uint_or(a + "attention.sliding_window", 0));
-    if (c.sliding_window == 0 && tr->swa != Swa::all)
-      throw err("missing or zero key " + a + "attention.sliding_window (architecture " + arch + " needs a window)");
+    const std::string wkey = a + "attention.sliding_window";
+    const uint64_t window = f.get_uint_or(wkey, 0);
+    if (window == 0 && tr->swa != Swa::all)
+      throw err("missing or zero key " + wkey + " (architecture " + arch + " needs a window)");
+    if (window > (1u << 30)) throw err("key " + wkey + " has invalid value " + std::to_string(window));
+    // Two kinds of layer (gemma2, gemma3): a window longer than the trained
+    // context would make the sliding layers global ones.
+    if (tr->swa != Swa::all && c.n_ctx_train > 0 && window > c.n_ctx_train)
+      throw err("key " + wkey + " = " + std::to_string(window) + " is larger than " + a + "context_length = " +
+                std::to_string(c.n_ctx_train) + ": the sliding-window layers would attend to every position");
+    c.sliding_window = uint32_t(window);
     for (uint32_t l = 0; l < c.n_layer && c.sliding_window > 0; ++l) {
       if (tr->swa == Swa::all) swa[l] = 1;
       else if (tr->swa == Swa::even) swa[l] = l % 2 == 0;
       else swa[l] = l % 6 < 5;
     }
     if (tr->swa == Swa::pattern) {
-      if (const gguf::Value* p = f.find(a + "attention.sliding_window_pattern")) {
+      const std::string pkey = a + "attention.sliding_window_pattern";
+      const gguf::Value* p = f.find(pkey);
+      if (p) {
         if (p->type == gguf::ValueType::array) {
-          const gguf::Array& arr = f.get_array(a + "attention.sliding_window_pattern");
-          if (arr.elem_type != gguf::ValueType::boolean || arr.ints.size() != c.n_layer)
-            throw err("key " + a + "attention.sliding_window_pattern must be one bool per layer (" +
-                      std::to_string(c.n_layer) + ")");
+          const gguf::Array& arr = f.get_array(pkey);
+          if (arr.elem_type != gguf::ValueType::boolean)
+            throw err("key " + pkey + " must be a period (uint32) or one bool per layer, not an array of " +
+                      gguf::value_type_name(arr.elem_type));
+          if (arr.ints.size() != c.n_layer)
+            throw err("key " + pkey + " has " + std::to_string(arr.ints.size()) + " entries, expected one bool per layer (" +
+                      a + "block_count = " + std::to_string(c.n_layer) + ")");
           for (uint32_t l = 0; l < c.n_layer; ++l) swa[l] = arr.ints[l] != 0;
         } else {
-          const uint64_t period = f.get_uint(a + "attention.sliding_window_pattern");
-          if (period == 0) throw err("key " + a + "attention.sliding_window_pattern must be > 0");
+          const uint64_t period = f.get_uint(pkey);
+          if (period == 0) throw err("key " + pkey + " must be > 0");
           for (uint32_t l = 0; l < c.n_layer; ++l) swa[l] = l % period < period - 1;
         }
       }
+      // The global layers hold the long-range memory (and are what KV
+      // budgets count): a model without one contradicts the architecture.
+      if (std::find(swa.begin(), swa.end(), uint8_t(0)) == swa.end())
+        throw err(p ? "key " + pkey + " leaves no global (full-attention) layer among the " + std::to_string(c.n_layer) +
+                          " layers (" + a + "block_count)"
+                    : "key " + a + "block_count = " + std::to_string(c.n_layer) + " leaves no global layer (without " + pkey +
+                          ", layer l is global when l % 6 == 5)");
     } else {
       refuse_key(a + "attention.sliding_window_pattern", "a sliding-window layer pattern");
     }
