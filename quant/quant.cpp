@@ -151,6 +151,7 @@ static void dequantize_q8_0(const BlockQ8_0* x, float* y, size_t n) {
 
 void from_f32(DType t, const float* x, void* row, size_t n) {
   (void)row_bytes(t, n);  // validates n
+  if (n == 0) return;     // x and row may be null (memcpy's arguments may not)
   if (is_low_bit(t)) {
     // the low-bit quantisers convert x / scale to int (undefined for NaN) and
     // have no way to represent NaN or Inf; they are never on a hot path
@@ -170,6 +171,7 @@ void from_f32(DType t, const float* x, void* row, size_t n) {
 
 void to_f32(DType t, const void* row, float* y, size_t n) {
   (void)row_bytes(t, n);
+  if (n == 0) return;
   switch (t) {
     case DType::f32: std::memcpy(y, row, n * sizeof(float)); return;
     case DType::f16: simd::k().f16_to_f32(static_cast<const uint16_t*>(row), y, n); return;
