@@ -1169,55 +1169,14 @@ TEST_CASE("api: context params of another struct size are refused with a message
   CHECK(c == nullptr);
 }
 
-TEST_CASE("api: the bounded schedule's interim policy", "[api][abi]") {
+TEST_CASE("api: kv_sinks defaults to the engine's 4 sinks", "[api][abi]") {
   defkv_context_params d;
   defkv_context_params_init(&d);
-  CHECK(d.kv_interim_policy == -1);
   CHECK(d.kv_sinks == -1);
-
-  const std::vector<int32_t> prompt = tokenize(model(), story_text().substr(0, 1200));
-  REQUIRE(prompt.size() > 200);  // several prefill chunks: interim rounds happen
-  auto kept = [&](const defkv_context_params& p) {
-    Ctx c(p);
-    eval(c, prompt);
-    const defkv_context_info i = context_info(c);
-    std::vector<std::vector<int32_t>> v;
-    for (uint32_t l = 0; l < 5; ++l)
-      for (uint32_t h = 0; h < 4; ++h) v.push_back(positions(c, l, h));
-    return std::make_pair(i, v);
-  };
-  SECTION("the interim policy reaches the engine") {
-    defkv_context_params p = evicting_params(3);
-    p.kv_policy = DEFKV_POLICY_DEFENSIVEKV;
-    const auto plain = kept(p);
-    CHECK(plain.first.kv_interim_policy == -1);
-    p.kv_interim_policy = DEFKV_POLICY_CRITICALKV;
-    const auto interim = kept(p);
-    CHECK(interim.first.kv_interim_policy == DEFKV_POLICY_CRITICALKV);
-    CHECK(interim.second != plain.second);  // interim rounds scored by mean attention keep other entries
-    // criticalkv with criticalkv as the interim policy scores its interim
-    // rounds with the window (the faithful schedule); without one they rank
-    // by the lookahead (the default), which keeps other entries.
-    p.kv_policy = DEFKV_POLICY_CRITICALKV;
-    const auto crit_interim = kept(p);
-    p.kv_interim_policy = -1;
-    CHECK(kept(p).second != crit_interim.second);
-    // oneshot ignores it (as the engine does) and reports none.
-    p.kv_interim_policy = DEFKV_POLICY_CRITICALKV;
-    p.kv_schedule = DEFKV_SCHEDULE_ONESHOT;
-    CHECK(kept(p).first.kv_interim_policy == -1);
-  }
-  SECTION("bad values are refused with the field's name") {
-    defkv_context* c = nullptr;
-    defkv_context_params p = evicting_params(3);
-    p.kv_interim_policy = DEFKV_POLICY_STREAMING;
-    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
-    CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("kv_interim_policy must be a scored policy"));
-    p.kv_interim_policy = 17;
-    CHECK(defkv_context_create(model(), &p, &c) == DEFKV_ERR_INVALID_ARGUMENT);
-    CHECK_THAT(defkv_last_error(nullptr), Catch::Contains("unknown kv_interim_policy 17"));
-    CHECK(c == nullptr);
-  }
+  defkv_context_params p = evicting_params(3);
+  p.kv_sinks = -1;
+  Ctx c(p);
+  CHECK(context_info(c).kv_sinks == 4);
 }
 
 TEST_CASE("api: kv_sinks 0 keeps no sinks; -1 is the default 4", "[api][abi]") {

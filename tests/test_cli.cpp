@@ -502,63 +502,44 @@ std::vector<long> kept_per_layer(const std::string& report) {
   return v;
 }
 
-TEST_CASE("cli: --kv-interim-policy reaches the engine", "[cli][kvflags]") {
+TEST_CASE("cli: run's bounded prefill keeps what the engine keeps", "[cli][kvflags]") {
   // Oracle: the engine configured directly with the same options on the same
   // prompt (BOS + the sample text); run -n 0 evaluates the prompt only.
   const std::string file = shared_dir() + "/models/data/tinystories_sample.txt";
   auto model = defkv::model::Model::load(stories());
   auto tok = defkv::text::Tokenizer::from_gguf(model->file());
   const std::vector<int32_t> prompt = tok->encode(read_file(file), true);
-  auto engine_kept = [&](const std::function<void(defkv::engine::ContextParams&)>& set) {
-    defkv::engine::ContextParams cp;
-    cp.n_threads = 1;
-    cp.n_ctx = 4096;
-    cp.budget_tokens = 40;
-    cp.evict.window = 16;
-    cp.evict.policy = defkv::evict::Policy::layer_defensivekv;
-    set(cp);
-    defkv::engine::Context ctx(*model, cp);
-    ctx.eval(prompt);
-    std::vector<long> v;
-    for (uint32_t l = 0; l < 5; ++l) {
-      long n = 0;
-      for (uint32_t h = 0; h < 4; ++h) n += ctx.cache().size(l, h);
-      v.push_back(n);
-    }
-    return v;
-  };
-  const std::string base = "run -m " + stories() + " -f " + file +
-                           " -n 0 -t 1 --ctx 4096 --kv-budget 40 --kv-window 16 --kv-policy layer-defensivekv";
-  const std::vector<long> faithful = engine_kept([](auto&) {});
-
-  Result r = run(base + " --kv-interim-policy criticalkv");
+  defkv::engine::ContextParams cp;
+  cp.n_threads = 1;
+  cp.n_ctx = 4096;
+  cp.budget_tokens = 40;
+  cp.evict.window = 16;
+  cp.evict.policy = defkv::evict::Policy::layer_defensivekv;
+  defkv::engine::Context ctx(*model, cp);
+  ctx.eval(prompt);
+  std::vector<long> kept;
+  for (uint32_t l = 0; l < 5; ++l) {
+    long n = 0;
+    for (uint32_t h = 0; h < 4; ++h) n += ctx.cache().size(l, h);
+    kept.push_back(n);
+  }
+  Result r = run("run -m " + stories() + " -f " + file +
+                 " -n 0 -t 1 --ctx 4096 --kv-budget 40 --kv-window 16 --kv-policy layer-defensivekv");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.err, Catch::Contains("policy layer-defensivekv (interim criticalkv), schedule bounded"));
-  const std::vector<long> interim =
-      engine_kept([](auto& cp) { cp.interim_policy = defkv::evict::Policy::criticalkv; });
-  CHECK(kept_per_layer(r.err) == interim);
-  CHECK(interim != faithful);  // the option changes the layer split: the comparison can fail
-
-  Result f = run(base);
-  REQUIRE(f.exit_code == 0);
-  CHECK(kept_per_layer(f.err) == faithful);
+  CHECK_THAT(r.err, Catch::Contains("policy layer-defensivekv, schedule bounded"));
+  CHECK(kept_per_layer(r.err) == kept);
 }
 
-TEST_CASE("cli: bounded-schedule flags: clear errors in run, bench and eval", "[cli][kvflags]") {
+TEST_CASE("cli: the removed --kv-interim-policy is refused in run, bench and eval", "[cli][kvflags]") {
   for (const std::string& cmd : kv_flag_commands()) {
     INFO(cmd);
     Result h = run(cmd + " --help");
-    CHECK_THAT(h.out, Catch::Contains("--kv-interim-policy"));
-    Result s = run(cmd + " --kv-budget 40 --kv-interim-policy streaming");
-    CHECK(s.exit_code > 0);
-    CHECK_THAT(s.err, Catch::Contains("--kv-interim-policy must be a scored policy"));
-    Result u = run(cmd + " --kv-budget 40 --kv-interim-policy nonsense");
+    CHECK(h.exit_code == 0);
+    CHECK(h.out.find("--kv-interim-policy") == std::string::npos);
+    Result u = run(cmd + " --kv-budget 40 --kv-interim-policy criticalkv");
     CHECK(u.exit_code > 0);
     CHECK_THAT(u.err, Catch::Contains("--kv-interim-policy"));
-    Result o = run(cmd + " --kv-budget 40 --kv-schedule oneshot --kv-interim-policy criticalkv");
-    CHECK(o.exit_code > 0);
-    CHECK_THAT(o.err, Catch::Contains("applies to the bounded schedule only"));
   }
 }
 
@@ -577,30 +558,6 @@ TEST_CASE("cli: --kv-sinks 0 with a budget works in run and bench; --kv-mem is a
   Result m = run("run -m " + stories() + " -p 'Once upon a time' -n 16 -t 1 --kv-mem 300K --kv-type q8_0");
   CHECK(m.exit_code == 0);
   CHECK(m.err.find("exceeds kv_mem_bytes") == std::string::npos);
-}
-
-TEST_CASE("cli: eval needle honours --kv-interim-policy and records it in its JSON", "[cli][kvflags]") {
-  const std::string n = shared_dir() + "/models/needle";
-  const std::string base = "eval needle -m " + n + "/needle-llama-0.9M-f32.gguf --tasks " + n +
-                           "/eval_tasks.jsonl --limit 40 --kv-ratio 0.2 --kv-policy layer-defensivekv "
-                           "--kv-schedule bounded -t 1 --json";
-  Result f = run(base);
-  Result i = run(base + " --kv-interim-policy criticalkv");
-  REQUIRE(f.exit_code == 0);
-  REQUIRE(i.exit_code == 0);
-  const nlohmann::json jf = nlohmann::json::parse(f.out), ji = nlohmann::json::parse(i.out);
-  CHECK(jf["bounded_options"].empty());
-  CHECK(ji["bounded_options"]["interim_policy"] == "criticalkv");
-  REQUIRE(ji["tasks"].size() == 40);
-  // The interim rounds keep other entries: some task's kept needle share differs.
-  bool differs = false;
-  for (size_t k = 0; k < 40; ++k)
-    differs |= ji["tasks"][k]["needle_retained"] != jf["tasks"][k]["needle_retained"];
-  CHECK(differs);
-  Result o = run(std::regex_replace(base, std::regex("--kv-schedule bounded"), "--kv-schedule oneshot") +
-                 " --kv-interim-policy criticalkv");
-  CHECK(o.exit_code > 0);
-  CHECK_THAT(o.err, Catch::Contains("applies to the bounded schedule only"));
 }
 
 TEST_CASE("cli: tokenize prints llama.cpp's ids for each flag setting, and the pieces", "[cli][tokenize]") {

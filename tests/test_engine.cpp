@@ -444,9 +444,6 @@ TEST_CASE("plan_context: budget, chunk, slack and pool from the model config and
     CHECK(!pl.value_norms);  // snapkv needs no value norms
     CHECK(pl.n_aux == 2);    // slot 1: the lookahead score (slot 0 unused)
     CHECK(pl.cache.capacity_entries == pool(500 + 128 + 16));
-    p.interim_policy = evict::Policy::adakv;  // an interim policy replaces the lookahead
-    CHECK(engine::plan_context(mc, p).n_aux == 0);
-    p.interim_policy.reset();
     p.evict.policy = evict::Policy::streaming;  // scores nothing: no lookahead
     CHECK(engine::plan_context(mc, p).n_aux == 0);
     p.evict.policy = evict::Policy::snapkv;
@@ -475,13 +472,13 @@ TEST_CASE("plan_context: budget, chunk, slack and pool from the model config and
   {  // a ParamError names the field
     engine::ContextParams p;
     p.budget_tokens = 64;
-    p.interim_policy = evict::Policy::streaming;
+    p.evict.kernel = 4;
     try {
       engine::plan_context(mc, p);
-      FAIL("streaming accepted as the interim policy");
+      FAIL("an even pooling kernel accepted");
     } catch (const engine::ParamError& e) {
-      CHECK(e.field == "interim_policy");
-      CHECK_THAT(e.rest, Catch::Contains("scored policy"));
+      CHECK(e.field == "evict.kernel");
+      CHECK_THAT(e.rest, Catch::Contains("odd"));
     }
   }
 }
@@ -639,56 +636,6 @@ TEST_CASE("a oneshot compression cancelled midway is retried by the next eval() 
       CHECK(ctx.stats().evict_rounds == rounds);
     }
   }
-}
-
-TEST_CASE("bounded interim_policy scores every prefill round but the last with the interim policy", "[engine][interim]") {
-  // Oracle for the interim rounds: a context whose policy IS the interim
-  // policy, fed the prompt without its last chunk, ends with the same cache.
-  const auto prompt = prompt_tokens(320);  // 5 chunks of 64
-  engine::ContextParams p;
-  p.n_ctx = 512;
-  p.budget_tokens = 72;
-  p.evict.policy = evict::Policy::layer_defensivekv;
-  p.interim_policy = evict::Policy::criticalkv;
-  engine::Context ctx(stories(), p);
-  REQUIRE(ctx.chunk_tokens() == 64);
-  std::vector<std::pair<bool, evict::Policy>> rounds;  // (interim, policy) per round
-  ctx.set_round_observer([&](const engine::Context::RoundObservation& ob) {
-    if (ob.layer == 0) rounds.emplace_back(ob.interim, ob.policy);
-  });
-  std::vector<std::vector<int32_t>> after_4;  // positions after the 4th chunk's round
-  ctx.set_progress([&](uint64_t done, uint64_t) {
-    if (done == 256)
-      for (uint32_t l = 0; l < 5; ++l)
-        for (uint32_t h = 0; h < 4; ++h) after_4.push_back(ctx.cache().positions(l, h));
-  });
-  ctx.eval(prompt);
-  REQUIRE(rounds.size() >= 2);
-  for (size_t r = 0; r + 1 < rounds.size(); ++r) {
-    CHECK(rounds[r].first);
-    CHECK(rounds[r].second == evict::Policy::criticalkv);
-  }
-  CHECK_FALSE(rounds.back().first);
-  CHECK(rounds.back().second == evict::Policy::layer_defensivekv);
-
-  engine::ContextParams q = p;
-  q.evict.policy = evict::Policy::criticalkv;  // its interim rounds too: window scores, no lookahead
-  engine::Context oracle(stories(), q);
-  oracle.eval(std::vector<int32_t>(prompt.begin(), prompt.begin() + 256));
-  REQUIRE(after_4.size() == 20);
-  size_t i = 0;
-  for (uint32_t l = 0; l < 5; ++l)
-    for (uint32_t h = 0; h < 4; ++h) CHECK(after_4[i++] == oracle.cache().positions(l, h));
-
-  // Decoding rounds use the main policy.
-  rounds.clear();
-  for (int t = 0; t < 40; ++t) ctx.step(prompt[size_t(t)]);
-  REQUIRE_FALSE(rounds.empty());
-  for (const auto& r : rounds) CHECK(r.second == evict::Policy::layer_defensivekv);
-
-  q = p;
-  q.interim_policy = evict::Policy::streaming;
-  CHECK_THROWS_WITH(engine::Context(stories(), q), Catch::Contains("interim_policy"));
 }
 
 TEST_CASE("engine: kv_mem_bytes is an upper bound on the pool and the budget is the largest that fits",

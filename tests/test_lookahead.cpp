@@ -70,14 +70,35 @@ TEST_CASE("lookahead_scores follow their definition", "[lookahead][evict]") {
   lq.n_query = nq;
   lq.q = q.data();
   lq.q_pos = qpos.data();
-  lq.lse = lse.data();
+  const double scale = 1.0 / std::sqrt(double(d));
+  auto logit = [&](uint32_t h, uint32_t i, uint32_t u) {
+    double s = 0;
+    for (uint32_t c = 0; c < d; ++c) s += double(q[(size_t(h) * nq + i) * d + c]) * k[size_t(u) * d + c];
+    return s * scale;
+  };
+  struct Arrive { uint32_t first, begin, end; };
   for (evict::Policy pol : {evict::Policy::snapkv, evict::Policy::defensivekv}) {
-    for (uint32_t first : {0u, 1u, 30u}) {
+    for (Arrive ar : {Arrive{0, 0, 0}, Arrive{1, 1, 1}, Arrive{30, 30, 30}, Arrive{0, 4, 29}, Arrive{30, 32, 37}}) {
       for (uint32_t hk = 0; hk < Hkv; ++hk) {
-        INFO(evict::policy_name(pol) << " first " << first << " head " << hk);
-        std::vector<float> out(n - first), scratch;
-        evict::lookahead_scores(lq, hk, k.data(), pos.data(), n, first, pol, 5, out.data(), scratch);
-        for (uint32_t j = first; j < n; ++j) {
+        INFO(evict::policy_name(pol) << " first " << ar.first << " arrivals [" << ar.begin << ", " << ar.end
+                                     << ") head " << hk);
+        std::vector<float> out(n - ar.first), scratch, run = lse;
+        lq.lse = run.data();
+        evict::lookahead_scores(lq, hk, k.data(), pos.data(), n, ar.first, ar.begin, ar.end, pol, 5, out.data(),
+                                scratch);
+        // The running normaliser: the given one plus the arrivals' exp-sum
+        // (causal); the other KV head's rows are untouched.
+        std::vector<double> want(lse.begin(), lse.end());
+        for (uint32_t g = 0; g < G; ++g)
+          for (uint32_t i = 0; i < nq; ++i) {
+            const uint32_t h = hk * G + g;
+            double sum = std::exp(double(lse[size_t(h) * nq + i]));
+            for (uint32_t u = ar.begin; u < ar.end; ++u)
+              if (pos[u] <= qpos[i]) sum += std::exp(logit(h, i, u));
+            want[size_t(h) * nq + i] = std::log(sum);
+          }
+        for (size_t r = 0; r < run.size(); ++r) CHECK(run[r] == Approx(want[r]).epsilon(1e-5));
+        for (uint32_t j = ar.first; j < n; ++j) {
           double agg = 0.0;
           for (uint32_t g = 0; g < G; ++g)
             for (uint32_t i = 0; i < nq; ++i) {
@@ -85,23 +106,27 @@ TEST_CASE("lookahead_scores follow their definition", "[lookahead][evict]") {
               double pooled = 0;
               for (int u = int(j) - 2; u <= int(j) + 2; ++u) {
                 if (u < 0 || u >= int(n) || pos[u] > qpos[i]) continue;
-                double s = 0;
-                for (uint32_t c = 0; c < d; ++c) s += double(q[(size_t(h) * nq + i) * d + c]) * k[size_t(u) * d + c];
-                pooled += std::exp(s / std::sqrt(double(d)) - lse[size_t(h) * nq + i]);
+                pooled += std::exp(logit(h, i, uint32_t(u)) - want[size_t(h) * nq + i]);
               }
               pooled /= 5;
               if (pol == evict::Policy::defensivekv) agg = std::max(agg, pooled);
               else agg += pooled / (G * nq);
             }
-          CHECK(out[j - first] == Approx(agg).epsilon(1e-4).margin(1e-12));
+          CHECK(out[j - ar.first] == Approx(agg).epsilon(1e-4).margin(1e-12));
         }
       }
     }
   }
-  std::vector<float> out(n), scratch;
-  CHECK_THROWS_AS(evict::lookahead_scores(lq, 0, k.data(), pos.data(), n, 0, evict::Policy::snapkv, 4, out.data(), scratch),
+  std::vector<float> out(n), scratch, run = lse;
+  lq.lse = run.data();
+  CHECK_THROWS_AS(evict::lookahead_scores(lq, 0, k.data(), pos.data(), n, 0, 0, 0, evict::Policy::snapkv, 4, out.data(),
+                                          scratch),
                   std::invalid_argument);
-  CHECK_THROWS_AS(evict::lookahead_scores(lq, 2, k.data(), pos.data(), n, 0, evict::Policy::snapkv, 5, out.data(), scratch),
+  CHECK_THROWS_AS(evict::lookahead_scores(lq, 2, k.data(), pos.data(), n, 0, 0, 0, evict::Policy::snapkv, 5, out.data(),
+                                          scratch),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(evict::lookahead_scores(lq, 0, k.data(), pos.data(), n, 5, 4, 9, evict::Policy::snapkv, 5,
+                                          out.data(), scratch),
                   std::invalid_argument);
 }
 
@@ -192,6 +217,105 @@ TEST_CASE("the lookahead probe runs the prompt's tail at its true positions over
   }
 }
 
+TEST_CASE("the lookahead's normalisers grow by every key that arrives, evicted or not", "[lookahead][engine]") {
+  // Layer 0's keys and queries depend only on token and position, so a full
+  // prefill gives the keys a bounded prefill saw (and evicted) at layer 0.
+  const model::Model& m = needle();
+  const model::Config& mc = m.config();
+  const uint32_t T = 700, W = 32, H = mc.n_head, d = mc.head_dim, G = H / mc.n_head_kv;
+  const std::vector<int32_t> prompt = tokens(T, 5);
+  engine::ContextParams p;
+  p.n_threads = 1;
+  p.budget_tokens = 100;
+  p.kv_type = quant::DType::f32;
+  p.evict.policy = evict::Policy::defensivekv;
+  engine::Context ctx(m, p);
+  int32_t arrived = 0;  // n_past of the last lookahead round
+  ctx.set_round_observer([&](const engine::RoundObservation& ob) {
+    if (ob.layer != 0 || !ob.lookahead) return;
+    for (const evict::HeadView& hv : ob.view->heads)
+      if (hv.n) arrived = std::max(arrived, hv.pos[hv.n - 1] + 1);
+  });
+  ctx.eval(prompt);
+  const engine::Lookahead* la = ctx.lookahead();
+  REQUIRE(la != nullptr);
+  REQUIRE(arrived > 200);
+  REQUIRE(arrived < int32_t(T - W));
+
+  kv::CacheConfig cc;
+  cc.n_layer = mc.n_layer;
+  cc.n_head_kv = mc.n_head_kv;
+  cc.head_dim = d;
+  cc.type = quant::DType::f32;
+  cc.capacity_entries = size_t(T + 16) * mc.n_head_kv * mc.n_layer;
+  kv::KvCache cache(cc);
+  model::Workspace ws(mc, T, 1024, 1);
+  std::vector<int32_t> pos(T);
+  for (uint32_t i = 0; i < T; ++i) pos[i] = int32_t(i);
+  m.forward(prompt.data(), pos.data(), T, cache, ws, {}, nullptr, false);
+  for (uint32_t hkv = 0; hkv < mc.n_head_kv; ++hkv) {
+    std::vector<float> k(size_t(T) * d);
+    std::vector<int32_t> kp(T);
+    cache.gather(0, hkv, k.data(), nullptr, kp.data(), nullptr);
+    for (uint32_t g = 0; g < G; ++g) {
+      const uint32_t h = hkv * G + g;
+      for (uint32_t i = 0; i < W; ++i) {
+        const float* q = la->queries(0).data() + (size_t(h) * W + i) * d;
+        const int32_t qp = int32_t(T - W + i);
+        // Every key before the last lookahead round, and the probe's own.
+        double sum = 0;
+        for (uint32_t j = 0; j < T; ++j) {
+          if (kp[j] > qp || (kp[j] >= arrived && kp[j] < int32_t(T - W))) continue;
+          double s = 0;
+          for (uint32_t c = 0; c < d; ++c) s += double(q[c]) * k[size_t(j) * d + c];
+          sum += std::exp(s / std::sqrt(double(d)));
+        }
+        INFO("head " << h << " query " << i);
+        CHECK(la->running_lse(0)[size_t(h) * W + i] == Approx(std::log(sum)).margin(1e-3));
+        CHECK(la->running_lse(0)[size_t(h) * W + i] > la->lse(0)[size_t(h) * W + i]);
+      }
+    }
+  }
+}
+
+TEST_CASE("a prefill cancelled and resumed reuses its probe and keeps what an uninterrupted one keeps",
+          "[lookahead][engine][cancel]") {
+  // Oracle: the same prompt in a context that is never cancelled. The cancel
+  // lands at a chunk boundary, so the resumed call's chunks and rounds are
+  // the uninterrupted call's; re-probing would restart the normalisers and
+  // lose the evicted keys' mass.
+  const model::Model& m = needle();
+  const model::Config& mc = m.config();
+  const std::vector<int32_t> prompt = tokens(700, 17);
+  engine::ContextParams p;
+  p.n_threads = 1;
+  p.budget_tokens = 80;
+  p.evict.policy = evict::Policy::defensivekv;
+  engine::Context ref(m, p);
+  ref.eval(prompt);
+  engine::Context ctx(m, p);
+  const uint32_t chunk = ctx.chunk_tokens();
+  bool fired = false;
+  ctx.set_progress([&](uint64_t done, uint64_t) {
+    if (!fired && done == 3 * chunk) {
+      fired = true;
+      throw model::Cancelled("cancelled by the test");
+    }
+  });
+  CHECK_THROWS_AS(ctx.eval(prompt), model::Cancelled);
+  REQUIRE(fired);
+  REQUIRE(ctx.n_past() == 3 * chunk);
+  REQUIRE(ctx.lookahead()->probes_run() == 1);
+  ctx.eval(std::span<const int32_t>(prompt).subspan(3 * chunk));
+  CHECK(ctx.lookahead()->probes_run() == 1);
+  for (uint32_t l = 0; l < mc.n_layer; ++l)
+    for (uint32_t h = 0; h < mc.n_head_kv; ++h) CHECK(ctx.cache().positions(l, h) == ref.cache().positions(l, h));
+  // A new prompt (and a reset) probes again.
+  ctx.reset();
+  ctx.eval(prompt);
+  CHECK(ctx.lookahead()->probes_run() == 2);
+}
+
 TEST_CASE("a long bounded prefill with the lookahead stays within budget + one chunk", "[lookahead][engine][bounded]") {
   const model::Model& m = needle();
   const model::Config& mc = m.config();
@@ -204,9 +328,9 @@ TEST_CASE("a long bounded prefill with the lookahead stays within budget + one c
     p.budget_tokens = 80;
     p.evict.policy = pol;
     engine::Context ctx(m, p);
-    std::vector<std::pair<bool, bool>> rounds;  // (interim, lookahead) of layer 0
+    std::vector<bool> rounds;  // lookahead, per round (layer 0)
     ctx.set_round_observer([&](const engine::RoundObservation& ob) {
-      if (ob.layer == 0) rounds.emplace_back(ob.interim, ob.lookahead);
+      if (ob.layer == 0) rounds.push_back(ob.lookahead);
     });
     const std::vector<int32_t> prompt = tokens(700, 11);
     ctx.eval(prompt);
@@ -214,18 +338,18 @@ TEST_CASE("a long bounded prefill with the lookahead stays within budget + one c
     CHECK(ctx.stats().kv_entries_peak <= (uint64_t(80) + chunk) * HL);
     CHECK(ctx.cache().entries() <= uint64_t(80) * HL);
     REQUIRE(rounds.size() >= 10);
-    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r].second);  // interim: the lookahead
-    CHECK_FALSE(rounds.back().second);  // the last round scores with the real window
+    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r]);  // interim: the lookahead
+    CHECK_FALSE(rounds.back());  // the last round scores with the real window
     CHECK_FALSE(ctx.lookahead()->active());
     // A follow-up turn probes its own tail, and decoding never uses it.
     rounds.clear();
     ctx.eval(std::span<const int32_t>(prompt.data(), 200));
-    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r].second);
+    for (size_t r = 0; r + 1 < rounds.size(); ++r) CHECK(rounds[r]);
     CHECK(ctx.lookahead()->query_pos()[0] == int32_t(700 + 200 - 32));
     rounds.clear();
     for (int i = 0; i < 70; ++i) ctx.step(5);
     CHECK(!rounds.empty());
-    for (const auto& r : rounds) CHECK_FALSE(r.second);
+    for (bool r : rounds) CHECK_FALSE(r);
     CHECK(ctx.stats().kv_entries_peak <= (uint64_t(80) + chunk) * HL);
   }
 }

@@ -323,7 +323,7 @@ int run_model_bench(const BenchArgs& a) {
     const char* name = defkv_kv_policy_name(pol);
     return name && evict::parse_policy(name, &p) && evict::traits(p).value_norms;
   };
-  const bool vnorm_policy = budget && (uses_vnorm(info.kv_policy) || uses_vnorm(info.kv_interim_policy));
+  const bool vnorm_policy = budget && uses_vnorm(info.kv_policy);
   if (!a.no_breakdown && !results.empty()) {
     uint32_t max_tokens = 1;
     for (const TestResult& r : results) max_tokens = std::max(max_tokens, r.replay_tokens);

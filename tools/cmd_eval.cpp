@@ -122,12 +122,6 @@ bool has_budget(const engine::ContextParams& cp) { return cp.budget_tokens || cp
 std::string policy_of(const engine::ContextParams& cp) {
   return has_budget(cp) ? evict::policy_name(cp.evict.policy) : "full";
 }
-// The bounded-schedule options that differ from the faithful schedule ({} when none).
-json bounded_options_json(const engine::ContextParams& cp) {
-  json j = json::object();
-  if (cp.interim_policy) j["interim_policy"] = evict::policy_name(*cp.interim_policy);
-  return j;
-}
 std::string schedule_of(const engine::ContextParams& cp) {
   if (!has_budget(cp)) return "none";
   return engine::schedule_name(cp.schedule.value_or(engine::Schedule::bounded));
@@ -177,7 +171,7 @@ int run_ppl(const PplOptions& o) {
   const double secs = since(t0);
   if (o.kv.json) {
     json j = {{"policy", policy_of(cp)}, {"schedule", schedule_of(cp)}, {"budget", budget_json(cp)},
-              {"bounded_options", bounded_options_json(cp)}, {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"targets", r.targets}, {"windows", r.windows},
+              {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"targets", r.targets}, {"windows", r.windows},
               {"ctx", spec.ctx_tokens}, {"prefix", spec.prefix_tokens}, {"text_tokens", text.size()},
               {"budget_tokens", r.budget_tokens}, {"kv_entries_end", r.kv_entries}, {"seconds", secs}};
     std::printf("%s\n", j.dump().c_str());
@@ -227,7 +221,6 @@ int run_kld(const KldOptions& o) {
     j["policy"] = policy_of(cp);
     j["schedule"] = schedule_of(cp);
     j["budget"] = budget_json(cp);
-    j["bounded_options"] = bounded_options_json(cp);
     j["prefix"] = o.spec.prefix_tokens;
     j["cont"] = o.spec.cont_tokens;
     j["stride"] = o.spec.stride_tokens;
@@ -327,7 +320,7 @@ int run_needle_cmd(const NeedleOptions& o) {
                      {"prompt_tokens", out[i].prompt_tokens}, {"kv_entries", out[i].kv_entries},
                      {"needle_retained", out[i].needle_retained}});
     json j = {{"policy", policy_of(cp)}, {"schedule", schedule_of(cp)}, {"budget", budget_json(cp)},
-              {"bounded_options", bounded_options_json(cp)}, {"correct", g.all.correct}, {"total", g.all.total},
+              {"correct", g.all.correct}, {"total", g.all.total},
               {"accuracy", g.all.total ? double(g.all.correct) / g.all.total : 0.0}, {"grid", grid_json(g)},
               {"prompt_length_mismatches", len_mismatch}, {"needle_retained_mean", mean_retained(out)},
               {"needle_retained_per_layer", mean_retained_per_layer(out)}, {"seconds", secs}, {"tasks", per}};
@@ -496,7 +489,6 @@ int run_sweep(const SweepOptions& o) {
   json meta = {{"model", o.kv.model_path}, {"kv_type", o.kv.flags.type}, {"window", o.kv.flags.window_tokens},
                {"pool_kernel", o.kv.flags.pool_kernel}, {"sinks", o.kv.flags.sink_tokens},
                {"chunk", o.kv.flags.chunk_tokens},
-               {"interim_policy", o.kv.flags.interim_policy.empty() ? "none" : o.kv.flags.interim_policy},
                {"budget_form", "kv_ratio (fraction of the prompt/prefix kept)"}};
 
   // --- KL sweep -------------------------------------------------------------

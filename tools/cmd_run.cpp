@@ -203,11 +203,9 @@ int run(const RunOptions& o) {
   }
   const bool budget = info.has_budget != 0;
   std::fprintf(stderr,
-               "defkv: policy %s%s%s%s, schedule %s, budget %u tok/head | KV bytes in use %llu | entries kept per "
+               "defkv: policy %s, schedule %s, budget %u tok/head | KV bytes in use %llu | entries kept per "
                "layer: %s\n",
-               budget ? policy_name(info.kv_policy) : "full", info.kv_interim_policy >= 0 ? " (interim " : "",
-               info.kv_interim_policy >= 0 ? policy_name(info.kv_interim_policy) : "",
-               info.kv_interim_policy >= 0 ? ")" : "",
+               budget ? policy_name(info.kv_policy) : "full",
                budget ? (info.kv_schedule == DEFKV_SCHEDULE_BOUNDED ? "bounded" : "oneshot") : "-",
                info.budget_tokens, (unsigned long long)st.bytes_in_use, per_layer.c_str());
   return cancelled ? 130 : 0;

@@ -54,7 +54,7 @@ std::string flag_name(const std::string& field) {
   static const std::pair<const char*, const char*> names[] = {
       {"budget_tokens", "--kv-budget"},   {"kv_ratio", "--kv-ratio"},         {"kv_mem_bytes", "--kv-mem"},
       {"kv_type", "--kv-type"},           {"evict.policy", "--kv-policy"},    {"evict.window", "--kv-window"},
-      {"evict.kernel", "--kv-pool"},      {"evict.n_sink", "--kv-sinks"},     {"interim_policy", "--kv-interim-policy"},
+      {"evict.kernel", "--kv-pool"},      {"evict.n_sink", "--kv-sinks"},
       {"chunk_tokens", "--chunk"}};
   for (const auto& [engine_name, flag] : names)
     if (field == engine_name) return flag;
@@ -70,22 +70,14 @@ int32_t api_type(const std::string& s) {
 
 void to_engine(const KvFlags& f, engine::ContextParams* cp);
 
-// Flags that would do nothing are refused (a policy without a budget, the
-// interim policy without the bounded schedule; the engine ignores those);
+// Flags that would do nothing are refused (a policy without a budget; the
+// engine ignores it);
 // then the engine validates the parameters, and its message names the flag.
 void check_flags(const KvFlags& f) {
   const bool policy_given = f.opt_policy && f.opt_policy->count() > 0;
   if (!f.has_budget() && policy_given && f.policy != "full")
     throw std::invalid_argument("--kv-policy " + f.policy +
                                 " needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
-  // The sweep (no budget flags) sets budgets and runs both schedules itself.
-  if (!f.interim_policy.empty() && f.opt_budget) {
-    if (!f.has_budget())
-      throw std::invalid_argument("--kv-interim-policy needs a KV budget (--kv-budget, --kv-ratio or --kv-mem)");
-    if (f.schedule == "oneshot")
-      throw std::invalid_argument("--kv-interim-policy applies to the bounded schedule only (oneshot evicts once, "
-                                  "after the whole prompt); drop it or use --kv-schedule bounded");
-  }
   engine::ContextParams cp;
   to_engine(f, &cp);
   try {
@@ -193,15 +185,6 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
                   "third; else 256)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  sub->add_option("--kv-interim-policy", f.interim_policy,
-                  "Bounded schedule: score the prefill eviction rounds before a prompt's last chunk with this "
-                  "scored policy's window instead of the default lookahead of the prompt's tail (the same as "
-                  "--kv-policy: the window-scored schedule); the last round and decoding use --kv-policy")
-      ->check(CLI::IsMember([] {
-        std::vector<std::string> v = policy_names();
-        v.push_back("layer_defensivekv");
-        return v;
-      }()));
 }
 
 void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
@@ -221,7 +204,6 @@ void apply_kv_flags(const KvFlags& f, defkv_context_params* p) {
   p->kv_sinks = int32_t(f.sink_tokens);  // 0: no sinks
   p->kv_pool = uint32_t(f.pool_kernel);
   p->prefill_chunk_tokens = uint32_t(f.chunk_tokens);  // 0: the engine's default
-  p->kv_interim_policy = f.interim_policy.empty() ? -1 : api_policy(f.interim_policy, "--kv-interim-policy");
 }
 
 void apply_kv_flags(const KvFlags& f, engine::ContextParams* cp) {
@@ -237,13 +219,6 @@ void to_engine(const KvFlags& f, engine::ContextParams* cp) {
   cp->evict.kernel = uint32_t(f.pool_kernel);
   cp->evict.n_sink = uint32_t(f.sink_tokens);
   cp->chunk_tokens = uint32_t(f.chunk_tokens);
-  cp->interim_policy.reset();
-  if (!f.interim_policy.empty()) {
-    evict::Policy ip;
-    if (!evict::parse_policy(f.interim_policy, &ip))
-      throw std::invalid_argument("--kv-interim-policy: unknown policy " + f.interim_policy);
-    cp->interim_policy = ip;
-  }
   cp->budget_tokens.reset();
   cp->kv_ratio.reset();
   cp->kv_mem_bytes.reset();

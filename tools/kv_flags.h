@@ -10,7 +10,6 @@
 //   --kv-schedule S     oneshot | bounded
 //   --kv-type T         f16 | f32 | q8_0
 //   --kv-window W, --kv-pool K, --kv-sinks S, --chunk N
-//   --kv-interim-policy P   bounded schedule (docs/eval/RESULTS.md)
 #pragma once
 
 #include <cstdint>
@@ -40,7 +39,6 @@ struct KvFlags {
   int pool_kernel = 5;        // --kv-pool
   int sink_tokens = 4;        // --kv-sinks
   int chunk_tokens = 0;       // --chunk (0: the default)
-  std::string interim_policy;   // --kv-interim-policy ("": none)
 
   CLI::Option* opt_budget = nullptr;  // null when the budget flags are not registered
   CLI::Option* opt_ratio = nullptr;

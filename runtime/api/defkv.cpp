@@ -159,7 +159,7 @@ std::string api_field(const std::string& f) {
   static const std::pair<const char*, const char*> names[] = {
       {"budget_tokens", "kv_budget_tokens"}, {"kv_ratio", "kv_ratio"},       {"kv_mem_bytes", "kv_mem_bytes"},
       {"kv_type", "kv_type"},                {"evict.policy", "kv_policy"},  {"evict.window", "kv_window"},
-      {"evict.kernel", "kv_pool"},           {"evict.n_sink", "kv_sinks"},   {"interim_policy", "kv_interim_policy"},
+      {"evict.kernel", "kv_pool"},           {"evict.n_sink", "kv_sinks"},
       {"chunk_tokens", "prefill_chunk_tokens"}};
   for (const auto& [engine_name, api_name] : names)
     if (f == engine_name) return api_name;
@@ -682,7 +682,6 @@ defkv_context_params default_params() {
   const evict::Params ep;
   p.kv_pool = ep.kernel;
   p.kv_sinks = -1;  // the engine's default
-  p.kv_interim_policy = -1;
   return p;
 }
 
@@ -743,7 +742,6 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
     if (p.kv_ratio != 0) cp.kv_ratio = p.kv_ratio;
     if (p.kv_mem_bytes != 0) cp.kv_mem_bytes = p.kv_mem_bytes;
     cp.evict.policy = api_to_policy(p.kv_policy, "kv_policy");
-    if (p.kv_interim_policy >= 0) cp.interim_policy = api_to_policy(p.kv_interim_policy, "kv_interim_policy");
     switch (p.kv_schedule) {
       case DEFKV_SCHEDULE_DEFAULT: break;
       case DEFKV_SCHEDULE_BOUNDED: cp.schedule = engine::Schedule::bounded; break;
@@ -1140,9 +1138,6 @@ defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info
     i.kv_window = ep.evict.window;
     i.kv_sinks = ep.evict.n_sink;
     i.kv_pool = ep.evict.kernel;
-    i.kv_interim_policy = e.has_budget() && e.schedule() == engine::Schedule::bounded && ep.interim_policy
-                              ? policy_to_api(*ep.interim_policy)
-                              : -1;
     i.prefill_chunk_tokens = e.chunk_tokens();
     i.decode_slack_tokens = e.decode_slack();
     i.budget_tokens = e.budget_tokens();

@@ -76,14 +76,15 @@ extern "C" {
  * version changes whenever existing declarations change incompatibly. Before
  * 1.0 that includes dropping fields of defkv_context_params and
  * defkv_context_info (ABI 2 dropped the measured-worse bounded-schedule
- * variants: kv_running_max, kv_score_all_queries, kv_running_max_decay); a
- * program built against another header is refused by defkv_context_create
- * (struct_size mismatch), never misread. */
+ * variants kv_running_max, kv_score_all_queries, kv_running_max_decay; ABI 3
+ * dropped kv_interim_policy of both, the window-scored interim rounds the
+ * lookahead replaced); a program built against another header is refused by
+ * defkv_context_create (struct_size mismatch), never misread. */
 #define DEFKV_VERSION_MAJOR 0
 #define DEFKV_VERSION_MINOR 1
 #define DEFKV_VERSION_PATCH 0
 #define DEFKV_VERSION_STRING "0.1.0"
-#define DEFKV_ABI_VERSION 2
+#define DEFKV_ABI_VERSION 3
 /* Version of the saved-state format written by defkv_state_save*(). */
 #define DEFKV_STATE_FORMAT_VERSION 1
 
@@ -307,15 +308,6 @@ typedef struct defkv_context_params {
   uint32_t prefill_chunk_tokens;
 
   uint32_t kv_pool;          /* score pooling kernel (odd); 0: 5 */
-  /* Bounded schedule (docs/eval/RESULTS.md, "Bounded schedule"): */
-  int32_t kv_interim_policy; /* < 0 (default, -1): the prefill eviction rounds before the last
-                                chunk of each defkv_eval rank entries by a lookahead of the fed
-                                text's last window tokens. Else a defkv_kv_policy scoring those
-                                rounds with its own window instead (the last round, whose window
-                                is the prompt's end, and decoding rounds use kv_policy); kv_policy
-                                itself gives the window-scored schedule the lookahead replaced.
-                                Must be a scored policy (not STREAMING). Ignored by the oneshot
-                                schedule and without a budget. */
 } defkv_context_params;
 
 /* Fills *p with the defaults and sets struct_size. */
@@ -435,8 +427,6 @@ typedef struct defkv_context_info {
   uint64_t kv_row_bytes;          /* bytes of one key (or value) row of one head */
   uint64_t kv_bytes_reserved;     /* the KV pool */
   int32_t last_stop_reason;       /* defkv_stop_reason of the last defkv_generate */
-  int32_t kv_interim_policy;      /* defkv_kv_policy of the interim prefill rounds; -1: none (also
-                                     when the schedule is oneshot or there is no budget: unused) */
 } defkv_context_info;
 DEFKV_API defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info* out);
 

@@ -248,12 +248,9 @@ void Context::evict_now(bool interim) {
   flush_value_norms();
   const model::Config& mc = model_.config();
   RoundSpec spec;
-  // Interim prefill rounds use ContextParams::interim_policy when set, else
-  // rank by the prefill's lookahead when it has one.
-  spec.interim = interim && params_.interim_policy.has_value() && plan_.bounded;
+  // Interim prefill rounds rank by the prefill's lookahead when it has one.
   if (interim && lookahead_ && lookahead_->active()) spec.lookahead = lookahead_.get();
   spec.params = params_.evict;
-  if (spec.interim) spec.params.policy = *params_.interim_policy;
   spec.n_past = n_past_;
   spec.n_window = std::min<uint32_t>(plan_.window, n_past_);
   spec.index = stats_.evict_rounds;

@@ -246,6 +246,7 @@ void Context::load_state(std::span<const uint8_t> data) {
   // Apply.
   cache_->clear();
   recorder_->clear();
+  if (lookahead_) lookahead_->clear();  // another sequence: its sinks and tail are unknown
   std::vector<float> aux(cc.n_aux);
   for (uint32_t l = 0; l < L; ++l)
     for (uint32_t hk = 0; hk < Hkv; ++hk) {

@@ -134,7 +134,6 @@ void EvictRound::score_layer(uint32_t l, Lane& lane, kv::KvCache& cache, const L
     RoundObservation ob;
     ob.round = spec.index;
     ob.layer = l;
-    ob.interim = spec.interim;
     ob.lookahead = spec.lookahead != nullptr;
     ob.policy = spec.params.policy;
     ob.view = &view;

@@ -21,7 +21,6 @@ namespace defkv::engine {
 struct RoundObservation {
   uint32_t round = 0;          // rounds completed before this one
   uint32_t layer = 0;
-  bool interim = false;        // scored with ContextParams::interim_policy
   bool lookahead = false;      // scored by the prefill's lookahead (lookahead.h)
   evict::Policy policy = evict::Policy::full;  // the policy that scored it
   const evict::LayerView* view = nullptr;      // heads' positions and keys
@@ -31,12 +30,11 @@ using RoundObserver = std::function<void(const RoundObservation&)>;
 
 // What one round does.
 struct RoundSpec {
-  evict::Params params;        // the policy of this round (interim or not)
+  evict::Params params;        // the policy of this round
   evict::Budget budget;
   uint32_t n_past = 0;         // the window is positions [n_past - n_window, n_past)
   uint32_t n_window = 0;       // min(window, n_past)
-  bool interim = false;
-  const Lookahead* lookahead = nullptr;  // non-null: rank by its scores (an interim round)
+  Lookahead* lookahead = nullptr;  // non-null: rank by its scores (an interim round)
   uint32_t index = 0;          // rounds completed before this one (RoundObservation::round)
   // The layers to score and evict, ascending (the budget covers these); null:
   // every layer. Sliding-window layers are left out (Plan::evict_layers).

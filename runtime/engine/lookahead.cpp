@@ -34,11 +34,12 @@ Lookahead::Lookahead(const model::Model& m, const evict::Params& ep, uint32_t pa
   cache_ = std::make_unique<kv::KvCache>(cc);
   rec_ = std::make_unique<LayerRecorder>(m, window_, false, 0, max_batch, n_threads);
   sinks_.reserve(n_sink_);
-  tok_.reserve(n_sink_ + window_);
-  pos_.reserve(n_sink_ + window_);
+  for (auto* v : {&tok_, &pos_, &next_tok_, &next_pos_}) v->reserve(n_sink_ + window_);
+  arrived_.assign(n_layer_, 0);
   q_.assign(size_t(n_layer_) * n_head_ * window_ * head_dim_, 0.0f);
   q_pos_.assign(window_, 0);
   lse_.assign(size_t(n_layer_) * n_head_ * window_, 0.0f);
+  lse_run_ = lse_;
   k_.resize(size_t(n_sink_ + window_) * head_dim_);
   kpos_.resize(n_sink_ + window_);
 }
@@ -58,25 +59,42 @@ std::span<const float> Lookahead::lse(uint32_t l) const {
   return {lse_.data() + l * n, n};
 }
 
+std::span<const float> Lookahead::running_lse(uint32_t l) const {
+  const size_t n = size_t(n_head_) * n_query_;
+  return {lse_run_.data() + l * n, n};
+}
+
 void Lookahead::probe(model::Workspace& ws, uint32_t n_past, std::span<const int32_t> tokens,
                       const std::atomic<bool>* cancel) {
   active_ = false;
   if (tokens.empty()) return;
+
   const uint32_t H = n_head_, G = n_head_ / n_head_kv_, d = head_dim_, W = window_;
   const uint32_t nq = uint32_t(std::min<size_t>(W, tokens.size()));
   const uint32_t q0 = uint32_t(n_past + tokens.size() - nq);
   note_tokens(n_past, tokens);
-  tok_.clear();
-  pos_.clear();
+  next_tok_.clear();
+  next_pos_.clear();
   // The sinks the sequence has (a state loaded from elsewhere may not tell them).
   for (uint32_t s = 0; s < n_sink_ && s < q0 && s < sinks_.size(); ++s) {
-    tok_.push_back(sinks_[s]);
-    pos_.push_back(int32_t(s));
+    next_tok_.push_back(sinks_[s]);
+    next_pos_.push_back(int32_t(s));
   }
   for (uint32_t i = 0; i < nq; ++i) {
-    tok_.push_back(tokens[tokens.size() - nq + i]);
-    pos_.push_back(int32_t(q0 + i));
+    next_tok_.push_back(tokens[tokens.size() - nq + i]);
+    next_pos_.push_back(int32_t(q0 + i));
   }
+  // The same probe as the last one, which nothing has ended since (every
+  // completed call runs past its tail, so a new call's tail has new
+  // positions): the rest of a cancelled prefill.
+  if (resumable_ && next_tok_ == tok_ && next_pos_ == pos_) {
+    active_ = true;
+    return;
+  }
+  resumable_ = false;
+  std::swap(tok_, next_tok_);
+  std::swap(pos_, next_pos_);
+  ++probes_run_;
   cache_->clear();
   rec_->clear();
   model::ForwardHooks h;
@@ -124,12 +142,18 @@ void Lookahead::probe(model::Workspace& ws, uint32_t n_past, std::span<const int
       }
     }
   from_ = 0;  // every resident entry is scored with these queries
+  q0_ = q0;
+  // The probe's keys are the sinks it ran (positions [0, arrived_)) and its
+  // own tokens; every other resident or arriving key joins in the rounds.
+  std::fill(arrived_.begin(), arrived_.end(), int64_t(tok_.size() - nq));
+  std::copy(lse_.begin(), lse_.begin() + ptrdiff_t(size_t(n_layer_) * H * nq), lse_run_.begin());
   active_ = true;
+  resumable_ = true;
 }
 
 void Lookahead::score_layer(uint32_t l, const evict::LayerView& view, const float* aux, uint32_t n_aux,
                             uint32_t slot, evict::Policy policy, kv::KvCache& cache,
-                            std::vector<std::vector<float>>& scores, std::vector<float>& scratch) const {
+                            std::vector<std::vector<float>>& scores, std::vector<float>& scratch) {
   const uint32_t H = n_head_, Hkv = n_head_kv_, d = head_dim_, nq = n_query_;
   const bool weighted = evict::traits(policy).value_norms;
   evict::LookaheadQueries lq;
@@ -139,16 +163,23 @@ void Lookahead::score_layer(uint32_t l, const evict::LayerView& view, const floa
   lq.n_query = nq;
   lq.q = q_.data() + size_t(l) * H * nq * d;
   lq.q_pos = q_pos_.data();
-  lq.lse = lse_.data() + size_t(l) * H * nq;
+  lq.lse = lse_run_.data() + size_t(l) * H * nq;
   scores.resize(Hkv);
   std::vector<uint32_t> first(Hkv);
   for (uint32_t hk = 0; hk < Hkv; ++hk) {
     const evict::HeadView& hv = view.heads[hk];
     first[hk] = uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, from_) - hv.pos);
+    // The keys new to the normalisers: [arrived_, q0_) (the re-scored
+    // kernel/2 newest joined last round; the probe's own keys are in lse_).
+    const uint32_t ab = std::max(first[hk], uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, arrived_[l]) - hv.pos));
+    const uint32_t ae = std::max(ab, uint32_t(std::lower_bound(hv.pos, hv.pos + hv.n, q0_) - hv.pos));
     scores[hk].resize(hv.n);
-    evict::lookahead_scores(lq, hk, hv.k, hv.pos, hv.n, first[hk], policy, kernel_, scores[hk].data() + first[hk],
-                            scratch);
+    evict::lookahead_scores(lq, hk, hv.k, hv.pos, hv.n, first[hk], ab, ae, policy, kernel_,
+                            scores[hk].data() + first[hk], scratch);
   }
+  // Per layer, so a round cancelled after some layers merges nothing twice.
+  for (uint32_t hk = 0; hk < Hkv; ++hk)
+    if (view.heads[hk].n) arrived_[l] = std::max<int64_t>(arrived_[l], view.heads[hk].pos[view.heads[hk].n - 1] + 1);
   size_t off = 0;
   for (uint32_t hk = 0; hk < Hkv; ++hk) {
     const evict::HeadView& hv = view.heads[hk];

@@ -29,6 +29,11 @@
 //            head it is evicted back to the budget. The pool is sized once:
 //            (budget + max(chunk, slack) + page_tokens) tokens per head, so
 //            resident KV never exceeds budget + one chunk for any length.
+//            The interim rounds of a prefill (every round of an eval() call
+//            but the one after its last chunk, whose window is the fed text's
+//            tail, e.g. the question) rank entries by a lookahead of that
+//            tail (lookahead.h); that last round and decoding rounds score
+//            with evict.policy's window.
 // Without a budget the pool holds n_ctx tokens per head.
 //
 #pragma once
@@ -70,25 +75,10 @@ struct ContextParams {
   // round's observation window is exactly the tokens decoded since the last.
   uint32_t decode_slack = 0;
   uint32_t page_tokens = 16;  // KV pool page size in entries
-
-  // ---- bounded-schedule options ----
-  // The INTERIM eviction rounds of a prefill are every round of an
-  // eval()/eval_all_logits() call except the one after its last chunk (whose
-  // observation window is the tail of the fed text, e.g. the question).
-  // By default they rank entries by a lookahead of that tail (lookahead.h);
-  // the last round and decoding rounds score with evict.policy's window.
-  // interim_policy, when set, scores the interim rounds with that policy's
-  // window instead (measured worse than the lookahead, kept for reproducing
-  // docs/eval/RESULTS.md). Example: defensivekv with interim_policy = criticalkv keeps
-  // entries by their mean attention while the window is arbitrary context and
-  // applies the worst-case (defensive) score only when it sees the prompt's
-  // end (docs/eval/RESULTS.md, "Bounded schedule: interim policy"). Must be a
-  // scored policy (not full/streaming); ignored by the oneshot schedule.
-  std::optional<evict::Policy> interim_policy;
 };
 
 // A parameter out of range. `field` is the ContextParams member at fault
-// ("budget_tokens", "evict.kernel", "interim_policy", ...), `rest` the message
+// ("budget_tokens", "evict.kernel", "chunk_tokens", ...), `rest` the message
 // after it; what() is "context: <field> <rest>". The C API and the CLI catch
 // it to name their own spelling of the field (kv_budget_tokens, --kv-budget).
 struct ParamError : std::invalid_argument {
@@ -99,8 +89,7 @@ struct ParamError : std::invalid_argument {
 };
 
 // Checks everything that does not depend on the model (the KV type, the
-// budget form and its range, the policy, window, pooling kernel and interim
-// policy); throws ParamError (std::invalid_argument for a combination of
+// budget form and its range, the policy, window and pooling kernel); throws ParamError (std::invalid_argument for a combination of
 // fields). plan_context() calls it first.
 void validate_params(const ContextParams& p);
 

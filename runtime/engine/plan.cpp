@@ -53,9 +53,6 @@ void validate_params(const ContextParams& p) {
     if (p.evict.kernel == 0 || p.evict.kernel % 2 == 0)
       throw ParamError("evict.kernel", "(the pooling kernel) must be odd and > 0 (got " + std::to_string(p.evict.kernel) + ")");
   }
-  if (p.interim_policy && !evict::traits(*p.interim_policy).scored)
-    throw ParamError("interim_policy", std::string("must be a scored policy (snapkv, adakv, criticalkv, defensivekv or "
-                                                   "layer-defensivekv), not ") + evict::policy_name(*p.interim_policy));
   if (p.budget_tokens) {
     if (*p.budget_tokens <= 0)
       throw ParamError("budget_tokens", "must be a positive number of tokens (got " + std::to_string(*p.budget_tokens) + ")");
@@ -116,10 +113,8 @@ Plan plan_context(const model::Config& mc, const ContextParams& p) {
   pl.chunk = p.chunk_tokens ? p.chunk_tokens : min_chunk;
   pl.slack = p.decode_slack ? p.decode_slack : std::max<uint32_t>(pl.window, 1);
 
-  const bool vnorm = evict::traits(p.evict.policy).value_norms ||
-                     (pl.bounded && p.interim_policy && evict::traits(*p.interim_policy).value_norms);
-  pl.value_norms = pl.budgeted && vnorm;
-  pl.lookahead = pl.bounded && evict::traits(p.evict.policy).scored && !p.interim_policy;
+  pl.value_norms = pl.budgeted && evict::traits(p.evict.policy).value_norms;
+  pl.lookahead = pl.bounded && evict::traits(p.evict.policy).scored;
   pl.n_aux = pl.lookahead ? kAuxLookahead + 1 : pl.value_norms ? kAuxValueNorm + 1 : 0;
   kv::CacheConfig& cc = pl.cache;
   cc.n_layer = mc.n_layer;

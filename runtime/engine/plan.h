@@ -43,7 +43,7 @@ struct Plan {
   uint32_t window = 0;         // observation window (queries kept for a round)
   uint32_t n_aux = 0;          // aux floats per KV entry (AuxSlot)
   bool value_norms = false;    // kAuxValueNorm is filled
-  bool lookahead = false;      // bounded, a scored policy, no interim_policy: interim rounds use a Lookahead
+  bool lookahead = false;      // bounded and a scored policy: interim rounds use a Lookahead
   kv::CacheConfig cache;       // the pool, capacity_entries included
   // Sliding-window layers (window_layers.cpp): layer_window[l] > 0 for a layer whose
   // window is shorter than n_ctx (it keeps only what its window still sees,

@@ -1,5 +1,6 @@
 // Lookahead scores (lookahead.h): W queries x (one chunk + a pooling margin)
-// entries per head and round, with the window-scoring kernels.
+// entries per head and round, with the window-scoring kernels; the arrivals'
+// normaliser update reuses the row's softmax.
 #include "runtime/evict/lookahead.h"
 
 #include <algorithm>
@@ -13,13 +14,14 @@
 namespace defkv::evict {
 
 void lookahead_scores(const LookaheadQueries& lq, uint32_t hk, const float* k, const int32_t* pos,
-                      uint32_t n, uint32_t first, Policy policy, uint32_t kernel, float* out,
-                      std::vector<float>& scratch) {
+                      uint32_t n, uint32_t first, uint32_t arrive_begin, uint32_t arrive_end, Policy policy,
+                      uint32_t kernel, float* out, std::vector<float>& scratch) {
   if (lq.n_head_kv == 0 || lq.n_head % lq.n_head_kv != 0 || hk >= lq.n_head_kv)
     throw std::invalid_argument("lookahead_scores: bad head geometry");
   if (kernel == 0 || kernel % 2 == 0)
     throw std::invalid_argument("lookahead_scores: pooling kernel must be odd, got " + std::to_string(kernel));
-  if (first > n) throw std::invalid_argument("lookahead_scores: first > n");
+  if (!(first <= arrive_begin && arrive_begin <= arrive_end && arrive_end <= n))
+    throw std::invalid_argument("lookahead_scores: need first <= arrive_begin <= arrive_end <= n");
   const auto& K = simd::k();
   const uint32_t G = lq.n_head / lq.n_head_kv, d = lq.head_dim, half = kernel / 2, nq = lq.n_query;
   const bool use_max = traits(policy).defensive;
@@ -47,7 +49,15 @@ void lookahead_scores(const LookaheadQueries& lq, uint32_t hk, const float* k, c
     for (uint32_t j = 0; j < valid; ++j) mx = std::max(mx, x[j] * scale);
     // exp(s - lse) = softmax(s) * sum exp(s - max) * exp(max - lse)
     const float z = K.window_softmax(x, nn, valid, scale);
-    if (z > 0) K.scale(x, z * std::exp(mx - lq.lse[size_t(h) * nq + i]), nn);
+    if (!(z > 0)) continue;  // no key at or before the query: nothing to add
+    float& lse = lq.lse[size_t(h) * nq + i];
+    const uint32_t ab = arrive_begin - lo, ae = std::min(arrive_end - lo, valid);
+    if (ae > ab) {  // lse <- log(exp(lse) + sum_arrivals exp(s)); the arrivals' exp-sum is z e^mx times their softmax share
+      const double mass = double(K.reduce_sum(x + ab, ae - ab)) * z;
+      const double a = double(lse), b = double(mx) + std::log(mass), m2 = std::max(a, b);
+      if (mass > 0) lse = float(m2 + std::log(std::exp(a - m2) + std::exp(b - m2)));
+    }
+    K.scale(x, z * std::exp(mx - lse), nn);
     K.avg_pool(x, pooled, nn, kernel);
     if (use_max) K.max_inplace(acc, pooled, nn);
     else K.add_inplace(acc, pooled, nn);

@@ -1,7 +1,6 @@
 // KL(full || policy) on stories260K + tinystories_sample.txt, T=448, C=64, S=64,
-// window 16 (the acceptance protocol of docs/eval/RESULTS.md), with the bounded
-// schedule option from the environment: INTERIM=<policy>. Prints mean KL, p99, top-1 and the per-window mean KL (for paired
-// differences).  Usage: kl_bounded POLICIES SCHEDULE [RATIO]
+// window 16 (the acceptance protocol of docs/eval/RESULTS.md). Prints mean KL,
+// p99, top-1 and the per-window mean KL (for paired differences).  Usage: kl_bounded POLICIES SCHEDULE [RATIO]
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -29,12 +28,11 @@ int main(int argc, char** argv) {
     engine::ContextParams cp = base; cp.kv_ratio = argc > 3 ? std::stod(argv[3]) : 0.2;
     evict::parse_policy(pn, &cp.evict.policy);
     engine::Schedule s; engine::parse_schedule(sched, &s); cp.schedule = s;
-    if (getenv("INTERIM")) { evict::Policy ip; evict::parse_policy(getenv("INTERIM"), &ip); cp.interim_policy = ip; }
     auto r = eval::kld(*model, text, tokp->bos(), spec, cp, ref);
     std::vector<double> per(r.windows, 0);
     for (size_t i = 0; i < r.per_token_kl.size(); ++i) per[i / spec.cont_tokens] += r.per_token_kl[i] / spec.cont_tokens;
-    std::printf("%s %s interim=%s: mean KL %.4f p99 %.3f top1 %.3f windows %zu | per-window:", pn.c_str(), sched.c_str(),
-      getenv("INTERIM") ? getenv("INTERIM") : "-", r.mean_kl, r.p99_kl, r.top1, r.windows);
+    std::printf("%s %s: mean KL %.4f p99 %.3f top1 %.3f windows %zu | per-window:", pn.c_str(), sched.c_str(),
+      r.mean_kl, r.p99_kl, r.top1, r.windows);
     for (double x : per) std::printf(" %.5f", x);
     std::printf("\n"); std::fflush(stdout);
   }

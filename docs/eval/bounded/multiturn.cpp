@@ -31,11 +31,10 @@ int main(int argc, char** argv) {
   fs << ff.rdbuf();
   const std::vector<int32_t> filler = tok.encode(fs.str(), false);
   const double ratio = getenv("RATIO") ? std::stod(getenv("RATIO")) : 0.2;
-  struct Mode { const char* name; bool budget; engine::Schedule sched; bool faithful; };
-  const Mode modes[] = {{"full", false, engine::Schedule::bounded, false},
-                        {"oneshot", true, engine::Schedule::oneshot, false},
-                        {"bounded (lookahead)", true, engine::Schedule::bounded, false},
-                        {"bounded faithful", true, engine::Schedule::bounded, true}};
+  struct Mode { const char* name; bool budget; engine::Schedule sched; };
+  const Mode modes[] = {{"full", false, engine::Schedule::bounded},
+                        {"oneshot", true, engine::Schedule::oneshot},
+                        {"bounded (lookahead)", true, engine::Schedule::bounded}};
   for (const char* pn : {"criticalkv", "defensivekv", "layer-defensivekv"}) {
     for (const Mode& md : modes) {
       if (!md.budget && std::string(pn) != "criticalkv") continue;
@@ -47,8 +46,6 @@ int main(int argc, char** argv) {
       if (md.budget) {
         cp.kv_ratio = ratio;
         cp.schedule = md.sched;
-        // The interim rounds scored with the policy's own window: the faithful schedule.
-        if (md.faithful) cp.interim_policy = cp.evict.policy;
       }
       engine::Context ctx(*model, cp);
       int n = 0, ok = 0;

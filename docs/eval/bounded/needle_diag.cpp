@@ -1,10 +1,10 @@
 // Needle diagnosis for the bounded schedule (docs/eval/RESULTS.md, section
-// "Bounded schedule: why the defensive policies lose, and the interim policy").
+// "Bounded schedule: diagnosis and the interim policy"; the interim policy
+// itself was removed later, see RESULTS.md "Removed variants").
 // Not part of the build: compile against a build directory's static libraries
 // (see docs/eval/bounded/build.sh) and run from anywhere:
 //   needle_diag POLICIES SCHEDULE [STRIDE]      e.g. needle_diag criticalkv,defensivekv bounded
-// Environment: RATIO (kept fraction, default 0.2), INTERIM=<policy>
-// (ContextParams::interim_policy), OBS=1 (layer 2 / KV head 0
+// Environment: RATIO (kept fraction, default 0.2), OBS=1 (layer 2 / KV head 0
 // floor statistics through Context::set_round_observer), DUMP=<prefix> (per-task
 // correctness, appended to <prefix>.<policy>).
 // Per policy it prints: accuracy; the share of the queried needle's digit
@@ -44,7 +44,6 @@ int main(int argc, char** argv) {
     evict::parse_policy(pn, &cp.evict.policy);
     engine::Schedule s; engine::parse_schedule(sched, &s); cp.schedule = s;
     cp.n_ctx = 1100;
-    if (getenv("INTERIM")) { evict::Policy ip; evict::parse_policy(getenv("INTERIM"), &ip); cp.interim_policy = ip; }
     engine::Context ctx(*model, cp);
     int n_tasks = 0, correct = 0;
     // aggregates
