@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -279,7 +280,20 @@ void quantize_activations(const float* x, BlockQ8x* xq, size_t n) {
   for (size_t b = 0; b < n / kQ8_0Block; ++b) {
     const float* xb = x + b * kQ8_0Block;
     float amax = 0.0f;
-    for (size_t j = 0; j < kQ8_0Block; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    bool finite = true;
+    for (size_t j = 0; j < kQ8_0Block; ++j) {
+      const float a = std::fabs(xb[j]);
+      finite &= a <= std::numeric_limits<float>::max();  // false for NaN and Inf
+      amax = std::max(amax, a);
+    }
+    if (!finite) {
+      // scale NaN, quants 0: the block's products stay NaN, as the float
+      // product would (converting NaN to int is undefined, and would make
+      // them finite, hidden from the engine's non-finite logits check)
+      xq[b].d = std::numeric_limits<float>::quiet_NaN();
+      std::memset(xq[b].qs, 0, kQ8_0Block);
+      continue;
+    }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     xq[b].d = d;

@@ -1,5 +1,8 @@
 // AVX-512 VNNI q8_0 tile (compiled with the AVX-512 flags plus -mavx512vnni;
 // called only when cpu_features().avx512_vnni).
+#include <cstring>
+#include <limits>
+
 #include "quant/matmul_tile.h"
 #include "quant/q8_ops_x86.h"
 #include "quant/block_dot_x86.h"
@@ -144,16 +147,26 @@ void avx512vnni_packed_q8_tile(const uint8_t* qs, const uint16_t* d, size_t rows
 // portable quantize_activations (matmul.cpp): amax of |x| per 32-block,
 // d = amax / 127, id = 1 / d (0 if d == 0), q = round-to-nearest-even(x * id)
 // (vcvtps2dq under the default rounding mode equals the 1.5*2^23 trick for
-// |x * id| <= 127); plus corr = -128 * sum(q). Vectorised because the
-// portable loop was a visible share of a batch product.
+// |x * id| <= 127); plus corr = -128 * sum(q). A block holding NaN or Inf
+// gets d = NaN, q = 0, corr = 0 as there (its products stay NaN). Vectorised
+// because the portable loop was a visible share of a batch product.
 void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
                                      int32_t* corr) {
   const size_t nb = cols / kQ8_0Block;
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 flt_max = _mm512_set1_ps(std::numeric_limits<float>::max());
   for (size_t b = 0; b < nb; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + b * kQ8_0Block);
     const __m512 v1 = _mm512_loadu_ps(x + b * kQ8_0Block + 16);
-    const __m512 m = _mm512_max_ps(_mm512_and_ps(v0, abs_mask), _mm512_and_ps(v1, abs_mask));
+    const __m512 a0 = _mm512_and_ps(v0, abs_mask), a1 = _mm512_and_ps(v1, abs_mask);
+    // ordered <=: false for NaN and Inf
+    if ((_mm512_cmp_ps_mask(a0, flt_max, _CMP_LE_OQ) & _mm512_cmp_ps_mask(a1, flt_max, _CMP_LE_OQ)) != 0xffff) {
+      std::memset(qs + b * kQ8_0Block, 0, kQ8_0Block);
+      d[b] = std::numeric_limits<float>::quiet_NaN();
+      corr[b] = 0;
+      continue;
+    }
+    const __m512 m = _mm512_max_ps(a0, a1);
     const float amax = _mm512_reduce_max_ps(m);
     const float db = amax / 127.0f;
     const float id = db != 0.0f ? 1.0f / db : 0.0f;

@@ -21,7 +21,8 @@ struct BlockQ8x {
 static_assert(sizeof(BlockQ8x) == 36);
 
 // Quantise n floats (n % 32 == 0) into n/32 activation blocks: d = amax/127,
-// qs = nearest integer of x/d. Portable; defined in matmul.cpp.
+// qs = nearest integer of x/d; a block holding NaN or Inf gets d = NaN and
+// qs = 0. Portable; defined in matmul.cpp.
 void quantize_activations(const float* x, BlockQ8x* xq, size_t n);
 
 // One low-bit weight row (nb blocks) . quantised activations (nb blocks of

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -117,12 +118,23 @@ size_t row_bytes(DType t, size_t n) {
 }
 
 // Same as ggml quantize_row_q8_0_ref: d = amax/127 stored as fp16, q = roundf(x/d)
-// (scaled by the fp32 1/d, not the rounded fp16 one).
+// (scaled by the fp32 1/d, not the rounded fp16 one). A block holding NaN or
+// Inf gets d = fp16 NaN and q = 0: it dequantises to NaN (the KV cache's q8_0
+// rows keep a non-finite value visible) instead of converting NaN to int.
 static void quantize_q8_0(const float* x, BlockQ8_0* y, size_t n) {
   for (size_t b = 0; b < n / kQ8_0Block; ++b) {
     const float* xb = x + b * kQ8_0Block;
     float amax = 0.0f;
-    for (size_t j = 0; j < kQ8_0Block; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+    bool finite = true;
+    for (size_t j = 0; j < kQ8_0Block; ++j) {
+      finite &= std::fabs(xb[j]) <= std::numeric_limits<float>::max();  // false for NaN and Inf
+      amax = std::fmax(amax, std::fabs(xb[j]));
+    }
+    if (!finite) {
+      y[b].d = 0x7e00;  // fp16 quiet NaN
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      continue;
+    }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = simd::f32_to_f16(d);
@@ -139,6 +151,15 @@ static void dequantize_q8_0(const BlockQ8_0* x, float* y, size_t n) {
 
 void from_f32(DType t, const float* x, void* row, size_t n) {
   (void)row_bytes(t, n);  // validates n
+  if (n == 0) return;     // x and row may be null (memcpy's arguments may not)
+  if (is_low_bit(t)) {
+    // the low-bit quantisers convert x / scale to int (undefined for NaN) and
+    // have no way to represent NaN or Inf; they are never on a hot path
+    for (size_t i = 0; i < n; ++i)
+      if (!(std::fabs(x[i]) <= std::numeric_limits<float>::max()))
+        throw std::invalid_argument("from_f32: non-finite value (" + std::string(std::isnan(x[i]) ? "nan" : "inf") +
+                                    ") at index " + std::to_string(i) + " cannot be quantised to " + dtype_name(t));
+  }
   switch (t) {
     case DType::f32: std::memcpy(row, x, n * sizeof(float)); return;
     case DType::f16: simd::k().f32_to_f16(x, static_cast<uint16_t*>(row), n); return;
@@ -150,6 +171,7 @@ void from_f32(DType t, const float* x, void* row, size_t n) {
 
 void to_f32(DType t, const void* row, float* y, size_t n) {
   (void)row_bytes(t, n);
+  if (n == 0) return;
   switch (t) {
     case DType::f32: std::memcpy(y, row, n * sizeof(float)); return;
     case DType::f16: simd::k().f16_to_f32(static_cast<const uint16_t*>(row), y, n); return;

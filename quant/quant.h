@@ -60,6 +60,8 @@ size_t row_bytes(DType t, size_t n);
 // Row conversion: quantize/convert n floats into a row of type t, and back.
 // Quantisation is ggml's reference quantiser for the type (quantize_row_*_ref,
 // i.e. what llama-quantize writes without an importance matrix).
+// NaN or Inf in x: q8_0 stores the block as scale NaN (it dequantises to NaN);
+// the low-bit types throw std::invalid_argument naming the index.
 void from_f32(DType t, const float* x, void* row, size_t n);
 void to_f32(DType t, const void* row, float* y, size_t n);
 

@@ -24,7 +24,10 @@ constexpr size_t kLaneMinTokens = 6;
 // Multiply-adds below which one thread does the work.
 constexpr size_t kParallelMinMacs = size_t(1) << 17;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Not under ThreadSanitizer: GCC instruments the ifunc resolver that
+// target_clones generates, and the dynamic loader runs it before the TSan
+// runtime is initialised (the library segfaults at load).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define DEFKV_VN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DEFKV_VN_CLONES

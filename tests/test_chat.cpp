@@ -289,5 +289,19 @@ TEST_CASE("chat: each turn feeds only what the rendering adds to what the model 
     CHECK_FALSE(t.load(state + ".missing"));
     std::remove((state + ".chat").c_str());
   }
+  {
+    // Plain: a reply the rendering writes otherwise than the model's text
+    // (no leading space: "Assistant: \nOnce." rendered, "Assistant:\nOnce."
+    // fed). Found by the 500-turn soak: every later turn fed the whole history
+    // again from that point, so positions grew quadratically until the
+    // context was full. Each turn feeds its own text only.
+    defkv::cli::ChatSession s(m, std::nullopt, 0, "");
+    CHECK(s.begin_turn("Hi") == "User: Hi\nAssistant:");
+    s.end_turn("\nOnce.", "\nOnce.", true);
+    for (const std::string u : {"A", "B", "C"}) {
+      CHECK(s.begin_turn(u) == "\nUser: " + u + "\nAssistant:");
+      s.end_turn("It was " + u + ".", " It was " + u + ".", true);
+    }
+  }
   defkv_model_free(m);
 }

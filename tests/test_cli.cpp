@@ -16,10 +16,13 @@
 #include <regex>
 #include <thread>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -227,6 +230,40 @@ TEST_CASE("cli: quantize to llama.cpp's low-bit types reproduces llama-quantize'
       }
       CHECK(ours->get_uint("general.file_type") == ref->get_uint("general.file_type"));
     }
+  }
+}
+
+TEST_CASE("cli: quantize refuses a NaN or Inf weight for a quantised type, naming tensor, row and index",
+          "[cli][quantize]") {
+  // The block quantisers convert x / scale to int, undefined for NaN; no block
+  // format represents NaN or Inf. F16 represents them: that conversion goes on.
+  auto src = defkv::gguf::File::open(stories());
+  const std::string bad_name = "blk.1.ffn_up.weight";
+  const auto& bad = src->tensor(bad_name);
+  REQUIRE(bad.type == uint32_t(defkv::gguf::TensorType::f32));
+  const size_t cols = bad.ne[0], row = 5, col = 37;
+  for (float v : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+    std::vector<std::vector<uint8_t>> copies;
+    defkv::gguf::Writer w;
+    w.copy_metadata(*src);
+    for (const auto& t : src->tensors()) {
+      copies.emplace_back(t.data, t.data + t.size_bytes);
+      if (t.name == bad_name) std::memcpy(copies.back().data() + 4 * (row * cols + col), &v, 4);
+      w.add_tensor(t.name, t.type, std::vector<uint64_t>(t.ne, t.ne + t.n_dims), copies.back().data(),
+                   copies.back().size());
+    }
+    const fs::path in = temp_dir() / "nonfinite-weight.gguf", out = temp_dir() / "nonfinite-out.gguf";
+    w.write(in.string());
+    const std::string what = std::isnan(v) ? "(nan)" : "(inf)";
+    for (const char* type : {"q8_0", "q4_0", "q5_1", "q4_k_m"}) {
+      INFO(type << " " << v);
+      Result r = run("quantize " + in.string() + " " + out.string() + " " + type);
+      CHECK(r.exit_code == 1);
+      CHECK_THAT(r.err, Catch::Contains("'" + bad_name + "' row 5 holds a non-finite value") && Catch::Contains(what) &&
+                            Catch::Contains("at index 37"));
+    }
+    Result r = run("quantize " + in.string() + " " + out.string() + " f16");
+    CHECK(r.exit_code == 0);
   }
 }
 

@@ -886,6 +886,16 @@ TEST_CASE("malformed: general.alignment of the wrong type", "[gguf][errors]") {
                                          "unsigned integer"));
 }
 
+TEST_CASE("malformed: a huge general.alignment puts the data section past the end of a small file",
+          "[gguf][errors]") {
+  // fuzz_model's harness padded every tensor to such an alignment (1 GiB each);
+  // the reader refuses the small file that claims it, without allocating.
+  for (uint32_t a : {1u << 20, 1u << 30, 1u << 31}) {
+    INFO(a);
+    REQUIRE_THROWS_WITH(parse(with_alignment(a)), Contains("data section would start at offset"));
+  }
+}
+
 TEST_CASE("general.alignment other than 32 moves the data section", "[gguf]") {
   std::vector<uint8_t> b = with_alignment(8);
   const size_t end_of_infos = tensor_info_at(b, "x") + 4 + 8 + 4 + 8;

@@ -68,9 +68,10 @@ struct Ctx {
   ~Ctx() { if (c) defkv_context_free(c); }
 };
 
-defkv_context* make_ctx(defkv_model* m, bool budget) {
+defkv_context* make_ctx(defkv_model* m, bool budget, int32_t kv_type = DEFKV_KV_F16) {
   defkv_context_params p;
   defkv_context_params_init(&p);
+  p.kv_type = kv_type;
   p.n_threads = 1;
   p.n_ctx = 128;
   p.temperature = 0;
@@ -124,7 +125,10 @@ TEST_CASE("numeric: NaN/Inf logits stop eval, decode and generate with DEFKV_ERR
           "[api][numeric]") {
   const char* file = GENERATE("models/stories260K/stories260K.gguf", "models/stories260K/stories260K-f16.gguf");
   const bool budget = GENERATE(false, true);
-  INFO(file << (budget ? " with a KV budget" : " full cache"));
+  // q8_0 KV rows: the non-finite keys and values of the token must not
+  // become finite numbers (nor undefined conversions) when quantised
+  const int32_t kv_type = GENERATE(int32_t(DEFKV_KV_F16), int32_t(DEFKV_KV_Q8_0));
+  INFO(file << (budget ? " with a KV budget" : " full cache") << ", KV type " << kv_type);
   const std::vector<uint8_t> clean_bytes = read_bytes(shared(file));
   Model clean;
   REQUIRE(defkv_model_load_buffer(clean_bytes.data(), clean_bytes.size(), 1, &clean.m) == DEFKV_OK);
@@ -142,7 +146,7 @@ TEST_CASE("numeric: NaN/Inf logits stop eval, decode and generate with DEFKV_ERR
   Model sick;
   REQUIRE(defkv_model_load_buffer(bytes.data(), bytes.size(), 1, &sick.m) == DEFKV_OK);
 
-  Ctx c{make_ctx(sick.m, budget)}, ref{make_ctx(clean.m, budget)};
+  Ctx c{make_ctx(sick.m, budget, kv_type)}, ref{make_ctx(clean.m, budget, kv_type)};
   REQUIRE(defkv_eval(c.c, prompt.data(), prompt.size(), nullptr, nullptr) == DEFKV_OK);
   REQUIRE(defkv_eval(ref.c, prompt.data(), prompt.size(), nullptr, nullptr) == DEFKV_OK);
   CHECK(logits(c.c) == logits(ref.c));  // the poison is not reached yet

@@ -24,9 +24,11 @@ void ChatSession::reset() {
   closed_ = true;
 }
 
-std::string ChatSession::render() const {
+std::string ChatSession::render() const { return render(messages_); }
+
+std::string ChatSession::render(const std::vector<std::pair<std::string, std::string>>& messages) const {
   std::vector<defkv_chat_message> ms;
-  for (const auto& [role, content] : messages_) ms.push_back({role.c_str(), content.c_str()});
+  for (const auto& [role, content] : messages) ms.push_back({role.c_str(), content.c_str()});
   const char* t = tmpl_ ? tmpl_->c_str() : nullptr;
   const uint32_t flags = flags_ | DEFKV_CHAT_ADD_GENERATION_PROMPT;
   size_t n = 0;
@@ -51,14 +53,35 @@ std::string ChatSession::begin_turn(const std::string& user) {
   size_t at = 0;
   while (at < fed_.size() && at < full.size() && fed_[at] == full[at]) ++at;
   const std::string eot = info_.end_of_turn;
-  if (at < fed_.size() && !eot.empty()) {
-    const size_t p = full.find(eot, at);
-    if (p != std::string::npos) at = closed_ ? p + eot.size() : p;
+  if (at < fed_.size()) {
+    const size_t p = eot.empty() ? std::string::npos : full.find(eot, at);
+    if (p != std::string::npos) {
+      at = closed_ ? p + eot.size() : p;
+    } else {
+      // No end-of-turn marker to resynchronise on (the plain format): start
+      // where the last reply's rendering ends, so a turn never feeds again
+      // what the model has seen in its own version.
+      const size_t e = end_of_last_reply();
+      if (e != std::string::npos && e > at) at = e;
+    }
   }
   std::string delta = full.substr(at);
   fed_ += delta;
   closed_ = true;
   return delta;
+}
+
+size_t ChatSession::end_of_last_reply() const {
+  // Rendered again with a marker after the reply's content: the text before
+  // the marker is the rendering's up to the content's end.
+  static const std::string kMark = "\x01defkv-end-of-reply\x01";
+  auto ms = messages_;
+  for (size_t i = ms.size(); i-- > 0;) {
+    if (ms[i].first != "assistant") continue;
+    ms[i].second += kMark;
+    return render(ms).find(kMark);
+  }
+  return std::string::npos;
 }
 
 void ChatSession::end_turn(const std::string& shown, const std::string& raw, bool closed) {

@@ -38,6 +38,10 @@ class ChatSession {
 
  private:
   std::string render() const;
+  std::string render(const std::vector<std::pair<std::string, std::string>>& messages) const;
+  // Offset in render() where the last assistant message's content ends
+  // (npos when there is none).
+  size_t end_of_last_reply() const;
 
   const defkv_model* model_;
   std::optional<std::string> tmpl_;

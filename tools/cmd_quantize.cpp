@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -136,15 +137,33 @@ std::vector<uint8_t> convert(const gguf::TensorInfo& t, DType to) {
   // rows are independent (the K-quant search is ~100x the cost of a copy):
   // threads over rows, each with its own f32 row
   const auto n = static_cast<long long>(rows);
+  // A quantised type cannot hold NaN or Inf (q8_0 would store a NaN block,
+  // the low-bit types refuse): the tool refuses such a weight, naming it.
+  const bool quantised = to != DType::f32 && to != DType::f16 && to != DType::bf16;
+  long long bad_row = n;  // the first row holding a non-finite value
+  size_t bad_col = 0;
+  bool bad_nan = false;
 #pragma omp parallel
   {
     std::vector<float> buf(cols);  // [cols] one row in f32
 #pragma omp for schedule(static)
     for (long long r = 0; r < n; ++r) {
       quant::to_f32(from, t.data + size_t(r) * in_row, buf.data(), cols);
+      if (quantised) {
+        const auto bad = std::find_if(buf.begin(), buf.end(), [](float v) { return !std::isfinite(v); });
+        if (bad != buf.end()) {
+#pragma omp critical(quantize_bad_row)
+          if (r < bad_row) bad_row = r, bad_col = size_t(bad - buf.begin()), bad_nan = std::isnan(*bad);
+          continue;
+        }
+      }
       quant::from_f32(to, buf.data(), out.data() + size_t(r) * out_row, cols);
     }
   }
+  if (bad_row < n)
+    throw std::runtime_error("quantize: tensor '" + t.name + "' row " + std::to_string(bad_row) +
+                             " holds a non-finite value (" + (bad_nan ? "nan" : "inf") + ") at index " +
+                             std::to_string(bad_col) + ", which " + quant::dtype_name(to) + " cannot represent");
   return out;
 }
 
