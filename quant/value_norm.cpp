@@ -264,7 +264,9 @@ void value_proj_l1(const Matrix& w, size_t n_head_kv, size_t head_dim, const flo
   const size_t max_threads = size_t(std::max(1, omp_get_max_threads()));
   const size_t n_threads =
       macs < kParallelMinMacs ? 1 : std::max<size_t>(1, std::min(max_threads, E / (2 * kRowBlock)));
-  value_proj_l1_reserve(s, E, w.cols, Hkv, d, sh.ldp, n_threads);  // no-op once warm
+  // Reserved for n_tokens (the reserve rounds the lane stride up itself), so
+  // s.l1, which value_norms hands in as l1, is never reallocated here.
+  value_proj_l1_reserve(s, E, w.cols, Hkv, d, n_tokens, n_threads);  // no-op once warm
   std::fill(s.part.begin(), s.part.begin() + n_threads * H * sh.ldp, 0.0f);
 
   if (lanes) {  // vt[hk, c, t] = v[t, hk*d + c], zero for padding tokens
