@@ -27,48 +27,16 @@
 #include "runtime/engine/context.h"
 #include "runtime/gguf/gguf.h"
 #include "runtime/model/model.h"
+#include "tests/archs_util.h"
 
 using namespace defkv;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string archs_dir() {
-  const char* e = std::getenv("DEFKV_ARCH_VECTORS");
-  if (e && *e) return e;
-  const char* s = std::getenv("DEFKV_SHARED");
-  return (s && *s ? std::string(s) : std::string("../shared")) + "/testdata/archs";
-}
-
-struct Logits {
-  int32_t n_tok = 0, n_vocab = 0;
-  std::vector<int32_t> ids;
-  std::vector<float> v;  // [n_tok, n_vocab]
-};
-
-Logits read_logits(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  Logits l;
-  in.read(reinterpret_cast<char*>(&l.n_tok), 4);
-  in.read(reinterpret_cast<char*>(&l.n_vocab), 4);
-  REQUIRE(l.n_tok > 0);
-  REQUIRE(l.n_vocab > 0);
-  l.ids.resize(size_t(l.n_tok));
-  l.v.resize(size_t(l.n_tok) * size_t(l.n_vocab));
-  in.read(reinterpret_cast<char*>(l.ids.data()), std::streamsize(l.ids.size() * 4));
-  in.read(reinterpret_cast<char*>(l.v.data()), std::streamsize(l.v.size() * 4));
-  REQUIRE(in.good());
-  return l;
-}
-
-std::vector<int32_t> read_ids(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  std::vector<int32_t> ids;
-  for (int32_t t; in >> t;) ids.push_back(t);
-  return ids;
-}
+using archs_test::Logits;
+using archs_test::read_ids;
+using archs_test::read_logits;
 
 struct Diff {
   double max_abs = 0, mean_abs = 0, top1 = 0;
@@ -143,7 +111,7 @@ std::string dequantised_copy(const std::string& path, const std::string& name) {
 }  // namespace
 
 TEST_CASE("quantised llama files match llama.cpp (int8 path) and the exact dequantisation", "[model][quant][archs]") {
-  const std::string dir = archs_dir();
+  const std::string dir = archs_test::vectors_dir();
   std::ifstream mf(dir + "/manifest.json");
   REQUIRE(mf.good());
   const auto manifest = nlohmann::json::parse(mf);
@@ -175,9 +143,9 @@ TEST_CASE("quantised llama files match llama.cpp (int8 path) and the exact dequa
         WARN("skipped " << name << ": has Q2_K / Q3_K tensors, which this runtime does not read");
         continue;
       }
-      const auto ids = read_ids(dir + "/" + c["ids"].get<std::string>());
-      const Logits ref = read_logits(dir + "/" + c["logits"].get<std::string>());
-      const Logits exact = read_logits(dir + "/" + c["logits_exact"].get<std::string>());
+      const auto ids = read_ids(c["ids"].get<std::string>());
+      const Logits ref = read_logits(c["logits"].get<std::string>());
+      const Logits exact = read_logits(c["logits_exact"].get<std::string>());
       REQUIRE(ref.ids == ids);
       const auto& tl = c["tolerance"]["llamacpp_like"];
       const auto& te = c["tolerance"]["exact"];
@@ -187,8 +155,8 @@ TEST_CASE("quantised llama files match llama.cpp (int8 path) and the exact dequa
       REQUIRE(m->config().n_vocab == uint32_t(ref.n_vocab));
       for (bool tbt : {false, true}) {
         // llama.cpp's token-by-token logits where they differ from its batch
-        const std::string tbt_file = dir + "/" + name + ".tbt.logits";
-        const Logits& want = tbt && fs::exists(tbt_file) ? read_logits(tbt_file) : ref;
+        const std::string tbt_file = name + ".tbt.logits";
+        const Logits& want = tbt && fs::exists(dir + "/" + tbt_file) ? read_logits(tbt_file) : ref;
         const Diff d = compare(run(*m, ids, tbt), want);
         INFO(name << (tbt ? " token by token" : " one batch") << " vs llama.cpp: max " << d.max_abs << " mean "
                   << d.mean_abs << " top-1 " << d.top1);
