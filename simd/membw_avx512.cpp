@@ -27,7 +27,12 @@ uint64_t stream_read_avx512(const void* p, size_t n_bytes) {
   for (; i < n_vec; ++i) a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(b + i * 64));
   a0 = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
   a4 = _mm512_add_epi64(_mm512_add_epi64(a4, a5), _mm512_add_epi64(a6, a7));
-  uint64_t s = uint64_t(_mm512_reduce_add_epi64(_mm512_add_epi64(a0, a4)));
+  // Horizontal sum in unsigned arithmetic: GCC's _mm512_reduce_add_epi64 adds
+  // the lanes as signed long long, where the wrap-around is undefined.
+  alignas(64) uint64_t lane[8];
+  _mm512_store_si512(lane, _mm512_add_epi64(a0, a4));
+  uint64_t s = 0;
+  for (uint64_t v : lane) s += v;
   // The last (n_bytes % 64) bytes: the scalar reference's word sum.
   return s + stream_read_scalar(b + n_vec * 64, n_bytes - n_vec * 64);
 }
