@@ -10,12 +10,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -124,6 +124,55 @@ int collect(int32_t token, const char* text, size_t len, void* user) {
   }
   return 0;
 }
+
+// Cancels a context from a thread of its own once armed. A call's callback
+// arms it at one point and, at a later point, waits until defkv_cancel has
+// returned: the cancel lands anywhere in between (a forward pass, the
+// sampler, an eviction round) and certainly before the call goes past the
+// later point, so a test asserts on outcomes, never on timing.
+class Canceller {
+ public:
+  explicit Canceller(defkv_context* c)
+      : th_([this, c] {
+          std::unique_lock<std::mutex> l(m_);
+          cv_.wait(l, [this] { return armed_ || quit_; });
+          if (!armed_) return;
+          l.unlock();
+          defkv_cancel(c);
+          l.lock();
+          done_.store(true);
+          cv_.notify_all();
+        }) {}
+  ~Canceller() {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    th_.join();
+  }
+  Canceller(const Canceller&) = delete;
+  Canceller& operator=(const Canceller&) = delete;
+  void arm() {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      armed_ = true;
+    }
+    cv_.notify_all();
+  }
+  void await() {  // only after arm()
+    std::unique_lock<std::mutex> l(m_);
+    cv_.wait(l, [this] { return done_.load(); });
+  }
+  bool done() const { return done_.load(); }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool armed_ = false, quit_ = false;
+  std::atomic<bool> done_{false};
+  std::thread th_;  // last: starts once the members above exist
+};
 
 std::vector<int32_t> gen(defkv_context* c, uint32_t n, defkv_status expect = DEFKV_OK) {
   Collected col;
@@ -763,100 +812,138 @@ TEST_CASE("api: cancellation in each phase leaves the context usable", "[api][ca
     CHECK(gen(c, 20).size() == 20);
     CHECK(kv_stats(c).n_past == prompt.size() + 19);
   }
-  SECTION("prefill from another thread at arbitrary times: resuming gives the uninterrupted result") {
+  SECTION("prefill, cancelled from another thread inside a chosen chunk: resuming gives the uninterrupted result") {
+    constexpr uint32_t kChunk = 64;
     for (bool budget : {false, true}) {
-      const defkv_context_params p = budget ? evicting_params(61) : greedy_params();
+      INFO((budget ? "budget" : "full cache"));
+      defkv_context_params p = budget ? evicting_params(61) : greedy_params();
+      p.prefill_chunk_tokens = kChunk;
       Ctx ref(p);
       eval(ref, prompt);
       const std::vector<int32_t> want = gen(ref, 40);
       Ctx c(p);
       int cancels = 0;
-      // On a loaded machine the cancelling thread may not run before the
-      // whole prompt is in: start again (a few times) until a cancel landed.
-      for (int round = 0, attempt = 0; round < 200; ++round) {
+      for (int round = 0;; ++round) {
         uint32_t np = 0;
         REQUIRE(defkv_n_past(c, &np) == DEFKV_OK);
-        if (np == prompt.size() && cancels == 0 && ++attempt < 5) {
-          REQUIRE(defkv_reset(c) == DEFKV_OK);
-          np = 0;
-        }
         if (np == prompt.size()) break;
-        std::thread th([&] {
-          std::this_thread::sleep_for(std::chrono::microseconds(int64_t(std::min(100.0 * std::pow(1.08, round), 5e5))));
-          defkv_cancel(c);
-        });
-        const defkv_status s = defkv_eval(c, prompt.data() + np, prompt.size() - np, nullptr, nullptr);
-        th.join();
-        REQUIRE((s == DEFKV_OK || s == DEFKV_ERR_CANCELLED));
-        cancels += s == DEFKV_ERR_CANCELLED;
+        const uint32_t left = uint32_t(prompt.size()) - np;
+        const uint32_t n_chunks = (left + kChunk - 1) / kChunk;
+        // The progress callback after chunk j arms the canceller; the one
+        // after chunk j + 1 waits until its cancel has returned. The cancel
+        // lands in chunk j + 1 (rolled back) or after its forward pass (in
+        // the eviction round), and before chunk j + 2 starts.
+        const uint32_t j = 1 + uint32_t(round % 3);
+        if (j + 1 >= n_chunks) {  // too few chunks left to land a cancel inside one
+          REQUIRE(defkv_eval(c, prompt.data() + np, left, nullptr, nullptr) == DEFKV_OK);
+          continue;
+        }
+        Canceller cancel(c);
+        struct U {
+          Canceller* cancel;
+          uint32_t j, calls = 0;
+        } u{&cancel, j};
+        auto progress = [](uint64_t, uint64_t, void* user) -> int {
+          auto* pu = static_cast<U*>(user);
+          ++pu->calls;
+          if (pu->calls == pu->j) pu->cancel->arm();
+          if (pu->calls == pu->j + 1) pu->cancel->await();
+          return 0;
+        };
+        INFO("round " << round << " at position " << np << ", cancel armed after chunk " << j);
+        CHECK(defkv_eval(c, prompt.data() + np, left, progress, &u) == DEFKV_ERR_CANCELLED);
+        cancels += 1;
         const defkv_kv_stats st = kv_stats(c);
-        if (budget) CHECK(st.entries <= (48ull + 64) * st.n_layer * st.n_head_kv);
+        CHECK((st.n_past == np + j * kChunk || st.n_past == np + (j + 1) * kChunk));
+        if (budget) CHECK(st.entries <= (48ull + kChunk) * st.n_layer * st.n_head_kv);
         else CHECK(st.entries == uint64_t(st.n_past) * st.n_layer * st.n_head_kv);  // nothing half-appended
+        uint32_t ng = 0;
+        CHECK(defkv_generate(c, 4, nullptr, nullptr, &ng) == DEFKV_ERR_BAD_STATE);  // the prompt is incomplete
       }
-      CHECK(cancels > 0);
-      // A slow build (sanitizers, a loaded machine) can have every late call
-      // cancelled before its first chunk: resume the rest without a cancel.
-      uint32_t done = 0;
-      REQUIRE(defkv_n_past(c, &done) == DEFKV_OK);
-      if (done < prompt.size())
-        REQUIRE(defkv_eval(c, prompt.data() + done, prompt.size() - done, nullptr, nullptr) == DEFKV_OK);
+      CHECK(cancels >= 3);
       REQUIRE(kv_stats(c).n_past == prompt.size());
       const std::vector<int32_t> got = gen(c, 40);
       if (!budget) CHECK(got == want);  // exact: cancelled batches were rolled back
       else CHECK(got.size() == 40);     // a cancelled eviction round may leave some layers unevicted
     }
   }
-  SECTION("from another thread, during a long generation, returns promptly") {
+  SECTION("from another thread during a long generation: honoured at the next token") {
     for (bool budget : {false, true}) {
+      INFO((budget ? "budget" : "full cache"));
       defkv_context_params p = budget ? evicting_params(51) : sampling_params(51);
       p.n_ctx = 8192;
       Ctx c(p);
       eval(c, prompt);
-      std::atomic<bool> started{false};
-      std::chrono::steady_clock::time_point t_cancel;
-      std::thread th([&] {
-        while (!started.load()) std::this_thread::yield();
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        t_cancel = std::chrono::steady_clock::now();
-        defkv_cancel(c);
-      });
-      auto cb = [](int32_t, const char*, size_t, void* u) -> int {
-        static_cast<std::atomic<bool>*>(u)->store(true);
+      // The first token arms the canceller, which cancels while the
+      // generation runs on; token 200 waits for it, so the call cannot end
+      // uncancelled however the threads are scheduled.
+      Canceller cancel(c);
+      struct U {
+        Canceller* cancel;
+        uint32_t n = 0, after = 0;
+      } u{&cancel};
+      auto cb = [](int32_t tok, const char*, size_t, void* user) -> int {
+        auto* pu = static_cast<U*>(user);
+        if (tok < 0) return 0;
+        ++pu->n;
+        if (pu->cancel->done()) ++pu->after;  // tokens delivered once defkv_cancel had returned
+        if (pu->n == 1) pu->cancel->arm();
+        if (pu->n == 200) pu->cancel->await();
         return 0;
       };
       uint32_t ng = 0;
-      const defkv_status s = defkv_generate(c, 7000, cb, &started, &ng);
-      const auto t_ret = std::chrono::steady_clock::now();
-      th.join();
-      CHECK(s == DEFKV_ERR_CANCELLED);
-      CHECK(ng < 7000);
-      CHECK(std::chrono::duration<double>(t_ret - t_cancel).count() < 2.0);
-      // Usable afterwards.
-      CHECK(gen(c, 10).size() == 10);
+      CHECK(defkv_generate(c, 7000, cb, &u, &ng) == DEFKV_ERR_CANCELLED);
+      CHECK(ng == u.n);
+      CHECK(ng <= 201);
+      // The flag is read before each step and between the layers of each
+      // forward pass, so at most the token sampled before that read follows.
+      CHECK(u.after <= 1);
+      CHECK(gen(c, 10).size() == 10);  // usable afterwards
     }
   }
-  SECTION("from another thread at arbitrary times: greedy output is unchanged") {
+  SECTION("from another thread at chosen tokens: greedy output is unchanged") {
     Ctx ref(greedy_params());
     eval(ref, prompt);
     const std::vector<int32_t> want = gen(ref, 300);
+    REQUIRE(want.size() == 300);
     Ctx c(greedy_params());
     eval(c, prompt);
     std::vector<int32_t> got;
     int cancels = 0;
-    for (int round = 0; got.size() < want.size() && round < 400; ++round) {
-      std::thread th([&] {  // the delay grows so that the generation ends even when steps are slow (sanitizers)
-        std::this_thread::sleep_for(
-            std::chrono::microseconds(int64_t(std::min(200.0 * std::pow(1.03, round), 2e5)) + 97 * (round % 7)));
-        defkv_cancel(c);
-      });
+    for (int round = 0; got.size() < want.size(); ++round) {
+      const uint32_t left = uint32_t(want.size() - got.size());
+      // Token k's callback arms the canceller, token k + 1's waits for it:
+      // the cancel lands in the forward pass of token k (rolled back; the
+      // call returns k tokens) or after it (k + 1 tokens).
+      const uint32_t k = 1 + uint32_t(round % 7);
       Collected col;
-      const defkv_status s = defkv_generate(c, uint32_t(want.size() - got.size()), collect, &col, nullptr);
-      th.join();
-      REQUIRE((s == DEFKV_OK || s == DEFKV_ERR_CANCELLED));
-      cancels += s == DEFKV_ERR_CANCELLED;
+      if (k + 1 >= left) {  // too few tokens left to land a cancel before the end
+        REQUIRE(defkv_generate(c, left, collect, &col, nullptr) == DEFKV_OK);
+        got.insert(got.end(), col.tokens.begin(), col.tokens.end());
+        continue;
+      }
+      Canceller cancel(c);
+      struct U {
+        Collected* col;
+        Canceller* cancel;
+        uint32_t k;
+      } u{&col, &cancel, k};
+      auto cb = [](int32_t tok, const char* text, size_t len, void* user) -> int {
+        auto* pu = static_cast<U*>(user);
+        collect(tok, text, len, pu->col);
+        if (tok < 0) return 0;
+        if (pu->col->tokens.size() == pu->k) pu->cancel->arm();
+        if (pu->col->tokens.size() == pu->k + 1) pu->cancel->await();
+        return 0;
+      };
+      uint32_t ng = 0;
+      INFO("round " << round << " after " << got.size() << " tokens, cancel armed at token " << k);
+      CHECK(defkv_generate(c, left, cb, &u, &ng) == DEFKV_ERR_CANCELLED);
+      CHECK((ng == k || ng == k + 1));
+      cancels += 1;
       got.insert(got.end(), col.tokens.begin(), col.tokens.end());
     }
-    CHECK(cancels > 0);
+    CHECK(cancels >= 30);
     CHECK(got == want);
   }
 }
