@@ -1,11 +1,12 @@
 # Sourced by scripts/test.sh and scripts/test-sanitizers.sh. Needs LOG_DIR,
-# total_pass and total_fail set by the caller.
+# total_pass and total_fail set by the caller; CATCH_TIMEOUT (seconds per
+# program, default 1800) may be set by it.
 # run_catch NAME CMD... : runs one Catch2 program, adds its test-case counts.
 run_catch() {
   local name=$1; shift
   local log="$LOG_DIR/$name.log"
   local start=$SECONDS
-  timeout 1800 "$@" >"$log" 2>&1
+  timeout "${CATCH_TIMEOUT:-1800}" "$@" >"$log" 2>&1
   local rc=$?
   local pass=0 fail=0 line
   if line=$(grep -E '^All tests passed \(' "$log" | tail -1) && [[ -n "$line" ]]; then

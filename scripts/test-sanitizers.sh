@@ -18,6 +18,11 @@ total_pass=0
 total_fail=0
 # shellcheck source=scripts/run_catch.sh
 source scripts/run_catch.sh
+# Sanitized programs run several times slower: an hour each before a program
+# counts as hung. DEFKV_SANITIZE asks the heaviest sweeps for a smaller subset
+# (test_archs' GQA sweep); the normal suite runs them whole.
+CATCH_TIMEOUT=3600
+export DEFKV_SANITIZE=1
 
 # setup_build DIR SANITIZER: configures DIR once (oneDNN off: it is not
 # instrumented, and its JIT code confuses the sanitizers).
