@@ -16,6 +16,7 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -276,14 +277,16 @@ void check_cancel(const defkv_context* c) {
 
 defkv_status load_model(std::unique_ptr<ModelImpl> impl, std::unique_ptr<gguf::File> file, defkv_model** out) {
   // The weights are re-laid out for the kernels at load (a resident copy of
-  // about their size): a model larger than memory is refused before that
-  // copy gets the process killed.
+  // about their size): a model that does not fit in the memory still
+  // available is refused before that copy swaps or gets the process killed.
   uint64_t weight_bytes = 0;
   for (const gguf::TensorInfo& t : file->tensors()) weight_bytes += t.size_bytes;
-  const uint64_t mem = engine::usable_memory_bytes();
-  if (mem && weight_bytes > mem)
+  const std::optional<uint64_t> avail = engine::available_memory_bytes();
+  if (avail && weight_bytes > *avail)
     raise(DEFKV_ERR_OUT_OF_MEMORY, "the model's weights take " + std::to_string(weight_bytes) +
-                                       " bytes, more than the " + std::to_string(mem) + " bytes of memory here");
+                                       " bytes, more than the " + std::to_string(*avail) +
+                                       " bytes of memory available (of " +
+                                       std::to_string(engine::usable_memory_bytes()) + " in all)");
   impl->model = model::Model::from_file(std::move(file));
   impl->tok = text::Tokenizer::from_gguf(impl->model->file());
   if (impl->tok->n_vocab() != impl->model->config().n_vocab)

@@ -127,7 +127,10 @@ DEFKV_API const char* defkv_last_error(const defkv_context* ctx);
 /* ---- models ---- */
 
 /* Memory-maps a GGUF file (architecture llama, qwen2, qwen3, phi3, gemma2 or gemma3;
- * f32 / f16 / bf16 / q8_0 weights). */
+ * f32 / f16 / bf16 / q8_0 weights). The weights are copied into a layout for
+ * the kernels: weights larger than the memory available now (MemAvailable,
+ * or what the cgroup's memory.max leaves) are refused before any copy,
+ * DEFKV_ERR_OUT_OF_MEMORY, the message giving both byte counts. */
 DEFKV_API defkv_status defkv_model_load_file(const char* path, defkv_model** out);
 /* Parses a GGUF image in memory. copy != 0: the library copies the bytes (the
  * caller may free its buffer on return). copy == 0: no copy is made and the
@@ -316,8 +319,7 @@ DEFKV_API void defkv_context_params_init(defkv_context_params* p);
  * with the conversation afterwards. A context that needs more memory than
  * the machine has (RAM, or the cgroup's memory.max) is refused before
  * allocating: DEFKV_ERR_OUT_OF_MEMORY, the message giving the bytes needed
- * and the bytes there are. Model loading does the same for weights that
- * exceed memory. */
+ * and the bytes there are. */
 DEFKV_API defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params,
                                             defkv_context** out);
 DEFKV_API defkv_status defkv_context_free(defkv_context* ctx);

@@ -188,4 +188,23 @@ uint64_t usable_memory_bytes() {
   return ram;
 }
 
+std::optional<uint64_t> available_memory_bytes() {
+  std::optional<uint64_t> avail;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, rest;
+  uint64_t kib = 0;
+  while (meminfo >> key >> kib && std::getline(meminfo, rest))
+    if (key == "MemAvailable:") {
+      avail = kib * 1024;
+      break;
+    }
+  std::ifstream max("/sys/fs/cgroup/memory.max"), current("/sys/fs/cgroup/memory.current");
+  uint64_t limit = 0, used = 0;
+  if (max >> limit && current >> used) {  // "max" (unlimited) fails to parse
+    const uint64_t left = limit > used ? limit - used : 0;
+    if (!avail || left < *avail) avail = left;
+  }
+  return avail;
+}
+
 }  // namespace defkv::engine

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -70,6 +71,12 @@ Plan plan_context(const model::Config& mc, const ContextParams& p);
 // Memory this process may use: physical RAM, or the cgroup's memory.max when
 // that is lower; 0 when unknown.
 uint64_t usable_memory_bytes();
+
+// Memory this process can still take without swapping or being killed:
+// MemAvailable (/proc/meminfo; it counts reclaimable page cache), or what the
+// cgroup's memory.max leaves above memory.current when that is lower;
+// nullopt when neither is known.
+std::optional<uint64_t> available_memory_bytes();
 
 // A context or model that cannot fit in memory: the message gives the bytes
 // it needs and the bytes there are.
