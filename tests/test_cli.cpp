@@ -723,6 +723,38 @@ TEST_CASE("cli: every numeric flag of every command refuses overflow, wrap-aroun
   }
 }
 
+TEST_CASE("cli: synth and bench refuse sizes out of range before writing or allocating, naming the flag",
+          "[cli][limits]") {
+  const fs::path out = temp_dir() / "range.gguf";
+  const std::string synth = "synth -q --synthetic-vocab --type f32 --heads 4 ";
+  const std::pair<std::string, std::string> cases[] = {
+      {"--dim 64 --layers 2 --ffn 128 --vocab 300 --rope-base -1", "--rope-base: must be > 0 (got -1)"},
+      {"--dim 64 --layers 2 --ffn 128 --vocab 300 --rms-eps 0", "--rms-eps: must be > 0 (got 0)"},
+      {"--dim 64 --layers 0 --ffn 128 --vocab 300", "--layers: must be > 0 (got 0)"},
+      // Each took minutes (a tensor list of 4e10 entries, or a 6.6 TB file
+      // written until the disk filled) or ended in std::bad_alloc.
+      {"--dim 64 --layers 4294967295 --ffn 128 --vocab 300", "layers (4294967295) must be at most 65536"},
+      {"--dim 64 --layers 2 --ffn 128 --vocab 4294967295", "vocab (4294967295) must be at most 16777216"},
+      {"--dim 64 --layers 2 --ffn 4294967295 --vocab 300", "bytes free in"},
+      {"--dim 65536 --layers 60000 --ffn 65536 --vocab 300 --head-dim 65536", "parameters, more than 2^48"},
+  };
+  for (const auto& [args, want] : cases) {
+    const Result r = run(synth + args + " " + out.string());
+    INFO("defkv " << synth << args << "\n" << r.err);
+    CHECK(r.exit_code > 0);
+    CHECK_THAT(r.err, Catch::Contains(want));
+    CHECK(!fs::exists(out));
+    CHECK(!fs::exists(out.string() + ".partial"));
+  }
+  // A negative size became a huge size_t (undefined) and segfaulted.
+  for (const char* v : {"-1", "0", "1e300"}) {
+    const Result r = run(std::string("bench --membw --membw-mib ") + v);
+    INFO(r.err);
+    CHECK(r.exit_code > 0);
+    CHECK_THAT(r.err, Catch::Contains("--membw-mib"));
+  }
+}
+
 TEST_CASE("cli: a context larger than memory is refused with the bytes it needs", "[cli][limits]") {
   for (const char* cmd : {"run -p hi --ctx 2000000000", "chat -c 2000000000"}) {
     const Result r = run(std::string(cmd) + " -m " + stories());

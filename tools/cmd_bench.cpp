@@ -506,7 +506,9 @@ Handler register_bench(CLI::App& app) {
   c->add_flag("--membw", a->membw,
               "Measure memory read bandwidth (streaming read of a buffer much larger than the "
               "last-level cache, AVX-512 when available, all threads, best of -r runs)");
-  c->add_option("--membw-mib", a->membw_mib, "Probe buffer size in MiB")->capture_default_str();
+  c->add_option("--membw-mib", a->membw_mib, "Probe buffer size in MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0 / 256, 1048576.0));  // 4 KiB (a page) to 1 TiB
   c->add_flag("--membw-hugepages", a->membw_huge,
               "Probe buffer on transparent huge pages (default: 4 KiB pages, like the model's "
               "file mapping)");

@@ -26,6 +26,7 @@
 #include "runtime/model/model.h"
 #include "runtime/text/tokenizer.h"
 #include "tools/commands.h"
+#include "tools/flag_checks.h"
 #include "tools/kv_flags.h"
 
 namespace defkv::cli {
@@ -88,7 +89,7 @@ const std::vector<std::string> kPolicies = {"full", "streaming", "snapkv", "adak
 // and schedule flags (sweep takes those as lists instead).
 void add_common(CLI::App* sub, KvOptions& o, bool budget) {
   sub->add_option("-m,--model", o.model_path, "Model file (GGUF: llama, qwen2, qwen3, phi3, gemma2 or gemma3 architecture)")->required()->check(CLI::ExistingFile);
-  sub->add_option("-t,--threads", o.n_threads, "Threads (0: all cores; 1 is fastest for tiny models on a busy machine)")->check(CLI::NonNegativeNumber);
+  sub->add_option("-t,--threads", o.n_threads, "Threads (0: all cores; 1 is fastest for tiny models on a busy machine)")->check(defkv::cli::non_negative());
   KvFlagSet set;
   set.budget = budget;
   set.default_type = "f32";
@@ -839,9 +840,9 @@ Handler register_eval(CLI::App& app) {
   add_common(kld, ko->kv, true);
   kld->add_option("-f,--file", ko->text_path, "Text file")->required()->check(CLI::ExistingFile);
   kld->add_option("--prefix", ko->spec.prefix_tokens, "T: tokens prefilled and compressed (BOS included)")
-      ->check(CLI::PositiveNumber);
-  kld->add_option("--cont", ko->spec.cont_tokens, "C: teacher-forced tokens scored per window")->check(CLI::PositiveNumber);
-  kld->add_option("--stride", ko->spec.stride_tokens, "S: text offset between windows")->check(CLI::PositiveNumber);
+      ->check(defkv::cli::positive());
+  kld->add_option("--cont", ko->spec.cont_tokens, "C: teacher-forced tokens scored per window")->check(defkv::cli::positive());
+  kld->add_option("--stride", ko->spec.stride_tokens, "S: text offset between windows")->check(defkv::cli::positive());
   kld->add_option("--max-windows", ko->spec.max_windows, "Use at most this many windows (0: all that fit)");
 
   auto no = std::make_shared<NeedleOptions>();
@@ -850,9 +851,9 @@ Handler register_eval(CLI::App& app) {
   add_common(nd, no->kv, true);
   nd->add_option("--tasks", no->tasks_path, "Task file (JSONL, ../shared/models/needle format)")
       ->required()->check(CLI::ExistingFile);
-  nd->add_option("-n,--n-predict", no->n_predict, "Greedy tokens generated per task")->check(CLI::PositiveNumber);
+  nd->add_option("-n,--n-predict", no->n_predict, "Greedy tokens generated per task")->check(defkv::cli::positive());
   nd->add_option("--limit", no->limit, "Run only the first N tasks (0: all)");
-  nd->add_option("--depth-bins", no->depth_bins, "Depth bins of the grid")->check(CLI::PositiveNumber);
+  nd->add_option("--depth-bins", no->depth_bins, "Depth bins of the grid")->check(defkv::cli::positive());
 
   auto so = std::make_shared<SweepOptions>();
   CLI::App* sw = ev->add_subcommand("sweep", "Policies x budgets x schedules: JSON, CSV, summary table and plots");
@@ -866,13 +867,13 @@ Handler register_eval(CLI::App& app) {
   sw->add_option("--needle-budgets", so->needle_budgets, "Needle sweep budgets as kept fractions of the prompt")
       ->delimiter(',')->check(CLI::Range(1e-9, 1.0));
   sw->add_option("--schedules", so->schedules, "Schedules")->delimiter(',')->check(CLI::IsMember({"oneshot", "bounded"}));
-  sw->add_option("--prefix", so->spec.prefix_tokens, "T (KL sweep)")->check(CLI::PositiveNumber);
-  sw->add_option("--cont", so->spec.cont_tokens, "C (KL sweep)")->check(CLI::PositiveNumber);
-  sw->add_option("--stride", so->spec.stride_tokens, "S (KL sweep)")->check(CLI::PositiveNumber);
+  sw->add_option("--prefix", so->spec.prefix_tokens, "T (KL sweep)")->check(defkv::cli::positive());
+  sw->add_option("--cont", so->spec.cont_tokens, "C (KL sweep)")->check(defkv::cli::positive());
+  sw->add_option("--stride", so->spec.stride_tokens, "S (KL sweep)")->check(defkv::cli::positive());
   sw->add_option("--max-windows", so->spec.max_windows, "KL windows (0: all that fit)");
-  sw->add_option("-n,--n-predict", so->n_predict, "Needle: greedy tokens per task")->check(CLI::PositiveNumber);
+  sw->add_option("-n,--n-predict", so->n_predict, "Needle: greedy tokens per task")->check(defkv::cli::positive());
   sw->add_option("--needle-limit", so->needle_limit, "Needle: first N tasks only (0: all)");
-  sw->add_option("--depth-bins", so->depth_bins, "Needle: depth bins")->check(CLI::PositiveNumber);
+  sw->add_option("--depth-bins", so->depth_bins, "Needle: depth bins")->check(defkv::cli::positive());
   sw->add_option("-o,--out", so->out_dir, "Output directory");
   sw->add_option("--scripts", so->scripts_dir, "Directory with plot_quality.gp and plot_needle_heatmap.gp");
   sw->add_flag("--no-plots", so->no_plots, "Write data only");

@@ -26,6 +26,7 @@
 #include "runtime/api/defkv.h"
 #include "tools/api_util.h"
 #include "tools/commands.h"
+#include "tools/flag_checks.h"
 #include "tools/kv_flags.h"
 
 namespace defkv::cli {
@@ -226,17 +227,17 @@ Handler register_run(CLI::App& app) {
   auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text (default: empty, generate from BOS)");
   auto* f = sub->add_option("-f,--file", o->prompt_file, "Read the prompt from this file")->check(CLI::ExistingFile);
   p->excludes(f);
-  sub->add_option("-n,--n-predict", o->n_predict, "Tokens to generate (stops earlier at an end-of-generation token)")->check(CLI::NonNegativeNumber);
-  sub->add_option("-t,--threads", o->n_threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("-n,--n-predict", o->n_predict, "Tokens to generate (stops earlier at an end-of-generation token)")->check(defkv::cli::non_negative());
+  sub->add_option("-t,--threads", o->n_threads, "Threads (0: all cores)")->check(defkv::cli::non_negative());
   sub->add_option("--ctx", o->n_ctx, "Maximum positions (prompt + generated); 0: the model's context_length")
-      ->check(CLI::NonNegativeNumber);
+      ->check(defkv::cli::non_negative());
   sub->add_option("--temp", sp.temperature, "Sampling temperature (<= 0: greedy)");
   sub->add_option("--top-k", sp.top_k, "Top-k sampling (<= 0: off)");
   sub->add_option("--top-p", sp.top_p, "Top-p (nucleus) sampling (>= 1: off)");
   sub->add_option("--min-p", sp.min_p, "Min-p sampling (<= 0: off)");
   sub->add_option("--repeat-penalty", sp.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::Range(1e-6, 1e6));
   sub->add_option("--repeat-last-n", sp.repeat_last_n, "Recent tokens the repetition penalty sees")
-      ->check(CLI::NonNegativeNumber);
+      ->check(defkv::cli::non_negative());
   sub->add_option("--seed", sp.seed, "Random seed");
   add_kv_flags(sub, o->kv);
   return [o] { return run(*o); };

@@ -9,6 +9,7 @@
 
 #include "quant/quant.h"
 #include "tools/commands.h"
+#include "tools/flag_checks.h"
 #include "tools/synth.h"
 
 namespace defkv::cli {
@@ -101,6 +102,7 @@ int run_synth(const SynthArgs& a) {
                    shape.n_vocab);
   }
 
+  shape.validate(opts.type);  // before n_params(), which needs its bounds
   const uint64_t n_params = shape.n_params();
   std::fprintf(stderr, "synth: %s  %s  %.2f M params  seed %llu  vocab: %s\n", shape.name.c_str(),
                quant::dtype_name(opts.type), double(n_params) / 1e6,
@@ -157,16 +159,16 @@ Handler register_synth(CLI::App& app) {
   c->add_option("out", a->out, "Output GGUF path");
   c->add_option("--shape", a->shape, "Named shape (see below / --list-shapes)");
   c->add_flag("--list-shapes", a->list, "List the named shapes and exit");
-  c->add_option("--dim", a->dim, "Embedding width (overrides the shape)");
-  c->add_option("--layers", a->layers, "Number of layers");
-  c->add_option("--heads", a->heads, "Attention heads");
-  c->add_option("--kv-heads", a->kv_heads, "KV heads (default: heads)");
-  c->add_option("--ffn", a->ffn, "FFN hidden width");
-  c->add_option("--vocab", a->vocab, "Vocabulary size");
-  c->add_option("--ctx", a->ctx, "Context length written to the metadata (default 2048)");
-  c->add_option("--head-dim", a->head_dim, "Head dimension (default dim/heads)");
-  c->add_option("--rope-base", a->rope_base, "RoPE frequency base (default 10000)");
-  c->add_option("--rms-eps", a->rms_eps, "RMSNorm epsilon (default 1e-5)");
+  c->add_option("--dim", a->dim, "Embedding width (overrides the shape)")->check(cli::positive());
+  c->add_option("--layers", a->layers, "Number of layers")->check(cli::positive());
+  c->add_option("--heads", a->heads, "Attention heads")->check(cli::positive());
+  c->add_option("--kv-heads", a->kv_heads, "KV heads (default: heads)")->check(cli::positive());
+  c->add_option("--ffn", a->ffn, "FFN hidden width")->check(cli::positive());
+  c->add_option("--vocab", a->vocab, "Vocabulary size")->check(cli::positive());
+  c->add_option("--ctx", a->ctx, "Context length written to the metadata (default 2048)")->check(cli::positive());
+  c->add_option("--head-dim", a->head_dim, "Head dimension (default dim/heads)")->check(cli::positive());
+  c->add_option("--rope-base", a->rope_base, "RoPE frequency base (default 10000)")->check(cli::positive());
+  c->add_option("--rms-eps", a->rms_eps, "RMSNorm epsilon (default 1e-5)")->check(cli::positive());
   auto* tied = c->add_flag("--tied", a->tied, "No output.weight: the head reuses token_embd");
   c->add_flag("--untied", a->untied, "Write a separate output.weight")->excludes(tied);
   c->add_option("--type", a->type, "Weight type: f32|f16|bf16|q8_0 (norms stay F32)")

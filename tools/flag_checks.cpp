@@ -84,4 +84,16 @@ CLI::Validator non_negative() {
       "NONNEGATIVE", "non-negative");
 }
 
+CLI::Validator positive() {
+  return CLI::Validator(
+      [](std::string& v) {
+        const std::string s = trimmed(v);
+        char* end = nullptr;
+        const double x = std::strtod(s.c_str(), &end);
+        if (end != s.c_str() && !(x > 0)) return "must be > 0 (got " + s + ")";
+        return std::string();
+      },
+      "POSITIVE", "positive");
+}
+
 }  // namespace defkv::cli

@@ -20,5 +20,7 @@ void check_numeric_flags(CLI::App& app);
 // value >= 0, with a message that says so (CLI::NonNegativeNumber prints the
 // whole range up to DBL_MAX).
 CLI::Validator non_negative();
+// value > 0, likewise.
+CLI::Validator positive();
 
 }  // namespace defkv::cli

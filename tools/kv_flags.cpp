@@ -7,6 +7,7 @@
 #include <string>
 
 #include "runtime/engine/params.h"
+#include "tools/flag_checks.h"
 
 namespace defkv::cli {
 namespace {
@@ -17,7 +18,7 @@ std::vector<std::string> policy_names() {
   return v;
 }
 
-// Integer > 0 with a readable message (CLI::PositiveNumber prints DBL_MAX).
+// Integer > 0 with a readable message (defkv::cli::positive() prints DBL_MAX).
 const CLI::Validator kPositiveInt(
     [](std::string& s) -> std::string {
       try {
@@ -177,13 +178,13 @@ void add_kv_flags(CLI::App* sub, KvFlags& f, const KvFlagSet& set) {
       ->check(kPositiveInt)
       ->capture_default_str();
   sub->add_option("--kv-sinks", f.sink_tokens, "Streaming policy: the first tokens, always kept (0: none); every policy counts them in the minimum budget")
-      ->check(CLI::NonNegativeNumber)
+      ->check(defkv::cli::non_negative())
       ->capture_default_str();
   sub->add_option("--chunk", f.chunk_tokens,
                   "Prefill chunk in tokens per forward pass (0: with the bounded schedule a third of the budget "
                   "in multiples of 64, between max(64, 2*window) and 256, so resident KV stays within budget + a "
                   "third; else 256)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(defkv::cli::non_negative())
       ->capture_default_str();
 }
 

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -90,6 +91,21 @@ const ModelShape* find_shape(std::string_view name) {
   return nullptr;
 }
 
+namespace {
+
+// The parameter count in U: uint64_t once validate() has bounded it, long
+// double (no overflow) for that bound.
+template <class U>
+U params_of(const ModelShape& s) {
+  const U hd = U(s.head_dim_or_default()), dim = U(s.dim);
+  const U q = U(s.n_head) * hd, kv = U(s.n_head_kv) * hd;
+  const U per_layer = 2 * dim + dim * (q + 2 * kv) + q * dim + 3 * dim * U(s.ffn) + (s.qkv_bias ? q + 2 * kv : U(0)) +
+                      (s.qk_norm ? 2 * hd : U(0)) + (s.post_norms ? 2 * dim : U(0));
+  return U(s.n_vocab) * dim * U(s.tied ? 1 : 2) + dim + U(s.n_layer) * per_layer;
+}
+
+}  // namespace
+
 void ModelShape::validate(DType type) const {
   auto bad = [&](const std::string& m) {
     throw std::invalid_argument("shape '" + name + "': " + m);
@@ -124,6 +140,17 @@ void ModelShape::validate(DType type) const {
   } else if (rope_base_swa != 0.0f) {
     bad("a RoPE base for sliding-window layers belongs to gemma3");
   }
+  if (n_layer > kMaxLayers) bad("layers (" + std::to_string(n_layer) + ") must be at most " + std::to_string(kMaxLayers));
+  // Token ids are int32; the largest real vocabularies have 262,144 tokens,
+  // and the synthetic one holds a string per token in memory.
+  if (n_vocab > kMaxVocab) bad("vocab (" + std::to_string(n_vocab) + ") must be at most " + std::to_string(kMaxVocab));
+  // Far beyond any model (and any disk), and low enough that every byte
+  // count of the file fits in 64 bits.
+  if (const long double n = params_of<long double>(*this); n > 0x1p48L) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.3Lg", n);
+    bad("the shape has " + std::string(buf) + " parameters, more than 2^48");
+  }
   const size_t blk = quant::block_elems(type);
   auto need = [&](const char* what, uint64_t v) {
     if (v % blk != 0)
@@ -135,14 +162,7 @@ void ModelShape::validate(DType type) const {
   need("heads * head dim", uint64_t(n_head) * hd);
 }
 
-uint64_t ModelShape::n_params() const {
-  const uint64_t hd = head_dim_or_default();
-  const uint64_t q = uint64_t(n_head) * hd, kv = uint64_t(n_head_kv) * hd;
-  const uint64_t per_layer = 2 * uint64_t(dim) + uint64_t(dim) * (q + 2 * kv) + q * dim +
-                             3 * uint64_t(dim) * ffn + (qkv_bias ? q + 2 * kv : 0) + (qk_norm ? 2 * hd : 0) +
-                             (post_norms ? 2 * uint64_t(dim) : 0);
-  return uint64_t(n_vocab) * dim * (tied ? 1 : 2) + dim + n_layer * per_layer;
-}
+uint64_t ModelShape::n_params() const { return params_of<uint64_t>(*this); }
 
 std::vector<SynthTensor> plan_tensors(const ModelShape& s, DType type) {
   const uint64_t hd = s.head_dim_or_default();
@@ -378,6 +398,19 @@ void pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t off, const std::str
   }
 }
 
+// A file that cannot fit on the output's file system is refused before
+// anything is written (a full disk would fail the write midway).
+void check_disk_space(const std::vector<SynthTensor>& plan, const std::string& out_path) {
+  uint64_t bytes = 0;
+  for (const auto& t : plan) bytes += t.size_bytes;
+  std::filesystem::path dir = std::filesystem::absolute(out_path).parent_path();
+  std::error_code ec;
+  const std::filesystem::space_info sp = std::filesystem::space(dir, ec);
+  if (!ec && bytes > sp.available)
+    throw std::runtime_error("synth: the tensors take " + std::to_string(bytes) + " bytes, more than the " +
+                             std::to_string(sp.available) + " bytes free in " + dir.string());
+}
+
 }  // namespace
 
 SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
@@ -459,6 +492,7 @@ SynthResult synthesize(const SynthOptions& opts, const std::string& out_path,
 
   // Pass 1: lay the file out with zero data (read from an untouched mapping).
   const std::vector<SynthTensor> plan = plan_tensors(shape, opts.type);
+  check_disk_space(plan, out_path);
   ZeroMap zero;
   for (const auto& t : plan) zero.n = std::max<size_t>(zero.n, size_t(t.size_bytes));
   zero.p = ::mmap(nullptr, zero.n, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

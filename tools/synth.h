@@ -22,6 +22,12 @@
 namespace defkv::tools {
 
 // Hyper-parameters of a model (names as in GGUF {arch}.*).
+// The largest vocabulary and layer count a shape may have (validate()):
+// far above real models (262,144 tokens, 126 layers), low enough that the
+// synthetic vocabulary and the tensor list stay small in memory.
+constexpr uint32_t kMaxVocab = uint32_t(1) << 24;
+constexpr uint32_t kMaxLayers = uint32_t(1) << 16;
+
 struct ModelShape {
   std::string name;            // "tinyllama-1.1b", or "custom"
   uint32_t dim = 0;            // llama.embedding_length
