@@ -112,3 +112,22 @@ TEST_CASE("limits: a context larger than memory fails with the bytes it needs", 
   defkv_context_free(c);
   defkv_model_free(m);
 }
+
+TEST_CASE("limits: a prefill chunk larger than n_ctx is clamped to it, not allocated", "[api][limits]") {
+  defkv_model* m = nullptr;
+  REQUIRE(defkv_model_load_file(model_file().c_str(), &m) == DEFKV_OK);
+  defkv_context_params p;
+  defkv_context_params_init(&p);
+  p.n_ctx = 256;
+  p.prefill_chunk_tokens = 4294967295u;  // scratch for 2^32 tokens: the allocation failed (or took the memory)
+  defkv_context* c = nullptr;
+  REQUIRE(defkv_context_create(m, &p, &c) == DEFKV_OK);
+  defkv_context_info info{};
+  info.struct_size = sizeof info;
+  REQUIRE(defkv_context_get_info(c, &info) == DEFKV_OK);
+  CHECK(info.prefill_chunk_tokens == 256);
+  std::vector<int32_t> prompt(200, 1);
+  CHECK(defkv_eval(c, prompt.data(), prompt.size(), nullptr, nullptr) == DEFKV_OK);
+  defkv_context_free(c);
+  defkv_model_free(m);
+}

@@ -62,7 +62,8 @@ Context::Context(const model::Model& model, const ContextParams& params)
     ws_ = std::make_unique<model::Workspace>(mc, plan_.chunk, plan_.n_ctx, params_.n_threads, cc.page_tokens,
                                              plan_.n_aux);
   } catch (const std::bad_alloc&) {
-    throw ResourceError("context: allocating the model's scratch " + sizes + " failed; lower n_ctx");
+    throw ResourceError("context: allocating the model's scratch for batches of " + std::to_string(plan_.chunk) +
+                        " tokens " + sizes + " failed; lower the prefill chunk or n_ctx");
   }
   ws_->reserve_runs(size_t(cc.capacity_entries / cc.page_tokens) + mc.n_head_kv);
   pos_buf_.resize(plan_.chunk);

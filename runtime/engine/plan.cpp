@@ -110,7 +110,9 @@ Plan plan_context(const model::Config& mc, const ContextParams& p) {
   pl.schedule = p.schedule.value_or(pl.budgeted ? Schedule::bounded : Schedule::oneshot);
   pl.bounded = pl.budgeted && pl.schedule == Schedule::bounded;
   const uint32_t min_chunk = pl.bounded ? std::max<uint32_t>(64, 2 * pl.window) : kFullCacheChunkTokens;
-  pl.chunk = p.chunk_tokens ? p.chunk_tokens : min_chunk;
+  // No forward pass holds more than n_ctx tokens: a larger chunk would only
+  // size the scratch for batches that cannot occur.
+  pl.chunk = p.chunk_tokens ? std::min(p.chunk_tokens, pl.n_ctx) : min_chunk;
   pl.slack = p.decode_slack ? p.decode_slack : std::max<uint32_t>(pl.window, 1);
 
   pl.value_norms = pl.budgeted && evict::traits(p.evict.policy).value_norms;
