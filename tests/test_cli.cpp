@@ -746,6 +746,20 @@ TEST_CASE("cli: synth and bench refuse sizes out of range before writing or allo
     CHECK(!fs::exists(out));
     CHECK(!fs::exists(out.string() + ".partial"));
   }
+  // --depth-bins 2147483647 ended in std::bad_alloc; --prefix -5 was taken as -1.
+  const std::string m = " -m " + stories();
+  const std::pair<std::string, std::string> eval_cases[] = {
+      {"eval needle" + m + " --tasks " + shared_dir() + "/models/needle/example_tasks.jsonl --depth-bins 2147483647",
+       "--depth-bins: Value 2147483647 not in range 1 to 1000"},
+      {"eval ppl" + m + " -f " + shared_dir() + "/models/data/tinystories_sample.txt --prefix -5",
+       "--prefix: Value -5 not in range -1"},
+  };
+  for (const auto& [args, want] : eval_cases) {
+    const Result r = run(args);
+    INFO("defkv " << args << "\n" << r.err);
+    CHECK(r.exit_code > 0);
+    CHECK_THAT(r.err, Catch::Contains(want));
+  }
   // A negative size became a huge size_t (undefined) and segfaulted.
   for (const char* v : {"-1", "0", "1e300"}) {
     const Result r = run(std::string("bench --membw --membw-mib ") + v);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -240,6 +241,10 @@ int run_kld(const KldOptions& o) {
 
 // ---------------------------------------------------------------------------
 // eval needle
+
+// Needle depths are fractions of the haystack: 1000 bins resolve 0.1 %, and
+// the grid holds a cell per bin and length.
+constexpr int kMaxDepthBins = 1000;
 
 struct NeedleOptions {
   KvOptions kv;
@@ -830,7 +835,8 @@ Handler register_eval(CLI::App& app) {
   ppl->add_option("-f,--file", po->text_path, "Text file")->required()->check(CLI::ExistingFile);
   ppl->add_option("--ctx", po->ctx, "Window length in tokens (BOS included)")->check(CLI::Range(2, 1 << 20));
   ppl->add_option("--prefix", po->prefix,
-                  "Compression point: eval the first N tokens, then score the rest (-1: 0, or ctx/2 with oneshot)");
+                  "Compression point: eval the first N tokens, then score the rest (-1: 0, or ctx/2 with oneshot)")
+      ->check(CLI::Range(-1, std::numeric_limits<int>::max()));
   ppl->add_option("--max-windows", po->max_windows, "Score at most this many windows (0: all)");
 
   auto ko = std::make_shared<KldOptions>();
@@ -853,7 +859,7 @@ Handler register_eval(CLI::App& app) {
       ->required()->check(CLI::ExistingFile);
   nd->add_option("-n,--n-predict", no->n_predict, "Greedy tokens generated per task")->check(defkv::cli::positive());
   nd->add_option("--limit", no->limit, "Run only the first N tasks (0: all)");
-  nd->add_option("--depth-bins", no->depth_bins, "Depth bins of the grid")->check(defkv::cli::positive());
+  nd->add_option("--depth-bins", no->depth_bins, "Depth bins of the grid")->check(CLI::Range(1, kMaxDepthBins));
 
   auto so = std::make_shared<SweepOptions>();
   CLI::App* sw = ev->add_subcommand("sweep", "Policies x budgets x schedules: JSON, CSV, summary table and plots");
@@ -873,7 +879,7 @@ Handler register_eval(CLI::App& app) {
   sw->add_option("--max-windows", so->spec.max_windows, "KL windows (0: all that fit)");
   sw->add_option("-n,--n-predict", so->n_predict, "Needle: greedy tokens per task")->check(defkv::cli::positive());
   sw->add_option("--needle-limit", so->needle_limit, "Needle: first N tasks only (0: all)");
-  sw->add_option("--depth-bins", so->depth_bins, "Needle: depth bins")->check(defkv::cli::positive());
+  sw->add_option("--depth-bins", so->depth_bins, "Needle: depth bins")->check(CLI::Range(1, kMaxDepthBins));
   sw->add_option("-o,--out", so->out_dir, "Output directory");
   sw->add_option("--scripts", so->scripts_dir, "Directory with plot_quality.gp and plot_needle_heatmap.gp");
   sw->add_flag("--no-plots", so->no_plots, "Write data only");
