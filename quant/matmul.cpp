@@ -199,6 +199,8 @@ const detail::MatmulTiles* tiles_for(MatmulImpl impl) {
 #endif
 #if DEFKV_SIMD_NEON
     case MatmulImpl::neon: return simd::cpu_features().neon ? &detail::neon_tiles() : nullptr;
+    case MatmulImpl::neon_dotprod:
+      return simd::cpu_features().neon_dotprod ? &detail::neon_dotprod_tiles() : nullptr;
 #endif
     default: return nullptr;
   }
@@ -208,7 +210,7 @@ MatmulImpl best_simd_impl() {
   switch (simd::k().isa) {  // follows the kernel table, so DEFKV_FORCE_SCALAR applies
     case simd::Isa::avx2: return MatmulImpl::avx2;
     case simd::Isa::avx512: return MatmulImpl::avx512;
-    case simd::Isa::neon: return MatmulImpl::neon;
+    case simd::Isa::neon: return simd::cpu_features().neon_dotprod ? MatmulImpl::neon_dotprod : MatmulImpl::neon;
     case simd::Isa::scalar: break;
   }
   return MatmulImpl::scalar;
@@ -314,6 +316,7 @@ const char* matmul_impl_name(MatmulImpl impl) {
     case MatmulImpl::avx2: return "avx2";
     case MatmulImpl::avx512: return "avx512";
     case MatmulImpl::neon: return "neon";
+    case MatmulImpl::neon_dotprod: return "neon_dotprod";
     case MatmulImpl::onednn: return "onednn";
   }
   return "unknown";
@@ -322,7 +325,7 @@ const char* matmul_impl_name(MatmulImpl impl) {
 size_t available_matmul_impls(MatmulImpl* out, size_t max) {
   size_t n = 0;
   for (MatmulImpl impl : {MatmulImpl::scalar, MatmulImpl::avx2, MatmulImpl::avx512, MatmulImpl::neon,
-                          MatmulImpl::onednn}) {
+                          MatmulImpl::neon_dotprod, MatmulImpl::onednn}) {
     const bool ok = impl == MatmulImpl::scalar || tiles_for(impl) != nullptr ||
                     (impl == MatmulImpl::onednn && detail::dnnl_available());
     if (ok && n < max) out[n++] = impl;

@@ -49,7 +49,8 @@ const MatmulTiles& avx2_tiles();    // matmul_avx2.cpp   (AVX2 maddubs int8, F16
 const MatmulTiles& avx512_tiles();  // matmul_avx512.cpp (VNNI vpdpbusd if present, else maddubs)
 #endif
 #if DEFKV_SIMD_NEON
-const MatmulTiles& neon_tiles();    // matmul_neon.cpp
+const MatmulTiles& neon_tiles();          // matmul_neon.cpp (ARMv8.0: widening int8 multiplies)
+const MatmulTiles& neon_dotprod_tiles();  // matmul_neon_dotprod.cpp (ARMv8.2 sdot)
 #endif
 
 // Packed q8_0 (see quant::Packed): int8 activations split into quants, fp32
