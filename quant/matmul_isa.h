@@ -28,6 +28,10 @@ void quantize_activations(const float* x, BlockQ8x* xq, size_t n);
 // One low-bit weight row (nb blocks) . quantised activations (nb blocks of
 // the type's activation format, see quant/blocks.h).
 using BlockDot = float (*)(const void* row, const void* acts, size_t nb);
+// The same for kBlockDotTokens tokens at once (the row unpacked once):
+// out[k] = row . the act blocks at acts + k * stride bytes.
+constexpr size_t kBlockDotTokens = 4;
+using BlockDotTokens = void (*)(const void* row, const void* acts, size_t stride, size_t nb, float* out);
 
 struct MatmulTiles {
   const char* name;
@@ -42,6 +46,8 @@ struct MatmulTiles {
   // This ISA's block dot for a low-bit type, or nullptr (then the scalar one
   // is used). May itself be nullptr.
   BlockDot (*low_bit_dot)(DType t);
+  // This ISA's kBlockDotTokens-token block dot for t (batches), or nullptr.
+  BlockDotTokens (*low_bit_dot_tokens)(DType t) = nullptr;
 };
 
 #if DEFKV_SIMD_X86

@@ -9,7 +9,8 @@ namespace defkv::quant::detail {
 // 32 q registers: 4x4 accumulators.
 const MatmulTiles& neon_tiles() {
   static const MatmulTiles t{"neon", &float_tile<simd::detail::Neon, 4, 4>,
-                             &Q8Tile<Q8OpsNeon<Widen>, 4, 4>::tile, &neon_block_dot<Widen>};
+                             &Q8Tile<Q8OpsNeon<Widen>, 4, 4>::tile, &neon_block_dot<Widen, BlockDot>,
+                             &neon_block_dot<Widen, BlockDotTokens>};
   return t;
 }
 

@@ -12,7 +12,7 @@ namespace defkv::quant::detail {
 
 const MatmulTiles& neon_dotprod_tiles() {
   static const MatmulTiles t{"neon_dotprod", neon_tiles().float_tile, &Q8Tile<Q8OpsNeon<Sdot>, 4, 4>::tile,
-                             &neon_block_dot<Sdot>};
+                             &neon_block_dot<Sdot, BlockDot>, &neon_block_dot<Sdot, BlockDotTokens>};
   return t;
 }
 
