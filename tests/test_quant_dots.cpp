@@ -4,6 +4,8 @@
 //    of both signs, activations at full scale (+-127) and random ones;
 //  - each implementation against the scalar reference quant::block_dot_ref
 //    (q8_0: against the scalar implementation's exact int32 block sums);
+//  - a NaN or Inf activation: NaN outputs for its token on every implementation
+//    and low-bit type, the batch's other tokens unchanged;
 //  - which implementation matmul() runs (DEFKV_EXPECT_MATMUL, set by
 //    scripts/test.d/neon.sh for its qemu CPU models, so a run on a core
 //    without the dot product cannot silently test the dot-product path, or
@@ -14,6 +16,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -154,4 +157,38 @@ TEST_CASE("matmul runs the implementation DEFKV_EXPECT_MATMUL names", "[quant][b
     CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
   }
   WARN("matmul() runs " << quant::matmul_impl_name(best) << " (available:" << names << ")");
+}
+
+TEST_CASE("a NaN or Inf activation makes its token's low-bit products NaN on every implementation", "[quant][blocks][nonfinite]") {
+  std::mt19937 rng(53);
+  const size_t rows = 19, cols = 512;
+  for (DType t : {DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K, DType::q6_K}) {
+    const auto wb = random_blocks(t, rows, cols, rng);
+    const quant::Matrix w{t, wb.data(), rows, cols};
+    // 5 tokens: one 4-token call and a single-token remainder on NEON; the bad
+    // token in each position
+    const size_t n_tok = 5;
+    const auto clean = tokens(n_tok, cols, rng);
+    for (quant::MatmulImpl impl : impls()) {
+      std::vector<float> want(n_tok * rows);
+      quant::matmul_impl(impl, w, clean.data(), want.data(), n_tok, rows);
+      for (size_t bad_tok = 0; bad_tok < n_tok; ++bad_tok)
+        for (float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+          auto x = clean;
+          x[bad_tok * cols + 300] = bad;
+          std::vector<float> got(n_tok * rows);
+          quant::matmul_impl(impl, w, x.data(), got.data(), n_tok, rows);
+          size_t finite_in_bad = 0, changed = 0;
+          for (size_t tk = 0; tk < n_tok; ++tk)
+            for (size_t r = 0; r < rows; ++r) {
+              const float v = got[tk * rows + r];
+              if (tk == bad_tok) finite_in_bad += !std::isnan(v);
+              else changed += !(v == want[tk * rows + r]);
+            }
+          INFO(quant::dtype_name(t) << " " << quant::matmul_impl_name(impl) << " bad token " << bad_tok << " " << bad);
+          CHECK(finite_in_bad == 0);
+          CHECK(changed == 0);
+        }
+    }
+  }
 }
