@@ -146,7 +146,8 @@ struct K45 {
         h0 = vld1q_u8(w[i].qh);
         h1 = vld1q_u8(w[i].qh + 16);
       }
-      int32_t sum_q[N] = {};
+      int32x4_t sum_q[N];  // lanes: partial sums of sc_j * (q . x)
+      for (size_t k = 0; k < N; ++k) sum_q[k] = vdupq_n_s32(0);
       for (size_t c = 0; c < 4; ++c) {
         const uint8x16_t q0 = vld1q_u8(w[i].qs + 32 * c), q1 = vld1q_u8(w[i].qs + 32 * c + 16);
         uint8x16_t l0 = vandq_u8(q0, m4), l1 = vandq_u8(q1, m4), u0 = vshrq_n_u8(q0, 4), u1 = vshrq_n_u8(q1, 4);
@@ -160,15 +161,15 @@ struct K45 {
         }
         for (size_t k = 0; k < N; ++k) {
           const int8_t* x = a[k][i].qs + 64 * c;
-          sum_q[k] += int32_t(sc[2 * c]) * vaddvq_s32(dot32<D>(s8(l0), s8(l1), x)) +
-                      int32_t(sc[2 * c + 1]) * vaddvq_s32(dot32<D>(s8(u0), s8(u1), x + 32));
+          sum_q[k] = vmlaq_n_s32(sum_q[k], dot32<D>(s8(l0), s8(l1), x), sc[2 * c]);
+          sum_q[k] = vmlaq_n_s32(sum_q[k], dot32<D>(s8(u0), s8(u1), x + 32), sc[2 * c + 1]);
         }
       }
       const float d = h2f(w[i].d), dmin = h2f(w[i].dmin);
       for (size_t k = 0; k < N; ++k) {
         int32_t sum_m = 0;
         for (size_t j = 0; j < 8; ++j) sum_m += int32_t(mn[j]) * (a[k][i].bsums[2 * j] + a[k][i].bsums[2 * j + 1]);
-        acc[k] += d * a[k][i].d * float(sum_q[k]) - dmin * a[k][i].d * float(sum_m);
+        acc[k] += d * a[k][i].d * float(vaddvq_s32(sum_q[k])) - dmin * a[k][i].d * float(sum_m);
       }
     }
     for (size_t k = 0; k < N; ++k) out[k] = acc[k];
@@ -187,7 +188,8 @@ struct Q6K {
     const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
     float acc[N] = {};
     for (size_t i = 0; i < nb; ++i) {
-      int32_t total[N] = {};
+      int32x4_t total[N];  // lanes: partial sums of scales_k * (q . x)
+      for (size_t k = 0; k < N; ++k) total[k] = vdupq_n_s32(0);
       for (size_t h = 0; h < 2; ++h) {
         const uint8_t* ql = w[i].ql + 64 * h;
         const uint8_t* qh = w[i].qh + 32 * h;
@@ -204,7 +206,7 @@ struct Q6K {
           for (size_t k = 0; k < N; ++k) {
             const int8_t* x = a[k][i].qs + 128 * h + 16 * half;
             for (size_t g = 0; g < 4; ++g)
-              total[k] += int32_t(sc[2 * g + half]) * vaddvq_s32(D::acc(vdupq_n_s32(0), s8(q[g]), vld1q_s8(x + 32 * g)));
+              total[k] = vmlaq_n_s32(total[k], D::acc(vdupq_n_s32(0), s8(q[g]), vld1q_s8(x + 32 * g)), sc[2 * g + half]);
           }
         }
       }
@@ -212,7 +214,7 @@ struct Q6K {
       for (size_t k = 0; k < N; ++k) {
         int32_t corr = 0;
         for (size_t j = 0; j < 16; ++j) corr += int32_t(w[i].scales[j]) * a[k][i].bsums[j];
-        acc[k] += d * a[k][i].d * float(total[k] - 32 * corr);
+        acc[k] += d * a[k][i].d * float(vaddvq_s32(total[k]) - 32 * corr);
       }
     }
     for (size_t k = 0; k < N; ++k) out[k] = acc[k];
