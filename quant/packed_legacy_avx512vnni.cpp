@@ -26,22 +26,16 @@ namespace {
 
 constexpr size_t kQsBytes = 256;  // qs bytes per (group, block)
 
-struct Q4_0L {
-  static constexpr int kOffset = 8;
-  static constexpr bool kFive = false, kMin = false;
+// A type's level offset, fifth-bit plane and min term.
+template <int Offset, bool Five, bool Min>
+struct LegacyTraits {
+  static constexpr int kOffset = Offset;
+  static constexpr bool kFive = Five, kMin = Min;
 };
-struct Q4_1L {
-  static constexpr int kOffset = 0;
-  static constexpr bool kFive = false, kMin = true;
-};
-struct Q5_0L {
-  static constexpr int kOffset = 16;
-  static constexpr bool kFive = true, kMin = false;
-};
-struct Q5_1L {
-  static constexpr int kOffset = 0;
-  static constexpr bool kFive = true, kMin = true;
-};
+using Q4_0L = LegacyTraits<8, false, false>;
+using Q4_1L = LegacyTraits<0, false, true>;
+using Q5_0L = LegacyTraits<16, true, false>;
+using Q5_1L = LegacyTraits<0, true, true>;
 
 // w: the planes at the micro-kernel's first group; groups are nb blocks apart.
 template <class L, int G, int T>
