@@ -120,14 +120,15 @@ const detail::BlockQ8x* quantize_tokens(const float* x, size_t n, size_t n_token
 constexpr size_t kParallelMinMacs = size_t(1) << 17;
 
 // Low-bit weights: the activations quantised per block for the weight type
-// (quant::quantize_acts) into per-thread scratch, then one block dot per
-// (row, token) in tiles of kLowBitRows rows x kLowBitTokens tokens (a tile's
-// weight rows stay in L1/L2 while its tokens' activations stream past).
+// (quant::quantize_acts) into per-thread scratch, then block dots per (row,
+// token), kBlockDotTokens tokens a call where the ISA has such a dot, in tiles
+// of kLowBitRows rows x kLowBitTokens tokens (a tile's weight rows stay in
+// L1/L2 while its tokens' activations stream past).
 constexpr size_t kLowBitRows = 16;
 constexpr size_t kLowBitTokens = 32;
 
-void matmul_low_bit(detail::BlockDot dot, const Matrix& w, const float* x, float* y, size_t n_tokens,
-                    size_t ldy) {
+void matmul_low_bit(detail::BlockDot dot, detail::BlockDotTokens dot_tokens, const Matrix& w, const float* x,
+                    float* y, size_t n_tokens, size_t ldy) {
   const size_t n = w.cols, nb = n / block_elems(w.type), ab = nb * act_block_bytes(w.type);
   const size_t rb = row_bytes(w.type, n);
   const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
@@ -143,8 +144,16 @@ void matmul_low_bit(detail::BlockDot dot, const Matrix& w, const float* x, float
     for (long long rbk = 0; rbk < n_rb; ++rbk) {
       const size_t r0 = size_t(rbk) * kLowBitRows, r1 = std::min(w.rows, r0 + kLowBitRows);
       const size_t t0 = size_t(tb) * kLowBitTokens, t1 = std::min(n_tokens, t0 + kLowBitTokens);
-      for (size_t r = r0; r < r1; ++r)
-        for (size_t t = t0; t < t1; ++t) y[t * ldy + r] = dot(base + r * rb, acts + t * ab, nb);
+      for (size_t r = r0; r < r1; ++r) {
+        size_t t = t0;
+        constexpr size_t kT = detail::kBlockDotTokens;
+        for (; dot_tokens != nullptr && t + kT <= t1; t += kT) {
+          float out[kT];
+          dot_tokens(base + r * rb, acts + t * ab, ab, nb, out);
+          for (size_t k = 0; k < kT; ++k) y[(t + k) * ldy + r] = out[k];
+        }
+        for (; t < t1; ++t) y[t * ldy + r] = dot(base + r * rb, acts + t * ab, nb);
+      }
     }
   }
 }
@@ -169,7 +178,7 @@ void matmul_scalar(const Matrix& w, const float* x, float* y, size_t n_tokens, s
   const size_t n = w.cols;
   const auto rows = static_cast<long long>(w.rows);
   const bool parallel = w.rows * n * n_tokens >= kParallelMinMacs;
-  if (is_low_bit(w.type)) return matmul_low_bit(ref_dot_for(w.type), w, x, y, n_tokens, ldy);
+  if (is_low_bit(w.type)) return matmul_low_bit(ref_dot_for(w.type), nullptr, w, x, y, n_tokens, ldy);
   if (w.type == DType::q8_0) {
     const size_t nb = n / kQ8_0Block;
     const detail::BlockQ8x* xq = quantize_tokens(x, n, n_tokens, parallel);
@@ -199,6 +208,8 @@ const detail::MatmulTiles* tiles_for(MatmulImpl impl) {
 #endif
 #if DEFKV_SIMD_NEON
     case MatmulImpl::neon: return simd::cpu_features().neon ? &detail::neon_tiles() : nullptr;
+    case MatmulImpl::neon_dotprod:
+      return simd::cpu_features().neon_dotprod ? &detail::neon_dotprod_tiles() : nullptr;
 #endif
     default: return nullptr;
   }
@@ -208,7 +219,7 @@ MatmulImpl best_simd_impl() {
   switch (simd::k().isa) {  // follows the kernel table, so DEFKV_FORCE_SCALAR applies
     case simd::Isa::avx2: return MatmulImpl::avx2;
     case simd::Isa::avx512: return MatmulImpl::avx512;
-    case simd::Isa::neon: return MatmulImpl::neon;
+    case simd::Isa::neon: return simd::cpu_features().neon_dotprod ? MatmulImpl::neon_dotprod : MatmulImpl::neon;
     case simd::Isa::scalar: break;
   }
   return MatmulImpl::scalar;
@@ -267,7 +278,8 @@ void run_impl(MatmulImpl impl, const Matrix& w, const float* x, float* y, size_t
   if (is_low_bit(w.type)) {
     // the ISA's block dot when it has one for this type, else the scalar one
     detail::BlockDot dot = mt->low_bit_dot ? mt->low_bit_dot(w.type) : nullptr;
-    return matmul_low_bit(dot ? dot : ref_dot_for(w.type), w, x, y, n_tokens, ldy);
+    detail::BlockDotTokens dot_tokens = dot && mt->low_bit_dot_tokens ? mt->low_bit_dot_tokens(w.type) : nullptr;
+    return matmul_low_bit(dot ? dot : ref_dot_for(w.type), dot_tokens, w, x, y, n_tokens, ldy);
   }
   matmul_tiles(*mt, w, x, y, n_tokens, ldy);
 }
@@ -314,6 +326,7 @@ const char* matmul_impl_name(MatmulImpl impl) {
     case MatmulImpl::avx2: return "avx2";
     case MatmulImpl::avx512: return "avx512";
     case MatmulImpl::neon: return "neon";
+    case MatmulImpl::neon_dotprod: return "neon_dotprod";
     case MatmulImpl::onednn: return "onednn";
   }
   return "unknown";
@@ -322,7 +335,7 @@ const char* matmul_impl_name(MatmulImpl impl) {
 size_t available_matmul_impls(MatmulImpl* out, size_t max) {
   size_t n = 0;
   for (MatmulImpl impl : {MatmulImpl::scalar, MatmulImpl::avx2, MatmulImpl::avx512, MatmulImpl::neon,
-                          MatmulImpl::onednn}) {
+                          MatmulImpl::neon_dotprod, MatmulImpl::onednn}) {
     const bool ok = impl == MatmulImpl::scalar || tiles_for(impl) != nullptr ||
                     (impl == MatmulImpl::onednn && detail::dnnl_available());
     if (ok && n < max) out[n++] = impl;

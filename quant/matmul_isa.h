@@ -28,6 +28,10 @@ void quantize_activations(const float* x, BlockQ8x* xq, size_t n);
 // One low-bit weight row (nb blocks) . quantised activations (nb blocks of
 // the type's activation format, see quant/blocks.h).
 using BlockDot = float (*)(const void* row, const void* acts, size_t nb);
+// The same for kBlockDotTokens tokens at once (the row unpacked once):
+// out[k] = row . the act blocks at acts + k * stride bytes.
+constexpr size_t kBlockDotTokens = 4;
+using BlockDotTokens = void (*)(const void* row, const void* acts, size_t stride, size_t nb, float* out);
 
 struct MatmulTiles {
   const char* name;
@@ -42,6 +46,8 @@ struct MatmulTiles {
   // This ISA's block dot for a low-bit type, or nullptr (then the scalar one
   // is used). May itself be nullptr.
   BlockDot (*low_bit_dot)(DType t);
+  // This ISA's kBlockDotTokens-token block dot for t (batches), or nullptr.
+  BlockDotTokens (*low_bit_dot_tokens)(DType t) = nullptr;
 };
 
 #if DEFKV_SIMD_X86
@@ -49,7 +55,8 @@ const MatmulTiles& avx2_tiles();    // matmul_avx2.cpp   (AVX2 maddubs int8, F16
 const MatmulTiles& avx512_tiles();  // matmul_avx512.cpp (VNNI vpdpbusd if present, else maddubs)
 #endif
 #if DEFKV_SIMD_NEON
-const MatmulTiles& neon_tiles();    // matmul_neon.cpp
+const MatmulTiles& neon_tiles();          // matmul_neon.cpp (ARMv8.0: widening int8 multiplies)
+const MatmulTiles& neon_dotprod_tiles();  // matmul_neon_dotprod.cpp (ARMv8.2 sdot)
 #endif
 
 // Packed q8_0 (see quant::Packed): int8 activations split into quants, fp32

@@ -90,7 +90,9 @@ void matmul_cols(const Matrix& w, size_t col0, size_t n_cols, const float* x, fl
 void matmul_ref(const Matrix& w, const float* x, float* y, size_t n_tokens, size_t ldy);
 
 // The implementations matmul() chooses between, for tests and benchmarks.
-enum class MatmulImpl { scalar, avx2, avx512, neon, onednn };
+// neon: ARMv8.0 (widening int8 multiplies); neon_dotprod: the int8 products on
+// ARMv8.2 sdot (matmul() takes it when HWCAP_ASIMDDP says the core has it).
+enum class MatmulImpl { scalar, avx2, avx512, neon, neon_dotprod, onednn };
 const char* matmul_impl_name(MatmulImpl impl);
 // Implementations this build and machine can run: scalar first, then the SIMD
 // tiles (best last), then onednn when built with it. Returns the count written.

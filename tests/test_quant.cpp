@@ -284,7 +284,8 @@ TEST_CASE("available matmul implementations", "[quant][matmul]") {
   // an implementation this machine lacks is refused, not silently replaced
   float v = 1.0f;
   const quant::Matrix one{DType::f32, &v, 1, 1};
-  for (auto impl : {quant::MatmulImpl::avx2, quant::MatmulImpl::avx512, quant::MatmulImpl::neon})
+  for (auto impl : {quant::MatmulImpl::avx2, quant::MatmulImpl::avx512, quant::MatmulImpl::neon,
+                    quant::MatmulImpl::neon_dotprod})
     if (std::find(all.begin(), all.end(), impl) == all.end())
       CHECK_THROWS(quant::matmul_impl(impl, one, &v, &v, 1, 1));
 }
