@@ -523,7 +523,113 @@ TEST_CASE("inconsistent views are rejected", "[evict]") {
   ev::LayerView v = s.view();
   v.heads[1].vnorm = nullptr;
   CHECK_THROWS_AS(ev::score_layer(v, p, b, scratch, scores), std::invalid_argument);
+  ev::LayerView u = s.view();
+  u.n_seen = 29;  // fewer positions seen than a head holds
+  CHECK_THROWS_AS(ev::score_layer(u, p, b, scratch, scores), std::invalid_argument);
+  u.n_seen = 30;
+  CHECK_NOTHROW(ev::score_layer(u, p, b, scratch, scores));
   CHECK_THROWS_AS(ev::oneshot_budget(100, 1.0, 2, 1), std::invalid_argument);
+}
+
+namespace {
+
+// Scalar reference of the defensive aggregation with its mean floor
+// (docs/eviction.md step 2), in double, from the step-1 attention rows the
+// introspection returns ([n_head][W * N_h]): each row pooled (zero padding,
+// divided by k), rescaled to the row's mass, max over the group and the
+// window, then floored at sum / max(N_h, n_seen - W) (N_h when n_seen == 0).
+std::vector<std::vector<double>> defensive_ref(const ev::LayerView& v, uint32_t kernel,
+                                               const ev::Introspection& dbg, uint32_t* floored) {
+  const uint32_t W = v.n_window, G = v.n_head / v.n_head_kv;
+  std::vector<std::vector<double>> out(v.n_head_kv);
+  *floored = 0;
+  for (uint32_t hk = 0; hk < v.n_head_kv; ++hk) {
+    const uint32_t N = v.heads[hk].n - W;
+    std::vector<double> m(N, -1.0), pooled(N);
+    for (uint32_t g = 0; g < G; ++g)
+      for (uint32_t i = 0; i < W; ++i) {
+        const float* a = dbg.window_attn[hk * G + g].data() + size_t(i) * N;
+        double mass = 0, pmass = 0;
+        for (uint32_t j = 0; j < N; ++j) {
+          double acc = 0;
+          for (int64_t t = int64_t(j) - kernel / 2; t <= int64_t(j) + kernel / 2; ++t)
+            if (t >= 0 && t < int64_t(N)) acc += a[t];
+          pooled[j] = acc / kernel;
+          mass += a[j];
+          pmass += pooled[j];
+        }
+        const double f = pmass > 0 ? mass / pmass : 1.0;
+        for (uint32_t j = 0; j < N; ++j) m[j] = std::max(m[j], pooled[j] * f);
+      }
+    double sum = 0;
+    for (double x : m) sum += x;
+    const double denom = v.n_seen ? std::max<double>(N, double(v.n_seen) - W) : double(N);
+    for (double& x : m) {
+      if (x < sum / denom) ++*floored;
+      x = std::max(x, sum / denom);
+    }
+    out[hk] = std::move(m);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the defensive mean floor divides by the non-window positions the sequence has seen",
+          "[evict][floor]") {
+  // A bounded round: head 1 lost about 60 % of its non-window entries, head 0
+  // none, and the sequence may be longer than what either head holds.
+  std::mt19937 rng(11);
+  const uint32_t T = 120;
+  const Synth s = make_synth(rng, T, 0.6);
+  REQUIRE(s.pos[1].size() < s.pos[0].size());
+  ev::Params p;
+  p.policy = ev::Policy::defensivekv;
+  p.window = s.W;
+  const ev::Budget b = ev::entries_budget(30, s.Hkv, 1);
+  ev::Scratch scratch;
+  std::vector<std::vector<float>> base;
+  ev::Introspection dbg_base;
+  ev::score_layer(s.view(), p, b, scratch, base, &dbg_base);  // n_seen 0: nothing evicted
+  uint32_t floored_base = 0;
+  {
+    const auto ref = defensive_ref(s.view(), p.kernel, dbg_base, &floored_base);
+    for (uint32_t hk = 0; hk < s.Hkv; ++hk)
+      for (size_t j = 0; j < ref[hk].size(); ++j)
+        CHECK(dbg_base.defensive[hk][j] == Approx(ref[hk][j]).epsilon(1e-5).margin(1e-12));
+  }
+  CHECK(floored_base > 0);  // the floor binds on some entries
+  for (uint32_t seen : {T, 2 * T, 5 * T}) {
+    DYNAMIC_SECTION("n_seen " << seen) {
+      ev::LayerView v = s.view();
+      v.n_seen = seen;
+      std::vector<std::vector<float>> scores;
+      ev::Introspection dbg;
+      ev::score_layer(v, p, b, scratch, scores, &dbg);
+      uint32_t floored = 0;
+      const auto ref = defensive_ref(v, p.kernel, dbg, &floored);
+      for (uint32_t hk = 0; hk < s.Hkv; ++hk) {
+        REQUIRE(dbg.defensive[hk].size() == ref[hk].size());
+        for (size_t j = 0; j < ref[hk].size(); ++j)
+          CHECK(dbg.defensive[hk][j] == Approx(ref[hk][j]).epsilon(1e-5).margin(1e-12));
+      }
+      CHECK(floored < floored_base);  // a lower floor: fewer entries tie at it
+      // Head 0 holds every position when seen == T: its floor is the old one.
+      if (seen == T) CHECK(dbg.defensive[0] == dbg_base.defensive[0]);
+      CHECK(dbg.defensive[1] != dbg_base.defensive[1]);
+    }
+  }
+  // Every head holding every position seen: the same scores as without n_seen.
+  const Synth full = make_synth(rng, T, 0.0);
+  std::vector<std::vector<float>> a, c;
+  ev::score_layer(full.view(), p, b, scratch, a);
+  ev::LayerView v = full.view();
+  v.n_seen = T;
+  ev::score_layer(v, p, b, scratch, c);
+  CHECK(a == c);
+  v.n_seen = 2 * T;
+  ev::score_layer(v, p, b, scratch, c);
+  CHECK(a != c);
 }
 
 namespace {

@@ -353,3 +353,92 @@ TEST_CASE("a long bounded prefill with the lookahead stays within budget + one c
     CHECK(ctx.stats().kv_entries_peak <= (uint64_t(80) + chunk) * HL);
   }
 }
+
+namespace {
+
+// A deep copy of one layer's view and scores from a round observer (the
+// observation's pointers live only during the call).
+struct CapturedLayer {
+  uint32_t fed = 0;  // tokens the test had fed when the round ran
+  evict::LayerView shape;
+  std::vector<float> q;
+  std::vector<int32_t> q_pos;
+  std::vector<std::vector<float>> k, vnorm, scores;
+  std::vector<std::vector<int32_t>> pos;
+  CapturedLayer(const engine::RoundObservation& ob, uint32_t fed_) : fed(fed_), shape(*ob.view), scores(*ob.scores) {
+    const evict::LayerView& v = *ob.view;
+    q.assign(v.q_window, v.q_window + size_t(v.n_head) * v.n_window * v.head_dim);
+    q_pos.assign(v.q_pos, v.q_pos + v.n_window);
+    for (const evict::HeadView& h : v.heads) {
+      k.emplace_back(h.k, h.k + size_t(h.n) * v.head_dim);
+      pos.emplace_back(h.pos, h.pos + h.n);
+      vnorm.emplace_back(h.vnorm, h.vnorm + h.n);
+    }
+  }
+  // The captured entries, standing for a sequence of n_seen positions.
+  evict::LayerView view(uint32_t n_seen) const {
+    evict::LayerView v = shape;
+    v.q_window = q.data();
+    v.q_pos = q_pos.data();
+    for (size_t h = 0; h < v.heads.size(); ++h) v.heads[h] = {uint32_t(pos[h].size()), k[h].data(), pos[h].data(), vnorm[h].data()};
+    v.n_seen = n_seen;
+    return v;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("bounded rounds floor the defensive score at the mean over every position fed", "[lookahead][engine][floor]") {
+  // Oracle: the kernel (whose floor test_evict checks against a scalar
+  // reference) run on the same resident entries with n_seen set to the
+  // number of tokens this test fed; with n_seen 0 (the mean over the
+  // residents only) the scores differ, so the engine must pass the sequence
+  // length. The decoding rounds run in a second context restored from the
+  // first one's saved state.
+  const model::Model& m = needle();
+  const model::Config& mc = m.config();
+  const uint32_t T = 700;
+  const std::vector<int32_t> prompt = tokens(T, 23);
+  for (evict::Policy pol : {evict::Policy::defensivekv, evict::Policy::layer_defensivekv}) {
+    DYNAMIC_SECTION(evict::policy_name(pol)) {
+      engine::ContextParams p;
+      p.n_threads = 1;
+      p.budget_tokens = 100;
+      p.evict.policy = pol;
+      std::vector<CapturedLayer> rounds;
+      uint32_t fed = 0;
+      auto observe = [&](const engine::RoundObservation& ob) {
+        if (!ob.lookahead) rounds.emplace_back(ob, fed);
+      };
+      engine::Context ctx(m, p);
+      ctx.set_round_observer(observe);
+      fed = T;
+      ctx.eval(prompt);
+      std::vector<uint8_t> state;
+      ctx.save_state(state);
+      engine::Context restored(m, p);
+      restored.load_state(state);
+      restored.set_round_observer(observe);
+      for (int i = 0; i < 40; ++i) {
+        fed = T + uint32_t(i) + 1;
+        restored.step(int32_t(3 + i));
+      }
+      REQUIRE(rounds.size() >= 2 * mc.n_layer);
+      REQUIRE(rounds.front().fed == T);      // the prefill's last round
+      REQUIRE(rounds.back().fed > T);  // a decoding round of the restored context
+      const evict::Budget b = evict::entries_budget(ctx.budget_tokens(), mc.n_head_kv, mc.n_layer);
+      evict::Scratch scratch;
+      std::vector<std::vector<float>> s;
+      uint32_t differ = 0;
+      for (const CapturedLayer& r : rounds) {
+        INFO("round at " << r.fed << " tokens");
+        for (const auto& ps : r.pos) REQUIRE(ps.size() < r.fed);  // entries were evicted
+        evict::score_layer(r.view(r.fed), p.evict, b, scratch, s);
+        CHECK(s == r.scores);
+        evict::score_layer(r.view(0), p.evict, b, scratch, s);
+        differ += s != r.scores;
+      }
+      CHECK(differ == rounds.size());
+    }
+  }
+}

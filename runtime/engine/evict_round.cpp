@@ -94,6 +94,9 @@ void EvictRound::score_layer(uint32_t l, Lane& lane, kv::KvCache& cache, const L
   view.n_window = n_window;
   view.q_window = lane.q_win.data();
   view.q_pos = q_win_pos_.data();
+  // The sequence's positions are [0, n_past) (every batch is fed at n_past),
+  // so n_past of them have been seen, evicted or resident.
+  view.n_seen = spec.n_past;
   view.heads.resize(Hkv);
   // Window queries of layer l: [H, n_window, d], ordered by position.
   for (uint32_t h = 0; h < H; ++h)

@@ -60,6 +60,14 @@
 //     n_window*Hkv per layer, n_window*Hkv*L in total. A head with n_h <=
 //     per_head (snapkv) keeps everything; a layer whose entries all fit in
 //     per_layer keeps everything.
+//   - defensive mean floor: the sum of a head's worst-case scores over its
+//     N_h = n_h - W resident non-window entries, divided by
+//     max(N_h, n_seen - W) when the view says how many positions the
+//     sequence has seen (LayerView::n_seen): the evicted entries count as 0
+//     (they scored lowest, and their attention cannot be computed any more),
+//     so a round over survivors + a new chunk floors at one shot's level
+//     instead of at the mean of the high scorers. With nothing evicted the
+//     two denominators are equal (the one-shot rule).
 //   - pooling runs along a head's entries in cache order (neighbours are the
 //     nearest surviving entries, not positions +-2); value-norm weights are
 //     normalised over the heads that hold the same position (matched by pos).
@@ -135,6 +143,12 @@ struct LayerView {
   const float* q_window = nullptr;  // [n_head, n_window, head_dim] post-RoPE
   const int32_t* q_pos = nullptr;   // [n_window] positions of those queries
   std::vector<HeadView> heads;      // [n_head_kv]
+  // Positions the sequence has seen (fed so far), evicted ones included; set
+  // by the caller that knows the sequence (the engine: n_past). The defensive
+  // mean floor divides by the non-window positions seen, max(N_h, n_seen - W),
+  // so evicted entries count as 0 (see the header comment). 0: the heads hold
+  // every position seen (nothing evicted), and the floor divides by N_h.
+  uint32_t n_seen = 0;
 };
 
 // Budgets in entries; see the header comment.
@@ -197,7 +211,7 @@ struct Introspection {
 // resized to [n_head_kv][n_h] (capacity reused). Throws std::invalid_argument
 // on inconsistent views (window larger than a head, mismatched window
 // positions, group size not integral, missing vnorm for criticalkv /
-// defensivekv).
+// defensivekv, a head holding more entries than n_seen positions).
 void score_layer(const LayerView& view, const Params& params, const Budget& budget,
                  Scratch& scratch, std::vector<std::vector<float>>& scores,
                  Introspection* debug = nullptr);

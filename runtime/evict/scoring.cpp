@@ -44,6 +44,9 @@ void validate(const LayerView& v, const Params& p) {
           " entries, fewer than the window " + std::to_string(v.n_window));
     if (h.n > 0 && (h.k == nullptr || h.pos == nullptr))
       bad("head " + std::to_string(hk) + " has no keys or positions");
+    if (v.n_seen != 0 && h.n > v.n_seen)
+      bad("head " + std::to_string(hk) + " holds " + std::to_string(h.n) +
+          " entries, more than the n_seen " + std::to_string(v.n_seen) + " positions seen");
   }
   if (!traits(p.policy).scored) return;
   if (p.kernel % 2 == 0)
@@ -262,13 +265,15 @@ void score_layer(const LayerView& view, const Params& params, const Budget& budg
   for (uint32_t hk = 0; hk < Hkv; ++hk) window_mass += s.mass[hk];
   const float window_bias = float(window_mass / (double(H) * W));
 
-  // Step 2, defensive: the mean floor.
+  // Step 2, defensive: the mean floor, over every non-window position the
+  // sequence has seen (evicted ones count as 0; evict.h).
   if (need_def) {
+    const uint32_t seen = view.n_seen > W ? view.n_seen - W : 0;
     for (uint32_t hk = 0; hk < Hkv; ++hk) {
       const uint32_t N = view.heads[hk].n - W;
       if (N == 0) continue;
       float* m = s.maxv[hk].data();
-      K.clamp_min(m, K.reduce_sum(m, N) / float(N), N);  // mean floor
+      K.clamp_min(m, K.reduce_sum(m, N) / float(std::max(N, seen)), N);
     }
   }
 
