@@ -78,10 +78,8 @@ void avx512vnni_packed_q8_tile(const uint8_t* qs, const uint16_t* d, size_t rows
 void avx512vnni_quantize_packed_acts(const float* x, size_t cols, int8_t* qs, float* d,
                                      int32_t* corr);
 
-// Packed q4_0 (layout in packed_q4_0_avx512vnni.cpp), the q8_0 activations.
+// Columns per block of the packed 4/5-bit types (quant/packed_legacy.h).
 constexpr size_t kQ4_0Cols = 32;
-void avx512vnni_packed_q4_0_tile(const uint8_t* qs, const uint16_t* d, size_t rows, size_t nb, const PackedActs& x,
-                                 float* y, size_t ldy, size_t g0, size_t g1, size_t t0, size_t t1);
 
 // Packed f16 / bf16 (see quant::Packed): panels of kPackRowsF16 rows, per
 // column the panel's 16 fp16 (bf16 when is_bf16) values (lane = row):

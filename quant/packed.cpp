@@ -1,9 +1,8 @@
-// Load-time packed q8_0 weights (quant::Packed): the portable packing, the
-// activation quantisation and the threading; the kernel is in
-// matmul_avx512vnni.cpp. Layout (kPackRows = 16 rows per group, nb = cols/32):
-//   qs[g][b][k4][r][j] = uint8(W[16g + r, 32b + 4k4 + j] + 128)   (512 B per g, b)
-//   d [g][b][r]        = fp16 scale of W[16g + r] block b         (32 B per g, b)
-// Rows past W.rows (last group) are zero weights with zero scales.
+// Load-time packed weights (quant::Packed): the choice of packing, the f16
+// packing, the activation quantisation and the threading. The 32-block types
+// are packed in packed_legacy.cpp, the K-quants in packed_q4k.cpp; the
+// kernels are in matmul_avx512vnni.cpp (q8_0), packed_legacy_avx512vnni.cpp,
+// packed_q4k_avx512vnni.cpp and packed_f16*_avx512.cpp.
 #include <omp.h>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "quant/matmul_isa.h"
+#include "quant/packed_legacy.h"
 #include "quant/packed_q4k.h"
 #include "quant/quant.h"
 #include "simd/simd.h"
@@ -89,6 +89,9 @@ bool kernel_available(DType t) {
   switch (t) {
     case DType::q8_0:
     case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1:
     case DType::q4_K:
     case DType::q5_K:
     case DType::q6_K: return packed_kernel_available();  // all on AVX-512 VNNI
@@ -105,67 +108,6 @@ std::shared_ptr<const uint8_t> aligned_buffer(size_t bytes, uint8_t** out) {
   if (buf == nullptr) throw std::bad_alloc();
   *out = buf;
   return std::shared_ptr<const uint8_t>(buf, [](const uint8_t* q) { std::free(const_cast<uint8_t*>(q)); });
-}
-
-void pack_q8_0(const Matrix& w, Packed& p) {
-  const size_t nb = w.cols / kQ8_0Block, G = n_groups(w.rows);
-  const size_t rb = row_bytes(w.type, w.cols);
-  const size_t qs_bytes = G * nb * detail::kPackRows * kQ8_0Block;
-  const size_t bytes = qs_bytes + G * nb * detail::kPackRows * sizeof(uint16_t);
-  uint8_t* buf = nullptr;
-  p.data = aligned_buffer(bytes, &buf);
-  p.bytes = bytes;
-  auto* d = reinterpret_cast<uint16_t*>(buf + qs_bytes);
-  const auto* src = static_cast<const uint8_t*>(w.data);
-  const auto ng = static_cast<long long>(G);
-#pragma omp parallel for schedule(static)
-  for (long long gi = 0; gi < ng; ++gi) {
-    const size_t g = size_t(gi);
-    for (size_t r = 0; r < detail::kPackRows; ++r) {
-      const size_t row = g * detail::kPackRows + r;
-      const auto* blocks = row < w.rows ? reinterpret_cast<const BlockQ8_0*>(src + row * rb) : nullptr;
-      for (size_t b = 0; b < nb; ++b) {
-        uint8_t* q = buf + (g * nb + b) * detail::kPackRows * kQ8_0Block;
-        for (size_t k4 = 0; k4 < kQ8_0Block / 4; ++k4)
-          for (size_t j = 0; j < 4; ++j)
-            q[(k4 * detail::kPackRows + r) * 4 + j] =
-                blocks ? uint8_t(int(blocks[b].qs[k4 * 4 + j]) + 128) : uint8_t(128);
-        d[(g * nb + b) * detail::kPackRows + r] = blocks ? blocks[b].d : uint16_t(0);
-      }
-    }
-  }
-}
-
-// q4_0 (layout in packed_q4_0_avx512vnni.cpp): a Q4_0 block's byte j holds
-// the levels of columns j and j + 16, which is the packed byte for k = j / 4,
-// i = j % 4, so the quants move 4 bytes at a time.
-void pack_q4_0(const Matrix& w, Packed& p) {
-  const size_t nb = w.cols / kQK, G = n_groups(w.rows);
-  const size_t rb = row_bytes(w.type, w.cols);
-  const size_t qs_bytes = G * nb * detail::kPackRows * (kQK / 2);
-  const size_t bytes = qs_bytes + G * nb * detail::kPackRows * sizeof(uint16_t);
-  uint8_t* buf = nullptr;
-  p.data = aligned_buffer(bytes, &buf);
-  p.bytes = bytes;
-  auto* d = reinterpret_cast<uint16_t*>(buf + qs_bytes);
-  const auto* src = static_cast<const uint8_t*>(w.data);
-  const auto ng = static_cast<long long>(G);
-#pragma omp parallel for schedule(static)
-  for (long long gi = 0; gi < ng; ++gi) {
-    const size_t g = size_t(gi);
-    for (size_t r = 0; r < detail::kPackRows; ++r) {
-      const size_t row = g * detail::kPackRows + r;
-      const auto* blocks = row < w.rows ? reinterpret_cast<const BlockQ4_0*>(src + row * rb) : nullptr;
-      for (size_t b = 0; b < nb; ++b) {
-        uint8_t* q = buf + (g * nb + b) * detail::kPackRows * (kQK / 2);
-        for (size_t k = 0; k < 4; ++k) {
-          if (blocks) std::memcpy(q + k * 64 + r * 4, blocks[b].qs + 4 * k, 4);
-          else std::memset(q + k * 64 + r * 4, 0, 4);
-        }
-        d[(g * nb + b) * detail::kPackRows + r] = blocks ? blocks[b].d : uint16_t(0);
-      }
-    }
-  }
 }
 
 size_t n_panels_f16(size_t rows) { return (rows + detail::kPackRowsF16 - 1) / detail::kPackRowsF16; }
@@ -199,10 +141,11 @@ Packed pack_for_gemm(const Matrix& w) {
   if (w.rows == 0 || w.cols == 0 || !kernel_available(w.type)) return p;
   if (w.data == nullptr) throw std::invalid_argument("pack_for_gemm: weight matrix has no data");
   (void)row_bytes(w.type, w.cols);  // validates block alignment
-  if (w.type == DType::q8_0) {
-    pack_q8_0(w, p);
-  } else if (w.type == DType::q4_0) {
-    pack_q4_0(w, p);
+  if (detail::is_legacy_packed(w.type)) {
+    uint8_t* buf = nullptr;
+    p.bytes = detail::legacy_packed_bytes(w.type, w.rows, w.cols);
+    p.data = aligned_buffer(p.bytes, &buf);
+    detail::pack_legacy(w, buf);
   } else if (w.type == DType::q4_K || w.type == DType::q5_K || w.type == DType::q6_K) {
     uint8_t* buf = nullptr;
     p.bytes = detail::k_packed_bytes(w.type, w.rows, w.cols);
@@ -339,16 +282,16 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
     detail::avx512vnni_packed_q5k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
   } else if (w.type == DType::q4_K) {
     detail::avx512vnni_packed_q4k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
-  } else if (w.type == DType::q4_0) {
+  } else if (detail::is_legacy_packed(w.type)) {
     const size_t nb = w.cols / kQK;
-    const uint8_t* qs = j.p->data.get();
-    const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * (kQK / 2));
-    detail::avx512vnni_packed_q4_0_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
-  } else if (w.type == DType::q8_0) {
-    const size_t nb = w.cols / kQ8_0Block;
-    const uint8_t* qs = j.p->data.get();
-    const auto* d = reinterpret_cast<const uint16_t*>(qs + j.units * nb * detail::kPackRows * kQ8_0Block);
-    detail::avx512vnni_packed_q8_tile(qs, d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1);
+    const detail::LegacyPlanes pl = detail::legacy_planes(w.type, j.p->data.get(), w.rows, nb);
+    switch (w.type) {
+      case DType::q8_0: detail::avx512vnni_packed_q8_tile(pl.qs, pl.d, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1); break;
+      case DType::q4_0: detail::avx512vnni_packed_q4_0_tile(pl, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1); break;
+      case DType::q4_1: detail::avx512vnni_packed_q4_1_tile(pl, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1); break;
+      case DType::q5_0: detail::avx512vnni_packed_q5_0_tile(pl, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1); break;
+      default: detail::avx512vnni_packed_q5_1_tile(pl, w.rows, nb, acts, j.y, j.ldy, u0, u1, t0, t1); break;
+    }
   } else if (xb.xb != nullptr) {
     detail::avx512bf16_packed_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
                                    w.rows, w.cols, xb.xb, xb.ldxb, j.y, j.ldy, u0, u1, t0, t1);
@@ -366,7 +309,10 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
 int act_kind(DType t) {
   switch (t) {
     case DType::q8_0:
-    case DType::q4_0: return 0;  // PackedActs (per 32-block)
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1: return 0;  // PackedActs (per 32-block)
     case DType::q4_K:
     case DType::q5_K:
     case DType::q6_K: return 1;  // Q8_K super-blocks
@@ -380,7 +326,7 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   const Matrix& w0 = jobs[0].p->source;
   const bool q4k = w0.type == DType::q4_K || w0.type == DType::q5_K || w0.type == DType::q6_K;  // Q8_K activations
   // the K-quants are scheduled as q8_0 (groups of 16 rows, int8 activations)
-  const bool q8 = w0.type == DType::q8_0 || w0.type == DType::q4_0 || q4k;
+  const bool q8 = detail::is_legacy_packed(w0.type) || q4k;
   const bool few = n_tokens <= (q8 ? kFewTokens : size_t(1));
   const bool bf16 = !q8 && n_tokens >= kPackedBf16MinTokens && bf16_kernel_available();
   size_t token_block = few ? n_tokens : (q8 ? kTokenBlock : bf16 ? kBf16TokenBlock : kF16TokenBlock);

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "quant/packed_q4k.h"
 
@@ -59,8 +60,40 @@ inline __m512i merge_low_nibble(__m512i a, __m512i top, __m512i low4) {
   return _mm512_ternarylogic_epi32(a, top, low4, 0xE4);
 }
 
-template <class L, int G, int T>
-void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy, __mmask16 last_mask) {
+// Q5_K batches of many tokens first unpack their groups' quants to bytes,
+// once per work item (kQ45KUnpackedBytes per group and super-block:
+// [j][k][lo, hi][64], 0..31), so the token tiles load them instead of
+// rebuilding them every 3 tokens, and one accumulator per token takes both
+// halves.
+constexpr size_t kQ45KUnpackedBytes = 8 * 4 * 2 * 64;
+constexpr size_t kUnpackMinTokens = 12;
+
+// The low- and high-column quant vectors (0..31) of step k of sub-block j of
+// a packed Q5_K super-block.
+inline void q5k_quants(const uint8_t* wb, int j, int k, __m512i* lo, __m512i* hi) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10);
+  const __m512i v = _mm512_loadu_si512(wb + size_t(j) * 256 + size_t(k) * 64);
+  const __m512i s = _mm512_srli_epi16(_mm512_loadu_si512(wb + kQ5KQhOffset + size_t(j) * 64), unsigned(k));
+  *lo = merge_low_nibble(v, _mm512_and_si512(_mm512_slli_epi16(s, 4), bit4), low4);
+  *hi = merge_low_nibble(_mm512_srli_epi16(v, 4), _mm512_and_si512(s, bit4), low4);
+}
+
+void q5k_unpack(const uint8_t* w, size_t n, uint8_t* out) {
+  for (size_t i = 0; i < n; ++i)
+    for (int j = 0; j < 8; ++j)
+      for (int k = 0; k < 4; ++k) {
+        __m512i lo, hi;
+        q5k_quants(w + i * kQ5KPackedBytes, j, k, &lo, &hi);
+        uint8_t* o = out + i * kQ45KUnpackedBytes + size_t(j * 4 + k) * 128;
+        _mm512_storeu_si512(o, lo);
+        _mm512_storeu_si512(o + 64, hi);
+      }
+}
+
+// up: the groups' unpacked quants when kU (same group and super-block order as w).
+template <class L, int G, int T, bool kU>
+void q4k_micro(const uint8_t* w, const uint8_t* up, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy,
+               __mmask16 last_mask) {
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int u = 0; u < T; ++u) acc[g][u] = _mm512_setzero_ps();
@@ -79,11 +112,17 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
       for (int g = 0; g < G; ++g)
         for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
       __m512i qh[G];
-      if constexpr (L::kFive)
+      if constexpr (L::kFive && !kU)
         for (int g = 0; g < G; ++g) qh[g] = _mm512_loadu_si512(wb[g] + kQ5KQhOffset + size_t(j) * 64);
       for (int k = 0; k < 4; ++k) {
         __m512i lo[G], hi[G];
         for (int g = 0; g < G; ++g) {
+          if constexpr (kU) {
+            const uint8_t* q = up + (size_t(g) * nsb + sb) * kQ45KUnpackedBytes + size_t(j * 4 + k) * 128;
+            lo[g] = _mm512_loadu_si512(q);
+            hi[g] = _mm512_loadu_si512(q + 64);
+            continue;
+          }
           const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(k) * 64);
           if constexpr (L::kFive) {
             // fifth bits: bit k of a qh byte for the low nibble's column, bit 4 + k for the high one's
@@ -103,7 +142,8 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
           const __m512i xa = _mm512_set1_epi32(a), xb = _mm512_set1_epi32(b);
           for (int g = 0; g < G; ++g) {
             dlo[g][u] = _mm512_dpbusd_epi32(dlo[g][u], lo[g], xa);
-            dhi[g][u] = _mm512_dpbusd_epi32(dhi[g][u], hi[g], xb);
+            if constexpr (kU) dlo[g][u] = _mm512_dpbusd_epi32(dlo[g][u], hi[g], xb);
+            else dhi[g][u] = _mm512_dpbusd_epi32(dhi[g][u], hi[g], xb);
           }
         }
       }
@@ -113,7 +153,7 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
         for (int u = 0; u < T; ++u) {
           // Q4_K's high nibbles were taken in place (16 x the quant)
           const __m512i dot =
-              _mm512_add_epi32(dlo[g][u], L::kFive ? dhi[g][u] : _mm512_srai_epi32(dhi[g][u], 4));
+              kU ? dlo[g][u] : _mm512_add_epi32(dlo[g][u], L::kFive ? dhi[g][u] : _mm512_srai_epi32(dhi[g][u], 4));
           isum[g][u] = _mm512_add_epi32(isum[g][u], _mm512_mullo_epi32(dot, sc));
         }
       }
@@ -154,28 +194,51 @@ void q4k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
 // mins term reuses the dots' registers after the sub-blocks). Decode: 4
 // groups x 1 token (four independent weight streams).
 constexpr int kMaxT = 3;
-using Micro = void (*)(const uint8_t*, size_t, const ActQ8K* const*, float*, size_t, __mmask16);
+using Micro = void (*)(const uint8_t*, const uint8_t*, size_t, const ActQ8K* const*, float*, size_t, __mmask16);
 
 template <class L>
 void q45k_tile(const uint8_t* w, size_t rows, size_t nsb, const ActQ8K* x, float* y, size_t ldy, size_t g0,
                size_t g1, size_t t0, size_t t1) {
-  static const Micro two[kMaxT] = {&q4k_micro<L, 2, 1>, &q4k_micro<L, 2, 2>, &q4k_micro<L, 2, 3>};
-  static const Micro one[kMaxT] = {&q4k_micro<L, 1, 1>, &q4k_micro<L, 1, 2>, &q4k_micro<L, 1, 3>};
+  static const Micro two[kMaxT] = {&q4k_micro<L, 2, 1, false>, &q4k_micro<L, 2, 2, false>, &q4k_micro<L, 2, 3, false>};
+  static const Micro one[kMaxT] = {&q4k_micro<L, 1, 1, false>, &q4k_micro<L, 1, 2, false>, &q4k_micro<L, 1, 3, false>};
   auto mask_for = [&](size_t g_last) -> __mmask16 {
     const size_t left = rows - g_last * kPackRows;
     return left >= kPackRows ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
   };
-  const size_t gstride = nsb * L::kBytes;
+  const size_t gstride = nsb * L::kBytes, ustride = nsb * kQ45KUnpackedBytes;
+  const Micro* two_t = two;
+  const Micro* one_t = one;
+  const uint8_t* ub = nullptr;
+  // Q5_K only: Q4_K's in-place nibbles cost less than loading twice the bytes
+  // (bench_gemm, docs/quantized-weights.md)
+  if constexpr (L::kFive) {
+    static const Micro two_u[kMaxT] = {&q4k_micro<L, 2, 1, true>, &q4k_micro<L, 2, 2, true>, &q4k_micro<L, 2, 3, true>};
+    static const Micro one_u[kMaxT] = {&q4k_micro<L, 1, 1, true>, &q4k_micro<L, 1, 2, true>, &q4k_micro<L, 1, 3, true>};
+    if (t1 - t0 >= kUnpackMinTokens) {
+      // the calling thread's scratch (one work item's groups at a time)
+      thread_local std::vector<uint8_t> buf;
+      if (buf.size() < (g1 - g0) * ustride) buf.resize((g1 - g0) * ustride);
+      q5k_unpack(w + g0 * gstride, (g1 - g0) * nsb, buf.data());
+      ub = buf.data();
+      two_t = two_u;
+      one_t = one_u;
+    }
+  }
+  const bool unpack = ub != nullptr;
   for (size_t t = t0; t < t1;) {
     const size_t tt = t1 - t >= size_t(kMaxT) ? size_t(kMaxT) : t1 - t;
     const ActQ8K* xs[kMaxT];
     for (size_t u = 0; u < tt; ++u) xs[u] = x + (t + u) * nsb;
     size_t g = g0;
-    if (tt == 1)
+    if (tt == 1 && !unpack)
       for (; g + 4 <= g1; g += 4)
-        q4k_micro<L, 4, 1>(w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
-    for (; g + 2 <= g1; g += 2) two[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 1));
-    for (; g < g1; ++g) one[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g));
+        q4k_micro<L, 4, 1, false>(w + g * gstride, nullptr, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
+    for (; g + 2 <= g1; g += 2)
+      two_t[tt - 1](w + g * gstride, unpack ? ub + (g - g0) * ustride : nullptr, nsb, xs, y + t * ldy + g * kPackRows,
+                    ldy, mask_for(g + 1));
+    for (; g < g1; ++g)
+      one_t[tt - 1](w + g * gstride, unpack ? ub + (g - g0) * ustride : nullptr, nsb, xs, y + t * ldy + g * kPackRows,
+                    ldy, mask_for(g));
     t += tt;
   }
 }
@@ -216,15 +279,34 @@ inline __m512i q6k_top_bits(__m512i h, __m512i mask30) {
 }
 
 
-template <int G, int T, int K>
-inline void q6k_step(const uint8_t* const* wb, const ActQ8K* const* x, size_t sb, int j, const __m512i* h0,
-                     const __m512i* h1, __m512i (&dlo)[G][T], __m512i (&dhi)[G][T]) {
+// The quant vectors of step K of chunk j of a packed super-block: qa holds
+// columns 32j + 4K + i, qb columns 32j + 16 + 4K + i (0..63 each).
+template <int K>
+inline void q6k_quants(const uint8_t* wb, int j, __m512i h0, __m512i h1, __m512i* qa, __m512i* qb) {
   const __m512i low4 = _mm512_set1_epi8(0x0F), mask30 = _mm512_set1_epi8(0x30);
+  const __m512i v = _mm512_loadu_si512(wb + size_t(j) * 256 + size_t(K) * 64);
+  *qa = merge_low_nibble(v, q6k_top_bits<K>(h0, mask30), low4);
+  *qb = merge_low_nibble(_mm512_srli_epi16(v, 4), q6k_top_bits<K>(h1, mask30), low4);
+}
+
+// Batches of many tokens first unpack their groups' quants to bytes, once per
+// work item (kQ6KUnpackedBytes per group and super-block: [j][K][qa, qb][64]),
+// so the token tiles load them instead of rebuilding them every 6 tokens.
+constexpr size_t kQ6KUnpackedBytes = 8 * 4 * 2 * 64;
+constexpr size_t kQ6KUnpackMinTokens = 12;
+
+template <int G, int T, int K, bool kU>
+inline void q6k_step(const uint8_t* const* wb, const uint8_t* const* ub, const ActQ8K* const* x, size_t sb, int j,
+                     const __m512i* h0, const __m512i* h1, __m512i (&dlo)[G][T], __m512i (&dhi)[G][T]) {
   __m512i qa[G], qb[G];
   for (int g = 0; g < G; ++g) {
-    const __m512i v = _mm512_loadu_si512(wb[g] + size_t(j) * 256 + size_t(K) * 64);
-    qa[g] = merge_low_nibble(v, q6k_top_bits<K>(h0[g], mask30), low4);
-    qb[g] = merge_low_nibble(_mm512_srli_epi16(v, 4), q6k_top_bits<K>(h1[g], mask30), low4);
+    if constexpr (kU) {
+      const uint8_t* q = ub[g] + size_t(j * 4 + K) * 128;
+      qa[g] = _mm512_loadu_si512(q);
+      qb[g] = _mm512_loadu_si512(q + 64);
+    } else {
+      q6k_quants<K>(wb[g], j, h0[g], h1[g], &qa[g], &qb[g]);
+    }
   }
   for (int u = 0; u < T; ++u) {
     const int8_t* xq = x[u][sb].qs + 32 * j + 4 * K;
@@ -239,8 +321,28 @@ inline void q6k_step(const uint8_t* const* wb, const ActQ8K* const* x, size_t sb
   }
 }
 
-template <int G, int T>
-void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy, __mmask16 last_mask) {
+// Unpacks groups' packed super-blocks w [n_groups * nsb] into out (kQ6KUnpackedBytes each).
+void q6k_unpack(const uint8_t* w, size_t n, uint8_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t* wb = w + i * kQ6KPackedBytes;
+    uint8_t* o = out + i * kQ6KUnpackedBytes;
+    for (int j = 0; j < 8; ++j) {
+      const __m512i h0 = _mm512_loadu_si512(wb + kQ6KHbOffset + size_t(j) * 128);
+      const __m512i h1 = _mm512_loadu_si512(wb + kQ6KHbOffset + size_t(j) * 128 + 64);
+      __m512i q[8];
+      q6k_quants<0>(wb, j, h0, h1, &q[0], &q[1]);
+      q6k_quants<1>(wb, j, h0, h1, &q[2], &q[3]);
+      q6k_quants<2>(wb, j, h0, h1, &q[4], &q[5]);
+      q6k_quants<3>(wb, j, h0, h1, &q[6], &q[7]);
+      for (int k = 0; k < 8; ++k) _mm512_storeu_si512(o + size_t(j * 8 + k) * 64, q[k]);
+    }
+  }
+}
+
+// u: the groups' unpacked quants when kU (same group and super-block order as w).
+template <int G, int T, bool kU>
+void q6k_micro(const uint8_t* w, const uint8_t* u, size_t nsb, const ActQ8K* const* x, float* y, size_t ldy,
+               __mmask16 last_mask) {
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int u = 0; u < T; ++u) acc[g][u] = _mm512_setzero_ps();
@@ -249,7 +351,11 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
     for (int g = 0; g < G; ++g)
       for (int u = 0; u < T; ++u) isum[g][u] = msum[g][u] = _mm512_setzero_si512();
     const uint8_t* wb[G];
-    for (int g = 0; g < G; ++g) wb[g] = w + (size_t(g) * nsb + sb) * kQ6KPackedBytes;
+    const uint8_t* ub[G];
+    for (int g = 0; g < G; ++g) {
+      wb[g] = w + (size_t(g) * nsb + sb) * kQ6KPackedBytes;
+      ub[g] = kU ? u + (size_t(g) * nsb + sb) * kQ6KUnpackedBytes : nullptr;
+    }
     for (int j = 0; j < 8; ++j) {
       if constexpr (T == 1)
         for (int g = 0; g < G; ++g) prefetch_step<kQ6KPackedBytes>(wb[g], j);
@@ -257,14 +363,15 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
       for (int g = 0; g < G; ++g)
         for (int u = 0; u < T; ++u) dlo[g][u] = dhi[g][u] = _mm512_setzero_si512();
       __m512i h0[G], h1[G];
-      for (int g = 0; g < G; ++g) {
-        h0[g] = _mm512_loadu_si512(wb[g] + kQ6KHbOffset + size_t(j) * 128);
-        h1[g] = _mm512_loadu_si512(wb[g] + kQ6KHbOffset + size_t(j) * 128 + 64);
-      }
-      q6k_step<G, T, 0>(wb, x, sb, j, h0, h1, dlo, dhi);
-      q6k_step<G, T, 1>(wb, x, sb, j, h0, h1, dlo, dhi);
-      q6k_step<G, T, 2>(wb, x, sb, j, h0, h1, dlo, dhi);
-      q6k_step<G, T, 3>(wb, x, sb, j, h0, h1, dlo, dhi);
+      if constexpr (!kU)
+        for (int g = 0; g < G; ++g) {
+          h0[g] = _mm512_loadu_si512(wb[g] + kQ6KHbOffset + size_t(j) * 128);
+          h1[g] = _mm512_loadu_si512(wb[g] + kQ6KHbOffset + size_t(j) * 128 + 64);
+        }
+      q6k_step<G, T, 0, kU>(wb, ub, x, sb, j, h0, h1, dlo, dhi);
+      q6k_step<G, T, 1, kU>(wb, ub, x, sb, j, h0, h1, dlo, dhi);
+      q6k_step<G, T, 2, kU>(wb, ub, x, sb, j, h0, h1, dlo, dhi);
+      q6k_step<G, T, 3, kU>(wb, ub, x, sb, j, h0, h1, dlo, dhi);
       for (int g = 0; g < G; ++g) {
         // (sc_2j, sc_2j+1) of each row as an i16 pair in one dword
         const __m512i s16 = _mm512_cvtepi8_epi16(
@@ -299,8 +406,10 @@ void q6k_micro(const uint8_t* w, size_t nsb, const ActQ8K* const* x, float* y, s
 // 6 tokens (5 x 6 float, int sum, offset sum and two dot accumulators: 30
 // zmm); faster than 2 groups x 3 tokens (docs/tuning.md).
 constexpr int kMaxTQ6K = 6;
-const Micro kQ6G1[kMaxTQ6K] = {&q6k_micro<1, 1>, &q6k_micro<1, 2>, &q6k_micro<1, 3>,
-                               &q6k_micro<1, 4>, &q6k_micro<1, 5>, &q6k_micro<1, 6>};
+const Micro kQ6G1[kMaxTQ6K] = {&q6k_micro<1, 1, false>, &q6k_micro<1, 2, false>, &q6k_micro<1, 3, false>,
+                                 &q6k_micro<1, 4, false>, &q6k_micro<1, 5, false>, &q6k_micro<1, 6, false>};
+const Micro kQ6G1U[kMaxTQ6K] = {&q6k_micro<1, 1, true>, &q6k_micro<1, 2, true>, &q6k_micro<1, 3, true>,
+                                  &q6k_micro<1, 4, true>, &q6k_micro<1, 5, true>, &q6k_micro<1, 6, true>};
 
 }  // namespace
 
@@ -310,15 +419,27 @@ void avx512vnni_packed_q6k_tile(const uint8_t* w, size_t rows, size_t nsb, const
     const size_t left = rows - g_last * kPackRows;
     return left >= kPackRows ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
   };
-  const size_t gstride = nsb * kQ6KPackedBytes;
+  const size_t gstride = nsb * kQ6KPackedBytes, ustride = nsb * kQ6KUnpackedBytes;
+  const bool unpack = t1 - t0 >= kQ6KUnpackMinTokens;
+  const uint8_t* u = nullptr;
+  if (unpack) {
+    // the calling thread's scratch (one work item's groups at a time)
+    thread_local std::vector<uint8_t> buf;
+    if (buf.size() < (g1 - g0) * ustride) buf.resize((g1 - g0) * ustride);
+    q6k_unpack(w + g0 * gstride, (g1 - g0) * nsb, buf.data());
+    u = buf.data();
+  }
   for (size_t t = t0; t < t1;) {
     const size_t tt = t1 - t >= size_t(kMaxTQ6K) ? size_t(kMaxTQ6K) : t1 - t;
     const ActQ8K* xs[kMaxTQ6K];
-    for (size_t u = 0; u < tt; ++u) xs[u] = x + (t + u) * nsb;
+    for (size_t i = 0; i < tt; ++i) xs[i] = x + (t + i) * nsb;
     size_t g = g0;
-    if (tt == 1)
-      for (; g + 4 <= g1; g += 4) q6k_micro<4, 1>(w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
-    for (; g < g1; ++g) kQ6G1[tt - 1](w + g * gstride, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g));
+    if (tt == 1 && !unpack)
+      for (; g + 4 <= g1; g += 4)
+        q6k_micro<4, 1, false>(w + g * gstride, nullptr, nsb, xs, y + t * ldy + g * kPackRows, ldy, mask_for(g + 3));
+    for (; g < g1; ++g)
+      (unpack ? kQ6G1U : kQ6G1)[tt - 1](w + g * gstride, unpack ? u + (g - g0) * ustride : nullptr, nsb, xs,
+                                        y + t * ldy + g * kPackRows, ldy, mask_for(g));
     t += tt;
   }
 }

@@ -134,9 +134,11 @@ void get_row(const Matrix& w, size_t r, float* out);
 // FMA per instruction): they agree with matmul_ref on those roundings (each
 // <= 2^-8 relative) up to float accumulation order; fewer tokens (decode)
 // stay exact.
-// q4_0 (AVX-512 VNNI): as q8_0, with the 4-bit levels nibble-packed (two
-// columns 16 apart per byte) and the level offset 8 applied through the
-// activation sums; the size of the original tensor.
+// q4_0 / q4_1 / q5_0 / q5_1 (AVX-512 VNNI): as q8_0, with the 4-bit levels
+// nibble-packed (two columns 16 apart per byte), q5's fifth bits in a plane
+// of byte masks, the level offsets (8, 16) applied through the activation
+// sums and the _1 types' mins through the activation block sums
+// (quant/packed_legacy.h); the size of the original tensor.
 // q4_K / q6_K (AVX-512 VNNI): the same 16-row groups, per (group, 256-column
 // super-block) the quants nibble-packed 8 columns per zmm lane group (q6_K's
 // top two bits beside them) plus the rows' sub-block scales, mins and fp16
@@ -188,7 +190,8 @@ struct PackedProduct {
 // once and ALL products in ONE OpenMP parallel region (one fork/join instead
 // of n_products). Results are identical to calling matmul_packed on each.
 // Falls back to one matmul_packed per product when they are not all packed
-// with dtypes sharing one activation format (q8_0 with q4_0, q4_K with q6_K,
+// with dtypes sharing one activation format (q8_0 with q4_0 / q4_1 / q5_0 /
+// q5_1, q4_K with q5_K / q6_K,
 // f16 with bf16), or more than 8. Throws std::invalid_argument on
 // different column counts.
 void matmul_packed_multi(const PackedProduct* products, size_t n_products, const float* x,

@@ -339,7 +339,7 @@ TEST_CASE("every matmul implementation agrees with the scalar one on low-bit wei
         INFO(quant::dtype_name(t) << " " << quant::matmul_impl_name(impls[k]) << " tokens " << n_tok);
         CHECK(worst <= 1e-4f);
       }
-      // matmul() itself and matmul_packed (no packed copy for these types)
+      // matmul() itself and matmul_packed (a packed copy where this CPU has the kernel)
       std::vector<float> got(n_tok * rows);
       quant::matmul(w, x.data(), got.data(), n_tok, rows);
       for (size_t i = 0; i < got.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-4f * (1 + std::fabs(want[i])));
@@ -366,12 +366,14 @@ TEST_CASE("every matmul implementation agrees with the scalar one on low-bit wei
   }
 }
 
-TEST_CASE("matmul_packed_multi shares the activations across Q4_K, Q5_K and Q6_K (and Q8_0 with Q4_0)", "[quant][blocks][matmul]") {
+TEST_CASE("matmul_packed_multi shares the activations across Q4_K, Q5_K and Q6_K (and the 32-block types)", "[quant][blocks][matmul]") {
   std::mt19937 rng(31);
   const size_t cols = 512;
   for (auto types : {std::vector<DType>{DType::q4_K, DType::q6_K, DType::q4_K},
                      std::vector<DType>{DType::q5_K, DType::q4_K, DType::q6_K},
-                     std::vector<DType>{DType::q8_0, DType::q4_0}, std::vector<DType>{DType::q4_K, DType::q8_0}}) {
+                     std::vector<DType>{DType::q8_0, DType::q4_0},
+                     std::vector<DType>{DType::q5_1, DType::q4_1, DType::q5_0, DType::q4_0},
+                     std::vector<DType>{DType::q4_K, DType::q8_0}}) {
     std::vector<std::vector<uint8_t>> bytes;
     std::vector<quant::Packed> packs;
     std::vector<size_t> rows;

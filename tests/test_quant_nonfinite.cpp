@@ -81,9 +81,10 @@ TEST_CASE("a NaN or Inf activation makes its token's int8 products NaN on every 
       check_path(quant::matmul_impl_name(impls[i]), n_tokens,
                  [&](const float* x, float* y, size_t n) { quant::matmul_impl(impls[i], w8, x, y, n, kRows); },
                  rng);
-    // the load-time packed layouts (q8_0, q4_0 share the packed q8_0 activations;
-    // q4_K, q6_K take Q8_K ones) and matmul() where a type is not packed
-    for (DType t : {DType::q8_0, DType::q4_0, DType::q4_K, DType::q6_K, DType::q5_1}) {
+    // the load-time packed layouts (the 32-block types share the packed q8_0
+    // activations, the K-quants take Q8_K ones) and matmul() where a type is not packed
+    for (DType t : {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K,
+                    DType::q6_K}) {
       const auto bytes = make_weights(t, rng);
       const quant::Matrix w{t, bytes.data(), kRows, kCols};
       const quant::Packed p = quant::pack_for_gemm(w);

@@ -1,4 +1,4 @@
-// bench_gemm: micro-benchmark of the packed q8_0 / q4_0 / q4_K / q5_K / q6_K / f16 / bf16 matmul on one
+// bench_gemm: micro-benchmark of the packed q8_0 / q4_x / q5_x / K-quant / f16 / bf16 matmul on one
 // TinyLlama-1.1B layer's shapes (E 2048, F 5632, kv 256), the way the model
 // calls them: q/k/v and gate/up through matmul_packed_multi, o and down
 // through matmul_packed. Prints per shape the best of --reps runs in GOP/s
@@ -8,7 +8,7 @@
 // nothing.
 //
 //   bench_gemm [--tokens 1,64,512] [--reps 5] [--copies 8]
-//              [--type q8_0|q4_0|q4_K|q5_K|q6_K|f16|bf16]
+//              [--type q8_0|q4_0|q4_1|q5_0|q5_1|q4_K|q5_K|q6_K|f16|bf16]
 //              [--bf16]   (also time the alternative: q8_0 dequantised to a
 //                          bf16 copy per call + matmul() on it, i.e. oneDNN)
 //              [--only qkv|o|gate+up|down] [--small]   (--help: all of them)
@@ -52,7 +52,7 @@ Mat make(q::DType t, size_t rows, size_t cols, std::mt19937& rng) {
       b[i].d = uint16_t(0x2000 + next() % 0x400);  // fp16 ~ 0.008 .. 0.016
       for (auto& v : b[i].qs) v = int8_t(int(next() % 255) - 127);
     }
-  } else if (t == q::DType::q4_0 || t == q::DType::q4_K || t == q::DType::q5_K || t == q::DType::q6_K) {
+  } else if (q::block_elems(t) > 1) {
     // random quants and scales; the fp16 block scales ~ 0.008 .. 0.016 keep the outputs finite
     for (auto& v : a.bytes) v = uint8_t(next());
     const size_t nblk = rows * cols / q::block_elems(t);
@@ -61,8 +61,8 @@ Mat make(q::DType t, size_t rows, size_t cols, std::mt19937& rng) {
         const uint16_t h = uint16_t(0x2000 + next() % 0x400);
         std::memcpy(a.bytes.data() + i * q::block_bytes(t) + off, &h, 2);
       };
-      if (t == q::DType::q4_0) scale(0);
-      else if (t == q::DType::q4_K || t == q::DType::q5_K) { scale(0); scale(2); }
+      if (t == q::DType::q4_0 || t == q::DType::q5_0) scale(0);
+      else if (t == q::DType::q4_1 || t == q::DType::q5_1 || t == q::DType::q4_K || t == q::DType::q5_K) { scale(0); scale(2); }
       else scale(offsetof(q::BlockQ6_K, d));
     }
   } else {
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   std::string only;  // run one op only (qkv | o | gate+up | down)
   std::string type_name = "q8_0";
   bool small = false;
-  CLI::App app{"Micro-benchmark of the packed q8_0 / q4_0 / q4_K / q5_K / q6_K / f16 matmul on one TinyLlama-1.1B layer's shapes "
+  CLI::App app{"Micro-benchmark of the packed q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_K / q5_K / q6_K / f16 matmul on one TinyLlama-1.1B layer's shapes "
                "(threads: OMP_NUM_THREADS)"};
   app.add_option("--tokens", tokens, "Token counts, comma-separated")->delimiter(',')->check(CLI::PositiveNumber);
   app.add_option("--reps", reps, "Best of this many runs")->check(CLI::PositiveNumber)->capture_default_str();
@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--type", type_name, "Weight type")
-      ->check(CLI::IsMember({"q8_0", "q4_0", "q4_K", "q5_K", "q6_K", "f16", "bf16"}))
+      ->check(CLI::IsMember({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K", "f16", "bf16"}))
       ->capture_default_str();
   app.add_flag("--bf16", bf16, "Also time q8_0 dequantised to a bf16 copy per call + matmul() (oneDNN)");
   app.add_option("--only", only, "Run one op only")->check(CLI::IsMember({"qkv", "o", "gate+up", "down"}));

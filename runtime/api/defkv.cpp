@@ -74,26 +74,40 @@ uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
   return h;
 }
 
+// Up to 3 x 256 bytes of every tensor's data (start, middle, end), in the
+// file's tensor order: the weight part of the fingerprint. Read before the
+// model is loaded: loading packs the matrices and drops their mapped pages,
+// and a later read would fault whole page-cache folios (up to megabytes on
+// file systems with large folios) back into the resident set.
+std::vector<uint8_t> tensor_samples(const gguf::File& f) {
+  std::vector<uint8_t> out;
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    const size_t n = size_t(t.size_bytes), k = std::min<size_t>(256, n);
+    if (t.data && n)
+      for (size_t at : {size_t(0), (n - k) / 2, n - k}) out.insert(out.end(), t.data + at, t.data + at + k);
+  }
+  return out;
+}
+
 // Identifies a model without reading all its weights: configuration, every
-// tensor's name/type/shape and up to 3 x 256 bytes of its data, the vocabulary.
-uint64_t model_fingerprint(const model::Model& m, const text::Tokenizer& tok) {
+// tensor's name/type/shape and up to 3 x 256 bytes of its data (samples, from
+// tensor_samples), the vocabulary.
+uint64_t model_fingerprint(const model::Model& m, const text::Tokenizer& tok, const std::vector<uint8_t>& samples) {
   const model::Config& c = m.config();
   uint64_t h = fnv1a(&c.n_vocab, sizeof(uint32_t));
   for (uint32_t v : {c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_rot}) h = fnv1a(&v, sizeof v, h);
+  const uint8_t* s = samples.data();
   for (const gguf::TensorInfo& t : m.file().tensors()) {
     h = fnv1a(t.name.data(), t.name.size(), h);
     h = fnv1a(&t.type, sizeof t.type, h);
     h = fnv1a(t.ne, sizeof t.ne, h);
     const size_t n = size_t(t.size_bytes), k = std::min<size_t>(256, n);
-    if (t.data && n) {
-      h = fnv1a(t.data, k, h);
-      h = fnv1a(t.data + (n - k) / 2, k, h);
-      h = fnv1a(t.data + (n - k), k, h);
-    }
+    if (t.data && n)
+      for (int i = 0; i < 3; ++i, s += k) h = fnv1a(s, k, h);
   }
   for (size_t i = 0; i < tok.n_vocab(); ++i) {
-    const std::string& s = tok.token_text(text::Token(i));
-    h = fnv1a(s.data(), s.size(), h);
+    const std::string& str = tok.token_text(text::Token(i));
+    h = fnv1a(str.data(), str.size(), h);
   }
   return h;
 }
@@ -287,12 +301,13 @@ defkv_status load_model(std::unique_ptr<ModelImpl> impl, std::unique_ptr<gguf::F
                                        " bytes, more than the " + std::to_string(*avail) +
                                        " bytes of memory available (of " +
                                        std::to_string(engine::usable_memory_bytes()) + " in all)");
+  const std::vector<uint8_t> samples = tensor_samples(*file);
   impl->model = model::Model::from_file(std::move(file));
   impl->tok = text::Tokenizer::from_gguf(impl->model->file());
   if (impl->tok->n_vocab() != impl->model->config().n_vocab)
     raise(DEFKV_ERR_FORMAT, "the tokenizer has " + std::to_string(impl->tok->n_vocab()) + " tokens, the model " +
                                 std::to_string(impl->model->config().n_vocab));
-  impl->fingerprint = model_fingerprint(*impl->model, *impl->tok);
+  impl->fingerprint = model_fingerprint(*impl->model, *impl->tok, samples);
   auto* m = new defkv_model();
   m->impl = std::shared_ptr<ModelImpl>(impl.release());
   reg_add(m, Kind::model);
