@@ -72,28 +72,27 @@ void walk(CLI::App& app) {
 
 void check_numeric_flags(CLI::App& app) { walk(app); }
 
-CLI::Validator non_negative() {
+namespace {
+
+// value > 0 (strict) or >= 0; a value that is not a number passes (CLI11
+// reports it).
+CLI::Validator sign_check(bool strict, const char* tag, const char* name) {
   return CLI::Validator(
-      [](std::string& v) {
+      [strict](std::string& v) {
         const std::string s = trimmed(v);
         char* end = nullptr;
         const double x = std::strtod(s.c_str(), &end);
-        if (end != s.c_str() && !(x >= 0)) return "must be >= 0 (got " + s + ")";
+        if (end != s.c_str() && !(strict ? x > 0 : x >= 0))
+          return std::string(strict ? "must be > 0" : "must be >= 0") + " (got " + s + ")";
         return std::string();
       },
-      "NONNEGATIVE", "non-negative");
+      tag, name);
 }
 
-CLI::Validator positive() {
-  return CLI::Validator(
-      [](std::string& v) {
-        const std::string s = trimmed(v);
-        char* end = nullptr;
-        const double x = std::strtod(s.c_str(), &end);
-        if (end != s.c_str() && !(x > 0)) return "must be > 0 (got " + s + ")";
-        return std::string();
-      },
-      "POSITIVE", "positive");
-}
+}  // namespace
+
+CLI::Validator non_negative() { return sign_check(false, "NONNEGATIVE", "non-negative"); }
+
+CLI::Validator positive() { return sign_check(true, "POSITIVE", "positive"); }
 
 }  // namespace defkv::cli
