@@ -127,7 +127,8 @@ DEFKV_API const char* defkv_last_error(const defkv_context* ctx);
 /* ---- models ---- */
 
 /* Memory-maps a GGUF file (architecture llama, qwen2, qwen3, phi3, gemma2 or gemma3;
- * f32 / f16 / bf16 / q8_0 weights). The weights are copied into a layout for
+ * f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K and q6_K weights, mixed
+ * per tensor as in the _M files). The weights are copied into a layout for
  * the kernels: weights larger than the memory available now (MemAvailable,
  * or what the cgroup's memory.max leaves) are refused before any copy,
  * DEFKV_ERR_OUT_OF_MEMORY, the message giving both byte counts. */
