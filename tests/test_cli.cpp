@@ -746,7 +746,7 @@ TEST_CASE("cli: synth and bench refuse sizes out of range before writing or allo
     CHECK(!fs::exists(out));
     CHECK(!fs::exists(out.string() + ".partial"));
   }
-  // --depth-bins 2147483647 ended in std::bad_alloc; --prefix -5 was taken as -1.
+  // A huge --depth-bins must not reach the allocator; --prefix below -1 is not "-1".
   const std::string m = " -m " + stories();
   const std::pair<std::string, std::string> eval_cases[] = {
       {"eval needle" + m + " --tasks " + shared_dir() + "/models/needle/example_tasks.jsonl --depth-bins 2147483647",

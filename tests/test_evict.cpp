@@ -614,7 +614,7 @@ TEST_CASE("the defensive mean floor divides by the non-window positions the sequ
           CHECK(dbg.defensive[hk][j] == Approx(ref[hk][j]).epsilon(1e-5).margin(1e-12));
       }
       CHECK(floored < floored_base);  // a lower floor: fewer entries tie at it
-      // Head 0 holds every position when seen == T: its floor is the old one.
+      // Head 0 holds every position when seen == T: its floor is the one-shot rule (divide by N).
       if (seen == T) CHECK(dbg.defensive[0] == dbg_base.defensive[0]);
       CHECK(dbg.defensive[1] != dbg_base.defensive[1]);
     }
