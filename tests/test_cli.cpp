@@ -85,6 +85,15 @@ Result run(const std::string& args) {
   return r;
 }
 
+// One JSON object per non-empty line (bench --json).
+std::vector<nlohmann::json> json_lines(const std::string& text) {
+  std::istringstream lines(text);
+  std::vector<nlohmann::json> v;
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
+  return v;
+}
+
 std::vector<int32_t> greedy(const std::string& path, uint32_t n) {
   auto model = defkv::model::Model::load(path);
   defkv::engine::ContextParams cp;
@@ -397,10 +406,7 @@ TEST_CASE("cli: bench reports eviction share, peak RSS and depth; JSON and table
   Result j = run(args + " --json");
   REQUIRE(j.exit_code == 0);
   INFO(j.out << j.err);
-  std::istringstream lines(j.out);
-  std::vector<nlohmann::json> tests;
-  for (std::string line; std::getline(lines, line);)
-    if (!line.empty()) tests.push_back(nlohmann::json::parse(line));
+  const std::vector<nlohmann::json> tests = json_lines(j.out);
   REQUIRE(tests.size() == 2);
   CHECK(tests[0]["test"] == "pp64");
   CHECK(tests[1]["test"] == "tg16 @ d40");
@@ -461,10 +467,7 @@ TEST_CASE("cli: bench --vs-full runs tg on a full-cache context beside the budge
   Result j = run(args + " --json --no-breakdown");
   REQUIRE(j.exit_code == 0);
   INFO(j.out << j.err);
-  std::istringstream lines(j.out);
-  std::vector<nlohmann::json> tests;
-  for (std::string line; std::getline(lines, line);)
-    if (!line.empty()) tests.push_back(nlohmann::json::parse(line));
+  const std::vector<nlohmann::json> tests = json_lines(j.out);
   REQUIRE(tests.size() == 2);
   CHECK(tests[0]["test"] == "tg8 @ d120");
   CHECK(tests[0]["budget"] == true);
