@@ -12,6 +12,9 @@
 //              [--bf16]   (also time the alternative: q8_0 dequantised to a
 //                          bf16 copy per call + matmul() on it, i.e. oneDNN)
 //              [--only qkv|o|gate+up|down] [--small]   (--help: all of them)
+//              [--impl scalar|avx2|avx512|neon|neon_dotprod]   (quant::matmul_impl
+//                          on the unpacked matrices instead of the packed path:
+//                          one ISA's block dots, e.g. AVX2 on an AVX-512 machine)
 //   bench_gemm --peak   the vpdpbusd ceiling: per thread, 12 independent
 //                       chains alone and with each kernel family's scaling
 //                       ops per 8 of them (AVX-512 VNNI only)
@@ -48,7 +51,7 @@ struct Mat {
   q::Packed p;
 };
 
-Mat make(q::DType t, size_t rows, size_t cols, std::mt19937& rng) {
+Mat make(q::DType t, size_t rows, size_t cols, std::mt19937& rng, bool pack) {
   Mat a;
   a.bytes.resize(rows * q::row_bytes(t, cols));
   uint64_t st = rng() | 1;  // xorshift: matrix set-up must not dominate a profile
@@ -80,7 +83,7 @@ Mat make(q::DType t, size_t rows, size_t cols, std::mt19937& rng) {
     }
   }
   a.m = q::Matrix{t, a.bytes.data(), rows, cols};
-  a.p = q::pack_for_gemm(a.m);
+  if (pack) a.p = q::pack_for_gemm(a.m);
   return a;
 }
 
@@ -195,6 +198,7 @@ int main(int argc, char** argv) {
   std::string type_name = "q8_0";
   bool small = false;
   bool peak = false;
+  std::string impl_name;  // empty: the packed path
   CLI::App app{"Micro-benchmark of the packed q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_K / q5_K / q6_K / f16 matmul on one TinyLlama-1.1B layer's shapes "
                "(threads: OMP_NUM_THREADS)"};
   app.add_option("--tokens", tokens, "Token counts, comma-separated")->delimiter(',')->check(CLI::PositiveNumber);
@@ -211,8 +215,23 @@ int main(int argc, char** argv) {
   app.add_flag("--peak", peak,
                "Measure the vpdpbusd issue rate (the int8 kernels' ceiling) per thread, alone and with the "
                "kernels' scaling ops, instead of the matmuls");
+  app.add_option("--impl", impl_name,
+                 "Run quant::matmul_impl with this implementation on the unpacked matrices instead of the packed path")
+      ->check(CLI::IsMember({"scalar", "avx2", "avx512", "neon", "neon_dotprod"}));
   CLI11_PARSE(app, argc, argv);
   if (peak) return run_peak();
+  bool use_impl = false;
+  q::MatmulImpl impl = q::MatmulImpl::scalar;
+  if (!impl_name.empty()) {
+    q::MatmulImpl avail[8];
+    const size_t n_avail = q::available_matmul_impls(avail, 8);
+    for (size_t i = 0; i < n_avail; ++i)
+      if (impl_name == q::matmul_impl_name(avail[i])) impl = avail[i], use_impl = true;
+    if (!use_impl) {
+      std::fprintf(stderr, "bench_gemm: --impl %s is not available on this machine/build\n", impl_name.c_str());
+      return 1;
+    }
+  }
   if (small) { E = 256; F = 512; KV = 32; }
   q::DType type = q::DType::q8_0;
   q::parse_dtype(type_name, &type);  // one of the checked names
@@ -224,9 +243,10 @@ int main(int argc, char** argv) {
   const size_t n_copies = max_tok == 1 || std::count(tokens.begin(), tokens.end(), size_t(1)) ? copies : 1;
   for (size_t l = 0; l < n_copies; ++l) {
     layers.emplace_back();
-    for (auto& s : shapes) layers.back().push_back(make(type, s[0], s[1], rng));
+    for (auto& s : shapes) layers.back().push_back(make(type, s[0], s[1], rng, !use_impl));
   }
-  std::printf("bench_gemm: %s, %d threads, best of %d\n", q::dtype_name(type), omp_get_max_threads(), reps);
+  std::printf("bench_gemm: %s, %s, %d threads, best of %d\n", q::dtype_name(type),
+              use_impl ? (std::string("matmul_impl ") + impl_name).c_str() : "packed", omp_get_max_threads(), reps);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> x(max_tok * F);
   for (auto& v : x) v = nd(rng);
@@ -238,7 +258,14 @@ int main(int argc, char** argv) {
   const Op ops[] = {{"qkv", 0, 3}, {"o", 3, 1}, {"gate+up", 4, 2}, {"down", 6, 1}};
   auto run_op = [&](const Op& op, size_t l, size_t nt) {
     const auto& L = layers[l];
-    if (op.n == 1) {
+    if (use_impl) {
+      float* yo = y.data();
+      for (int i = 0; i < op.n; ++i) {
+        const q::Matrix& m = L[size_t(op.first + i)].m;
+        q::matmul_impl(impl, m, x.data(), yo, nt, m.rows);
+        yo += nt * m.rows;
+      }
+    } else if (op.n == 1) {
       q::matmul_packed(L[size_t(op.first)].p, x.data(), y.data(), nt, L[size_t(op.first)].m.rows);
     } else {
       q::PackedProduct pr[3];
