@@ -1,6 +1,7 @@
 // x86 block dots for the low-bit types (256-bit integer vectors), one weight
-// row . quantised activations, the same arithmetic as block_dot_ref (exact
-// int32 sums per block, float per block). Written once over an Ops policy:
+// row . the quantised activations of 1 or kBlockDotTokens tokens, the same
+// arithmetic as block_dot_ref (exact int32 sums per block, float per block).
+// Written once over an Ops policy:
 //   Ops::dot(u8 w, s8 x)        -> i32x8 whose lanes sum to w.x (4 products a lane)
 //   Ops::madd_acc(acc, p16, s16) -> acc + pairwise i16 products (scales folded in)
 // AVX2: maddubs + madd; AVX-512 VNNI (VL): vpdpbusd / vpdpwssd.
@@ -9,8 +10,10 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "quant/blocks.h"
 #include "quant/matmul_isa.h"
@@ -64,68 +67,51 @@ inline __m256i fifth_bits(const uint8_t* qh4) {
   const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
   return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
-// Signed w . x via |w| . (x * sign(w)) (u8 x s8 as the instructions need; |w| <= 16).
-template <class Ops>
-inline __m256i signed_dot(__m256i w, __m256i x) {
-  return Ops::dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+
+// ---- low-bit types ---------------------------------------------------------------------
+// A kernel K has K::dot<N>(row, acts, stride, nb, out): out[k] = row . the act
+// blocks of token k (at acts + k * stride bytes) for k < N. Each weight block
+// is unpacked (and its scales decoded) once for the N tokens; each token's
+// arithmetic (int32 sums, float accumulation order) is the same for every N,
+// so the N-token results equal the one-token ones bit for bit.
+
+template <class A, size_t N>
+void token_acts(const void* acts, size_t stride, const A* (&a)[N]) {
+  for (size_t k = 0; k < N; ++k) a[k] = reinterpret_cast<const A*>(static_cast<const uint8_t*>(acts) + k * stride);
 }
 
-// ---- legacy 32-blocks x ActQ8 ---------------------------------------------------------
-
-template <class Ops>
-float dot_q4_0(const void* row, const void* acts, size_t nb) {
-  const auto* w = static_cast<const BlockQ4_0*>(row);
-  const auto* a = static_cast<const ActQ8*>(acts);
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t i = 0; i < nb; ++i) {
-    const __m256i q = _mm256_sub_epi8(nibbles32(w[i].qs), _mm256_set1_epi8(8));
-    const __m256i p = signed_dot<Ops>(q, load256(a[i].qs));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[i].d) * a[i].d), acc);
+// Legacy 32-blocks against ActQ8: nibbles (plus, kBits5, the fifth bits) minus
+// kOffset (8 for Q4_0, 16 for Q5_0; 0 for the _1 types, whose min term is
+// m * the block's activation sum s). Signed quants use |w| . (x * sign(w)).
+template <class Ops, class B, bool kBits5, int kOffset, bool kMin>
+struct Legacy {
+  template <size_t N>
+  static void dot(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
+    const auto* w = static_cast<const B*>(row);
+    const ActQ8* a[N];
+    token_acts(acts, stride, a);
+    __m256 acc[N];
+    float mins[N];
+    for (size_t k = 0; k < N; ++k) acc[k] = _mm256_setzero_ps(), mins[k] = 0.0f;
+    for (size_t i = 0; i < nb; ++i) {
+      __m256i q = nibbles32(w[i].qs);
+      if constexpr (kBits5) q = _mm256_or_si256(q, fifth_bits(w[i].qh));
+      if constexpr (kOffset != 0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(kOffset));
+      const __m256i u = kOffset != 0 ? _mm256_sign_epi8(q, q) : q;
+      const float dw = h2f(w[i].d);
+      for (size_t k = 0; k < N; ++k) {
+        const __m256i x = load256(a[k][i].qs);
+        const __m256i p = Ops::dot(u, kOffset != 0 ? _mm256_sign_epi8(x, q) : x);
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a[k][i].d), acc[k]);
+        if constexpr (kMin) mins[k] += h2f(w[i].m) * a[k][i].s;
+      }
+    }
+    for (size_t k = 0; k < N; ++k) {
+      if constexpr (kMin) out[k] = hsum_f(acc[k]) + mins[k];
+      else out[k] = hsum_f(acc[k]);
+    }
   }
-  return hsum_f(acc);
-}
-
-template <class Ops>
-float dot_q4_1(const void* row, const void* acts, size_t nb) {
-  const auto* w = static_cast<const BlockQ4_1*>(row);
-  const auto* a = static_cast<const ActQ8*>(acts);
-  __m256 acc = _mm256_setzero_ps();
-  float mins = 0.0f;
-  for (size_t i = 0; i < nb; ++i) {
-    const __m256i p = Ops::dot(nibbles32(w[i].qs), load256(a[i].qs));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[i].d) * a[i].d), acc);
-    mins += h2f(w[i].m) * a[i].s;
-  }
-  return hsum_f(acc) + mins;
-}
-
-template <class Ops>
-float dot_q5_0(const void* row, const void* acts, size_t nb) {
-  const auto* w = static_cast<const BlockQ5_0*>(row);
-  const auto* a = static_cast<const ActQ8*>(acts);
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t i = 0; i < nb; ++i) {
-    const __m256i q5 = _mm256_or_si256(nibbles32(w[i].qs), fifth_bits(w[i].qh));
-    const __m256i p = signed_dot<Ops>(_mm256_sub_epi8(q5, _mm256_set1_epi8(16)), load256(a[i].qs));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[i].d) * a[i].d), acc);
-  }
-  return hsum_f(acc);
-}
-
-template <class Ops>
-float dot_q5_1(const void* row, const void* acts, size_t nb) {
-  const auto* w = static_cast<const BlockQ5_1*>(row);
-  const auto* a = static_cast<const ActQ8*>(acts);
-  __m256 acc = _mm256_setzero_ps();
-  float mins = 0.0f;
-  for (size_t i = 0; i < nb; ++i) {
-    const __m256i q5 = _mm256_or_si256(nibbles32(w[i].qs), fifth_bits(w[i].qh));
-    const __m256i p = Ops::dot(q5, load256(a[i].qs));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[i].d) * a[i].d), acc);
-    mins += h2f(w[i].m) * a[i].s;
-  }
-  return hsum_f(acc) + mins;
-}
+};
 
 // ---- K-quants x ActQ8K ---------------------------------------------------------------
 
@@ -142,93 +128,136 @@ inline void k4_unpack_scales(const uint8_t* s12, uint8_t* out16) {
   std::memcpy(out16, u, 16);
 }
 
-// sum_j m_j * (bsums[2j] + bsums[2j + 1])
-inline int32_t k4_min_sum(const uint8_t* mins8, const int16_t* bsums) {
+// sum_j m_j * (bsums[2j] + bsums[2j + 1]); m: the 8 mins as i32 lanes
+inline int32_t k4_min_sum(__m256i m, const int16_t* bsums) {
   const __m256i pairs = _mm256_madd_epi16(load256(bsums), _mm256_set1_epi16(1));
-  const __m256i m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins8)));
   return hsum_i(_mm256_mullo_epi32(pairs, m));
 }
 
+// Q4_K / Q5_K: per 64 values c, sub-block 2c is the low nibbles of
+// qs[32c .. 32c + 32), sub-block 2c + 1 the high ones; Q5_K's fifth bits are
+// bits 2c and 2c + 1 of qh[l].
 template <class Ops, bool k5>
-float dot_k45(const void* row, const void* acts, size_t nb) {
-  using B = std::conditional_t<k5, BlockQ5_K, BlockQ4_K>;
-  const auto* w = static_cast<const B*>(row);
-  const auto* a = static_cast<const ActQ8K*>(acts);
-  const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-  __m256 acc = _mm256_setzero_ps();
-  float acc_min = 0.0f;
-  for (size_t i = 0; i < nb; ++i) {
-    alignas(16) uint8_t sm[16];
-    k4_unpack_scales(w[i].scales, sm);
-    __m256i isum = _mm256_setzero_si256();
-    [[maybe_unused]] __m256i qh;
-    if constexpr (k5) qh = load256(w[i].qh);
-    for (int c = 0; c < 4; ++c) {
-      const __m256i q = load256(w[i].qs + 32 * c);
-      __m256i lo = _mm256_and_si256(q, low4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-      if constexpr (k5) {
-        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+struct K45 {
+  template <size_t N>
+  static void dot(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
+    using B = std::conditional_t<k5, BlockQ5_K, BlockQ4_K>;
+    const auto* w = static_cast<const B*>(row);
+    const ActQ8K* a[N];
+    token_acts(acts, stride, a);
+    const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 acc[N];
+    float acc_min[N];
+    for (size_t k = 0; k < N; ++k) acc[k] = _mm256_setzero_ps(), acc_min[k] = 0.0f;
+    for (size_t i = 0; i < nb; ++i) {
+      alignas(16) uint8_t sm[16];
+      k4_unpack_scales(w[i].scales, sm);
+      __m256i isum[N];
+      for (size_t k = 0; k < N; ++k) isum[k] = _mm256_setzero_si256();
+      [[maybe_unused]] __m256i qh;
+      if constexpr (k5) qh = load256(w[i].qh);
+      for (int c = 0; c < 4; ++c) {
+        const __m256i q = load256(w[i].qs + 32 * c);
+        __m256i lo = _mm256_and_si256(q, low4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+        if constexpr (k5) {
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+        }
+        const __m256i slo = _mm256_set1_epi16(sm[2 * c]), shi = _mm256_set1_epi16(sm[2 * c + 1]);
+        for (size_t k = 0; k < N; ++k) {
+          const __m256i plo = _mm256_maddubs_epi16(lo, load256(a[k][i].qs + 64 * c));
+          const __m256i phi = _mm256_maddubs_epi16(hi, load256(a[k][i].qs + 64 * c + 32));
+          isum[k] = Ops::madd_acc(isum[k], plo, slo);
+          isum[k] = Ops::madd_acc(isum[k], phi, shi);
+        }
       }
-      const __m256i plo = _mm256_maddubs_epi16(lo, load256(a[i].qs + 64 * c));
-      const __m256i phi = _mm256_maddubs_epi16(hi, load256(a[i].qs + 64 * c + 32));
-      isum = Ops::madd_acc(isum, plo, _mm256_set1_epi16(sm[2 * c]));
-      isum = Ops::madd_acc(isum, phi, _mm256_set1_epi16(sm[2 * c + 1]));
+      const __m256i mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
+      const float dw = h2f(w[i].d), dmin = h2f(w[i].dmin);
+      for (size_t k = 0; k < N; ++k) {
+        const float dx = a[k][i].d;
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_set1_ps(dw * dx), acc[k]);
+        acc_min[k] += dmin * dx * float(k4_min_sum(mins, a[k][i].bsums));
+      }
     }
-    const float dx = a[i].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(w[i].d) * dx), acc);
-    acc_min += h2f(w[i].dmin) * dx * float(k4_min_sum(sm + 8, a[i].bsums));
+    for (size_t k = 0; k < N; ++k) out[k] = hsum_f(acc[k]) - acc_min[k];
   }
-  return hsum_f(acc) - acc_min;
-}
+};
 
 // Q6_K: sum_k sc_k * (q . x - 32 * bsums_k) with q in [0, 63] unsigned.
 template <class Ops>
-float dot_q6_K(const void* row, const void* acts, size_t nb) {
-  const auto* w = static_cast<const BlockQ6_K*>(row);
-  const auto* a = static_cast<const ActQ8K*>(acts);
-  const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t i = 0; i < nb; ++i) {
-    __m256i isum = _mm256_setzero_si256();
-    for (int hh = 0; hh < 2; ++hh) {
-      const __m256i ql0 = load256(w[i].ql + 64 * hh), ql1 = load256(w[i].ql + 64 * hh + 32);
-      const __m256i qh = load256(w[i].qh + 32 * hh);
-      __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4));
-      const int8_t* sc = w[i].scales + 8 * hh;
-      for (int g = 0; g < 4; ++g) {
-        const __m256i p = _mm256_maddubs_epi16(q[g], load256(a[i].qs + 128 * hh + 32 * g));
-        const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
-        isum = Ops::madd_acc(isum, p, s);
+struct Q6K {
+  template <size_t N>
+  static void dot(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
+    const auto* w = static_cast<const BlockQ6_K*>(row);
+    const ActQ8K* a[N];
+    token_acts(acts, stride, a);
+    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    __m256 acc[N];
+    for (size_t k = 0; k < N; ++k) acc[k] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; ++i) {
+      __m256i isum[N];
+      for (size_t k = 0; k < N; ++k) isum[k] = _mm256_setzero_si256();
+      for (int hh = 0; hh < 2; ++hh) {
+        const __m256i ql0 = load256(w[i].ql + 64 * hh), ql1 = load256(w[i].ql + 64 * hh + 32);
+        const __m256i qh = load256(w[i].qh + 32 * hh);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4));
+        q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4));
+        const int8_t* sc = w[i].scales + 8 * hh;
+        for (int g = 0; g < 4; ++g) {
+          const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
+          for (size_t k = 0; k < N; ++k) {
+            const __m256i p = _mm256_maddubs_epi16(q[g], load256(a[k][i].qs + 128 * hh + 32 * g));
+            isum[k] = Ops::madd_acc(isum[k], p, s);
+          }
+        }
+      }
+      // - 32 * sum_k sc_k * bsums_k
+      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].scales)));
+      const float dw = h2f(w[i].d);
+      for (size_t k = 0; k < N; ++k) {
+        const __m256i corr = _mm256_madd_epi16(load256(a[k][i].bsums), sc16);
+        isum[k] = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(corr, 5));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_set1_ps(dw * a[k][i].d), acc[k]);
       }
     }
-    // - 32 * sum_k sc_k * bsums_k
-    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].scales)));
-    const __m256i corr = _mm256_madd_epi16(load256(a[i].bsums), sc16);
-    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(corr, 5));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(w[i].d) * a[i].d), acc);
+    for (size_t k = 0; k < N; ++k) out[k] = hsum_f(acc[k]);
   }
-  return hsum_f(acc);
+};
+
+template <class K>
+float dot_one(const void* row, const void* acts, size_t nb) {
+  float out;
+  K::template dot<1>(row, acts, 0, nb, &out);
+  return out;
+}
+template <class K>
+void dot_tokens(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
+  K::template dot<kBlockDotTokens>(row, acts, stride, nb, out);
 }
 
-template <class Ops>
-BlockDot low_bit_dot_x86(DType t) {
+// The kernel of type t as F (BlockDot: one token, BlockDotTokens: kBlockDotTokens).
+template <class Ops, class F>
+F x86_block_dot(DType t) {
+  auto entry = [](auto kernel) -> F {
+    using K = decltype(kernel);
+    if constexpr (std::is_same_v<F, BlockDot>) return &dot_one<K>;
+    else return &dot_tokens<K>;
+  };
   switch (t) {
-    case DType::q4_0: return &dot_q4_0<Ops>;
-    case DType::q4_1: return &dot_q4_1<Ops>;
-    case DType::q5_0: return &dot_q5_0<Ops>;
-    case DType::q5_1: return &dot_q5_1<Ops>;
-    case DType::q4_K: return &dot_k45<Ops, false>;
-    case DType::q5_K: return &dot_k45<Ops, true>;
-    case DType::q6_K: return &dot_q6_K<Ops>;
+    case DType::q4_0: return entry(Legacy<Ops, BlockQ4_0, false, 8, false>{});
+    case DType::q4_1: return entry(Legacy<Ops, BlockQ4_1, false, 0, true>{});
+    case DType::q5_0: return entry(Legacy<Ops, BlockQ5_0, true, 16, false>{});
+    case DType::q5_1: return entry(Legacy<Ops, BlockQ5_1, true, 0, true>{});
+    case DType::q4_K: return entry(K45<Ops, false>{});
+    case DType::q5_K: return entry(K45<Ops, true>{});
+    case DType::q6_K: return entry(Q6K<Ops>{});
     default: return nullptr;
   }
 }

@@ -9,7 +9,8 @@ namespace defkv::quant::detail {
 // 16 ymm registers: 4x2 float accumulators, 2x2 int8 blocks.
 const MatmulTiles& avx2_tiles() {
   static const MatmulTiles t{"avx2", &float_tile<simd::detail::Avx2, 4, 2>,
-                             &Q8Tile<Q8OpsMaddubs, 2, 2>::tile, &low_bit_dot_x86<DotOpsAvx2>};
+                             &Q8Tile<Q8OpsMaddubs, 2, 2>::tile, &x86_block_dot<DotOpsAvx2, BlockDot>,
+                             &x86_block_dot<DotOpsAvx2, BlockDotTokens>};
   return t;
 }
 

@@ -55,7 +55,7 @@ const MatmulTiles& avx512_tiles() {
       simd::cpu_features().avx512_vnni ? "avx512-vnni" : "avx512",
       &float_tile<simd::detail::Avx512, 4, 4>,
       simd::cpu_features().avx512_vnni ? &avx512vnni_q8_tile : &Q8Tile<Q8OpsMaddubs, 4, 4>::tile,
-      simd::cpu_features().avx512_vnni ? &avx512vnni_low_bit_dot : &low_bit_dot_x86<DotOpsAvx2>};
+      simd::cpu_features().avx512_vnni ? &avx512vnni_low_bit_dot : &x86_block_dot<DotOpsAvx2, BlockDot>};
   return t;
 }
 

@@ -4,6 +4,8 @@
 //    of both signs, activations at full scale (+-127) and random ones;
 //  - each implementation against the scalar reference quant::block_dot_ref
 //    (q8_0: against the scalar implementation's exact int32 block sums);
+//  - batches (where an ISA dots a row with several tokens per call) give each
+//    token the same bits as that token alone;
 //  - a NaN or Inf activation: NaN outputs for its token on every implementation
 //    and low-bit type, the batch's other tokens unchanged;
 //  - which implementation matmul() runs (DEFKV_EXPECT_MATMUL, set by
@@ -130,6 +132,32 @@ TEST_CASE("every implementation's block dots equal block_dot_ref on random bit p
   }
 }
 
+TEST_CASE("every implementation's batched low-bit products equal its one-token products bit for bit",
+          "[quant][blocks][matmul]") {
+  // Block dots over several tokens per call unpack each weight block once for
+  // all of them; each token's integer sums and float accumulation order must
+  // stay those of the one-token dot.
+  std::mt19937 rng(59);
+  const size_t rows = 21, cols = 768;
+  for (DType t : {DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K, DType::q6_K}) {
+    const auto wb = random_blocks(t, rows, cols, rng);
+    const quant::Matrix w{t, wb.data(), rows, cols};
+    const size_t n_tok = 11;  // two 4-token calls and a remainder of 3
+    const auto x = tokens(n_tok, cols, rng);
+    for (quant::MatmulImpl impl : impls()) {
+      std::vector<float> batch(n_tok * rows, -7.0f), single(n_tok * rows, -7.0f);
+      quant::matmul_impl(impl, w, x.data(), batch.data(), n_tok, rows);
+      for (size_t tk = 0; tk < n_tok; ++tk)
+        quant::matmul_impl(impl, w, x.data() + tk * cols, single.data() + tk * rows, 1, rows);
+      size_t differ = 0;
+      for (size_t i = 0; i < batch.size(); ++i) differ += std::memcmp(&batch[i], &single[i], sizeof(float)) != 0;
+      INFO(quant::dtype_name(t) << " " << quant::matmul_impl_name(impl) << ": " << differ << " of " << batch.size()
+                                << " outputs differ");
+      CHECK(differ == 0);
+    }
+  }
+}
+
 TEST_CASE("matmul runs the implementation DEFKV_EXPECT_MATMUL names", "[quant][blocks][matmul][dispatch]") {
   const char* expect = std::getenv("DEFKV_EXPECT_MATMUL");
   if (expect == nullptr || *expect == '\0') return;  // set by the cross-build runs only
@@ -165,8 +193,8 @@ TEST_CASE("a NaN or Inf activation makes its token's low-bit products NaN on eve
   for (DType t : {DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_K, DType::q5_K, DType::q6_K}) {
     const auto wb = random_blocks(t, rows, cols, rng);
     const quant::Matrix w{t, wb.data(), rows, cols};
-    // 5 tokens: one 4-token call and a single-token remainder on NEON; the bad
-    // token in each position
+    // 5 tokens: one 4-token call and a single-token remainder where the ISA
+    // has a 4-token dot; the bad token in each position
     const size_t n_tok = 5;
     const auto clean = tokens(n_tok, cols, rng);
     for (quant::MatmulImpl impl : impls()) {
