@@ -48,6 +48,7 @@ struct HaddP<simd::detail::Avx512> {
 void avx512vnni_q8_tile(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
                         size_t r1, size_t t0, size_t t1);
 BlockDot avx512vnni_low_bit_dot(DType t);
+BlockDotTokens avx512vnni_low_bit_dot_tokens(DType t);
 
 // 32 zmm registers: 4x4 accumulators.
 const MatmulTiles& avx512_tiles() {
@@ -55,7 +56,8 @@ const MatmulTiles& avx512_tiles() {
       simd::cpu_features().avx512_vnni ? "avx512-vnni" : "avx512",
       &float_tile<simd::detail::Avx512, 4, 4>,
       simd::cpu_features().avx512_vnni ? &avx512vnni_q8_tile : &Q8Tile<Q8OpsMaddubs, 4, 4>::tile,
-      simd::cpu_features().avx512_vnni ? &avx512vnni_low_bit_dot : &x86_block_dot<DotOpsAvx2, BlockDot>};
+      simd::cpu_features().avx512_vnni ? &avx512vnni_low_bit_dot : &x86_block_dot<DotOpsAvx2, BlockDot>,
+      simd::cpu_features().avx512_vnni ? &avx512vnni_low_bit_dot_tokens : &x86_block_dot<DotOpsAvx2, BlockDotTokens>};
   return t;
 }
 

@@ -11,6 +11,7 @@ namespace defkv::quant::detail {
 
 // Low-bit block dots with vpdpbusd / vpdpwssd (256-bit, AVX-512 VL).
 BlockDot avx512vnni_low_bit_dot(DType t) { return x86_block_dot<DotOpsVnni, BlockDot>(t); }
+BlockDotTokens avx512vnni_low_bit_dot_tokens(DType t) { return x86_block_dot<DotOpsVnni, BlockDotTokens>(t); }
 
 void avx512vnni_q8_tile(const Matrix& w, const BlockQ8x* xq, float* y, size_t ldy, size_t r0,
                         size_t r1, size_t t0, size_t t1) {
