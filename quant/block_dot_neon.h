@@ -12,6 +12,7 @@
 
 #include <arm_neon.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -169,7 +170,10 @@ struct K45 {
       for (size_t k = 0; k < N; ++k) {
         int32_t sum_m = 0;
         for (size_t j = 0; j < 8; ++j) sum_m += int32_t(mn[j]) * (a[k][i].bsums[2 * j] + a[k][i].bsums[2 * j + 1]);
-        acc[k] += d * a[k][i].d * float(vaddvq_s32(sum_q[k])) - dmin * a[k][i].d * float(sum_m);
+        // one explicit fma and no product beside an add, so the compiler has no
+        // contraction to choose and every N gives each token the same bits
+        const float dx = a[k][i].d;
+        acc[k] += std::fma(d * dx, float(vaddvq_s32(sum_q[k])), -(dmin * dx * float(sum_m)));
       }
     }
     for (size_t k = 0; k < N; ++k) out[k] = acc[k];
