@@ -15,9 +15,10 @@
 //              [--impl scalar|avx2|avx512|neon|neon_dotprod]   (quant::matmul_impl
 //                          on the unpacked matrices instead of the packed path:
 //                          one ISA's block dots, e.g. AVX2 on an AVX-512 machine)
-//   bench_gemm --peak   the vpdpbusd ceiling: per thread, 12 independent
-//                       chains alone and with each kernel family's scaling
-//                       ops per 8 of them (AVX-512 VNNI only)
+//   bench_gemm --peak   the kernels' ceilings: per thread, 12 independent
+//                       vpdpbusd chains alone and with each kernel family's
+//                       scaling ops per 8 of them (AVX-512 VNNI only), and
+//                       vdpbf16ps (where AVX512-BF16 exists)
 // Threads: OMP_NUM_THREADS. Decode (<= 4 tokens) runs the ops in the model's
 // order through --copies copies of the layer, so the weights come from memory.
 #include <CLI/CLI.hpp>
@@ -148,6 +149,30 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) double vnni_rat
 }
 #pragma GCC diagnostic pop
 
+// The same for vdpbf16ps (the f16 / bf16 prefill kernel's instruction): 12
+// chains, 32 multiply-adds per zmm instruction. Returns instructions per second.
+__attribute__((target("avx512f,avx512bf16"), noinline)) double bf16_rate(long iters, const int32_t* buf, float* sink) {
+  constexpr int C = 12;
+  __m512 acc[C];
+  for (int i = 0; i < C; ++i) acc[i] = _mm512_set1_ps(float(i));
+  const double t0 = now_s();
+  for (long it = 0; it < iters; ++it) {
+    const int32_t* b = buf + (it & 15) * 16;
+    const __m512bh w0 = __m512bh(_mm512_loadu_si512(b)), w1 = __m512bh(_mm512_loadu_si512(b + 256));
+    for (int k = 0; k < 8; ++k) {
+      const __m512bh x = __m512bh(_mm512_set1_epi32(b[k + 4]));
+      for (int i = 0; i < C; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], i % 2 ? w1 : w0, x);
+    }
+  }
+  const double s = now_s() - t0;
+  alignas(64) float lanes[16];
+  __m512 t = _mm512_setzero_ps();
+  for (int i = 0; i < C; ++i) t = _mm512_add_ps(t, acc[i]);
+  _mm512_store_ps(lanes, t);
+  for (float v : lanes) *sink += v;
+  return double(iters) * 8 * C / s;
+}
+
 int run_peak() {
   if (!__builtin_cpu_supports("avx512vnni")) {
     std::fprintf(stderr, "bench_gemm --peak: this CPU has no AVX-512 VNNI\n");
@@ -176,6 +201,23 @@ int run_peak() {
     // 64 multiply-adds = 128 ops per zmm vpdpbusd
     std::printf("  %-52s %6.2f G/s  %7.1f GOP/s (%.1f per thread)\n", names[mix], best * 1e-9, best * 128e-9,
                 best * 128e-9 / nt);
+  }
+  if (__builtin_cpu_supports("avx512bf16")) {
+    double best = 0;
+    for (int r = 0; r < 5; ++r) {
+      double sum = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : sum)
+      {
+        std::vector<int32_t> buf(1024);
+        for (size_t i = 0; i < buf.size(); ++i) buf[i] = int32_t(0x3f803f80u + i);  // bf16 pairs near 1
+        float sink = 0;
+        sum += bf16_rate(20000000, buf.data(), &sink) + (sink == 1.2345f ? 1 : 0);
+      }
+      best = std::max(best, sum);
+    }
+    // 32 multiply-adds = 64 FLOP per zmm vdpbf16ps
+    std::printf("  %-52s %6.2f G/s  %7.1f GFLOP/s (%.1f per thread)\n", "vdpbf16ps alone (f16 / bf16 prefill)",
+                best * 1e-9, best * 64e-9, best * 64e-9 / nt);
   }
   return 0;
 }
