@@ -16,8 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
+#include "quant/block_dot_tokens.h"
 #include "quant/blocks.h"
 #include "quant/matmul_isa.h"
 
@@ -69,15 +69,8 @@ struct Q8OpsNeon {
 };
 
 // ---- low-bit types ---------------------------------------------------------------------
-// A kernel K has K::dot<N>(row, acts, stride, nb, out): out[k] = row . the act
-// blocks of token k (at acts + k * stride bytes) for k < N. The weights are
-// unpacked once per block for the N tokens; each token's arithmetic is the
-// same for every N.
-
-template <class A, size_t N>
-void token_acts(const void* acts, size_t stride, const A* (&a)[N]) {
-  for (size_t k = 0; k < N; ++k) a[k] = reinterpret_cast<const A*>(static_cast<const uint8_t*>(acts) + k * stride);
-}
+// Kernels K::dot<N> (quant/block_dot_tokens.h): the weights are unpacked once
+// per block for the N tokens; each token's arithmetic is the same for every N.
 
 // 16 bytes: byte k is 0x10 when bit k of the 16-bit word bits is set (the fifth
 // bits of Q5_0 / Q5_1: vtst against a per-lane bit mask, no lookup table).
@@ -225,35 +218,10 @@ struct Q6K {
   }
 };
 
-template <class K>
-float dot_one(const void* row, const void* acts, size_t nb) {
-  float out;
-  K::template dot<1>(row, acts, 0, nb, &out);
-  return out;
-}
-template <class K>
-void dot_tokens(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
-  K::template dot<kBlockDotTokens>(row, acts, stride, nb, out);
-}
-
-// The kernel of type t as F (BlockDot: one token, BlockDotTokens: kBlockDotTokens).
+// The kernel of type t as F (BlockDot or BlockDotTokens) with dot step D.
 template <class D, class F>
 F neon_block_dot(DType t) {
-  auto entry = [](auto kernel) -> F {
-    using K = decltype(kernel);
-    if constexpr (std::is_same_v<F, BlockDot>) return &dot_one<K>;
-    else return &dot_tokens<K>;
-  };
-  switch (t) {
-    case DType::q4_0: return entry(Legacy<D, BlockQ4_0, false, 8, false>{});
-    case DType::q4_1: return entry(Legacy<D, BlockQ4_1, false, 0, true>{});
-    case DType::q5_0: return entry(Legacy<D, BlockQ5_0, true, 16, false>{});
-    case DType::q5_1: return entry(Legacy<D, BlockQ5_1, true, 0, true>{});
-    case DType::q4_K: return entry(K45<D, false, BlockQ4_K>{});
-    case DType::q5_K: return entry(K45<D, true, BlockQ5_K>{});
-    case DType::q6_K: return entry(Q6K<D>{});
-    default: return nullptr;
-  }
+  return low_bit_block_dot<Legacy, K45, Q6K, D, F>(t);
 }
 
 }  // namespace

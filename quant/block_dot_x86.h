@@ -13,8 +13,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
+#include "quant/block_dot_tokens.h"
 #include "quant/blocks.h"
 #include "quant/matmul_isa.h"
 
@@ -69,16 +69,10 @@ inline __m256i fifth_bits(const uint8_t* qh4) {
 }
 
 // ---- low-bit types ---------------------------------------------------------------------
-// A kernel K has K::dot<N>(row, acts, stride, nb, out): out[k] = row . the act
-// blocks of token k (at acts + k * stride bytes) for k < N. Each weight block
-// is unpacked (and its scales decoded) once for the N tokens; each token's
-// arithmetic (int32 sums, float accumulation order) is the same for every N,
-// so the N-token results equal the one-token ones bit for bit.
-
-template <class A, size_t N>
-void token_acts(const void* acts, size_t stride, const A* (&a)[N]) {
-  for (size_t k = 0; k < N; ++k) a[k] = reinterpret_cast<const A*>(static_cast<const uint8_t*>(acts) + k * stride);
-}
+// Kernels K::dot<N> (quant/block_dot_tokens.h): each weight block is unpacked
+// (and its scales decoded) once for the N tokens; each token's arithmetic
+// (int32 sums, float accumulation order) is the same for every N, so the
+// N-token results equal the one-token ones bit for bit.
 
 // Legacy 32-blocks against ActQ8: nibbles (plus, kBits5, the fifth bits) minus
 // kOffset (8 for Q4_0, 16 for Q5_0; 0 for the _1 types, whose min term is
@@ -137,11 +131,10 @@ inline int32_t k4_min_sum(__m256i m, const int16_t* bsums) {
 // Q4_K / Q5_K: per 64 values c, sub-block 2c is the low nibbles of
 // qs[32c .. 32c + 32), sub-block 2c + 1 the high ones; Q5_K's fifth bits are
 // bits 2c and 2c + 1 of qh[l].
-template <class Ops, bool k5>
+template <class Ops, bool k5, class B>
 struct K45 {
   template <size_t N>
   static void dot(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
-    using B = std::conditional_t<k5, BlockQ5_K, BlockQ4_K>;
     const auto* w = static_cast<const B*>(row);
     const ActQ8K* a[N];
     token_acts(acts, stride, a);
@@ -231,35 +224,10 @@ struct Q6K {
   }
 };
 
-template <class K>
-float dot_one(const void* row, const void* acts, size_t nb) {
-  float out;
-  K::template dot<1>(row, acts, 0, nb, &out);
-  return out;
-}
-template <class K>
-void dot_tokens(const void* row, const void* acts, size_t stride, size_t nb, float* out) {
-  K::template dot<kBlockDotTokens>(row, acts, stride, nb, out);
-}
-
-// The kernel of type t as F (BlockDot: one token, BlockDotTokens: kBlockDotTokens).
+// The kernel of type t as F (BlockDot or BlockDotTokens) with dot step Ops.
 template <class Ops, class F>
 F x86_block_dot(DType t) {
-  auto entry = [](auto kernel) -> F {
-    using K = decltype(kernel);
-    if constexpr (std::is_same_v<F, BlockDot>) return &dot_one<K>;
-    else return &dot_tokens<K>;
-  };
-  switch (t) {
-    case DType::q4_0: return entry(Legacy<Ops, BlockQ4_0, false, 8, false>{});
-    case DType::q4_1: return entry(Legacy<Ops, BlockQ4_1, false, 0, true>{});
-    case DType::q5_0: return entry(Legacy<Ops, BlockQ5_0, true, 16, false>{});
-    case DType::q5_1: return entry(Legacy<Ops, BlockQ5_1, true, 0, true>{});
-    case DType::q4_K: return entry(K45<Ops, false>{});
-    case DType::q5_K: return entry(K45<Ops, true>{});
-    case DType::q6_K: return entry(Q6K<Ops>{});
-    default: return nullptr;
-  }
+  return low_bit_block_dot<Legacy, K45, Q6K, Ops, F>(t);
 }
 
 }  // namespace
