@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/api/internal.h"
 #include "runtime/engine/context.h"
 #include "runtime/engine/generate.h"
 #include "runtime/gguf/gguf.h"
@@ -33,46 +34,14 @@
 #define DEFKV_VERSION DEFKV_VERSION_STRING
 #endif
 
+using namespace defkv;
+using namespace defkv::api;
+
 namespace {
 
-using namespace defkv;
-
-constexpr uint32_t kModelMagic = 0x4d4b5644;    // "DVKM"
-constexpr uint32_t kContextMagic = 0x434b5644;  // "DVKC"
 constexpr char kStateMagic[8] = {'D', 'E', 'F', 'K', 'V', 'S', 'T', '\n'};
 
-// ---------------------------------------------------------------------------
-// Errors.
-
 thread_local std::string tl_error;
-
-struct ApiError {
-  defkv_status status;
-  std::string msg;
-};
-
-// ---------------------------------------------------------------------------
-// Models.
-
-struct AlignedFree {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-
-struct ModelImpl {
-  std::unique_ptr<uint8_t, AlignedFree> owned;  // copy of a caller buffer
-  std::unique_ptr<model::Model> model;
-  std::unique_ptr<text::Tokenizer> tok;
-  uint64_t fingerprint = 0;
-};
-
-uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
 
 // Up to 3 x 256 bytes of every tensor's data (start, middle, end), in the
 // file's tensor order: the weight part of the fingerprint. Read before the
@@ -112,39 +81,28 @@ uint64_t model_fingerprint(const model::Model& m, const text::Tokenizer& tok, co
   return h;
 }
 
-}  // namespace
-
-struct defkv_model {
-  uint32_t magic = kModelMagic;
-  std::shared_ptr<ModelImpl> impl;
-};
-
-struct defkv_context {
-  uint32_t magic = kContextMagic;
-  std::shared_ptr<ModelImpl> model;
-  std::unique_ptr<engine::Context> ctx;
-  std::unique_ptr<text::Sampler> sampler;
-  std::atomic<bool> cancel{false};
-  std::atomic<bool> busy{false};
-  std::string last_error;
-  int32_t pending = -1;      // sampled, not yet evaluated
-  bool have_logits = false;  // ctx->logits() belong to position n_past - 1 and were not sampled yet
-  defkv_context_params params{};  // as resolved by defkv_context_create (full struct)
-  int32_t last_stop = DEFKV_STOP_NONE;
-  int32_t sampled = -1;      // returned by defkv_sample, already in the sampler history, not fed yet
-};
-
-namespace {
-
-// ---------------------------------------------------------------------------
-// Handle registry: a handle is only dereferenced after it was found here.
-
-enum class Kind { model, context };
 std::mutex g_reg_mutex;
 std::unordered_map<const void*, Kind>& registry() {
   static auto* r = new std::unordered_map<const void*, Kind>();  // never destroyed (safe at exit)
   return *r;
 }
+
+// The defkv_context_params field of an engine::ContextParams member (ParamError::field).
+std::string api_field(const std::string& f) {
+  static const std::pair<const char*, const char*> names[] = {
+      {"budget_tokens", "kv_budget_tokens"}, {"kv_ratio", "kv_ratio"},       {"kv_mem_bytes", "kv_mem_bytes"},
+      {"kv_type", "kv_type"},                {"evict.policy", "kv_policy"},  {"evict.window", "kv_window"},
+      {"evict.kernel", "kv_pool"},           {"evict.n_sink", "kv_sinks"},
+      {"chunk_tokens", "prefill_chunk_tokens"}};
+  for (const auto& [engine_name, api_name] : names)
+    if (f == engine_name) return api_name;
+  return f;
+}
+
+}  // namespace
+
+namespace defkv::api {
+
 void reg_add(const void* p, Kind k) {
   std::lock_guard<std::mutex> lk(g_reg_mutex);
   registry()[p] = k;
@@ -169,24 +127,10 @@ defkv_status fail(defkv_context* c, defkv_status s, std::string msg) {
   return s;
 }
 
-// The defkv_context_params field of an engine::ContextParams member (ParamError::field).
-std::string api_field(const std::string& f) {
-  static const std::pair<const char*, const char*> names[] = {
-      {"budget_tokens", "kv_budget_tokens"}, {"kv_ratio", "kv_ratio"},       {"kv_mem_bytes", "kv_mem_bytes"},
-      {"kv_type", "kv_type"},                {"evict.policy", "kv_policy"},  {"evict.window", "kv_window"},
-      {"evict.kernel", "kv_pool"},           {"evict.n_sink", "kv_sinks"},
-      {"chunk_tokens", "prefill_chunk_tokens"}};
-  for (const auto& [engine_name, api_name] : names)
-    if (f == engine_name) return api_name;
-  return f;
-}
-
-// Runs f, mapping every exception to a status and a message.
-template <class F>
-defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_status, F&& f) {
+defkv_status fail_current_exception(defkv_context* c, const char* fn, defkv_status runtime_status) {
   const std::string where = std::string(fn) + ": ";
   try {
-    return f();
+    throw;
   } catch (const ApiError& e) {
     // BUSY: another thread owns the context (and its error string).
     return fail(e.status == DEFKV_ERR_BUSY ? nullptr : c, e.status, where + e.msg);
@@ -221,35 +165,6 @@ defkv_status guarded(defkv_context* c, const char* fn, defkv_status runtime_stat
   }
 }
 
-[[noreturn]] void raise(defkv_status s, std::string msg) { throw ApiError{s, std::move(msg)}; }
-
-// Holds the context's busy flag for one call.
-struct BusyGuard {
-  defkv_context* c;
-  explicit BusyGuard(defkv_context* ctx) : c(ctx) {
-    if (c->busy.exchange(true, std::memory_order_acquire))
-      raise(DEFKV_ERR_BUSY, "another call on this context is running");
-  }
-  ~BusyGuard() { c->busy.store(false, std::memory_order_release); }
-};
-
-defkv_context* ctx_or_null(const defkv_context* c) {
-  return reg_has(c, Kind::context) ? const_cast<defkv_context*>(c) : nullptr;
-}
-
-#define DEFKV_CHECK_CTX(c)                                                               \
-  do {                                                                                   \
-    if (!reg_has((c), Kind::context))                                                    \
-      return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                                     \
-                  std::string(__func__) + ": " + ((c) ? "not a live context handle" : "context is NULL")); \
-  } while (0)
-#define DEFKV_CHECK_MODEL(m)                                                             \
-  do {                                                                                   \
-    if (!reg_has((m), Kind::model))                                                      \
-      return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                                     \
-                  std::string(__func__) + ": " + ((m) ? "not a live model handle" : "model is NULL")); \
-  } while (0)
-
 // Writes s plus a NUL into buf, or reports the size needed.
 defkv_status put_string(const std::string& s, char* buf, size_t capacity, size_t* out_len) {
   if (!out_len) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_len is NULL");
@@ -264,18 +179,6 @@ defkv_status put_string(const std::string& s, char* buf, size_t capacity, size_t
   return DEFKV_OK;
 }
 
-template <class T>
-defkv_status put_array(const std::vector<T>& v, T* buf, size_t capacity, size_t* n_out) {
-  if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
-  *n_out = v.size();
-  if (capacity < v.size())
-    raise(DEFKV_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(capacity) + " elements, " +
-                                          std::to_string(v.size()) + " needed");
-  if (!buf && !v.empty()) raise(DEFKV_ERR_INVALID_ARGUMENT, "buffer is NULL");
-  if (!v.empty()) std::memcpy(buf, v.data(), v.size() * sizeof(T));
-  return DEFKV_OK;
-}
-
 void check_tokens(const ModelImpl& m, const int32_t* tokens, size_t n) {
   if (n && !tokens) raise(DEFKV_ERR_INVALID_ARGUMENT, "tokens is NULL");
   const uint32_t V = m.model->config().n_vocab;
@@ -284,6 +187,10 @@ void check_tokens(const ModelImpl& m, const int32_t* tokens, size_t n) {
       raise(DEFKV_ERR_INVALID_ARGUMENT, "token " + std::to_string(i) + " = " + std::to_string(tokens[i]) +
                                             " is outside the vocabulary [0, " + std::to_string(V) + ")");
 }
+
+}  // namespace defkv::api
+
+namespace {
 
 void check_cancel(const defkv_context* c) {
   if (c->cancel.load(std::memory_order_relaxed)) throw model::Cancelled("cancelled");
