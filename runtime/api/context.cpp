@@ -86,8 +86,7 @@ void defkv_context_params_init(defkv_context_params* p) {
 }
 
 defkv_status defkv_context_create(defkv_model* model, const defkv_context_params* params, defkv_context** out) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INVALID_ARGUMENT, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INVALID_ARGUMENT, [&] {
     if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
     const defkv_context_params p = read_params(params);
@@ -147,25 +146,19 @@ defkv_status defkv_context_free(defkv_context* ctx) {
 }
 
 defkv_status defkv_reset(defkv_context* ctx) {
-  DEFKV_CHECK_CTX(ctx);
-  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
-    BusyGuard busy(ctx);
-    ctx->ctx->reset();
-    ctx->sampler->reset();
-    ctx->pending = -1;
-    ctx->have_logits = false;
-    ctx->last_stop = DEFKV_STOP_NONE;
-    ctx->sampled = -1;
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, [&](defkv_context* c) {
+    c->ctx->reset();
+    c->sampler->reset();
+    c->pending = -1;
+    c->have_logits = false;
+    c->last_stop = DEFKV_STOP_NONE;
+    c->sampled = -1;
     return DEFKV_OK;
   });
 }
 
 defkv_status defkv_n_past(const defkv_context* ctx, uint32_t* out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, {out, "out"}, [&](defkv_context* c) {
     *out = c->ctx->n_past();
     return DEFKV_OK;
   });
@@ -182,11 +175,7 @@ defkv_status defkv_n_ctx(const defkv_context* ctx, uint32_t* out) {
 // ---- introspection ----
 
 defkv_status defkv_get_kv_stats(const defkv_context* ctx, defkv_kv_stats* out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, {out, "out"}, [&](defkv_context* c) {
     const engine::Context& e = *c->ctx;
     const engine::Stats& st = e.stats();
     defkv_kv_stats s{};
@@ -211,10 +200,7 @@ defkv_status defkv_get_kv_stats(const defkv_context* ctx, defkv_kv_stats* out) {
 }
 
 defkv_status defkv_kv_entries(const defkv_context* ctx, uint32_t* counts, size_t capacity, size_t* n_out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, [&](defkv_context* c) {
     const model::Config& mc = c->ctx->model().config();
     std::vector<uint32_t> v(size_t(mc.n_layer) * mc.n_head_kv);
     for (uint32_t l = 0; l < mc.n_layer; ++l)
@@ -225,10 +211,7 @@ defkv_status defkv_kv_entries(const defkv_context* ctx, uint32_t* counts, size_t
 
 defkv_status defkv_kv_positions(const defkv_context* ctx, uint32_t layer, uint32_t head, int32_t* positions,
                                 size_t capacity, size_t* n_out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, [&](defkv_context* c) {
     const model::Config& mc = c->ctx->model().config();
     if (layer >= mc.n_layer || head >= mc.n_head_kv)
       raise(DEFKV_ERR_INVALID_ARGUMENT, "layer " + std::to_string(layer) + " head " + std::to_string(head) +

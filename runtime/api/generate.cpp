@@ -41,30 +41,28 @@ extern "C" {
 
 defkv_status defkv_eval(defkv_context* ctx, const int32_t* tokens, size_t n_tokens, defkv_progress_fn progress,
                         void* user) {
-  DEFKV_CHECK_CTX(ctx);
-  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
-    BusyGuard busy(ctx);
-    ctx->cancel.store(false);
-    check_tokens(*ctx->model, tokens, n_tokens);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, [&](defkv_context* c) {
+    c->cancel.store(false);
+    check_tokens(*c->model, tokens, n_tokens);
     std::vector<int32_t> all;
     all.reserve(n_tokens + 1);
-    const bool had_pending = ctx->pending >= 0;
-    if (had_pending) all.push_back(ctx->pending);
+    const bool had_pending = c->pending >= 0;
+    if (had_pending) all.push_back(c->pending);
     all.insert(all.end(), tokens, tokens + n_tokens);
     if (all.empty()) raise(DEFKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
-    engine::Context& e = *ctx->ctx;
+    engine::Context& e = *c->ctx;
     if (uint64_t(e.n_past()) + all.size() > e.n_ctx())
       raise(DEFKV_ERR_CONTEXT_FULL, std::to_string(all.size()) + " tokens at position " + std::to_string(e.n_past()) +
                                         " exceed n_ctx = " + std::to_string(e.n_ctx()));
     const uint32_t past0 = e.n_past();
     const size_t skip = had_pending ? 1 : 0;  // the pending token is already in the sampler history
     // So is a token defkv_sample returned, when it is fed first.
-    const size_t no_accept = skip + ((!had_pending && ctx->sampled >= 0 && tokens[0] == ctx->sampled) ? 1 : 0);
-    ctx->sampled = -1;
+    const size_t no_accept = skip + ((!had_pending && c->sampled >= 0 && tokens[0] == c->sampled) ? 1 : 0);
+    c->sampled = -1;
     auto account = [&](size_t done) {
-      for (size_t i = no_accept; i < done; ++i) ctx->sampler->accept(all[i]);
-      if (done > 0) ctx->pending = -1;
-      ctx->have_logits = done == all.size();
+      for (size_t i = no_accept; i < done; ++i) c->sampler->accept(all[i]);
+      if (done > 0) c->pending = -1;
+      c->have_logits = done == all.size();
     };
     e.set_progress([&](uint64_t done, uint64_t total) {
       if (progress && progress(done - std::min<uint64_t>(done, skip), total - skip, user))
@@ -147,13 +145,11 @@ defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_
 }
 
 defkv_status defkv_decode(defkv_context* ctx, int32_t token) {
-  DEFKV_CHECK_CTX(ctx);
-  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
-    BusyGuard busy(ctx);
-    ctx->cancel.store(false);
-    check_tokens(*ctx->model, &token, 1);
-    engine::Context& e = *ctx->ctx;
-    const uint32_t need = ctx->pending >= 0 ? 2 : 1;
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, [&](defkv_context* c) {
+    c->cancel.store(false);
+    check_tokens(*c->model, &token, 1);
+    engine::Context& e = *c->ctx;
+    const uint32_t need = c->pending >= 0 ? 2 : 1;
     if (uint64_t(e.n_past()) + need > e.n_ctx())
       raise(DEFKV_ERR_CONTEXT_FULL, std::to_string(need) + " token(s) at position " + std::to_string(e.n_past()) +
                                         " exceed n_ctx = " + std::to_string(e.n_ctx()));
@@ -164,62 +160,56 @@ defkv_status defkv_decode(defkv_context* ctx, int32_t token) {
       try {
         e.step(t);
       } catch (const engine::NumericError&) {
-        ctx->have_logits = false;  // the step overwrote the logits, and was rolled back
+        c->have_logits = false;  // the step overwrote the logits, and was rolled back
         throw;
       } catch (...) {
-        if (e.n_past() > past0) ctx->have_logits = true;
+        if (e.n_past() > past0) c->have_logits = true;
         throw;
       }
-      ctx->have_logits = true;
+      c->have_logits = true;
     };
-    if (ctx->pending >= 0) {
-      const int32_t t = ctx->pending;
-      check_cancel(ctx);
+    if (c->pending >= 0) {
+      const int32_t t = c->pending;
+      check_cancel(c);
       try {
         feed(t);
       } catch (const engine::NumericError&) {
-        ctx->pending = -1;  // dropped: feeding it again would fail again
+        c->pending = -1;  // dropped: feeding it again would fail again
         throw;
       } catch (...) {
-        if (ctx->have_logits) ctx->pending = -1;
+        if (c->have_logits) c->pending = -1;
         throw;
       }
-      ctx->pending = -1;
+      c->pending = -1;
     }
-    check_cancel(ctx);
-    const bool in_history = ctx->sampled >= 0 && token == ctx->sampled;  // defkv_sample recorded it
-    ctx->sampled = -1;
+    check_cancel(c);
+    const bool in_history = c->sampled >= 0 && token == c->sampled;  // defkv_sample recorded it
+    c->sampled = -1;
     const uint32_t past0 = e.n_past();
     try {
       feed(token);
     } catch (...) {
-      if (e.n_past() > past0 && !in_history) ctx->sampler->accept(token);
+      if (e.n_past() > past0 && !in_history) c->sampler->accept(token);
       throw;
     }
-    if (!in_history) ctx->sampler->accept(token);
+    if (!in_history) c->sampler->accept(token);
     return DEFKV_OK;
   });
 }
+
 defkv_status defkv_sample(defkv_context* ctx, int32_t* out_token) {
-  DEFKV_CHECK_CTX(ctx);
-  return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
-    if (!out_token) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_token is NULL");
-    BusyGuard busy(ctx);
-    if (ctx->pending >= 0)
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, {out_token, "out_token"}, [&](defkv_context* c) {
+    if (c->pending >= 0)
       raise(DEFKV_ERR_BAD_STATE, "a token sampled by defkv_generate is pending: feed it (defkv_decode/defkv_eval) first");
-    require_logits(ctx, "nothing to sample from");
-    *out_token = ctx->sampler->sample(ctx->ctx->logits());
-    ctx->sampled = *out_token;
+    require_logits(c, "nothing to sample from");
+    *out_token = c->sampler->sample(c->ctx->logits());
+    c->sampled = *out_token;
     return DEFKV_OK;
   });
 }
 
 defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t capacity, size_t* n_out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    if (!n_out) raise(DEFKV_ERR_INVALID_ARGUMENT, "n_out is NULL");
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, {n_out, "n_out"}, [&](defkv_context* c) {
     if (c->pending < 0) require_logits(c, "no logits yet");
     const std::span<const float> l = c->ctx->logits();
     *n_out = l.size();

@@ -1,5 +1,6 @@
 // What the files of the C API share: the handle structs, the handle registry,
-// the exception-to-status runner (guarded), the context's busy flag and the
+// the exception-to-status runner (guarded), the context's busy flag, the
+// frames most entry points run in (model_call, context_call) and the
 // output-buffer helpers. Internal to libdefkv: users see only defkv.h.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/api/defkv.h"
@@ -118,17 +120,51 @@ struct BusyGuard {
   ~BusyGuard() { c->busy.store(false, std::memory_order_release); }
 };
 
+// The frame of a call on a model: checks the handle, then runs f under guarded.
+template <class F>
+defkv_status model_call(const defkv_model* model, const char* fn, defkv_status runtime_status, F&& f) {
+  if (!reg_has(model, Kind::model))
+    return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
+                std::string(fn) + ": " + (model ? "not a live model handle" : "model is NULL"));
+  return guarded(nullptr, fn, runtime_status, std::forward<F>(f));
+}
+
+// A pointer argument a context call requires ({nullptr, nullptr}: none).
+struct Required {
+  const void* p;
+  const char* name;
+};
+
+// The frame of a call on a context: checks the handle, then, under guarded,
+// checks the required argument (before the busy flag, so a NULL argument is
+// reported even while another call runs) and runs f(context) holding the
+// context's busy flag.
+template <class F>
+defkv_status context_call(const defkv_context* ctx, const char* fn, defkv_status runtime_status, Required arg,
+                          F&& f) {
+  defkv_context* c = ctx_or_null(ctx);
+  if (!c)
+    return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
+                std::string(fn) + ": " + (ctx ? "not a live context handle" : "context is NULL"));
+  return guarded(c, fn, runtime_status, [&] {
+    if (arg.name && !arg.p) raise(DEFKV_ERR_INVALID_ARGUMENT, std::string(arg.name) + " is NULL");
+    BusyGuard busy(c);
+    return f(c);
+  });
+}
+
+template <class F>
+defkv_status context_call(const defkv_context* ctx, const char* fn, defkv_status runtime_status, F&& f) {
+  return context_call(ctx, fn, runtime_status, Required{nullptr, nullptr}, std::forward<F>(f));
+}
+
+// For the calls that need more than context_call does (no busy flag, or
+// work before guarded): returns DEFKV_ERR_INVALID_HANDLE unless c is live.
 #define DEFKV_CHECK_CTX(c)                                                               \
   do {                                                                                   \
     if (!::defkv::api::reg_has((c), ::defkv::api::Kind::context))                        \
       return ::defkv::api::fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                       \
                   std::string(__func__) + ": " + ((c) ? "not a live context handle" : "context is NULL")); \
-  } while (0)
-#define DEFKV_CHECK_MODEL(m)                                                             \
-  do {                                                                                   \
-    if (!::defkv::api::reg_has((m), ::defkv::api::Kind::model))                          \
-      return ::defkv::api::fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                       \
-                  std::string(__func__) + ": " + ((m) ? "not a live model handle" : "model is NULL")); \
   } while (0)
 
 // ---------------------------------------------------------------------------

@@ -136,8 +136,7 @@ defkv_status defkv_model_free(defkv_model* model) {
 }
 
 defkv_status defkv_model_get_info(const defkv_model* model, defkv_model_info* out) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
     const ModelImpl& m = *model->impl;
     const model::Config& c = m.model->config();
@@ -160,8 +159,7 @@ defkv_status defkv_model_get_info(const defkv_model* model, defkv_model_info* ou
 
 defkv_status defkv_model_meta_string(const defkv_model* model, const char* key, char* buf, size_t capacity,
                                      size_t* out_len) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!key) raise(DEFKV_ERR_INVALID_ARGUMENT, "key is NULL");
     const gguf::File& f = model->impl->model->file();
     const gguf::Value* v = f.find(key);

@@ -124,22 +124,14 @@ void restore_state(defkv_context* c, const uint8_t* data, size_t size) {
 extern "C" {
 
 defkv_status defkv_state_size(const defkv_context* ctx, size_t* out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, {out, "out"}, [&](defkv_context* c) {
     *out = build_state(c).size();
     return DEFKV_OK;
   });
 }
 
 defkv_status defkv_state_save(const defkv_context* ctx, void* buf, size_t capacity, size_t* out_len) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
-    if (!out_len) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_len is NULL");
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_INTERNAL, {out_len, "out_len"}, [&](defkv_context* c) {
     const std::vector<uint8_t> s = build_state(c);
     *out_len = s.size();
     if (capacity < s.size())
@@ -152,21 +144,14 @@ defkv_status defkv_state_save(const defkv_context* ctx, void* buf, size_t capaci
 }
 
 defkv_status defkv_state_load(defkv_context* ctx, const void* buf, size_t size) {
-  DEFKV_CHECK_CTX(ctx);
-  return guarded(ctx, __func__, DEFKV_ERR_FORMAT, [&] {
-    if (!buf) raise(DEFKV_ERR_INVALID_ARGUMENT, "buf is NULL");
-    BusyGuard busy(ctx);
-    restore_state(ctx, static_cast<const uint8_t*>(buf), size);
+  return context_call(ctx, __func__, DEFKV_ERR_FORMAT, {buf, "buf"}, [&](defkv_context* c) {
+    restore_state(c, static_cast<const uint8_t*>(buf), size);
     return DEFKV_OK;
   });
 }
 
 defkv_status defkv_state_save_file(const defkv_context* ctx, const char* path) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
-  return guarded(c, __func__, DEFKV_ERR_IO, [&] {
-    if (!path) raise(DEFKV_ERR_INVALID_ARGUMENT, "path is NULL");
-    BusyGuard busy(c);
+  return context_call(ctx, __func__, DEFKV_ERR_IO, {path, "path"}, [&](defkv_context* c) {
     const std::vector<uint8_t> s = build_state(c);
     const std::string tmp = std::string(path) + ".tmp";
     FILE* f = std::fopen(tmp.c_str(), "wb");
@@ -187,10 +172,7 @@ defkv_status defkv_state_save_file(const defkv_context* ctx, const char* path) {
 }
 
 defkv_status defkv_state_load_file(defkv_context* ctx, const char* path) {
-  DEFKV_CHECK_CTX(ctx);
-  return guarded(ctx, __func__, DEFKV_ERR_FORMAT, [&] {
-    if (!path) raise(DEFKV_ERR_INVALID_ARGUMENT, "path is NULL");
-    BusyGuard busy(ctx);
+  return context_call(ctx, __func__, DEFKV_ERR_FORMAT, {path, "path"}, [&](defkv_context* c) {
     FILE* f = std::fopen(path, "rb");
     if (!f) raise(DEFKV_ERR_IO, std::string("cannot open ") + path + ": " + std::strerror(errno));
     std::vector<uint8_t> data;
@@ -200,7 +182,7 @@ defkv_status defkv_state_load_file(defkv_context* ctx, const char* path) {
     const bool err = std::ferror(f);
     std::fclose(f);
     if (err) raise(DEFKV_ERR_IO, std::string("cannot read ") + path);
-    restore_state(ctx, data.data(), data.size());
+    restore_state(c, data.data(), data.size());
     return DEFKV_OK;
   });
 }

@@ -55,8 +55,7 @@ extern "C" {
 
 defkv_status defkv_tokenize(const defkv_model* model, const char* text, int64_t len, int add_bos, int parse_special,
                             int32_t* tokens, size_t capacity, size_t* n_out) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!text && len != 0) raise(DEFKV_ERR_INVALID_ARGUMENT, "text is NULL");
     const std::string_view sv = !text ? std::string_view() : len < 0 ? std::string_view(text) : std::string_view(text, size_t(len));
     const std::vector<int32_t> t = model->impl->tok->encode(sv, add_bos != 0, parse_special != 0);
@@ -71,8 +70,7 @@ defkv_status defkv_tokenize(const defkv_model* model, const char* text, int64_t 
 
 defkv_status defkv_detokenize(const defkv_model* model, const int32_t* tokens, size_t n_tokens, char* buf,
                               size_t capacity, size_t* out_len) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     check_tokens(*model->impl, tokens, n_tokens);
     text::StreamDecoder dec(*model->impl->tok);
     std::string s;
@@ -89,19 +87,18 @@ int defkv_token_is_eog(const defkv_model* model, int32_t token) {
 
 defkv_status defkv_token_piece(const defkv_model* model, int32_t token, char* buf, size_t capacity,
                                size_t* out_len) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     check_tokens(*model->impl, &token, 1);
     return put_string(model->impl->tok->piece(token), buf, capacity, out_len);
   });
 }
+
 // ---- chat templates ----
 
 defkv_status defkv_chat_apply_template(const defkv_model* model, const char* tmpl, const defkv_chat_message* messages,
                                        size_t n_messages, uint32_t flags, char* buf, size_t capacity,
                                        size_t* out_len) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!messages && n_messages > 0) raise(DEFKV_ERR_INVALID_ARGUMENT, "messages is NULL");
     if (flags & ~(DEFKV_CHAT_ADD_GENERATION_PROMPT | DEFKV_CHAT_DISABLE_THINKING))
       raise(DEFKV_ERR_INVALID_ARGUMENT, "unknown flags " + std::to_string(flags));
@@ -125,8 +122,7 @@ defkv_status defkv_chat_apply_template(const defkv_model* model, const char* tmp
 }
 
 defkv_status defkv_chat_template_get_info(const defkv_model* model, const char* tmpl, defkv_chat_template_info* out) {
-  DEFKV_CHECK_MODEL(model);
-  return guarded(nullptr, __func__, DEFKV_ERR_INTERNAL, [&] {
+  return model_call(model, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
     if (out->struct_size < sizeof(uint32_t))
       raise(DEFKV_ERR_INVALID_ARGUMENT, "out->struct_size = " + std::to_string(out->struct_size) +
