@@ -136,7 +136,7 @@ defkv_status defkv_context_create(defkv_model* model, const defkv_context_params
 }
 
 defkv_status defkv_context_free(defkv_context* ctx) {
-  DEFKV_CHECK_CTX(ctx);
+  if (!reg_has(ctx, Kind::context)) return invalid_handle(ctx, __func__);
   if (ctx->busy.load())
     return fail(nullptr, DEFKV_ERR_BUSY, "defkv_context_free: a call on this context is running");
   if (!reg_remove(ctx, Kind::context))
@@ -165,8 +165,8 @@ defkv_status defkv_n_past(const defkv_context* ctx, uint32_t* out) {
 }
 
 defkv_status defkv_n_ctx(const defkv_context* ctx, uint32_t* out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
+  defkv_context* c = ctx_or_null(ctx);
+  if (!c) return invalid_handle(ctx, __func__);
   if (!out) return fail(c, DEFKV_ERR_INVALID_ARGUMENT, "defkv_n_ctx: out is NULL");
   *out = c->ctx->n_ctx();
   return DEFKV_OK;
@@ -245,8 +245,8 @@ const char* defkv_stop_reason_name(int32_t reason) {
 }
 
 defkv_status defkv_context_get_info(const defkv_context* ctx, defkv_context_info* out) {
-  DEFKV_CHECK_CTX(ctx);
-  defkv_context* c = const_cast<defkv_context*>(ctx);
+  defkv_context* c = ctx_or_null(ctx);
+  if (!c) return invalid_handle(ctx, __func__);
   return guarded(c, __func__, DEFKV_ERR_INTERNAL, [&] {
     if (!out) raise(DEFKV_ERR_INVALID_ARGUMENT, "out is NULL");
     if (out->struct_size < sizeof(uint32_t))

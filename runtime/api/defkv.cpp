@@ -75,6 +75,16 @@ defkv_status fail(defkv_context* c, defkv_status s, std::string msg) {
   return s;
 }
 
+defkv_status invalid_handle(const defkv_model* m, const char* fn) {
+  return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
+              std::string(fn) + ": " + (m ? "not a live model handle" : "model is NULL"));
+}
+
+defkv_status invalid_handle(const defkv_context* c, const char* fn) {
+  return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
+              std::string(fn) + ": " + (c ? "not a live context handle" : "context is NULL"));
+}
+
 defkv_status fail_current_exception(defkv_context* c, const char* fn, defkv_status runtime_status) {
   const std::string where = std::string(fn) + ": ";
   try {

@@ -83,7 +83,7 @@ defkv_status defkv_eval(defkv_context* ctx, const int32_t* tokens, size_t n_toke
 
 defkv_status defkv_generate(defkv_context* ctx, uint32_t n_predict, defkv_token_fn on_token, void* user,
                             uint32_t* n_generated) {
-  DEFKV_CHECK_CTX(ctx);
+  if (!reg_has(ctx, Kind::context)) return invalid_handle(ctx, __func__);
   if (n_generated) *n_generated = 0;
   return guarded(ctx, __func__, DEFKV_ERR_INTERNAL, [&] {
     BusyGuard busy(ctx);
@@ -223,7 +223,7 @@ defkv_status defkv_get_logits(const defkv_context* ctx, float* logits, size_t ca
 }
 
 defkv_status defkv_cancel(defkv_context* ctx) {
-  DEFKV_CHECK_CTX(ctx);
+  if (!reg_has(ctx, Kind::context)) return invalid_handle(ctx, __func__);
   ctx->cancel.store(true);
   return DEFKV_OK;
 }

@@ -95,6 +95,10 @@ inline defkv_context* ctx_or_null(const defkv_context* c) {
 // Records msg as the thread's last error (and c's, when given); returns s.
 defkv_status fail(defkv_context* c, defkv_status s, std::string msg);
 
+// DEFKV_ERR_INVALID_HANDLE from fn for a handle that is NULL or not live.
+defkv_status invalid_handle(const defkv_model* m, const char* fn);
+defkv_status invalid_handle(const defkv_context* c, const char* fn);
+
 // Maps the exception being handled to a status and the message "fn: what",
 // recorded through fail. `runtime_status` is the status of a std::exception
 // no more specific handler claims. Call only inside a catch block.
@@ -123,9 +127,7 @@ struct BusyGuard {
 // The frame of a call on a model: checks the handle, then runs f under guarded.
 template <class F>
 defkv_status model_call(const defkv_model* model, const char* fn, defkv_status runtime_status, F&& f) {
-  if (!reg_has(model, Kind::model))
-    return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
-                std::string(fn) + ": " + (model ? "not a live model handle" : "model is NULL"));
+  if (!reg_has(model, Kind::model)) return invalid_handle(model, fn);
   return guarded(nullptr, fn, runtime_status, std::forward<F>(f));
 }
 
@@ -143,9 +145,7 @@ template <class F>
 defkv_status context_call(const defkv_context* ctx, const char* fn, defkv_status runtime_status, Required arg,
                           F&& f) {
   defkv_context* c = ctx_or_null(ctx);
-  if (!c)
-    return fail(nullptr, DEFKV_ERR_INVALID_HANDLE,
-                std::string(fn) + ": " + (ctx ? "not a live context handle" : "context is NULL"));
+  if (!c) return invalid_handle(ctx, fn);
   return guarded(c, fn, runtime_status, [&] {
     if (arg.name && !arg.p) raise(DEFKV_ERR_INVALID_ARGUMENT, std::string(arg.name) + " is NULL");
     BusyGuard busy(c);
@@ -157,15 +157,6 @@ template <class F>
 defkv_status context_call(const defkv_context* ctx, const char* fn, defkv_status runtime_status, F&& f) {
   return context_call(ctx, fn, runtime_status, Required{nullptr, nullptr}, std::forward<F>(f));
 }
-
-// For the calls that need more than context_call does (no busy flag, or
-// work before guarded): returns DEFKV_ERR_INVALID_HANDLE unless c is live.
-#define DEFKV_CHECK_CTX(c)                                                               \
-  do {                                                                                   \
-    if (!::defkv::api::reg_has((c), ::defkv::api::Kind::context))                        \
-      return ::defkv::api::fail(nullptr, DEFKV_ERR_INVALID_HANDLE,                       \
-                  std::string(__func__) + ": " + ((c) ? "not a live context handle" : "context is NULL")); \
-  } while (0)
 
 // ---------------------------------------------------------------------------
 // Arguments and output buffers.
