@@ -123,7 +123,6 @@ defkv_status fail_current_exception(defkv_context* c, const char* fn, defkv_stat
   }
 }
 
-// Writes s plus a NUL into buf, or reports the size needed.
 defkv_status put_string(const std::string& s, char* buf, size_t capacity, size_t* out_len) {
   if (!out_len) raise(DEFKV_ERR_INVALID_ARGUMENT, "out_len is NULL");
   *out_len = s.size();

@@ -1,11 +1,14 @@
 // The C API's saved state: a versioned, checksummed blob holding the
 // context's pending token, logits flag and sampler state ahead of the
-// engine's own state (KV cache and positions), tied to the model by its
+// engine's own state (the evicted KV cache with its positions, logits and
+// counters: engine::Context::save_state), tied to the model by its
 // fingerprint. defkv_state_* save and load it in memory or through a file.
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
