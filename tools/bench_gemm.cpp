@@ -12,6 +12,9 @@
 //              [--bf16]   (also time the alternative: q8_0 dequantised to a
 //                          bf16 copy per call + matmul() on it, i.e. oneDNN)
 //              [--only qkv|o|gate+up|down] [--small]   (--help: all of them)
+//   bench_gemm --peak   the vpdpbusd ceiling: per thread, 12 independent
+//                       chains alone and with each kernel family's scaling
+//                       ops per 8 of them (AVX-512 VNNI only)
 // Threads: OMP_NUM_THREADS. Decode (<= 4 tokens) runs the ops in the model's
 // order through --copies copies of the layer, so the weights come from memory.
 #include <CLI/CLI.hpp>
@@ -30,6 +33,10 @@
 
 #include "quant/blocks.h"
 #include "quant/quant.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace q = defkv::quant;
 
@@ -87,6 +94,95 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+#if defined(__x86_64__)
+// The issue-rate ceiling of the int8 kernels: 12 independent vpdpbusd chains
+// (enough to hide the latency), inputs loaded from a small L1 buffer that
+// changes every iteration so nothing is loop-invariant. Mix 0: vpdpbusd only.
+// Mix 1: per chain and 8 vpdpbusd, the Q8_0 / Q4_0 block epilogue (cvtdq2ps,
+// mulps, fmadd). Mix 2: the K-quant sub-block epilogue (pmulld, paddd).
+// Returns vpdpbusd per second on this thread.
+// GCC 12 flags the _mm512_undefined_ps inside its conversion intrinsics as
+// uninitialised when they are inlined into a target("...") function.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int Mix>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) double vnni_rate(long iters, const int32_t* buf,
+                                                                                    float* sink) {
+  constexpr int C = 12;
+  __m512i acc[C];
+  __m512 facc[C];
+  for (int i = 0; i < C; ++i) {
+    acc[i] = _mm512_set1_epi32(i);
+    facc[i] = _mm512_setzero_ps();
+  }
+  const __m512i sc = _mm512_set1_epi32(5);
+  const __m512 dw = _mm512_set1_ps(0.5f);
+  const double t0 = now_s();
+  for (long it = 0; it < iters; ++it) {
+    const int32_t* b = buf + (it & 15) * 16;
+    const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 256);
+    __m512i d[C];
+    for (int i = 0; i < C; ++i) d[i] = Mix == 0 ? acc[i] : _mm512_set1_epi32(b[i]);
+    for (int k = 0; k < 8; ++k) {
+      const __m512i x = _mm512_set1_epi32(b[k + 4]);
+      for (int i = 0; i < C; ++i) d[i] = _mm512_dpbusd_epi32(d[i], i % 2 ? w1 : w0, x);
+    }
+    for (int i = 0; i < C; ++i) {
+      if constexpr (Mix == 0) acc[i] = d[i];
+      else if constexpr (Mix == 1)
+        facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[i]), _mm512_mul_ps(dw, _mm512_set1_ps(float(b[i]))), facc[i]);
+      else acc[i] = _mm512_add_epi32(acc[i], _mm512_mullo_epi32(d[i], sc));
+    }
+  }
+  const double s = now_s() - t0;
+  __m512 t = _mm512_setzero_ps();
+  for (int i = 0; i < C; ++i) t = _mm512_add_ps(t, _mm512_add_ps(facc[i], _mm512_cvtepi32_ps(acc[i])));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, t);
+  for (float v : lanes) *sink += v;
+  return double(iters) * 8 * C / s;
+}
+#pragma GCC diagnostic pop
+
+int run_peak() {
+  if (!__builtin_cpu_supports("avx512vnni")) {
+    std::fprintf(stderr, "bench_gemm --peak: this CPU has no AVX-512 VNNI\n");
+    return 1;
+  }
+  const int nt = omp_get_max_threads();
+  const char* names[3] = {"vpdpbusd alone", "+ q8_0/q4_0 block scaling (cvt, mul, fma per 8)",
+                          "+ K-quant sub-block scaling (pmulld, paddd per 8)"};
+  std::printf("bench_gemm --peak: %d threads, 12 independent zmm chains per thread, best of 5\n", nt);
+  for (int mix = 0; mix < 3; ++mix) {
+    double best = 0;
+    for (int r = 0; r < 5; ++r) {
+      double sum = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : sum)
+      {
+        std::vector<int32_t> buf(1024);
+        for (size_t i = 0; i < buf.size(); ++i) buf[i] = int32_t(i * 2654435761u);
+        float sink = 0;
+        const double rate = mix == 0   ? vnni_rate<0>(20000000, buf.data(), &sink)
+                            : mix == 1 ? vnni_rate<1>(20000000, buf.data(), &sink)
+                                       : vnni_rate<2>(20000000, buf.data(), &sink);
+        sum += rate + (sink == 1.2345f ? 1 : 0);
+      }
+      best = std::max(best, sum);
+    }
+    // 64 multiply-adds = 128 ops per zmm vpdpbusd
+    std::printf("  %-52s %6.2f G/s  %7.1f GOP/s (%.1f per thread)\n", names[mix], best * 1e-9, best * 128e-9,
+                best * 128e-9 / nt);
+  }
+  return 0;
+}
+#else
+int run_peak() {
+  std::fprintf(stderr, "bench_gemm --peak: x86-64 with AVX-512 VNNI only\n");
+  return 1;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,6 +194,7 @@ int main(int argc, char** argv) {
   std::string only;  // run one op only (qkv | o | gate+up | down)
   std::string type_name = "q8_0";
   bool small = false;
+  bool peak = false;
   CLI::App app{"Micro-benchmark of the packed q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_K / q5_K / q6_K / f16 matmul on one TinyLlama-1.1B layer's shapes "
                "(threads: OMP_NUM_THREADS)"};
   app.add_option("--tokens", tokens, "Token counts, comma-separated")->delimiter(',')->check(CLI::PositiveNumber);
@@ -111,7 +208,11 @@ int main(int argc, char** argv) {
   app.add_flag("--bf16", bf16, "Also time q8_0 dequantised to a bf16 copy per call + matmul() (oneDNN)");
   app.add_option("--only", only, "Run one op only")->check(CLI::IsMember({"qkv", "o", "gate+up", "down"}));
   app.add_flag("--small", small, "L2-resident shapes (E 256, F 512, kv 32): the kernel alone");
+  app.add_flag("--peak", peak,
+               "Measure the vpdpbusd issue rate (the int8 kernels' ceiling) per thread, alone and with the "
+               "kernels' scaling ops, instead of the matmuls");
   CLI11_PARSE(app, argc, argv);
+  if (peak) return run_peak();
   if (small) { E = 256; F = 512; KV = 32; }
   q::DType type = q::DType::q8_0;
   q::parse_dtype(type_name, &type);  // one of the checked names
