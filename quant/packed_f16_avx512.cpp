@@ -15,8 +15,8 @@ namespace defkv::quant::detail {
 namespace {
 
 constexpr size_t kPanelHalves = kPackRowsF16;  // fp16 per column of a panel
-// Decode prefetch distance per panel stream (512-2048 B within noise; 4 panel
-// streams fastest; docs/tuning.md).
+// Decode prefetch distance per panel stream, into L2 as the q8_0 kernel
+// (512-2048 B within noise; 4 panel streams fastest; docs/tuning.md).
 constexpr size_t kF16PrefetchBytes = 1024;
 
 // One column of a panel as 16 floats (exact for both types).
@@ -47,7 +47,7 @@ void decode_panels(const uint16_t* w, size_t cols, const float* x, float* y, __m
       const uint16_t* wc = w + size_t(p) * panel + c * kPanelHalves;
       if (c % 8 == 0)
         for (int l = 0; l < 4; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(wc) + kF16PrefetchBytes + l * 64, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wc) + kF16PrefetchBytes + l * 64, _MM_HINT_T1);
       for (int j = 0; j < 4; ++j)
         acc[p][j % A] = _mm512_fmadd_ps(load_col<BF16>(wc + size_t(j) * kPanelHalves), _mm512_set1_ps(x[c + size_t(j)]), acc[p][j % A]);
     }
