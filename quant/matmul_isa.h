@@ -96,8 +96,16 @@ void avx512_packed_f16_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t
 // panels when is_bf16) and activations rounded to bf16 (RNE), products summed
 // in f32 by vdpbf16ps.  packed_f16_bf16_avx512.cpp.
 //   xb: [n_tokens, ldxb] bf16, ldxb even, columns [cols, ldxb) zero.
+//   next: the panels the calling thread will likely convert next (its next
+//   work item); their first K-block is prefetched into L2 during this item's
+//   last one (w == nullptr: none).
 constexpr size_t kBf16MicroTokens = 6;  // its register tile's token count
+struct Bf16Next {
+  const uint16_t* w = nullptr;
+  size_t cols = 0, p0 = 0, p1 = 0;
+};
 void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t cols, const uint16_t* xb,
-                            size_t ldxb, float* y, size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1);
+                            size_t ldxb, float* y, size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1,
+                            const Bf16Next& next);
 
 }  // namespace defkv::quant::detail

@@ -272,7 +272,7 @@ struct Job {
 };
 
 void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_k, const float* x,
-               const Bf16Acts& xb, size_t chunk, size_t t0, size_t t1) {
+               const Bf16Acts& xb, size_t chunk, size_t t0, size_t t1, const detail::Bf16Next& next) {
 #if DEFKV_SIMD_X86
   const Matrix& w = j.p->source;
   const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
@@ -294,13 +294,13 @@ void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_
     }
   } else if (xb.xb != nullptr) {
     detail::avx512bf16_packed_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
-                                   w.rows, w.cols, xb.xb, xb.ldxb, j.y, j.ldy, u0, u1, t0, t1);
+                                   w.rows, w.cols, xb.xb, xb.ldxb, j.y, j.ldy, u0, u1, t0, t1, next);
   } else {
     detail::avx512_packed_f16_tile(reinterpret_cast<const uint16_t*>(j.p->data.get()), w.type == DType::bf16,
                                    w.rows, w.cols, x, j.y, j.ldy, u0, u1, t0, t1);
   }
 #else
-  (void)j, (void)acts, (void)acts_k, (void)x, (void)xb, (void)chunk, (void)t0, (void)t1;
+  (void)j, (void)acts, (void)acts_k, (void)x, (void)xb, (void)chunk, (void)t0, (void)t1, (void)next;
 #endif
 }
 
@@ -373,12 +373,28 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
   };
   const size_t n_tb = (n_tokens + token_block - 1) / token_block;
   const auto n_items = static_cast<long long>(n_tb * per_tb);
-  auto run_item = [&](long long it) {
-    const size_t tb = size_t(it) / per_tb;
-    size_t c = size_t(it) % per_tb, i = 0;
+  auto locate = [&](long long it, size_t& i, size_t& c) {
+    c = size_t(it) % per_tb, i = 0;
     while (c >= jobs[i].chunks) c -= jobs[i++].chunks;
-    const size_t t0 = tb * token_block;
-    run_chunk(jobs[i], acts, acts_k, x, xb, c, t0, std::min(n_tokens, t0 + token_block));
+  };
+  auto run_item = [&](long long it) {
+    size_t i = 0, c = 0;
+    locate(it, i, c);
+    detail::Bf16Next next;
+    // items go out one at a time in order, so a thread's next one is most
+    // likely this one plus the number of threads
+    const long long it_next = it + (omp_in_parallel() ? omp_get_num_threads() : 1);
+    if (bf16 && it_next < n_items) {
+      size_t ni = 0, nc = 0;
+      locate(it_next, ni, nc);
+      const Job& nj = jobs[ni];
+      next.w = reinterpret_cast<const uint16_t*>(nj.p->data.get());
+      next.cols = nj.p->source.cols;
+      next.p0 = nc * nj.per_chunk;
+      next.p1 = std::min(nj.units, next.p0 + nj.per_chunk);
+    }
+    const size_t t0 = size_t(it) / per_tb * token_block;
+    run_chunk(jobs[i], acts, acts_k, x, xb, c, t0, std::min(n_tokens, t0 + token_block), next);
   };
   const auto nt = static_cast<long long>(n_tokens);
   if ((q8 || bf16) && !few) {

@@ -77,11 +77,19 @@ void convert_panel(const uint16_t* src, bool is_bf16, size_t c0, size_t n, uint1
 //   pairs apart), y: T rows (ldy apart) of G*16 outputs.
 template <int G, int T>
 void micro(const uint16_t* w, size_t wps, size_t pairs, const uint32_t* x, size_t ldx, float* y, size_t ldy,
-           __mmask16 last_mask, bool accumulate) {
+           __mmask16 last_mask, bool accumulate, const char* pf, size_t pf_lines) {
   __m512 acc[G][T];
   for (int g = 0; g < G; ++g)
     for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
+  // pf_lines (<= pairs) lines from pf into L2, spread evenly over the pairs
+  size_t pf_acc = 0;
   for (size_t p = 0; p < pairs; ++p) {
+    pf_acc += pf_lines;
+    if (pf_acc >= pairs) {
+      pf_acc -= pairs;
+      _mm_prefetch(pf, _MM_HINT_T1);
+      pf += 64;
+    }
     __m512bh wv[G];
     for (int g = 0; g < G; ++g)
       wv[g] = reinterpret_cast<__m512bh>(_mm512_load_si512(w + size_t(g) * wps + p * 2 * kLanes));
@@ -99,7 +107,8 @@ void micro(const uint16_t* w, size_t wps, size_t pairs, const uint32_t* x, size_
 // (fewer loads per vdpbf16ps than 2 x 12; docs/tuning.md).
 constexpr int kG = 4;
 constexpr int kMaxT = kBf16MicroTokens;
-using Micro = void (*)(const uint16_t*, size_t, size_t, const uint32_t*, size_t, float*, size_t, __mmask16, bool);
+using Micro = void (*)(const uint16_t*, size_t, size_t, const uint32_t*, size_t, float*, size_t, __mmask16, bool,
+                       const char*, size_t);
 template <int G, int T>
 void fill(Micro (&tab)[kG][kMaxT]) {
   tab[G - 1][T - 1] = &micro<G, T>;
@@ -114,6 +123,27 @@ const Tables& tables() {
   static const Tables t;
   return t;
 }
+
+// Hands out the 64-byte lines of n equal ranges (base + i * stride, `lines`
+// lines each) in contiguous segments of up to per_step lines, for the
+// micro-kernels to prefetch into L2 between their products: the packed
+// weights the next conversion reads arrive while this K-block is multiplied
+// (issued all at once they stall on the full miss queue).
+struct Prefetch {
+  const char* base = nullptr;
+  size_t stride = 0, lines = 0, n = 0, per_step = 0, pos = 0;
+  const char* next(size_t& count) {
+    const size_t r = lines == 0 ? n : pos / lines;
+    if (r >= n) {
+      count = 0;
+      return nullptr;
+    }
+    const size_t l = pos % lines;
+    count = std::min(per_step, lines - l);
+    pos += count;
+    return base + r * stride + l * 64;
+  }
+};
 
 // Per-thread 64-byte-aligned scratch that only grows.
 uint16_t* scratch(size_t n) {
@@ -136,7 +166,8 @@ uint16_t* scratch(size_t n) {
 }  // namespace
 
 void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t cols, const uint16_t* xb,
-                            size_t ldxb, float* y, size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1) {
+                            size_t ldxb, float* y, size_t ldy, size_t p0, size_t p1, size_t t0, size_t t1,
+                            const Bf16Next& next) {
   const size_t panel = cols * kLanes;
   const size_t np = p1 - p0;
   const size_t kb_pairs = kKBlock / 2;
@@ -149,6 +180,22 @@ void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t
     const size_t n = std::min(kKBlock, cols - c0), pairs = (n + 1) / 2;
     for (size_t i = 0; i < np; ++i) convert_panel(w + (p0 + i) * panel, is_bf16, c0, n, w2 + i * wps);
     const bool accumulate = c0 > 0;
+    Prefetch pf;
+    if (c0 + kKBlock < cols) {
+      pf.base = reinterpret_cast<const char*>(w + p0 * panel + (c0 + kKBlock) * kLanes);
+      pf.stride = panel * sizeof(uint16_t);
+      pf.n = np;
+      pf.lines = (std::min(kKBlock, cols - c0 - kKBlock) * kLanes * sizeof(uint16_t) + 63) / 64;
+    } else if (next.w != nullptr) {
+      pf.base = reinterpret_cast<const char*>(next.w + next.p0 * next.cols * kLanes);
+      pf.stride = next.cols * kLanes * sizeof(uint16_t);
+      pf.n = next.p1 - next.p0;
+      pf.lines = (std::min(kKBlock, next.cols) * kLanes * sizeof(uint16_t) + 63) / 64;
+    }
+    // segments end at range ends: spread the lines over calls - n of them
+    const size_t calls = (t1 - t0 + kMaxT - 1) / kMaxT * ((np + kG - 1) / kG);
+    const size_t spread = calls > pf.n ? calls - pf.n : 1;
+    pf.per_step = std::min(pairs, (pf.lines * pf.n + spread - 1) / spread);
     for (size_t t = t0; t < t1;) {
       const size_t tt = std::min(t1 - t, size_t(kMaxT));
       const uint32_t* xt = x32 + t * ldx + c0 / 2;
@@ -156,7 +203,10 @@ void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t
         const size_t g = std::min(p1 - p, size_t(kG));
         const size_t left = rows - (p + g - 1) * kLanes;
         const __mmask16 mask = left >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-        tab.f[g - 1][tt - 1](w2 + (p - p0) * wps, wps, pairs, xt, ldx, y + t * ldy + p * kLanes, ldy, mask, accumulate);
+        size_t pf_lines = 0;
+        const char* pf_at = pf.next(pf_lines);
+        tab.f[g - 1][tt - 1](w2 + (p - p0) * wps, wps, pairs, xt, ldx, y + t * ldy + p * kLanes, ldy, mask, accumulate,
+                             pf_at, pf_lines);
         p += g;
       }
       t += tt;
