@@ -4,8 +4,8 @@
 # tok/s of both and the ratio defkv / llama.cpp per round. The machine must be
 # otherwise idle: with a third process on 2 cores, 2-thread runs of either stall.
 #   scripts/bench-vs-llamacpp.sh [-p 512] [-n 64] [-r 2] [-t 2] [--rounds 2] MODEL...
-# llama.cpp is llama-bench when LLAMA_BENCH names its binary (docs/llama-bench.md:
-# built from the llama.cpp source that node-llama-cpp ships), else node-llama-cpp's
+# llama.cpp is llama-bench when LLAMA_BENCH names its binary (README, Speed: built
+# from the llama.cpp source that node-llama-cpp ships), else node-llama-cpp's
 # prebuilt CPU build through scripts/llamacpp/bench.mjs; first use installs it
 # (npm, ~700 MB) into scripts/llamacpp/node_modules.
 set -euo pipefail
