@@ -269,13 +269,19 @@ struct Job {
   size_t units;      // row units (groups of 16 rows)
   size_t per_chunk;  // units per work item
   size_t chunks;     // work items per token block
+  // The row units [*u0, *u1) of work item `chunk`.
+  void units_of(size_t chunk, size_t* u0, size_t* u1) const {
+    *u0 = chunk * per_chunk;
+    *u1 = std::min(units, *u0 + per_chunk);
+  }
 };
 
 void run_chunk(const Job& j, const detail::PackedActs& acts, const ActQ8K* acts_k, const float* x,
                const Bf16Acts& xb, size_t chunk, size_t t0, size_t t1, const detail::Bf16Next& next) {
 #if DEFKV_SIMD_X86
   const Matrix& w = j.p->source;
-  const size_t u0 = chunk * j.per_chunk, u1 = std::min(j.units, u0 + j.per_chunk);
+  size_t u0 = 0, u1 = 0;
+  j.units_of(chunk, &u0, &u1);
   if (w.type == DType::q6_K) {
     detail::avx512vnni_packed_q6k_tile(j.p->data.get(), w.rows, w.cols / kQK_K, acts_k, j.y, j.ldy, u0, u1, t0, t1);
   } else if (w.type == DType::q5_K) {
@@ -390,8 +396,7 @@ void run_jobs(Job* jobs, size_t n_jobs, const float* x, size_t n_tokens, bool pa
       const Job& nj = jobs[ni];
       next.w = reinterpret_cast<const uint16_t*>(nj.p->data.get());
       next.cols = nj.p->source.cols;
-      next.p0 = nc * nj.per_chunk;
-      next.p1 = std::min(nj.units, next.p0 + nj.per_chunk);
+      nj.units_of(nc, &next.p0, &next.p1);
     }
     const size_t t0 = size_t(it) / per_tb * token_block;
     run_chunk(jobs[i], acts, acts_k, x, xb, c, t0, std::min(n_tokens, t0 + token_block), next);
