@@ -173,48 +173,50 @@ __attribute__((target("avx512f,avx512bf16"), noinline)) double bf16_rate(long it
   return double(iters) * 8 * C / s;
 }
 
+// Best of 5 of the summed per-thread rates of rate(buf, &sink), every thread
+// on its own buffer of 1024 words filled by fill(i).
+template <class Fill, class Rate>
+double best_rate(int nt, Fill fill, Rate rate) {
+  double best = 0;
+  for (int r = 0; r < 5; ++r) {
+    double sum = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : sum)
+    {
+      std::vector<int32_t> buf(1024);
+      for (size_t i = 0; i < buf.size(); ++i) buf[i] = fill(i);
+      float sink = 0;
+      sum += rate(buf.data(), &sink) + (sink == 1.2345f ? 1 : 0);
+    }
+    best = std::max(best, sum);
+  }
+  return best;
+}
+
 int run_peak() {
   if (!__builtin_cpu_supports("avx512vnni")) {
     std::fprintf(stderr, "bench_gemm --peak: this CPU has no AVX-512 VNNI\n");
     return 1;
   }
   const int nt = omp_get_max_threads();
-  const char* names[3] = {"vpdpbusd alone", "+ q8_0/q4_0 block scaling (cvt, mul, fma per 8)",
-                          "+ K-quant sub-block scaling (pmulld, paddd per 8)"};
+  constexpr long kIters = 20000000;
   std::printf("bench_gemm --peak: %d threads, 12 independent zmm chains per thread, best of 5\n", nt);
-  for (int mix = 0; mix < 3; ++mix) {
-    double best = 0;
-    for (int r = 0; r < 5; ++r) {
-      double sum = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : sum)
-      {
-        std::vector<int32_t> buf(1024);
-        for (size_t i = 0; i < buf.size(); ++i) buf[i] = int32_t(i * 2654435761u);
-        float sink = 0;
-        const double rate = mix == 0   ? vnni_rate<0>(20000000, buf.data(), &sink)
-                            : mix == 1 ? vnni_rate<1>(20000000, buf.data(), &sink)
-                                       : vnni_rate<2>(20000000, buf.data(), &sink);
-        sum += rate + (sink == 1.2345f ? 1 : 0);
-      }
-      best = std::max(best, sum);
-    }
+  const auto bytes = [](size_t i) { return int32_t(i * 2654435761u); };
+  const struct {
+    const char* name;
+    double (*rate)(long, const int32_t*, float*);
+  } mixes[3] = {{"vpdpbusd alone", &vnni_rate<0>},
+                {"+ q8_0/q4_0 block scaling (cvt, mul, fma per 8)", &vnni_rate<1>},
+                {"+ K-quant sub-block scaling (pmulld, paddd per 8)", &vnni_rate<2>}};
+  for (const auto& m : mixes) {
+    const double best = best_rate(nt, bytes, [&](const int32_t* b, float* sink) { return m.rate(kIters, b, sink); });
     // 64 multiply-adds = 128 ops per zmm vpdpbusd
-    std::printf("  %-52s %6.2f G/s  %7.1f GOP/s (%.1f per thread)\n", names[mix], best * 1e-9, best * 128e-9,
+    std::printf("  %-52s %6.2f G/s  %7.1f GOP/s (%.1f per thread)\n", m.name, best * 1e-9, best * 128e-9,
                 best * 128e-9 / nt);
   }
   if (__builtin_cpu_supports("avx512bf16")) {
-    double best = 0;
-    for (int r = 0; r < 5; ++r) {
-      double sum = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : sum)
-      {
-        std::vector<int32_t> buf(1024);
-        for (size_t i = 0; i < buf.size(); ++i) buf[i] = int32_t(0x3f803f80u + i);  // bf16 pairs near 1
-        float sink = 0;
-        sum += bf16_rate(20000000, buf.data(), &sink) + (sink == 1.2345f ? 1 : 0);
-      }
-      best = std::max(best, sum);
-    }
+    const double best = best_rate(
+        nt, [](size_t i) { return int32_t(0x3f803f80u + i); },  // bf16 pairs near 1
+        [](const int32_t* b, float* sink) { return bf16_rate(kIters, b, sink); });
     // 32 multiply-adds = 64 FLOP per zmm vdpbf16ps
     std::printf("  %-52s %6.2f G/s  %7.1f GFLOP/s (%.1f per thread)\n", "vdpbf16ps alone (f16 / bf16 prefill)",
                 best * 1e-9, best * 64e-9, best * 64e-9 / nt);
