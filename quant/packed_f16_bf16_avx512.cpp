@@ -145,6 +145,17 @@ struct Prefetch {
   }
 };
 
+// The lines of the K-block from column c of panels [q0, q1) of a packed
+// matrix w with `cols` columns (what convert_panel reads for it).
+Prefetch k_block_lines(const uint16_t* w, size_t cols, size_t q0, size_t q1, size_t c) {
+  Prefetch pf;
+  pf.base = reinterpret_cast<const char*>(w + (q0 * cols + c) * kLanes);
+  pf.stride = cols * kLanes * sizeof(uint16_t);
+  pf.n = q1 - q0;
+  pf.lines = (std::min(kKBlock, cols - c) * kLanes * sizeof(uint16_t) + 63) / 64;
+  return pf;
+}
+
 // Per-thread 64-byte-aligned scratch that only grows.
 uint16_t* scratch(size_t n) {
   struct Buf {
@@ -181,17 +192,8 @@ void avx512bf16_packed_tile(const uint16_t* w, bool is_bf16, size_t rows, size_t
     for (size_t i = 0; i < np; ++i) convert_panel(w + (p0 + i) * panel, is_bf16, c0, n, w2 + i * wps);
     const bool accumulate = c0 > 0;
     Prefetch pf;
-    if (c0 + kKBlock < cols) {
-      pf.base = reinterpret_cast<const char*>(w + p0 * panel + (c0 + kKBlock) * kLanes);
-      pf.stride = panel * sizeof(uint16_t);
-      pf.n = np;
-      pf.lines = (std::min(kKBlock, cols - c0 - kKBlock) * kLanes * sizeof(uint16_t) + 63) / 64;
-    } else if (next.w != nullptr) {
-      pf.base = reinterpret_cast<const char*>(next.w + next.p0 * next.cols * kLanes);
-      pf.stride = next.cols * kLanes * sizeof(uint16_t);
-      pf.n = next.p1 - next.p0;
-      pf.lines = (std::min(kKBlock, next.cols) * kLanes * sizeof(uint16_t) + 63) / 64;
-    }
+    if (c0 + kKBlock < cols) pf = k_block_lines(w, cols, p0, p1, c0 + kKBlock);
+    else if (next.w != nullptr) pf = k_block_lines(next.w, next.cols, next.p0, next.p1, 0);
     // segments end at range ends: spread the lines over calls - n of them
     const size_t calls = (t1 - t0 + kMaxT - 1) / kMaxT * ((np + kG - 1) / kG);
     const size_t spread = calls > pf.n ? calls - pf.n : 1;
