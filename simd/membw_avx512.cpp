@@ -9,6 +9,8 @@
 namespace defkv::simd {
 
 namespace {
+// 1 KiB ahead into L2, as the decode kernels read: the probe should see the
+// bandwidth they can reach (docs/tuning.md).
 constexpr size_t kPrefetchBytes = 1024;
 }  // namespace
 
@@ -20,8 +22,6 @@ uint64_t stream_read_avx512(const void* p, size_t n_bytes) {
   size_t i = 0;
   for (; i + 8 <= n_vec; i += 8) {
     const unsigned char* q = b + i * 64;
-    // 1 KiB ahead into L2, as the decode kernels read: the probe should see
-    // the bandwidth they can reach (docs/tuning.md).
     for (int l = 0; l < 8; ++l)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes + l * 64), _MM_HINT_T1);
     a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(q + 0 * 64));
